@@ -1,0 +1,35 @@
+"""duckstream: stream lakehouse data (Parquet, DuckLake) into training loops.
+
+Public names are imported lazily, so ``import duckstream`` stays light (no torch, no DuckDB
+until a name is used).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS: dict[str, str] = {
+    "LakehouseQuery": "duckstream.query",
+}
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:
+    from duckstream.query import LakehouseQuery as LakehouseQuery
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'duckstream' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

@@ -1,0 +1,1 @@
+"""The Arrow + DuckDB core: source resolution, planning and reading. Never imports torch."""

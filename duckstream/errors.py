@@ -1,0 +1,79 @@
+"""The one exception tree of duckstream.
+
+::
+
+    DuckstreamError                      every error duckstream raises on purpose
+    ├── ConfigurationError (ValueError)  an argument or environment setting is invalid
+    ├── MissingDependencyError (ImportError)
+    │                                    an optional package is absent; names the pip extra
+    ├── ExtensionError                   a DuckDB extension could not be loaded
+    ├── SourceError                      a source names no readable Parquet files
+    ├── ServiceError                     a test/dev service (S3 server, PostgreSQL) failed to start
+    └── QueryError                       DuckDB rejected or failed a statement; names the statement
+        └── S3AccessError                and the file at fault; S3 refused the credentials
+
+Messages say what was expected, what was found and what to do, and never contain a secret:
+everything that reaches a message passes through :func:`duckstream.redact.redact`.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigurationError",
+    "DuckstreamError",
+    "ExtensionError",
+    "MissingDependencyError",
+    "QueryError",
+    "S3AccessError",
+    "ServiceError",
+    "SourceError",
+]
+
+
+class DuckstreamError(Exception):
+    """Base class of every error duckstream raises on purpose."""
+
+
+class ConfigurationError(DuckstreamError, ValueError):
+    """An argument or environment setting is invalid."""
+
+
+class MissingDependencyError(DuckstreamError, ImportError):
+    """An optional dependency is not installed; the message names the extra that provides it."""
+
+
+class ExtensionError(DuckstreamError):
+    """A DuckDB extension could not be loaded from its pip package nor installed by DuckDB."""
+
+
+class SourceError(DuckstreamError):
+    """A source does not resolve to readable Parquet files."""
+
+
+class ServiceError(DuckstreamError):
+    """A local service (SeaweedFS S3, PostgreSQL) could not be started or did not answer."""
+
+
+class QueryError(DuckstreamError):
+    """DuckDB failed a statement.
+
+    ``statement`` is the SQL at fault and ``files`` the files the engine named, both redacted;
+    ``engine_message`` is DuckDB's full (redacted) message, of which ``str()`` shows the first line.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        statement: str,
+        files: tuple[str, ...] = (),
+        engine_message: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.statement = statement
+        self.files = files
+        self.engine_message = engine_message
+
+
+class S3AccessError(QueryError):
+    """The S3 store refused the request: wrong or missing credentials, or no permission."""
