@@ -191,7 +191,7 @@ class SeaweedFS:
             os.killpg(process.pid, signal.SIGTERM)
             # A kept data directory deserves a clean shutdown; a throwaway one does not.
             try:
-                process.wait(timeout=15 if self._keep_dir else 2)
+                process.wait(timeout=5 if self._keep_dir else 2)
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
@@ -368,6 +368,7 @@ class PostgresCluster:
         run_as = _postgres_os_user()
         if run_as is not None:
             os.chown(root, run_as.pw_uid, run_as.pw_gid)
+            _check_reachable(root, run_as)
         port = self._port or free_port()
         if not (data / "PG_VERSION").exists():
             pwfile = root / "pwfile"
@@ -469,6 +470,22 @@ class PostgresCluster:
             raise ServiceError(
                 f"{what} failed (exit {result.returncode}): {result.stderr.strip() or result.stdout.strip()}"
             )
+
+
+def _check_reachable(directory: Path, user: pwd.struct_passwd) -> None:
+    probe = subprocess.run(
+        ["test", "-w", str(directory)],
+        user=user.pw_uid,
+        group=user.pw_gid,
+        extra_groups=[],
+        check=False,
+    )
+    if probe.returncode != 0:
+        raise ServiceError(
+            f"PostgreSQL runs as the OS user {user.pw_name!r} (it refuses root), which cannot reach "
+            f"{directory}: a parent directory is closed to other users; choose a data directory "
+            "it can reach (for example under /tmp)"
+        )
 
 
 def _postgres_os_user() -> pwd.struct_passwd | None:

@@ -19,7 +19,10 @@ _lock = threading.Lock()
 
 # password=... in libpq key/value DSNs, and user:password@ in URLs (postgresql://, s3://, http://).
 _KEY_VALUE_PASSWORD = re.compile(
-    r"(?i)\b(password|passwd|pwd|secret|secret_key|key_id)(\s*[=:]\s*)('[^']*'|\"[^\"]*\"|[^\s'\",;)]+)"
+    r"(?i)\b(password|passwd|pwd|secret|secret_key|key_id|session_token)"
+    # key=value and key: value (libpq DSNs, configs), or key 'value' (DuckDB's CREATE SECRET)
+    r"(\s*[=:]\s*|\s+(?=['\"]))"
+    r"('[^']*'|\"[^\"]*\"|[^\s'\",;)]+)"
 )
 _URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^/\s:@'\"]+):([^@\s/'\"]+)@")
 

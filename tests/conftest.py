@@ -1,0 +1,102 @@
+"""Shared fixtures: tiny Parquet datasets, and the real SeaweedFS S3 and PostgreSQL servers.
+
+The servers start once per test session, only when a test asks for them, and are removed at
+the end. They are never skipped: a missing binary fails the test with how to install it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from duckstream.devservices import PostgresCluster, PostgresService, S3Service, SeaweedFS
+from duckstream.errors import ServiceError
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Service]:
+    server = SeaweedFS()
+    try:
+        service = server.start()
+    except ServiceError as exc:
+        pytest.fail(f"could not start the SeaweedFS S3 server the tests need: {exc}")
+    yield service
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresService]:
+    cluster = PostgresCluster()
+    try:
+        service = cluster.start()
+    except ServiceError as exc:
+        pytest.fail(f"could not start the PostgreSQL cluster the tests need: {exc}")
+    yield service
+    cluster.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server: S3Service) -> Iterator[str]:
+    """A new, empty bucket for one test (names cannot contain '_')."""
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    client = s3_server.boto3_client()
+    client.create_bucket(Bucket=name)
+    yield name
+    paginator = client.get_paginator("list_objects_v2")
+    for page in paginator.paginate(Bucket=name):
+        keys = [{"Key": obj["Key"]} for obj in page.get("Contents", [])]
+        if keys:
+            client.delete_objects(Bucket=name, Delete={"Objects": keys})
+    client.delete_bucket(Bucket=name)
+
+
+@pytest.fixture
+def pg_database(postgres_server: PostgresService) -> str:
+    """A new, empty PostgreSQL database for one test; returns its name."""
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    postgres_server.create_database(name)
+    return name
+
+
+def numbers_table(start: int, stop: int) -> pa.Table:
+    """Rows ``start..stop-1`` with an id, a float, a label and a fixed-size vector."""
+    ids = list(range(start, stop))
+    return pa.table(
+        {
+            "id": pa.array(ids, pa.int64()),
+            "value": pa.array([i * 0.5 for i in ids], pa.float64()),
+            "label": pa.array([f"even-{i}" if i % 2 == 0 else f"odd-{i}" for i in ids]),
+            "vector": pa.array([[i, i + 1, i + 2] for i in ids], pa.list_(pa.float32(), 3)),
+        }
+    )
+
+
+@pytest.fixture
+def parquet_dir(tmp_path: Path) -> Path:
+    """Three Parquet files of 100 rows each (ids 0..299), row groups of 25, in ``tmp_path/data``."""
+    directory = tmp_path / "data"
+    directory.mkdir()
+    for index in range(3):
+        pq.write_table(
+            numbers_table(index * 100, (index + 1) * 100),
+            directory / f"part-{index}.parquet",
+            row_group_size=25,
+        )
+    return directory
+
+
+def upload_dir(client: Any, bucket: str, prefix: str, directory: Path) -> list[str]:
+    """Upload every file under ``directory`` to ``s3://bucket/prefix/``; return the URIs."""
+    uris = []
+    for path in sorted(directory.rglob("*")):
+        if path.is_file():
+            key = f"{prefix}/{path.relative_to(directory).as_posix()}"
+            client.upload_file(str(path), bucket, key)
+            uris.append(f"s3://{bucket}/{key}")
+    return uris

@@ -1,0 +1,155 @@
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from duckstream.cli import main
+from duckstream.devservices import S3Service
+from tests.conftest import upload_dir
+
+
+def run_cli(*argv: str) -> tuple[int, str]:
+    out = io.StringIO()
+    code = main(list(argv), out=out)
+    return code, out.getvalue()
+
+
+def test_query_prints_a_readable_table(parquet_dir: Path) -> None:
+    code, text = run_cli(
+        "query",
+        "SELECT id % 3 AS r, count(*) AS n FROM source GROUP BY r ORDER BY r",
+        "--source",
+        str(parquet_dir),
+    )
+    assert code == 0
+    lines = text.splitlines()
+    assert "│" in lines[1]
+    assert "r" in lines[1]
+    assert "n" in lines[1]
+    assert any("100" in line for line in lines)
+
+
+def test_query_as_csv_writes_header_rows_and_json_for_lists(parquet_dir: Path) -> None:
+    code, text = run_cli(
+        "query",
+        "SELECT id, label, [id, id] AS pair FROM source WHERE id < 3 ORDER BY id",
+        "-s",
+        str(parquet_dir),
+        "--format",
+        "csv",
+    )
+    assert code == 0
+    rows = list(csv.reader(io.StringIO(text)))
+    assert rows == [
+        ["id", "label", "pair"],
+        ["0", "even-0", "[0, 0]"],
+        ["1", "odd-1", "[1, 1]"],
+        ["2", "even-2", "[2, 2]"],
+    ]
+
+
+def test_query_as_json_lines(parquet_dir: Path) -> None:
+    code, text = run_cli(
+        "query",
+        "SELECT id, vector FROM source WHERE id IN (5, 6) ORDER BY id",
+        "-s",
+        str(parquet_dir),
+        "-f",
+        "json",
+    )
+    assert code == 0
+    assert [json.loads(line) for line in text.splitlines()] == [
+        {"id": 5, "vector": [5.0, 6.0, 7.0]},
+        {"id": 6, "vector": [6.0, 7.0, 8.0]},
+    ]
+
+
+def test_query_without_source_runs_plain_sql() -> None:
+    code, text = run_cli("query", "SELECT 41 + 1 AS answer", "-f", "csv")
+    assert (code, text) == (0, "answer\n42\n")
+
+
+def test_query_over_s3_reads_keys_from_the_environment(
+    s3_server: S3Service, s3_bucket: str, parquet_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    upload_dir(s3_server.boto3_client(), s3_bucket, "cli", parquet_dir)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server.secret_key)
+    code, text = run_cli(
+        "query",
+        "SELECT count(*) AS n FROM source",
+        "-s",
+        f"s3://{s3_bucket}/cli",
+        "--s3-endpoint",
+        s3_server.endpoint_url,
+        "-f",
+        "csv",
+    )
+    assert (code, text) == (0, "n\n300\n")
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["query", "SELECT nope FROM source"], 'column "nope" not found'),
+        (["query", "SELECT 1", "-s", "/no/such/dir"], "no such file or directory: '/no/such/dir'"),
+        (["query", "SELEC 1"], "syntax error"),
+        (["query", "SELECT 1", "--s3-endpoint", "ftp://x"], "has scheme 'ftp'"),
+    ],
+)
+def test_user_errors_print_one_line_and_exit_1(parquet_dir: Path, argv: list[str], expected: str) -> None:
+    if argv[1] == "SELECT nope FROM source":
+        argv = [*argv, "-s", str(parquet_dir)]
+    result = subprocess.run(
+        [sys.executable, "-m", "duckstream.cli", *argv], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert result.stderr.startswith("duckstream: error: ")
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_usage_errors_exit_2() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "duckstream.cli", "frobnicate"], capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert "invalid choice" in result.stderr
+
+
+def test_demo_builds_its_dataset_and_prints_each_step(tmp_path: Path) -> None:
+    code, text = run_cli("demo", "--dir", str(tmp_path / "demo"), "--images", "300")
+    assert code == 0
+    for title in (
+        "Schema of the Parquet files",
+        "Images per split",
+        "Caption length histogram",
+        "Filter pushdown",
+        "DuckLake table",
+        "Lake snapshots",
+    ):
+        assert title in text
+    assert "split='val'" in text  # the pushed-down filter in the scan
+    assert "tables_created=[main.captions]" in text
+    assert (tmp_path / "demo" / "catalog.ducklake").is_file()
+    # A second run reuses the files and the lake table instead of duplicating them.
+    code, again = run_cli("demo", "--dir", str(tmp_path / "demo"), "--images", "300")
+    assert code == 0
+    assert "Using the Parquet files already in" in again
+    assert again.count("tables_created") == 1
+
+
+def test_console_script_is_installed() -> None:
+    script = Path(sys.executable).with_name("duckstream")
+    result = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    assert "query" in result.stdout
+    assert "demo" in result.stdout
