@@ -1,4 +1,4 @@
-"""The ``duckstream`` command: ``query`` and ``demo`` (heavy imports happen inside commands)."""
+"""The ``duckstream`` command: ``query``, ``bench`` and ``demo`` (heavy imports happen inside commands)."""
 
 from __future__ import annotations
 
@@ -61,7 +61,59 @@ def _build_parser() -> argparse.ArgumentParser:
         "--dir", default="duckstream-demo", help="where the demo keeps its files (default ./duckstream-demo)"
     )
     demo.add_argument("--images", type=int, default=2_000, help="images in the generated dataset")
+
+    _add_bench_parser(commands)
     return parser
+
+
+def _add_bench_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    bench = commands.add_parser(
+        "bench",
+        help="measure the data loader against a plain pyarrow scan (prints figures, asserts nothing)",
+        description=(
+            "Generate COCO-caption-like Parquet datasets (cached by their parameters) and, for each "
+            "configuration in a fresh process, measure rows/s of a full shuffled epoch, time to first "
+            "batch and peak RSS of the whole process tree, next to a plain pyarrow scan."
+        ),
+    )
+    bench.add_argument(
+        "--preset",
+        choices=("captions", "images", "all"),
+        default="all",
+        help="captions (id + 5 captions, 200,000 rows), images (+ 10 KiB image, 50,000 rows), or all",
+    )
+    bench.add_argument(
+        "--loader", choices=("pyarrow", "duckstream", "all"), default="all", help="what to measure"
+    )
+    bench.add_argument(
+        "--workers",
+        type=_counts,
+        default=(0, 2),
+        metavar="N[,N...]",
+        help="DataLoader worker counts for duckstream (default 0,2)",
+    )
+    bench.add_argument("--rows", type=int, help="rows in every preset's dataset (overrides the preset)")
+    bench.add_argument(
+        "--scale",
+        type=int,
+        default=4,
+        help="also measure peak memory at 0 workers on this many times the rows (default 4; 1: off)",
+    )
+    bench.add_argument("--quick", action="store_true", help="small datasets (4,000 and 1,000 rows)")
+    bench.add_argument("--batch-size", type=int, default=256, help="rows per batch (default 256)")
+    bench.add_argument("--seed", type=int, default=0, help="seed of the data and of the shuffle")
+    bench.add_argument(
+        "--cache-dir", type=Path, help="where datasets are kept (default <tmp>/duckstream-bench)"
+    )
+    bench.add_argument("--timeout", type=float, help="seconds allowed per configuration (default none)")
+    bench.add_argument("--json", type=Path, metavar="PATH", help="also write every figure to PATH as JSON")
+
+
+def _counts(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected counts like 0,2, found {text!r}") from None
 
 
 def _run_query(args: argparse.Namespace, out: TextIO) -> None:
@@ -101,6 +153,28 @@ def _run_demo(args: argparse.Namespace, out: TextIO) -> None:
     run_demo(Path(args.dir), images=args.images, echo=lambda text: print(text, file=out))
 
 
+def _run_bench(args: argparse.Namespace, out: TextIO) -> int:
+    from duckstream.benchmarks.loader import BenchConfig, report, run_bench, write_json
+
+    config = BenchConfig(
+        presets=("captions", "images") if args.preset == "all" else (args.preset,),
+        loaders=("pyarrow", "duckstream") if args.loader == "all" else (args.loader,),
+        workers=args.workers,
+        rows=args.rows,
+        scale=args.scale,
+        quick=args.quick,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        cache_dir=args.cache_dir,
+        timeout=args.timeout,
+    )
+    measurements = run_bench(config, echo=lambda text: print(text, file=out, flush=True))
+    report(measurements, out)
+    if args.json is not None:
+        write_json(args.json, config, measurements)
+    return 1 if any(m.error is not None for m in measurements) else 0
+
+
 def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int:
     """Run the command line; return the exit code (0 ok, 1 user error, 2 usage error)."""
     from duckstream.errors import DuckstreamError
@@ -110,6 +184,8 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
     try:
         if args.command == "query":
             _run_query(args, stream)
+        elif args.command == "bench":
+            return _run_bench(args, stream)
         else:
             _run_demo(args, stream)
     except DuckstreamError as exc:

@@ -7,7 +7,10 @@
     ├── MissingDependencyError (ImportError)
     │                                    an optional package is absent; names the pip extra
     ├── ExtensionError                   a DuckDB extension could not be loaded
-    ├── SourceError                      a source names no readable Parquet files
+    ├── SourceError                      a source names no readable Parquet files, or files
+    │                                    whose schemas conflict; names the file and column
+    ├── StateError                       a saved loader state does not fit this dataset
+    ├── CollateError (ValueError)        a batch cannot become tensors (e.g. a null integer)
     ├── ServiceError                     a test/dev service (S3 server, PostgreSQL) failed to start
     └── QueryError                       DuckDB rejected or failed a statement; names the statement
         └── S3AccessError                and the file at fault; S3 refused the credentials
@@ -19,6 +22,7 @@ everything that reaches a message passes through :func:`duckstream.redact.redact
 from __future__ import annotations
 
 __all__ = [
+    "CollateError",
     "ConfigurationError",
     "DuckstreamError",
     "ExtensionError",
@@ -27,6 +31,7 @@ __all__ = [
     "S3AccessError",
     "ServiceError",
     "SourceError",
+    "StateError",
 ]
 
 
@@ -48,6 +53,14 @@ class ExtensionError(DuckstreamError):
 
 class SourceError(DuckstreamError):
     """A source does not resolve to readable Parquet files."""
+
+
+class StateError(DuckstreamError):
+    """A saved state was made by another plan, seed or version; the message says what differs."""
+
+
+class CollateError(DuckstreamError, ValueError):
+    """A batch cannot be turned into the requested output; the message names the column."""
 
 
 class ServiceError(DuckstreamError):

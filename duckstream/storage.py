@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 from duckstream.errors import ConfigurationError
 from duckstream.redact import MASK, register_secret
 
-__all__ = ["DEFAULT_REGION", "ENV_ENDPOINT", "S3Settings"]
+__all__ = ["DEFAULT_REGION", "ENV_ENDPOINT", "S3Settings", "pyarrow_s3"]
 
 ENV_ENDPOINT = "DUCKSTREAM_S3_ENDPOINT"
 ENV_ACCESS_KEY = "AWS_ACCESS_KEY_ID"
@@ -138,6 +138,18 @@ class S3Settings:
         else:
             options["anon"] = False
         return options
+
+
+def pyarrow_s3(s3: S3Settings) -> Any:
+    """A ``pyarrow.fs.S3FileSystem`` for these settings (paths are ``bucket/key``)."""
+    from pyarrow import fs
+
+    kwargs: dict[str, Any] = {"region": s3.region, "scheme": "https" if s3.use_ssl else "http"}
+    if s3.endpoint is not None:
+        kwargs["endpoint_override"] = s3.endpoint
+    if s3.access_key is not None:
+        kwargs.update(access_key=s3.access_key, secret_key=s3.secret_key, session_token=s3.session_token)
+    return fs.S3FileSystem(**kwargs)
 
 
 def _split_endpoint(endpoint: str) -> tuple[str, bool | None]:

@@ -5,12 +5,29 @@ from __future__ import annotations
 import glob
 import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from duckstream.engine import sql_literal
 from duckstream.errors import SourceError
+from duckstream.redact import redact
+from duckstream.storage import S3Settings, pyarrow_s3
 
-__all__ = ["SourceLike", "is_remote", "parquet_patterns", "read_parquet_sql"]
+__all__ = [
+    "FileMeta",
+    "SourceLike",
+    "check_schemas",
+    "is_remote",
+    "list_files",
+    "parquet_patterns",
+    "read_metadata",
+    "read_parquet_sql",
+]
 
 PathLike = str | os.PathLike[str]
 SourceLike = PathLike | Sequence[PathLike]
@@ -61,3 +78,77 @@ def read_parquet_sql(patterns: Sequence[str]) -> str:
     """``read_parquet([...])`` over ``patterns``, with columns unified by name across files."""
     listed = ", ".join(sql_literal(p) for p in patterns)
     return f"read_parquet([{listed}], union_by_name = true)"
+
+
+@dataclass(frozen=True)
+class FileMeta:
+    """What a Parquet footer says about one file: rows per row group and the Arrow schema."""
+
+    path: str
+    row_groups: tuple[int, ...]
+    schema: pa.Schema
+
+    @property
+    def rows(self) -> int:
+        return sum(self.row_groups)
+
+
+def list_files(patterns: Sequence[str], con: duckdb.DuckDBPyConnection) -> list[str]:
+    """The files the patterns match, each pattern's matches sorted, duplicates dropped.
+
+    DuckDB's own ``glob`` lists them, so a source means exactly what ``read_parquet`` would.
+    """
+    files: dict[str, None] = {}
+    for pattern in patterns:
+        try:
+            matched = [row[0] for row in con.execute("SELECT file FROM glob(?)", [pattern]).fetchall()]
+        except duckdb.Error as exc:
+            raise SourceError(f"could not list {pattern!r}: {redact(str(exc)).splitlines()[0]}") from None
+        if not matched:
+            raise SourceError(f"no Parquet files match {pattern!r}")
+        files.update(dict.fromkeys(sorted(matched)))
+    return list(files)
+
+
+def read_metadata(files: Sequence[str], s3: S3Settings, *, threads: int = 16) -> list[FileMeta]:
+    """Footers of ``files`` (no data pages are read); object-store footers in parallel."""
+    remote = any(is_remote(f) for f in files)
+    filesystem = pyarrow_s3(s3) if remote else None
+
+    def one(path: str) -> FileMeta:
+        location = path.split("://", 1)[1] if is_remote(path) else path
+        try:
+            meta = pq.read_metadata(location, filesystem=filesystem if is_remote(path) else None)
+            schema = meta.schema.to_arrow_schema()
+        except (OSError, pa.ArrowException) as exc:
+            raise SourceError(
+                f"cannot read the Parquet footer of {path}: {redact(str(exc))}; "
+                "the file is missing, truncated or not Parquet"
+            ) from None
+        groups = tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
+        return FileMeta(path, groups, schema)
+
+    if not remote or len(files) == 1:
+        return [one(f) for f in files]
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        return list(pool.map(one, files))
+
+
+def check_schemas(metas: Sequence[FileMeta]) -> pa.Schema:
+    """The common schema of the files; conflicting files are named with the column at fault."""
+    first = metas[0]
+    expected = {f.name: f.type for f in first.schema}
+    for meta in metas[1:]:
+        found = {f.name: f.type for f in meta.schema}
+        for name in expected.keys() | found.keys():
+            if expected.get(name) != found.get(name):
+                raise SourceError(
+                    f"schemas conflict: column {name!r} is {_describe(expected.get(name))} in "
+                    f"{first.path} but {_describe(found.get(name))} in {meta.path}; every file "
+                    "of a source must have the same columns and types"
+                )
+    return first.schema.remove_metadata()
+
+
+def _describe(kind: pa.DataType | None) -> str:
+    return "missing" if kind is None else str(kind)

@@ -1,0 +1,1 @@
+"""The data-loader benchmark harness (``duckstream bench``): prints figures, asserts nothing."""

@@ -1,0 +1,266 @@
+"""The loader benchmark: each configuration in a fresh process under the memory sampler, then a table."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, TextIO, get_args
+
+from duckstream.errors import ConfigurationError
+
+from .datasets import DatasetSpec, PresetName, ensure_dataset, preset
+from .epoch import LoaderName
+from .memory import run_sampled
+
+__all__ = [
+    "BenchConfig",
+    "Measurement",
+    "format_table",
+    "report",
+    "run_bench",
+    "scaling_lines",
+    "write_json",
+]
+
+_EPOCH_MODULE = "duckstream.benchmarks.epoch"
+_MB = 1024 * 1024
+
+
+@dataclass(frozen=True, kw_only=True)
+class BenchConfig:
+    """What to measure; validated on construction."""
+
+    presets: tuple[PresetName, ...] = ("captions", "images")
+    loaders: tuple[LoaderName, ...] = ("pyarrow", "duckstream")
+    workers: tuple[int, ...] = (0, 2)
+    rows: int | None = None  # overrides every preset's row count
+    scale: int = 4  # also measure peak memory on this many times the rows; 1 turns that off
+    quick: bool = False  # the presets' small row counts, for tests and smoke runs
+    batch_size: int = 256
+    seed: int = 0
+    cache_dir: Path | None = None  # default: <tempdir>/duckstream-bench
+    timeout: float | None = None  # seconds per configuration
+
+    def __post_init__(self) -> None:
+        if not self.presets or set(self.presets) - set(get_args(PresetName)):
+            raise ConfigurationError(
+                f"presets must be among {list(get_args(PresetName))}, found {list(self.presets)}"
+            )
+        if not self.loaders or set(self.loaders) - {"pyarrow", "duckstream"}:
+            raise ConfigurationError(f"loaders must be pyarrow and/or duckstream, found {list(self.loaders)}")
+        if not self.workers or min(self.workers) < 0:
+            raise ConfigurationError(f"workers must be counts of 0 or more, found {list(self.workers)}")
+        for name, value in (("rows", self.rows), ("scale", self.scale), ("batch size", self.batch_size)):
+            if value is not None and value < 1:
+                raise ConfigurationError(f"{name} must be at least 1, found {value}")
+
+    def rows_of(self, name: PresetName) -> int:
+        """The 1x row count of preset ``name`` under this configuration."""
+        if self.rows is not None:
+            return self.rows
+        shape = preset(name)
+        return shape.quick_rows if self.quick else shape.rows
+
+
+@dataclass(frozen=True, kw_only=True)
+class Measurement:
+    """One configuration's figures, or the error that stopped it."""
+
+    preset: PresetName
+    scale: int
+    rows: int  # rows in the dataset
+    loader: LoaderName
+    workers: int | None  # None: the pyarrow scan, which has no workers
+    rows_read: int | None = None
+    seconds: float | None = None
+    first_batch_seconds: float | None = None
+    start_rss_bytes: int | None = None
+    peak_rss_bytes: int | None = None
+    error: str | None = None
+
+    @property
+    def rows_per_second(self) -> float | None:
+        """Rows read per second of the epoch, timed from before the first batch."""
+        if self.rows_read is None or not self.seconds:
+            return None
+        return self.rows_read / self.seconds
+
+
+def run_bench(config: BenchConfig, *, echo: Callable[[str], None] = print) -> list[Measurement]:
+    """Measure every configuration ``config`` names, reporting progress through ``echo``."""
+    echo(f"python {platform.python_version()}, {os.cpu_count()} CPUs, batch size {config.batch_size}")
+    measurements = []
+    for name in config.presets:
+        scales = (1, config.scale) if config.scale > 1 else (1,)
+        for scale in scales:
+            spec = preset(name).spec(config.rows_of(name) * scale, seed=config.seed)
+            source = ensure_dataset(spec, config.cache_dir)
+            echo(f"dataset {name} {scale}x: {_describe(spec, source)}")
+            for loader in config.loaders:
+                # The pyarrow floor has no workers; the scaled runs compare memory at 0 workers.
+                counts: Sequence[int | None] = (
+                    [None] if loader == "pyarrow" else config.workers if scale == 1 else [0]
+                )
+                for workers in counts:
+                    base = Measurement(
+                        preset=name, scale=scale, rows=spec.rows, loader=loader, workers=workers
+                    )
+                    measurement = _measure(config, base, spec, source)
+                    echo(f"  {_label(measurement)}: {_outcome(measurement)}")
+                    measurements.append(measurement)
+    return measurements
+
+
+def _measure(config: BenchConfig, base: Measurement, spec: DatasetSpec, source: Path) -> Measurement:
+    """Run ``base``'s configuration in a fresh process under the sampler; fill in its figures."""
+    command = [
+        sys.executable,
+        "-m",
+        _EPOCH_MODULE,
+        f"--loader={base.loader}",
+        f"--source={source}",
+        f"--columns={','.join(spec.columns)}",
+        f"--batch-size={config.batch_size}",
+        f"--workers={base.workers or 0}",
+        f"--seed={config.seed}",
+    ]
+    run = run_sampled(command, timeout=config.timeout)
+    if run.timed_out:
+        return replace(base, error=f"no result within {config.timeout} s")
+    if run.returncode != 0:
+        lines = run.stderr.strip().splitlines() or [f"exit status {run.returncode}"]
+        return replace(base, error=lines[-1])
+    try:
+        figures = json.loads(run.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        return replace(base, error=f"expected a JSON line on stdout, found {run.stdout[-200:]!r}")
+    return replace(
+        base,
+        rows_read=figures["rows"],
+        seconds=figures["seconds"],
+        first_batch_seconds=figures["first_batch_seconds"],
+        start_rss_bytes=figures["start_rss_bytes"],
+        peak_rss_bytes=run.peak_rss_bytes,
+    )
+
+
+def _describe(spec: DatasetSpec, source: Path) -> str:
+    files = sorted(source.glob("*.parquet"))
+    size = sum(path.stat().st_size for path in files)
+    return f"{spec.rows:,} rows, {len(files)} files, {size / _MB:,.1f} MB, columns {', '.join(spec.columns)}"
+
+
+def _label(m: Measurement) -> str:
+    workers = "" if m.workers is None else f" workers={m.workers}"
+    return f"{m.preset} {m.scale}x {m.loader}{workers}"
+
+
+def _outcome(m: Measurement) -> str:
+    if m.error is not None:
+        return f"FAILED: {m.error}"
+    return f"{m.rows_read:,} rows in {m.seconds:.2f} s"
+
+
+_HEADERS = (
+    "preset",
+    "scale",
+    "rows",
+    "loader",
+    "workers",
+    "epoch s",
+    "rows/s",
+    "1st batch ms",
+    "start MB",
+    "peak MB",
+)
+
+
+def format_table(measurements: Sequence[Measurement]) -> str:
+    """The figures as an aligned plain-text table, one line per configuration."""
+    body = [_cells(m) for m in measurements]
+    widths = [max(len(row[i]) for row in [list(_HEADERS), *body]) for i in range(len(_HEADERS))]
+
+    # Text columns align left, figures right.
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(
+            cell.ljust(width) if i in (0, 3) else cell.rjust(width)
+            for i, (cell, width) in enumerate(zip(cells, widths, strict=True))
+        ).rstrip()
+
+    rule = "  ".join("-" * width for width in widths)
+    return "\n".join([line(_HEADERS), rule, *(line(cells) for cells in body)])
+
+
+def _cells(m: Measurement) -> list[str]:
+    head = [m.preset, f"{m.scale}x", f"{m.rows:,}", m.loader, "-" if m.workers is None else str(m.workers)]
+    if m.error is not None:
+        return [*head, "failed", "-", "-", "-", "-"]
+    figures = (m.seconds, m.rows_per_second, m.first_batch_seconds, m.start_rss_bytes, m.peak_rss_bytes)
+    seconds, rate, first, start, peak = (0.0 if value is None else value for value in figures)
+    return [
+        *head,
+        f"{seconds:.2f}",
+        f"{rate:,.0f}",
+        f"{first * 1000:,.1f}",
+        f"{start / _MB:,.0f}",
+        f"{peak / _MB:,.0f}",
+    ]
+
+
+def scaling_lines(measurements: Sequence[Measurement]) -> list[str]:
+    """Peak memory at the larger scale against 1x, per preset and loader at 0 workers."""
+    ones = {
+        (m.preset, m.loader): m
+        for m in measurements
+        if m.scale == 1 and m.workers in (None, 0) and m.peak_rss_bytes is not None
+    }
+    lines = []
+    for m in measurements:
+        small = ones.get((m.preset, m.loader))
+        if m.scale == 1 or small is None or m.peak_rss_bytes is None or small.peak_rss_bytes is None:
+            continue
+        lines.append(
+            f"{m.preset} {m.loader}: peak {small.peak_rss_bytes / _MB:,.0f} MB at 1x ({small.rows:,} rows), "
+            f"{m.peak_rss_bytes / _MB:,.0f} MB at {m.scale}x ({m.rows:,} rows): "
+            f"{m.peak_rss_bytes / small.peak_rss_bytes:.2f}x"
+        )
+    return lines
+
+
+def write_json(path: str | Path, config: BenchConfig, measurements: Sequence[Measurement]) -> None:
+    """Write the configuration, the machine and every measurement to ``path`` as JSON."""
+    document: dict[str, Any] = {
+        "config": {
+            **asdict(config),
+            "cache_dir": None if config.cache_dir is None else str(config.cache_dir),
+        },
+        "machine": {
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+        },
+        "measurements": [{**asdict(m), "rows_per_second": m.rows_per_second} for m in measurements],
+    }
+    Path(path).write_text(json.dumps(document, indent=2) + "\n")
+
+
+def report(measurements: Sequence[Measurement], out: TextIO) -> None:
+    """Print the table, the scaling comparison and any errors in full."""
+    print(file=out)
+    print(format_table(measurements), file=out)
+    scaling = scaling_lines(measurements)
+    if scaling:
+        print(file=out)
+        print("peak memory as the data grows (0 workers):", file=out)
+        for line in scaling:
+            print(f"  {line}", file=out)
+    failed = [m for m in measurements if m.error is not None]
+    if failed:
+        print(file=out)
+        for m in failed:
+            print(f"failed: {_label(m)}: {m.error}", file=out)

@@ -1,0 +1,1 @@
+"""Adapters from the Arrow core to torch and Hugging Face datasets."""

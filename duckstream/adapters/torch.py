@@ -1,0 +1,316 @@
+"""PyTorch faces of the stream: DuckStreamDataset (IterableDataset) and DuckStreamLoader."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import replace
+from typing import Any
+
+import torch.distributed as dist
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from duckstream.adapters.collate import OUTPUTS, Output, collate_batch, collate_rows
+from duckstream.core.partition import Even, rank_rows, worker_rows
+from duckstream.core.pipeline import StreamPlan, prepare, read_slot
+from duckstream.core.resume import Stage, worker_items
+from duckstream.core.shuffle import DEFAULT_SHUFFLE_BUFFER
+from duckstream.core.source import SourceLike
+from duckstream.core.state import make_state, read_state
+from duckstream.core.world import World, ranks_from_env
+from duckstream.errors import ConfigurationError
+from duckstream.storage import S3Settings
+
+__all__ = ["DuckStreamDataset", "DuckStreamLoader", "detect_ranks"]
+
+# Rows per batch read from storage when items are rows (batch_size=None).
+_ROW_MODE_READ = 1_024
+
+
+def detect_ranks() -> tuple[int, int]:
+    """``(rank, world_size)`` from torch.distributed when initialised, else RANK/WORLD_SIZE, else (0, 1)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return ranks_from_env()
+
+
+class DuckStreamDataset(IterableDataset[Any]):
+    """A torch ``IterableDataset`` over Parquet files or a lakehouse table, read by DuckDB.
+
+    Each rank and DataLoader worker reads its own exact share; every row once per epoch (up to
+    ``even="pad"`` padding). Items are rows (``batch_size=None``) or batches; see the package
+    docs for their shape per ``output``. Call :meth:`set_epoch` each epoch (DuckStreamLoader
+    does), and use :meth:`state_dict`/:meth:`load_state_dict` to resume mid-epoch.
+    """
+
+    def __init__(
+        self,
+        source: SourceLike,
+        sql: str | None = None,
+        *,
+        batch_size: int | None = None,
+        drop_last: bool = False,
+        shuffle: bool = False,
+        seed: int = 0,
+        shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
+        even: Even = "pad",
+        output: Output = "torch",
+        transform: Callable[[Any], Any] | None = None,
+        s3_endpoint: str | None = None,
+        s3_access_key: str | None = None,
+        s3_secret_key: str | None = None,
+        s3_region: str | None = None,
+        s3_use_ssl: bool | None = None,
+        threads: int | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
+        if batch_size is not None and batch_size < 1:
+            raise ConfigurationError(f"batch_size must be None or at least 1, found {batch_size}")
+        if shuffle_buffer < 1:
+            raise ConfigurationError(f"shuffle_buffer must be at least 1, found {shuffle_buffer}")
+        if seed < 0:
+            raise ConfigurationError(f"seed must be a non-negative integer, found {seed}")
+        if even not in ("pad", "drop"):
+            raise ConfigurationError(f"even must be 'pad' or 'drop', found {even!r}")
+        if output not in OUTPUTS:
+            raise ConfigurationError(f"output must be one of {list(OUTPUTS)}, found {output!r}")
+        if threads is not None and threads < 1:
+            raise ConfigurationError(f"threads must be at least 1, found {threads}")
+        s3 = S3Settings.resolve(
+            s3_endpoint, s3_access_key, s3_secret_key, region=s3_region, use_ssl=s3_use_ssl
+        )
+        self.plan: StreamPlan = prepare(source, sql, s3=s3, cache_dir=cache_dir)
+        self.batch_size = batch_size
+        self.drop_last = drop_last
+        self.shuffle = shuffle
+        self.seed = seed
+        self.shuffle_buffer = shuffle_buffer
+        self.even: Even = even
+        self.output: Output = output
+        self.transform = transform
+        self.threads = threads
+        self._ranks = detect_ranks()
+        self._num_workers = 1  # reading slots per rank; DuckStreamLoader sets its worker count
+        self._epoch = 0
+        self._done: list[Stage] = []  # stretches of this epoch read before a resume
+        self._consumed = 0  # items handed out by in-process iteration in the current stretch
+        self._finished = False
+
+    # -- sizes -----------------------------------------------------------------------------
+
+    @property
+    def num_rows(self) -> int:
+        """Rows of the source after the SQL (before padding or dropping for balance)."""
+        return self.plan.num_rows
+
+    def __len__(self) -> int:
+        """Items this rank yields in one epoch under the loader that iterates the dataset."""
+        rank_total = rank_rows(self.num_rows, self._ranks[1], self.even)
+        size, drop = self._item_rows()
+        return sum(worker_items(rows, size, drop) for rows in worker_rows(rank_total, self._num_workers))
+
+    def _item_rows(self) -> tuple[int, bool]:
+        return (1, False) if self.batch_size is None else (self.batch_size, self.drop_last)
+
+    # -- epochs and state ------------------------------------------------------------------
+
+    def set_epoch(self, epoch: int) -> None:
+        """Read ``epoch`` next; a resumed epoch keeps its progress when set again."""
+        if epoch < 0:
+            raise ConfigurationError(f"epoch must be non-negative, found {epoch}")
+        if epoch != self._epoch or self._finished:
+            self._epoch, self._done, self._consumed, self._finished = epoch, [], 0, False
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    def _stage(self, consumed: int) -> Stage:
+        size, drop = self._item_rows()
+        return Stage(self._ranks[1], self._num_workers, size, drop, self.shuffle_buffer, consumed)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Progress of in-process iteration; with workers, ask the loader instead."""
+        return self._state(self._consumed)
+
+    def _state(self, consumed: int) -> dict[str, Any]:
+        if self._finished:
+            epoch, stages = self._epoch + 1, []
+        else:
+            epoch, stages = self._epoch, [*self._done, self._stage(consumed)]
+        return make_state(
+            fingerprint=self.plan.fingerprint,
+            seed=self.seed,
+            shuffle=self.shuffle,
+            even=self.even,
+            epoch=epoch,
+            stages=stages,
+        )
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue where ``state`` left off, under this process's world size and workers."""
+        epoch, stages = read_state(
+            state,
+            fingerprint=self.plan.fingerprint,
+            seed=self.seed,
+            shuffle=self.shuffle,
+            even=self.even,
+        )
+        self._epoch, self._done, self._consumed, self._finished = epoch, stages, 0, False
+
+    # -- iteration -------------------------------------------------------------------------
+
+    def __iter__(self) -> Iterator[Any]:
+        info = get_worker_info()
+        rank, world_size = self._ranks
+        world = World(
+            rank,
+            world_size,
+            info.id if info is not None else 0,
+            info.num_workers if info is not None else 1,
+        )
+        if info is None:
+            self._num_workers = 1
+        done = list(self._done)
+        if info is None:
+            # In-process: a new pass after a finished one starts the epoch over.
+            if self._finished:
+                self._done, self._consumed, self._finished = [], 0, False
+            elif self._consumed:
+                self._done = done = [*done, self._stage(self._consumed)]
+                self._consumed = 0
+        _, drop = self._item_rows()
+        batches = read_slot(
+            self.plan,
+            world=world,
+            seed=self.seed,
+            epoch=self._epoch,
+            shuffle=self.shuffle,
+            even=self.even,
+            done=done,
+            shuffle_buffer=self.shuffle_buffer,
+            batch_size=self.batch_size or _ROW_MODE_READ,
+            drop_last=drop,
+            threads=self.threads,
+        )
+        items = self._items(batches)
+        if info is not None:
+            return items
+        return self._counted(items)
+
+    def _items(self, batches: Iterator[Any]) -> Iterator[Any]:
+        transform = self.transform
+        for batch in batches:
+            if self.batch_size is None:
+                for row in collate_rows(batch, self.output):
+                    yield row if transform is None else transform(row)
+            else:
+                item = collate_batch(batch, self.output)
+                yield item if transform is None else transform(item)
+
+    def _counted(self, items: Iterator[Any]) -> Iterator[Any]:
+        for item in items:
+            self._consumed += 1
+            yield item
+        self._finished = True
+
+    def __repr__(self) -> str:
+        return (
+            f"DuckStreamDataset(files={len(self.plan.files)}, rows={self.num_rows}, "
+            f"batch_size={self.batch_size}, shuffle={self.shuffle}, seed={self.seed}, "
+            f"epoch={self._epoch}, output={self.output!r})"
+        )
+
+
+def _identity(item: Any) -> Any:
+    return item
+
+
+class DuckStreamLoader(DataLoader[Any]):
+    """A DataLoader for a :class:`DuckStreamDataset`: each pass is the next epoch.
+
+    Items are the dataset's, unchanged (batching lives in the dataset). It knows how many
+    items the training loop took, so :meth:`state_dict` resumes exactly, also with workers.
+    """
+
+    def __init__(self, dataset: DuckStreamDataset, num_workers: int = 0, **kwargs: Any) -> None:
+        if not isinstance(dataset, DuckStreamDataset):
+            raise ConfigurationError(
+                f"DuckStreamLoader reads a DuckStreamDataset, found {type(dataset).__name__}"
+            )
+        for key in ("batch_size", "sampler", "batch_sampler", "shuffle", "collate_fn"):
+            if kwargs.get(key) not in (None, False):
+                raise ConfigurationError(
+                    f"DuckStreamLoader does not take {key}=...; set batching and shuffling on the dataset"
+                )
+            kwargs.pop(key, None)
+        if kwargs.get("persistent_workers"):
+            raise ConfigurationError(
+                "persistent_workers=True would keep workers on their first epoch; leave it off"
+            )
+        if kwargs.get("in_order") is False:
+            raise ConfigurationError("in_order=False would make progress unknowable; leave it on")
+        super().__init__(dataset, batch_size=None, num_workers=num_workers, collate_fn=_identity, **kwargs)
+        dataset._num_workers = max(1, num_workers)
+        self._epoch = dataset.epoch
+        self._consumed = 0
+        self._resuming = False
+        self._between_epochs = True
+
+    @property
+    def duck_dataset(self) -> DuckStreamDataset:
+        assert isinstance(self.dataset, DuckStreamDataset)
+        return self.dataset
+
+    def __len__(self) -> int:
+        return len(self.duck_dataset)
+
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
+        dataset = self.duck_dataset
+        dataset._num_workers = max(1, self.num_workers)
+        dataset._ranks = detect_ranks()
+        if self._resuming:
+            self._resuming = False
+        else:
+            dataset.set_epoch(self._epoch)
+        self._consumed = 0
+        self._between_epochs = False
+        if self.num_workers == 0:
+            # In-process the dataset counts for itself; folding its progress keeps one truth.
+            dataset._consumed = 0
+        for item in super().__iter__():
+            self._consumed += 1
+            yield item
+        self._epoch = dataset.epoch + 1
+        self._between_epochs = True
+
+    def state_dict(self) -> dict[str, Any]:
+        """What the training loop consumed, as a dataset state (loads into either)."""
+        dataset = self.duck_dataset
+        if self._resuming:
+            return dataset._state(0)
+        if self._between_epochs:
+            return make_state(
+                fingerprint=dataset.plan.fingerprint,
+                seed=dataset.seed,
+                shuffle=dataset.shuffle,
+                even=dataset.even,
+                epoch=self._epoch,
+                stages=[],
+            )
+        stage = replace(dataset._stage(self._consumed), num_workers=max(1, self.num_workers))
+        return make_state(
+            fingerprint=dataset.plan.fingerprint,
+            seed=dataset.seed,
+            shuffle=dataset.shuffle,
+            even=dataset.even,
+            epoch=dataset.epoch,
+            stages=[*dataset._done, stage],
+        )
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """The next pass continues ``state``'s epoch where it stopped."""
+        self.duck_dataset.load_state_dict(state)
+        self._epoch = self.duck_dataset.epoch
+        self._resuming = True
+        self._between_epochs = True

@@ -1,0 +1,65 @@
+"""Partition: a sequence of rows cut into equal per-rank spans, then per-worker spans.
+
+Every row lands in exactly one slot; every rank gets the same number of rows, padded by
+repeating rows from the start of the sequence (``even="pad"``, as DistributedSampler does) or
+cut short (``even="drop"``). Within a rank, workers' spans differ by at most one row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from duckstream.core.ranges import length, slice_ranges
+from duckstream.core.world import World
+
+__all__ = ["Even", "SlotSpan", "partition", "rank_rows", "worker_rows"]
+
+Even = Literal["pad", "drop"]
+
+
+@dataclass(frozen=True)
+class SlotSpan:
+    """One slot's rows: ``ranges`` of positions in read order, the first ``real`` not padding."""
+
+    ranges: np.ndarray
+    real: int
+
+    @property
+    def rows(self) -> int:
+        return length(self.ranges)
+
+
+def rank_rows(total: int, world_size: int, even: Even) -> int:
+    """Rows each rank reads when ``total`` rows are shared by ``world_size`` ranks."""
+    if even == "pad":
+        return -(-total // world_size)
+    return total // world_size
+
+
+def worker_rows(rows: int, num_workers: int) -> list[int]:
+    """How a rank's ``rows`` split over its workers: sizes that differ by at most one."""
+    base, extra = divmod(rows, num_workers)
+    return [base + (1 if w < extra else 0) for w in range(num_workers)]
+
+
+def partition(sequence: np.ndarray, world: World, even: Even) -> SlotSpan:
+    """The span of ``sequence`` (ranges, in order) that ``world``'s slot reads."""
+    total = length(sequence)
+    per_rank = rank_rows(total, world.world_size, even)
+    sizes = worker_rows(per_rank, world.num_workers)
+    begin = world.rank * per_rank + sum(sizes[: world.worker])
+    end = begin + sizes[world.worker]
+    real_end = min(end, total)
+    parts = [slice_ranges(sequence, begin, real_end)]
+    # Padding: indices past the end wrap around to the start of the sequence.
+    pad_from, pad_count = max(begin, total) - total, end - max(begin, total)
+    while pad_count > 0 and total > 0:
+        start = pad_from % total
+        take = min(pad_count, total - start)
+        parts.append(slice_ranges(sequence, start, start + take))
+        pad_from += take
+        pad_count -= take
+    return SlotSpan(np.concatenate(parts), max(0, real_end - begin))

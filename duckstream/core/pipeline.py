@@ -1,0 +1,333 @@
+"""The stream: plan (parent) -> epoch order -> partition -> read -> shuffle -> batches.
+
+:func:`prepare` runs once in the main process and makes a picklable :class:`StreamPlan`
+(metadata reads, SQL checks, row counts, and for non-row-local SQL the global result).
+:func:`read_slot` runs in each worker and streams that worker's share of one epoch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from duckstream import engine
+from duckstream.core import sql as sqlmod
+from duckstream.core.order import epoch_order
+from duckstream.core.partition import Even, partition
+from duckstream.core.plan import DEFAULT_SHARD_ROWS, Shard, plan_fingerprint, plan_shards
+from duckstream.core.reader import ShardReader, default_threads
+from duckstream.core.resume import Stage, stage_sequence, window_key
+from duckstream.core.shuffle import window_permutation
+from duckstream.core.source import (
+    SourceLike,
+    check_schemas,
+    is_remote,
+    list_files,
+    parquet_patterns,
+    read_metadata,
+)
+from duckstream.core.world import World
+from duckstream.errors import ConfigurationError
+from duckstream.storage import S3Settings
+
+__all__ = ["StreamPlan", "prepare", "read_slot", "rebatch", "shuffle_windows"]
+
+_RESULT_ROW_GROUP = 8_192
+
+
+@dataclass(frozen=True)
+class StreamPlan:
+    """Everything a worker needs to read its share; plain, picklable data."""
+
+    files: tuple[str, ...]
+    row_groups: tuple[tuple[int, ...], ...]
+    shards: tuple[Shard, ...]
+    counts: tuple[int, ...]  # rows each shard yields after the SQL
+    query: str | None  # SQL per shard over `source`; None reads the columns below
+    keeps_rows: bool
+    columns: tuple[str, ...] | None  # plain projection: read with pyarrow
+    schema: pa.Schema
+    s3: S3Settings
+    fingerprint: str
+
+    @property
+    def num_rows(self) -> int:
+        return sum(self.counts)
+
+
+def prepare(
+    source: SourceLike,
+    sql: str | None = None,
+    *,
+    s3: S3Settings,
+    cache_dir: str | os.PathLike[str] | None = None,
+    shard_rows: int = DEFAULT_SHARD_ROWS,
+    original_schema: pa.Schema | None = None,
+) -> StreamPlan:
+    """Plan a stream over ``source`` through ``sql``; raises here, before any worker starts.
+
+    ``original_schema`` is the schema of the data a materialised result was computed from,
+    whose fixed-size lists the result gets back.
+    """
+    patterns = parquet_patterns(source)
+    spellings = [os.fspath(s) for s in ([source] if isinstance(source, (str, os.PathLike)) else source)]
+    remote = any(is_remote(p) for p in patterns)
+    con = engine.connect(s3=s3, extensions=("httpfs",) if remote else ())
+    try:
+        files = list_files(patterns, con)
+        metas = read_metadata(files, s3)
+        source_schema = check_schemas(metas)
+        listed = ", ".join(engine.sql_literal(f) for f in files)
+        con.execute(f"CREATE VIEW source AS SELECT * FROM read_parquet([{listed}])")
+        query = sqlmod.name_the_source(sql, [*spellings, *patterns]) if sql else None
+        shape = (
+            sqlmod.analyse(con, query, source_schema.names)
+            if query
+            else sqlmod.QueryShape(True, True, tuple(source_schema.names), False)
+        )
+        if not shape.row_local:
+            assert query is not None
+            result = _materialise(con, query, files, metas, shape.ordered, cache_dir)
+            return prepare(
+                result,
+                None,
+                s3=s3,
+                cache_dir=cache_dir,
+                shard_rows=shard_rows,
+                original_schema=source_schema,
+            )
+        shards = plan_shards([m.row_groups for m in metas], target_rows=shard_rows)
+        if shape.columns is not None:
+            schema = pa.schema([source_schema.field(c) for c in shape.columns])
+        else:
+            assert query is not None
+            schema = _result_schema(con, query)
+        schema = _restore_fixed_size(schema, original_schema or source_schema)
+        if shape.keeps_rows:
+            counts = [s.rows for s in shards]
+        else:
+            assert query is not None
+            counts = _count_rows(con, query, files, shards)
+    finally:
+        con.close()
+    return StreamPlan(
+        files=tuple(files),
+        row_groups=tuple(m.row_groups for m in metas),
+        shards=tuple(shards),
+        counts=tuple(counts),
+        query=None if shape.columns is not None else query,
+        keeps_rows=shape.keeps_rows,
+        columns=shape.columns,
+        schema=schema,
+        s3=s3,
+        fingerprint=plan_fingerprint(files, shards, counts, query),
+    )
+
+
+def _result_schema(con: duckdb.DuckDBPyConnection, query: str) -> pa.Schema:
+    try:
+        return con.sql(f"SELECT * FROM ({query}) LIMIT 0").to_arrow_table().schema
+    except duckdb.Error as exc:
+        raise engine.query_error(exc, query) from None
+
+
+def _restore_fixed_size(schema: pa.Schema, source: pa.Schema) -> pa.Schema:
+    """Parquet has no fixed-size list and DuckDB reads one back as a list: restore the type of
+    source columns that pass through unchanged, so they still become ``(n, k)`` tensors."""
+    fields = []
+    for field in schema:
+        original = source.field(field.name).type if field.name in source.names else None
+        if (
+            original is not None
+            and pa.types.is_fixed_size_list(original)
+            and pa.types.is_list(field.type)
+            and field.type.value_type == original.value_type
+        ):
+            field = field.with_type(original)
+        fields.append(field)
+    return pa.schema(fields)
+
+
+def _count_rows(
+    con: duckdb.DuckDBPyConnection, query: str, files: Sequence[str], shards: Sequence[Shard]
+) -> list[int]:
+    """Rows each shard yields through ``query`` (it filters or unnests, so metadata cannot say)."""
+
+    def count(shard: Shard) -> int:
+        cursor = con.cursor()
+        try:
+            cursor.execute(
+                "CREATE TEMP VIEW source AS SELECT * EXCLUDE (file_row_number) FROM read_parquet("
+                f"{engine.sql_literal(files[shard.file])}, file_row_number = true) "
+                f"WHERE file_row_number BETWEEN {shard.start} AND {shard.stop - 1}"
+            )
+            row = cursor.execute(f"SELECT count(*) FROM ({query})").fetchone()
+            return int(row[0]) if row else 0
+        except duckdb.Error as exc:
+            raise engine.query_error(exc, query) from None
+        finally:
+            cursor.close()
+
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        return list(pool.map(count, shards))
+
+
+def _materialise(
+    con: duckdb.DuckDBPyConnection,
+    query: str,
+    files: Sequence[str],
+    metas: Sequence[object],
+    ordered: bool,
+    cache_dir: str | os.PathLike[str] | None,
+) -> str:
+    """Run a whole-source query once into a local Parquet file, reused while inputs are equal.
+
+    Without an ORDER BY of its own the result is sorted by every column: a GROUP BY's output
+    order varies between runs, and every rank must see the same rows in the same order.
+    """
+    key = hashlib.sha256(json.dumps([query, list(files), [repr(m) for m in metas]]).encode()).hexdigest()[:24]
+    directory = Path(cache_dir) if cache_dir is not None else Path(tempfile.gettempdir()) / "duckstream-cache"
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / f"result-{key}.parquet"
+    if target.exists():
+        return str(target)
+    partial = directory / f".result-{key}-{os.getpid()}.parquet"
+    body = query if ordered else f"SELECT * FROM ({query}) ORDER BY ALL"
+    try:
+        con.execute(
+            f"COPY ({body}) TO {engine.sql_literal(str(partial))} "
+            f"(FORMAT parquet, ROW_GROUP_SIZE {_RESULT_ROW_GROUP})"
+        )
+    except duckdb.Error as exc:
+        partial.unlink(missing_ok=True)
+        raise engine.query_error(exc, query) from None
+    os.replace(partial, target)  # atomic: ranks racing on one node all see a whole file
+    return str(target)
+
+
+# ------------------------------------------------------------------------------ worker side
+
+
+def read_slot(
+    plan: StreamPlan,
+    *,
+    world: World,
+    seed: int,
+    epoch: int,
+    shuffle: bool,
+    even: Even,
+    done: Sequence[Stage],
+    shuffle_buffer: int,
+    batch_size: int,
+    drop_last: bool,
+    threads: int | None = None,
+) -> Iterator[pa.RecordBatch]:
+    """This slot's share of ``epoch`` after the stages ``done``, in batches of ``batch_size``."""
+    sequence = stage_sequence(plan.num_rows, done, seed=seed, epoch=epoch, shuffle=shuffle, even=even)
+    span = partition(sequence, world, even)
+    order = epoch_order(len(plan.shards), seed=seed, epoch=epoch, shuffle=shuffle)
+    reader = ShardReader(plan, threads=threads or default_threads(world.num_workers))
+    try:
+        batches: Iterable[pa.RecordBatch] = (
+            batch
+            for shard, lo, hi in _pieces(span.ranges, order, plan.counts)
+            for batch in reader.read(plan.shards[shard], lo, hi)
+        )
+        if shuffle:
+            key = window_key(seed, epoch, len(done), world)
+            batches = shuffle_windows(batches, shuffle_buffer, key)
+        yield from rebatch(batches, batch_size, drop_last, plan.schema)
+    finally:
+        reader.close()
+
+
+def _pieces(ranges: np.ndarray, order: np.ndarray, counts: Sequence[int]) -> Iterator[tuple[int, int, int]]:
+    """Epoch positions (ranges) as ``(shard, lo, hi)`` row ranges of shards, in order."""
+    sizes = np.asarray(counts, dtype=np.int64)[order]
+    ends = np.cumsum(sizes)
+    pending: tuple[int, int, int] | None = None
+    for start, stop in ranges:
+        index = int(np.searchsorted(ends, start, side="right"))
+        position = int(start)
+        while position < stop:
+            begin = int(ends[index] - sizes[index])
+            lo, hi = position - begin, min(int(stop), int(ends[index])) - begin
+            shard = int(order[index])
+            if pending is not None and pending[0] == shard and pending[2] == lo:
+                pending = (shard, pending[1], hi)
+            else:
+                if pending is not None:
+                    yield pending
+                pending = (shard, lo, hi)
+            position = begin + hi
+            index += 1
+    if pending is not None:
+        yield pending
+
+
+def shuffle_windows(
+    batches: Iterable[pa.RecordBatch], buffer: int, key: tuple[int, ...]
+) -> Iterator[pa.RecordBatch]:
+    """Permute each window of ``buffer`` consecutive rows (memory: one window)."""
+    held: list[pa.RecordBatch] = []
+    rows = 0
+    window = 0
+
+    def flush(size: int) -> Iterator[pa.RecordBatch]:
+        nonlocal held, rows, window
+        table = pa.Table.from_batches(held)
+        take, keep = table.slice(0, size), table.slice(size)
+        permuted = take.take(window_permutation(size, key, window, True))
+        yield from permuted.combine_chunks().to_batches()
+        held, rows, window = keep.to_batches(), rows - size, window + 1
+
+    for batch in batches:
+        held.append(batch)
+        rows += batch.num_rows
+        while rows >= buffer:
+            yield from flush(buffer)
+    if rows:
+        yield from flush(rows)
+
+
+def rebatch(
+    batches: Iterable[pa.RecordBatch], size: int, drop_last: bool, schema: pa.Schema
+) -> Iterator[pa.RecordBatch]:
+    """Batches of exactly ``size`` rows, contiguous in memory; the last one short unless dropped."""
+    if size < 1:
+        raise ConfigurationError(f"batch_size must be at least 1, found {size}")
+    held: list[pa.RecordBatch] = []
+    rows = 0
+    for batch in batches:
+        if batch.num_rows == 0:
+            continue
+        if not held and batch.num_rows == size:
+            yield batch  # the common case when read and batch sizes agree: no copy
+            continue
+        held.append(batch)
+        rows += batch.num_rows
+        if rows >= size:
+            table = pa.Table.from_batches(held, schema=schema)
+            offset = 0
+            while rows - offset >= size:
+                yield _contiguous(table.slice(offset, size), schema)
+                offset += size
+            held = table.slice(offset).to_batches()
+            rows -= offset
+    if rows and not drop_last:
+        yield _contiguous(pa.Table.from_batches(held, schema=schema), schema)
+
+
+def _contiguous(table: pa.Table, schema: pa.Schema) -> pa.RecordBatch:
+    batches = table.combine_chunks().to_batches()
+    return batches[0] if batches else pa.RecordBatch.from_pylist([], schema=schema)

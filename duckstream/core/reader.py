@@ -1,0 +1,154 @@
+"""One worker's reader: row ranges of shards as Arrow batches, through DuckDB or straight Parquet."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from duckstream import engine
+from duckstream.core.plan import Shard
+from duckstream.core.source import is_remote
+from duckstream.storage import pyarrow_s3
+
+if TYPE_CHECKING:
+    from duckstream.core.pipeline import StreamPlan
+
+__all__ = ["READ_BATCH_ROWS", "ShardReader", "default_threads"]
+
+READ_BATCH_ROWS = 8_192
+
+# The user's SQL reads `source`; per shard, three variables point it at a row range of a file.
+_SHARD_VIEW = """
+CREATE OR REPLACE TEMP VIEW source AS
+SELECT * EXCLUDE (file_row_number)
+FROM read_parquet(getvariable('duckstream_file'), file_row_number = true)
+WHERE file_row_number BETWEEN getvariable('duckstream_first') AND getvariable('duckstream_last')
+"""
+
+
+def default_threads(readers: int) -> int:
+    """DuckDB threads per reader so that ``readers`` of them do not oversubscribe the cores."""
+    return max(1, (os.cpu_count() or 1) // max(1, readers))
+
+
+class ShardReader:
+    """Reads rows ``lo..hi`` of a shard's output; opens its connection on first use.
+
+    Plain projections (``SELECT a, b FROM source``) skip SQL and read Parquet with pyarrow,
+    which exports Arrow faster; every other row-local query runs in DuckDB on one shard.
+    """
+
+    def __init__(self, plan: StreamPlan, *, threads: int) -> None:
+        self._plan = plan
+        self._threads = threads
+        self._con: duckdb.DuckDBPyConnection | None = None
+        self._parquet: tuple[str, pq.ParquetFile] | None = None
+        self._filesystem: object | None = None
+
+    def read(self, shard: Shard, lo: int, hi: int) -> Iterator[pa.RecordBatch]:
+        if hi <= lo:
+            return iter(())
+        if self._plan.columns is not None:
+            return self._read_parquet(shard.file, shard.start + lo, shard.start + hi)
+        return self._read_sql(shard, lo, hi)
+
+    def close(self) -> None:
+        if self._con is not None:
+            self._con.close()
+            self._con = None
+        self._parquet = None
+
+    def _typed(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        # DuckDB and Parquet lose fixed-size lists; the plan's schema has them back.
+        return batch if batch.schema == self._plan.schema else batch.cast(self._plan.schema)
+
+    # -- straight Parquet ------------------------------------------------------------------
+
+    def _read_parquet(self, file: int, first: int, stop: int) -> Iterator[pa.RecordBatch]:
+        parquet = self._parquet_file(self._plan.files[file])
+        groups, offset = [], 0
+        group_start = 0
+        for index, rows in enumerate(self._plan.row_groups[file]):
+            if group_start < stop and group_start + rows > first:
+                if not groups:
+                    offset = group_start
+                groups.append(index)
+            group_start += rows
+        skip, want = first - offset, stop - first
+        for batch in parquet.iter_batches(
+            batch_size=READ_BATCH_ROWS,
+            row_groups=groups,
+            columns=list(self._plan.columns or ()),
+            use_threads=self._threads > 1,
+        ):
+            if skip >= batch.num_rows:
+                skip -= batch.num_rows
+                continue
+            piece = batch.slice(skip, want)
+            skip = 0
+            want -= piece.num_rows
+            yield self._typed(piece)
+            if want <= 0:
+                return
+
+    def _parquet_file(self, path: str) -> pq.ParquetFile:
+        if self._parquet is None or self._parquet[0] != path:
+            if is_remote(path):
+                if self._filesystem is None:
+                    self._filesystem = pyarrow_s3(self._plan.s3)
+                handle = self._filesystem.open_input_file(path.split("://", 1)[1])  # type: ignore[attr-defined]
+            else:
+                handle = path
+            self._parquet = (path, pq.ParquetFile(handle, pre_buffer=True))
+        return self._parquet[1]
+
+    # -- DuckDB ----------------------------------------------------------------------------
+
+    def _connection(self) -> duckdb.DuckDBPyConnection:
+        if self._con is None:
+            self._con = engine.connect(
+                s3=self._plan.s3,
+                extensions=("httpfs",) if any(is_remote(f) for f in self._plan.files) else (),
+                threads=self._threads,
+                # One pass over each file: caching it only costs memory.
+                config={"enable_external_file_cache": False},
+            )
+            self._con.execute("SET VARIABLE duckstream_file = ''")
+            self._con.execute("SET VARIABLE duckstream_first = 0")
+            self._con.execute("SET VARIABLE duckstream_last = -1")
+            self._con.execute(_SHARD_VIEW)
+        return self._con
+
+    def _read_sql(self, shard: Shard, lo: int, hi: int) -> Iterator[pa.RecordBatch]:
+        con = self._connection()
+        query = self._plan.query or "SELECT * FROM source"
+        # One output row per file row: narrow the file range itself. Otherwise (WHERE, UNNEST)
+        # run the shard and keep output rows lo..hi.
+        first, last = (
+            (shard.start + lo, shard.start + hi - 1)
+            if self._plan.keeps_rows
+            else (shard.start, shard.stop - 1)
+        )
+        skip, want = (0, hi - lo) if self._plan.keeps_rows else (lo, hi - lo)
+        try:
+            con.execute("SET VARIABLE duckstream_file = ?", [self._plan.files[shard.file]])
+            con.execute(f"SET VARIABLE duckstream_first = {int(first)}")
+            con.execute(f"SET VARIABLE duckstream_last = {int(last)}")
+            reader = con.sql(query).to_arrow_reader(READ_BATCH_ROWS)
+            for batch in reader:
+                if skip >= batch.num_rows:
+                    skip -= batch.num_rows
+                    continue
+                piece = batch.slice(skip, want)
+                skip = 0
+                want -= piece.num_rows
+                yield self._typed(piece)
+                if want <= 0:
+                    break
+        except duckdb.Error as exc:
+            raise engine.query_error(exc, query, s3=self._plan.s3) from None

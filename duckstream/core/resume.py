@@ -1,0 +1,103 @@
+"""Which rows an epoch still owes, replayed from plain counters (no lists of row ids).
+
+An epoch is read in *stages*: a stage is one stretch of reading under one world size, worker
+count, batch size and shuffle buffer, ending after each rank handed ``consumed`` items to its
+training loop. Because partition and shuffle are pure functions of positions, the rows a stage
+emitted can be recomputed from those counters alone; the rows it did not emit, in position
+order, are the sequence the next stage partitions anew.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from duckstream.core.partition import Even, partition
+from duckstream.core.ranges import as_ranges, expand, merge_sorted, positions_to_ranges, slice_ranges
+from duckstream.core.shuffle import unread
+from duckstream.core.world import World
+
+__all__ = ["Stage", "items_per_worker", "stage_sequence", "window_key", "worker_items"]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stretch of an epoch read under one configuration; ``consumed`` items per rank."""
+
+    world_size: int
+    num_workers: int  # reading slots per rank: DataLoader workers, or 1 without workers
+    batch_size: int  # 1 when items are rows
+    drop_last: bool
+    shuffle_buffer: int
+    consumed: int = 0
+
+
+def worker_items(rows: int, batch_size: int, drop_last: bool) -> int:
+    """Items a worker yields from ``rows`` rows."""
+    return rows // batch_size if drop_last else -(-rows // batch_size)
+
+
+def items_per_worker(consumed: int, items: Sequence[int]) -> list[int]:
+    """How ``consumed`` items of a rank split over its workers.
+
+    DataLoader takes one item from each worker in turn, skipping workers that are exhausted.
+    """
+    taken = [0] * len(items)
+    left = min(consumed, sum(items))
+    while left > 0:
+        active = [w for w, n in enumerate(items) if taken[w] < n]
+        rounds = min(left // len(active), min(items[w] - taken[w] for w in active))
+        if rounds == 0:
+            for w in active[:left]:
+                taken[w] += 1
+            break
+        for w in active:
+            taken[w] += rounds
+        left -= rounds * len(active)
+    return taken
+
+
+def window_key(seed: int, epoch: int, stage: int, world: World) -> tuple[int, ...]:
+    """Seed material of one slot's shuffle windows."""
+    return (seed, epoch, stage, world.world_size, world.rank, world.num_workers, world.worker)
+
+
+def _unread_after(
+    sequence: np.ndarray, stage: Stage, index: int, *, seed: int, epoch: int, shuffle: bool, even: Even
+) -> np.ndarray:
+    parts: list[np.ndarray] = []
+    for rank in range(stage.world_size):
+        worlds = [World(rank, stage.world_size, w, stage.num_workers) for w in range(stage.num_workers)]
+        spans = [partition(sequence, world, even) for world in worlds]
+        items = [worker_items(span.rows, stage.batch_size, stage.drop_last) for span in spans]
+        taken = items_per_worker(stage.consumed, items)
+        for world, span, count in zip(worlds, spans, taken, strict=True):
+            emitted = min(count * stage.batch_size, span.rows)
+            key = window_key(seed, epoch, index, world)
+            buffered, unread_from = unread(span.rows, emitted, stage.shuffle_buffer, key, shuffle)
+            # Padding repeats rows other slots own: only real rows are owed.
+            buffered = buffered[buffered < span.real]
+            if len(buffered):
+                lo = int(buffered[0])
+                window = expand(slice_ranges(span.ranges, lo, int(buffered[-1]) + 1))
+                parts.append(positions_to_ranges(window[buffered - lo]))
+            parts.append(slice_ranges(span.ranges, unread_from, span.real))
+    return merge_sorted(parts)
+
+
+def stage_sequence(
+    total_rows: int,
+    stages: Sequence[Stage],
+    *,
+    seed: int,
+    epoch: int,
+    shuffle: bool,
+    even: Even,
+) -> np.ndarray:
+    """The positions still owed after ``stages``, in position order (all of them for none)."""
+    sequence = as_ranges([(0, total_rows)])
+    for index, stage in enumerate(stages):
+        sequence = _unread_after(sequence, stage, index, seed=seed, epoch=epoch, shuffle=shuffle, even=even)
+    return sequence

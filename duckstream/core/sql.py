@@ -1,0 +1,133 @@
+"""The user's SQL: naming the source, and whether it can run shard by shard.
+
+A query is *row-local* when each output row depends on one source row only (projection,
+expressions, WHERE, UNNEST): it runs per shard, in the workers. Anything else (LIMIT, ORDER BY,
+GROUP BY, DISTINCT, joins, windows, aggregates) must see the whole source and runs once.
+DuckDB itself decides, from the physical plan, not a keyword filter.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import duckdb
+
+from duckstream import engine
+from duckstream.errors import ConfigurationError
+
+__all__ = ["QueryShape", "analyse", "name_the_source"]
+
+SOURCE = "source"
+
+_ROW_LOCAL_OPERATORS = frozenset(
+    {"PROJECTION", "FILTER", "UNNEST", "READ_PARQUET", "PARQUET_SCAN", "TABLE_SCAN"}
+)
+_SCANS = frozenset({"READ_PARQUET", "PARQUET_SCAN", "TABLE_SCAN"})
+_MENTIONS_SOURCE = re.compile(rf"\b{SOURCE}\b", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class QueryShape:
+    """What the analysis found.
+
+    ``row_local``: runs per shard. ``keeps_rows``: row-local and yields exactly one row per
+    source row (no WHERE, no UNNEST), so row counts come from metadata. ``columns``: for a
+    plain projection of source columns, their names (all of them for ``SELECT *``), which
+    can be read without SQL. ``ordered``: the query ends in its own ORDER BY.
+    """
+
+    row_local: bool
+    keeps_rows: bool
+    columns: tuple[str, ...] | None
+    ordered: bool
+
+
+def name_the_source(sql: str, spellings: Sequence[str]) -> str:
+    """``sql`` with ``read_parquet('<uri>')``/``'<uri>'`` for the source replaced by ``source``.
+
+    Notebooks name the data by its URI; the reader swaps in one shard at a time through the
+    name ``source``, so the query must use it.
+    """
+    for spelling in sorted(set(spellings), key=len, reverse=True):
+        literal = re.escape(engine.sql_literal(spelling))
+        call = rf"\b(?:read_parquet|parquet_scan)\s*\(\s*{literal}\s*\)"
+        sql = re.sub(call, SOURCE, sql, flags=re.IGNORECASE)
+        sql = re.sub(rf"(\bFROM\s+|\bJOIN\s+){literal}", rf"\g<1>{SOURCE}", sql, flags=re.IGNORECASE)
+    if not _MENTIONS_SOURCE.search(sql):
+        raise ConfigurationError(
+            f"the SQL must read the data as `{SOURCE}` (or as read_parquet('<the source URI>')); "
+            f"found: {' '.join(sql.split())[:200]}"
+        )
+    return sql
+
+
+def analyse(con: duckdb.DuckDBPyConnection, sql: str, source_columns: Sequence[str]) -> QueryShape:
+    """Bind ``sql`` against the ``source`` view of ``con`` and classify it.
+
+    Binding happens here, in the main process, so a syntax error or an unknown column is
+    reported before any worker starts.
+    """
+    try:
+        rows = con.execute(f"EXPLAIN (FORMAT json) {sql}").fetchall()
+        tree = json.loads(con.execute("SELECT json_serialize_sql(?)", [sql]).fetchone()[0])  # type: ignore[index]
+    except duckdb.Error as exc:
+        raise engine.query_error(exc, sql) from None
+    nodes = list(_walk(json.loads(rows[0][1])))
+    operators = {node["name"] for node in nodes}
+    row_local = operators <= _ROW_LOCAL_OPERATORS and len(_statements(tree)) == 1
+    scan_filters = any(node.get("extra_info", {}).get("Filters") for node in nodes if node["name"] in _SCANS)
+    keeps_rows = row_local and not ({"FILTER", "UNNEST"} & operators) and not scan_filters
+    select = _statements(tree)[0] if _statements(tree) else {}
+    return QueryShape(
+        row_local=row_local,
+        keeps_rows=keeps_rows,
+        columns=_plain_columns(select, source_columns) if keeps_rows else None,
+        ordered=any(m.get("type") == "ORDER_MODIFIER" for m in select.get("modifiers", [])),
+    )
+
+
+def _walk(nodes: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    for node in nodes:
+        yield node
+        yield from _walk(node.get("children", []))
+
+
+def _statements(tree: dict[str, Any]) -> list[dict[str, Any]]:
+    if tree.get("error"):
+        return []
+    return [s["node"] for s in tree.get("statements", [])]
+
+
+def _plain_columns(select: dict[str, Any], source_columns: Sequence[str]) -> tuple[str, ...] | None:
+    """Column names when the query is ``SELECT <columns or *> FROM source`` and nothing else."""
+    if select.get("type") != "SELECT_NODE" or select.get("cte_map", {}).get("map"):
+        return None
+    table = select.get("from_table", {})
+    if table.get("type") != "BASE_TABLE" or table.get("table_name", "").lower() != SOURCE:
+        return None
+    if table.get("alias") or table.get("schema_name") or table.get("sample"):
+        return None
+    names: list[str] = []
+    for item in select.get("select_list", []):
+        if (
+            item["class"] == "STAR"
+            and not any(
+                item.get(k) for k in ("exclude_list", "replace_list", "rename_list", "expr", "relation_name")
+            )
+            and not item.get("columns")
+        ):
+            names.extend(source_columns)
+        elif item["class"] == "COLUMN_REF" and len(item["column_names"]) == 1:
+            column = item["column_names"][0]
+            if item.get("alias") not in ("", column):
+                return None
+            names.append(column)
+        else:
+            return None
+    if len(set(names)) != len(names) or not set(names) <= set(source_columns):
+        return None
+    return tuple(names)

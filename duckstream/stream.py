@@ -1,0 +1,95 @@
+"""The public face of the stream: stream_batches (Arrow, no torch), DuckStreamDataset,
+DuckStreamLoader and as_iterable_dataset (imported lazily with their optional stacks)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+
+from duckstream.core.partition import Even
+from duckstream.core.pipeline import prepare, read_slot
+from duckstream.core.shuffle import DEFAULT_SHUFFLE_BUFFER
+from duckstream.core.source import SourceLike
+from duckstream.core.world import World, ranks_from_env
+from duckstream.errors import ConfigurationError
+from duckstream.storage import S3Settings
+
+__all__ = ["DuckStreamDataset", "DuckStreamLoader", "stream_batches"]
+
+if TYPE_CHECKING:
+    from duckstream.adapters.torch import DuckStreamDataset as DuckStreamDataset
+    from duckstream.adapters.torch import DuckStreamLoader as DuckStreamLoader
+
+_LAZY = {
+    "DuckStreamDataset": ("duckstream.adapters.torch", "torch"),
+    "DuckStreamLoader": ("duckstream.adapters.torch", "torch"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'duckstream.stream' has no attribute {name!r}")
+    from duckstream._optional import require
+
+    module, stack = _LAZY[name]
+    require(stack)
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def stream_batches(
+    source: SourceLike,
+    sql: str | None = None,
+    *,
+    shuffle: bool = False,
+    seed: int = 0,
+    epoch: int = 0,
+    batch_size: int = 1_024,
+    drop_last: bool = False,
+    shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
+    even: Even = "pad",
+    world: World | None = None,
+    s3_endpoint: str | None = None,
+    s3_access_key: str | None = None,
+    s3_secret_key: str | None = None,
+    s3_region: str | None = None,
+    s3_use_ssl: bool | None = None,
+    threads: int | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> Iterator[pa.RecordBatch]:
+    """Arrow record batches of ``source`` through ``sql``: one epoch of this process's share.
+
+    ``world`` defaults to RANK/WORLD_SIZE from the environment (one reader per rank). Batches
+    hold ``batch_size`` rows except the last (dropped with ``drop_last``). Planning and SQL
+    checks happen at the call, reading as the iterator is consumed.
+    """
+    if seed < 0 or epoch < 0:
+        raise ConfigurationError(f"seed and epoch must be non-negative, found seed={seed}, epoch={epoch}")
+    if shuffle_buffer < 1:
+        raise ConfigurationError(f"shuffle_buffer must be at least 1, found {shuffle_buffer}")
+    if even not in ("pad", "drop"):
+        raise ConfigurationError(f"even must be 'pad' or 'drop', found {even!r}")
+    s3 = S3Settings.resolve(s3_endpoint, s3_access_key, s3_secret_key, region=s3_region, use_ssl=s3_use_ssl)
+    plan = prepare(source, sql, s3=s3, cache_dir=cache_dir)
+    if world is None:
+        rank, world_size = ranks_from_env()
+        world = World(rank, world_size)
+    return read_slot(
+        plan,
+        world=world,
+        seed=seed,
+        epoch=epoch,
+        shuffle=shuffle,
+        even=even,
+        done=[],
+        shuffle_buffer=shuffle_buffer,
+        batch_size=batch_size,
+        drop_last=drop_last,
+        threads=threads,
+    )

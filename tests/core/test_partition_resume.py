@@ -1,0 +1,194 @@
+"""Exactly-once, balance and resume, checked by replaying what each slot emits."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from duckstream.core.partition import Even, partition, rank_rows, worker_rows
+from duckstream.core.ranges import as_ranges, expand, length, merge_sorted, slice_ranges
+from duckstream.core.resume import Stage, items_per_worker, stage_sequence, window_key, worker_items
+from duckstream.core.shuffle import emit_order
+from duckstream.core.world import World
+
+
+def rank_stream(
+    sequence: np.ndarray,
+    stage: Stage,
+    index: int,
+    rank: int,
+    *,
+    seed: int,
+    epoch: int,
+    shuffle: bool,
+    even: Even,
+) -> list[list[tuple[int, bool]]]:
+    """The items rank ``rank`` hands to its loop, each a list of (position, is_real)."""
+    per_worker: list[list[list[tuple[int, bool]]]] = []
+    for worker in range(stage.num_workers):
+        world = World(rank, stage.world_size, worker, stage.num_workers)
+        span = partition(sequence, world, even)
+        key = window_key(seed, epoch, index, world)
+        indices = emit_order(as_ranges([(0, span.rows)]), stage.shuffle_buffer, key, shuffle)
+        positions = expand(span.ranges)
+        rows = [(int(positions[i]), bool(i < span.real)) for i in indices]
+        batches = [rows[i : i + stage.batch_size] for i in range(0, len(rows), stage.batch_size)]
+        if stage.drop_last and batches and len(batches[-1]) < stage.batch_size:
+            batches.pop()
+        per_worker.append(batches)
+    # DataLoader's order: one item per worker in turn, skipping exhausted workers.
+    out: list[list[tuple[int, bool]]] = []
+    cursors = [0] * len(per_worker)
+    while any(c < len(b) for c, b in zip(cursors, per_worker, strict=True)):
+        for w, batches in enumerate(per_worker):
+            if cursors[w] < len(batches):
+                out.append(batches[cursors[w]])
+                cursors[w] += 1
+    return out
+
+
+stages = st.builds(
+    Stage,
+    world_size=st.integers(1, 8),
+    num_workers=st.integers(1, 4),
+    batch_size=st.integers(1, 7),
+    drop_last=st.just(False),
+    shuffle_buffer=st.integers(1, 40),
+)
+common = {
+    "total": st.integers(0, 300),
+    "seed": st.integers(0, 2**31),
+    "epoch": st.integers(0, 50),
+    "shuffle": st.booleans(),
+    "even": st.sampled_from(["pad", "drop"]),
+}
+
+
+@settings(max_examples=300, deadline=None)
+@given(stage=stages, **common)
+def test_one_epoch_reads_every_row_once_with_equal_ranks(
+    stage: Stage, total: int, seed: int, epoch: int, shuffle: bool, even: Even
+) -> None:
+    sequence = as_ranges([(0, total)])
+    streams = [
+        rank_stream(sequence, stage, 0, r, seed=seed, epoch=epoch, shuffle=shuffle, even=even)
+        for r in range(stage.world_size)
+    ]
+    rows_per_rank = {sum(len(item) for item in s) for s in streams}
+    items_per_rank = {len(s) for s in streams}
+    assert len(rows_per_rank) == 1
+    assert len(items_per_rank) == 1
+    real = Counter(p for s in streams for item in s for p, is_real in item if is_real)
+    expected = total if even == "pad" else rank_rows(total, stage.world_size, "drop") * stage.world_size
+    assert real == Counter(range(expected))
+    # padding only ever repeats rows, and only as many as balance needs
+    padded = [p for s in streams for item in s for p, is_real in item if not is_real]
+    assert len(padded) == (rows_per_rank.pop() * stage.world_size - total if even == "pad" else 0)
+    assert all(0 <= p < total for p in padded)
+
+
+@settings(max_examples=300, deadline=None)
+@given(first=stages, second=stages, third=stages, data=st.data(), **common)
+def test_resume_under_any_new_world_reads_the_rest_once(
+    first: Stage,
+    second: Stage,
+    third: Stage,
+    data: st.DataObject,
+    total: int,
+    seed: int,
+    epoch: int,
+    shuffle: bool,
+    even: Even,
+) -> None:
+    kw = {"seed": seed, "epoch": epoch, "shuffle": shuffle, "even": even}
+    done: list[Stage] = []
+    seen: Counter[int] = Counter()
+    for index, stage in enumerate([first, second, third]):
+        sequence = stage_sequence(total, done, **kw)
+        streams = [rank_stream(sequence, stage, index, r, **kw) for r in range(stage.world_size)]
+        last = index == 2
+        consumed = len(streams[0]) if last else data.draw(st.integers(0, len(streams[0])))
+        for stream in streams:
+            seen.update(p for item in stream[:consumed] for p, real in item if real)
+        done.append(Stage(**{**stage.__dict__, "consumed": consumed}))
+    assert max(seen.values(), default=1) == 1, "a row was read twice"
+    if even == "pad":
+        assert set(seen) == set(range(total)), "a row was lost"
+
+
+@given(total=st.integers(0, 200), stage=stages, data=st.data())
+def test_owed_rows_are_what_was_not_handed_out(total: int, stage: Stage, data: st.DataObject) -> None:
+    kw = {"seed": 1, "epoch": 2, "shuffle": True, "even": "pad"}
+    sequence = as_ranges([(0, total)])
+    streams = [rank_stream(sequence, stage, 0, r, **kw) for r in range(stage.world_size)]  # type: ignore[arg-type]
+    consumed = data.draw(st.integers(0, len(streams[0])))
+    handed = {p for s in streams for item in s[:consumed] for p, real in item if real}
+    owed = stage_sequence(total, [Stage(**{**stage.__dict__, "consumed": consumed})], **kw)  # type: ignore[arg-type]
+    assert set(expand(owed).tolist()) == set(range(total)) - handed
+    assert np.all(np.diff(expand(owed)) > 0)
+
+
+def test_a_single_row_still_feeds_thirty_two_slots_evenly() -> None:
+    sequence = as_ranges([(0, 1)])
+    spans = [partition(sequence, World(r, 4, w, 8), "pad") for r in range(4) for w in range(8)]
+    assert {span.rows for span in spans} == {0, 1}
+    assert sum(span.real for span in spans) == 1
+    per_rank = [sum(spans[r * 8 + w].rows for w in range(8)) for r in range(4)]
+    assert per_rank == [1, 1, 1, 1]
+
+
+def test_drop_policy_never_pads() -> None:
+    sequence = as_ranges([(0, 10)])
+    spans = [partition(sequence, World(r, 3, 0, 1), "drop") for r in range(3)]
+    assert [span.rows for span in spans] == [3, 3, 3]
+    assert all(span.real == span.rows for span in spans)
+
+
+@pytest.mark.parametrize(
+    ("consumed", "items", "expected"),
+    [
+        (0, [3, 2], [0, 0]),
+        (3, [3, 2], [2, 1]),
+        (4, [3, 2], [2, 2]),
+        (5, [3, 2], [3, 2]),
+        (9, [3, 2], [3, 2]),
+        (5, [1, 4, 4], [1, 2, 2]),
+        (2, [0, 5], [0, 2]),
+    ],
+)
+def test_items_per_worker_follows_dataloader_round_robin(
+    consumed: int, items: list[int], expected: list[int]
+) -> None:
+    assert items_per_worker(consumed, items) == expected
+
+
+def test_worker_rows_and_items() -> None:
+    assert worker_rows(10, 3) == [4, 3, 3]
+    assert worker_items(10, 4, drop_last=False) == 3
+    assert worker_items(10, 4, drop_last=True) == 2
+
+
+@given(
+    pairs=st.lists(st.tuples(st.integers(0, 50), st.integers(0, 50)), max_size=8),
+    lo=st.integers(0, 60),
+    hi=st.integers(0, 60),
+)
+def test_slice_ranges_matches_slicing_the_expanded_sequence(
+    pairs: list[tuple[int, int]], lo: int, hi: int
+) -> None:
+    ranges = as_ranges(pairs)
+    assert expand(slice_ranges(ranges, lo, hi)).tolist() == expand(ranges)[lo:hi].tolist()
+    assert length(ranges) == len(expand(ranges))
+
+
+@given(cuts=st.lists(st.integers(0, 100), unique=True, max_size=20))
+def test_merge_sorted_joins_adjacent_and_sorts(cuts: list[int]) -> None:
+    cuts = sorted(cuts)
+    pieces = [as_ranges([(a, b)]) for a, b in zip(cuts[::2], cuts[1::2], strict=False)]
+    merged = merge_sorted(pieces[::-1])
+    assert expand(merged).tolist() == sorted(expand(np.concatenate(pieces)).tolist()) if pieces else True
+    assert np.all(merged[1:, 0] > merged[:-1, 1]) if len(merged) > 1 else True
