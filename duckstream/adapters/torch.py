@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from duckstream.adapters.collate import OUTPUTS, Output, collate_batch, collate_rows
 from duckstream.core.partition import Even, rank_rows, worker_rows
 from duckstream.core.pipeline import StreamPlan, prepare, read_slot
-from duckstream.core.resume import Stage, worker_items
+from duckstream.core.resume import Stage, fold, worker_items
 from duckstream.core.shuffle import DEFAULT_SHUFFLE_BUFFER
 from duckstream.core.source import SourceLike
 from duckstream.core.state import make_state, read_state
@@ -137,7 +137,7 @@ class DuckStreamDataset(IterableDataset[Any]):
         if self._finished:
             epoch, stages = self._epoch + 1, []
         else:
-            epoch, stages = self._epoch, [*self._done, self._stage(consumed)]
+            epoch, stages = self._epoch, fold(self._done, self._stage(consumed))
         return make_state(
             fingerprint=self.plan.fingerprint,
             seed=self.seed,
@@ -177,7 +177,7 @@ class DuckStreamDataset(IterableDataset[Any]):
             if self._finished:
                 self._done, self._consumed, self._finished = [], 0, False
             elif self._consumed:
-                self._done = done = [*done, self._stage(self._consumed)]
+                self._done = done = fold(done, self._stage(self._consumed))
                 self._consumed = 0
         _, drop = self._item_rows()
         batches = read_slot(
@@ -191,6 +191,7 @@ class DuckStreamDataset(IterableDataset[Any]):
             shuffle_buffer=self.shuffle_buffer,
             batch_size=self.batch_size or _ROW_MODE_READ,
             drop_last=drop,
+            item_rows=self._item_rows()[0],
             threads=self.threads,
         )
         items = self._items(batches)
@@ -305,7 +306,7 @@ class DuckStreamLoader(DataLoader[Any]):
             shuffle=dataset.shuffle,
             even=dataset.even,
             epoch=dataset.epoch,
-            stages=[*dataset._done, stage],
+            stages=fold(dataset._done, stage),
         )
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:

@@ -25,8 +25,15 @@ from duckstream.core import sql as sqlmod
 from duckstream.core.order import epoch_order
 from duckstream.core.partition import Even, partition
 from duckstream.core.plan import DEFAULT_SHARD_ROWS, Shard, plan_fingerprint, plan_shards
+from duckstream.core.ranges import slice_ranges
 from duckstream.core.reader import ShardReader, default_threads
-from duckstream.core.resume import Stage, stage_sequence, window_key
+from duckstream.core.resume import (
+    Stage,
+    continuation,
+    rows_emitted,
+    stage_sequence,
+    window_key,
+)
 from duckstream.core.shuffle import window_permutation
 from duckstream.core.source import (
     SourceLike,
@@ -230,25 +237,49 @@ def read_slot(
     shuffle_buffer: int,
     batch_size: int,
     drop_last: bool,
+    item_rows: int | None = None,
     threads: int | None = None,
 ) -> Iterator[pa.RecordBatch]:
-    """This slot's share of ``epoch`` after the stages ``done``, in batches of ``batch_size``."""
-    sequence = stage_sequence(plan.num_rows, done, seed=seed, epoch=epoch, shuffle=shuffle, even=even)
+    """This slot's share of ``epoch`` after the stages ``done``, in batches of ``batch_size``.
+
+    ``item_rows`` is the rows per item the training loop counts (1 for rows; defaults to
+    ``batch_size``). When the last stage in ``done`` had this very setup, the read continues
+    it exactly where it stopped, as if never interrupted; otherwise the rows still owed are
+    partitioned afresh.
+    """
+    current = Stage(world.world_size, world.num_workers, item_rows or batch_size, drop_last, shuffle_buffer)
+    continuing = bool(done) and done[-1].same_setup(current)
+    prior = done[:-1] if continuing else done
+    sequence = stage_sequence(plan.num_rows, prior, seed=seed, epoch=epoch, shuffle=shuffle, even=even)
+    if continuing:
+        world = continuation(sequence, done[-1], world, even)
     span = partition(sequence, world, even)
+    emitted = rows_emitted(sequence, done[-1], world, even) if continuing else 0
+    first_window, inside = divmod(emitted, shuffle_buffer) if shuffle else (0, 0)
+    start = first_window * shuffle_buffer if shuffle else emitted
     order = epoch_order(len(plan.shards), seed=seed, epoch=epoch, shuffle=shuffle)
     reader = ShardReader(plan, threads=threads or default_threads(world.num_workers))
     try:
         batches: Iterable[pa.RecordBatch] = (
             batch
-            for shard, lo, hi in _pieces(span.ranges, order, plan.counts)
+            for shard, lo, hi in _pieces(slice_ranges(span.ranges, start, span.rows), order, plan.counts)
             for batch in reader.read(plan.shards[shard], lo, hi)
         )
         if shuffle:
-            key = window_key(seed, epoch, len(done), world)
-            batches = shuffle_windows(batches, shuffle_buffer, key)
+            key = window_key(seed, epoch, len(prior), world)
+            batches = _skip(shuffle_windows(batches, shuffle_buffer, key, first_window), inside)
         yield from rebatch(batches, batch_size, drop_last, plan.schema)
     finally:
         reader.close()
+
+
+def _skip(batches: Iterable[pa.RecordBatch], rows: int) -> Iterator[pa.RecordBatch]:
+    for batch in batches:
+        if rows >= batch.num_rows:
+            rows -= batch.num_rows
+            continue
+        yield batch.slice(rows) if rows else batch
+        rows = 0
 
 
 def _pieces(ranges: np.ndarray, order: np.ndarray, counts: Sequence[int]) -> Iterator[tuple[int, int, int]]:
@@ -276,12 +307,12 @@ def _pieces(ranges: np.ndarray, order: np.ndarray, counts: Sequence[int]) -> Ite
 
 
 def shuffle_windows(
-    batches: Iterable[pa.RecordBatch], buffer: int, key: tuple[int, ...]
+    batches: Iterable[pa.RecordBatch], buffer: int, key: tuple[int, ...], first_window: int = 0
 ) -> Iterator[pa.RecordBatch]:
     """Permute each window of ``buffer`` consecutive rows (memory: one window)."""
     held: list[pa.RecordBatch] = []
     rows = 0
-    window = 0
+    window = first_window
 
     def flush(size: int) -> Iterator[pa.RecordBatch]:
         nonlocal held, rows, window

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 import pyarrow as pa
@@ -48,7 +48,7 @@ class ShardReader:
         self._threads = threads
         self._con: duckdb.DuckDBPyConnection | None = None
         self._parquet: tuple[str, pq.ParquetFile] | None = None
-        self._filesystem: object | None = None
+        self._filesystem: Any = None
 
     def read(self, shard: Shard, lo: int, hi: int) -> Iterator[pa.RecordBatch]:
         if hi <= lo:
@@ -71,7 +71,8 @@ class ShardReader:
 
     def _read_parquet(self, file: int, first: int, stop: int) -> Iterator[pa.RecordBatch]:
         parquet = self._parquet_file(self._plan.files[file])
-        groups, offset = [], 0
+        groups: list[int] = []
+        offset = 0
         group_start = 0
         for index, rows in enumerate(self._plan.row_groups[file]):
             if group_start < stop and group_start + rows > first:
@@ -101,7 +102,7 @@ class ShardReader:
             if is_remote(path):
                 if self._filesystem is None:
                     self._filesystem = pyarrow_s3(self._plan.s3)
-                handle = self._filesystem.open_input_file(path.split("://", 1)[1])  # type: ignore[attr-defined]
+                handle = self._filesystem.open_input_file(path.split("://", 1)[1])
             else:
                 handle = path
             self._parquet = (path, pq.ParquetFile(handle, pre_buffer=True))
@@ -129,12 +130,11 @@ class ShardReader:
         query = self._plan.query or "SELECT * FROM source"
         # One output row per file row: narrow the file range itself. Otherwise (WHERE, UNNEST)
         # run the shard and keep output rows lo..hi.
-        first, last = (
-            (shard.start + lo, shard.start + hi - 1)
-            if self._plan.keeps_rows
-            else (shard.start, shard.stop - 1)
-        )
-        skip, want = (0, hi - lo) if self._plan.keeps_rows else (lo, hi - lo)
+        if self._plan.keeps_rows:
+            first, last, skip = shard.start + lo, shard.start + hi - 1, 0
+        else:
+            first, last, skip = shard.start, shard.stop - 1, lo
+        want = hi - lo
         try:
             con.execute("SET VARIABLE duckstream_file = ?", [self._plan.files[shard.file]])
             con.execute(f"SET VARIABLE duckstream_first = {int(first)}")

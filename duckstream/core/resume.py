@@ -10,7 +10,7 @@ order, are the sequence the next stage partitions anew.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -19,7 +19,17 @@ from duckstream.core.ranges import as_ranges, expand, merge_sorted, positions_to
 from duckstream.core.shuffle import unread
 from duckstream.core.world import World
 
-__all__ = ["Stage", "items_per_worker", "stage_sequence", "window_key", "worker_items"]
+__all__ = [
+    "Stage",
+    "continuation",
+    "fold",
+    "items_per_worker",
+    "next_worker",
+    "rows_emitted",
+    "stage_sequence",
+    "window_key",
+    "worker_items",
+]
 
 
 @dataclass(frozen=True)
@@ -32,6 +42,21 @@ class Stage:
     drop_last: bool
     shuffle_buffer: int
     consumed: int = 0
+
+    def same_setup(self, other: Stage) -> bool:
+        """Read under the same world, workers, batching and buffer (progress aside)."""
+        return replace(self, consumed=0) == replace(other, consumed=0)
+
+
+def fold(done: Sequence[Stage], current: Stage) -> list[Stage]:
+    """The stages after ``current``: it extends the last one when their setup is the same.
+
+    A resume under an unchanged setup then continues the interrupted read exactly, and the
+    state does not grow.
+    """
+    if done and done[-1].same_setup(current):
+        return [*done[:-1], replace(done[-1], consumed=done[-1].consumed + current.consumed)]
+    return [*done, current] if current.consumed else list(done)
 
 
 def worker_items(rows: int, batch_size: int, drop_last: bool) -> int:
@@ -59,6 +84,44 @@ def items_per_worker(consumed: int, items: Sequence[int]) -> list[int]:
     return taken
 
 
+def next_worker(consumed: int, items: Sequence[int]) -> int:
+    """The worker DataLoader's round robin serves after ``consumed`` items (0 when all are done).
+
+    Within a round the served workers hold one item more than the rest, so it is the active
+    worker with the fewest items taken, the lowest index among equals.
+    """
+    taken = items_per_worker(consumed, items)
+    active = [(t, w) for w, (t, n) in enumerate(zip(taken, items, strict=True)) if t < n]
+    return min(active)[1] if active else 0
+
+
+def continuation(sequence: np.ndarray, stage: Stage, world: World, even: Even) -> World:
+    """The slot of ``stage`` that ``world``'s worker continues when a run resumes unchanged.
+
+    A new DataLoader serves worker 0 first; the interrupted one would have served
+    :func:`next_worker` next. Rotating the workers' roles by that much continues the very
+    same sequence of items.
+    """
+    spans = [
+        partition(sequence, World(world.rank, stage.world_size, w, stage.num_workers), even)
+        for w in range(stage.num_workers)
+    ]
+    items = [worker_items(span.rows, stage.batch_size, stage.drop_last) for span in spans]
+    offset = next_worker(stage.consumed, items)
+    return replace(world, worker=(world.worker + offset) % world.num_workers)
+
+
+def rows_emitted(sequence: np.ndarray, stage: Stage, world: World, even: Even) -> int:
+    """Rows ``world``'s slot emitted during ``stage`` (its rank took ``stage.consumed`` items)."""
+    spans = [
+        partition(sequence, World(world.rank, stage.world_size, w, stage.num_workers), even)
+        for w in range(stage.num_workers)
+    ]
+    items = [worker_items(span.rows, stage.batch_size, stage.drop_last) for span in spans]
+    taken = items_per_worker(stage.consumed, items)[world.worker]
+    return min(taken * stage.batch_size, spans[world.worker].rows)
+
+
 def window_key(seed: int, epoch: int, stage: int, world: World) -> tuple[int, ...]:
     """Seed material of one slot's shuffle windows."""
     return (seed, epoch, stage, world.world_size, world.rank, world.num_workers, world.worker)
@@ -69,12 +132,10 @@ def _unread_after(
 ) -> np.ndarray:
     parts: list[np.ndarray] = []
     for rank in range(stage.world_size):
-        worlds = [World(rank, stage.world_size, w, stage.num_workers) for w in range(stage.num_workers)]
-        spans = [partition(sequence, world, even) for world in worlds]
-        items = [worker_items(span.rows, stage.batch_size, stage.drop_last) for span in spans]
-        taken = items_per_worker(stage.consumed, items)
-        for world, span, count in zip(worlds, spans, taken, strict=True):
-            emitted = min(count * stage.batch_size, span.rows)
+        for worker in range(stage.num_workers):
+            world = World(rank, stage.world_size, worker, stage.num_workers)
+            span = partition(sequence, world, even)
+            emitted = rows_emitted(sequence, stage, world, even)
             key = window_key(seed, epoch, index, world)
             buffered, unread_from = unread(span.rows, emitted, stage.shuffle_buffer, key, shuffle)
             # Padding repeats rows other slots own: only real rows are owed.

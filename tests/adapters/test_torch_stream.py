@@ -1,0 +1,218 @@
+"""DuckStreamDataset and DuckStreamLoader: items, epochs, workers, state and resume."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from torch.utils.data import DataLoader, IterableDataset
+
+from duckstream.errors import ConfigurationError, StateError
+from duckstream.stream import DuckStreamDataset, DuckStreamLoader
+from tests.adapters.resume_check import as_rank, assert_resumes, ids_in, run_world
+from tests.conftest import numbers_table
+
+ROWS = 840  # divisible by every world size up to 8: padding only appears after a resume
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("torch")
+    for index in range(4):
+        table = numbers_table(index * 210, (index + 1) * 210)
+        pq.write_table(table, directory / f"part-{index}.parquet", row_group_size=70)
+    return directory
+
+
+def make_dataset(source: Path, **kw: Any) -> DuckStreamDataset:
+    options: dict[str, Any] = {"batch_size": 16, "shuffle": True, "seed": 5, "shuffle_buffer": 50}
+    options.update(kw)
+    return DuckStreamDataset(source, **options)
+
+
+def test_it_is_a_torch_iterable_dataset_with_sizes(source: Path) -> None:
+    dataset = make_dataset(source)
+    assert isinstance(dataset, IterableDataset)
+    assert dataset.num_rows == ROWS
+    assert len(dataset) == -(-ROWS // 16)
+    assert len(list(dataset)) == len(dataset)
+    filtered = make_dataset(source, sql="SELECT id FROM source WHERE id < 100", batch_size=None)
+    assert filtered.num_rows == 100
+    assert len(filtered) == 100
+
+
+def test_batch_items_are_tensors_and_lists(source: Path) -> None:
+    item = next(iter(make_dataset(source, shuffle=False)))
+    assert item["id"].tolist() == list(range(16))
+    assert item["id"].dtype == torch.int64
+    assert item["vector"].shape == (16, 3)
+    assert item["vector"].dtype == torch.float32
+    assert item["label"][:2] == ["even-0", "odd-1"]
+
+
+def test_row_items_and_other_outputs(source: Path) -> None:
+    row = next(iter(make_dataset(source, batch_size=None, shuffle=False)))
+    assert row["id"].item() == 0
+    assert row["vector"].tolist() == [0.0, 1.0, 2.0]
+    assert row["label"] == "even-0"
+    arrow = next(iter(make_dataset(source, output="arrow", shuffle=False)))
+    assert isinstance(arrow, pa.RecordBatch)
+    assert arrow.num_rows == 16
+    numpy_item = next(iter(make_dataset(source, output="numpy", shuffle=False)))
+    assert numpy_item["vector"].shape == (16, 3)
+    python_item = next(iter(make_dataset(source, output="python", batch_size=None, shuffle=False)))
+    assert python_item == {"id": 0, "value": 0.0, "label": "even-0", "vector": [0.0, 1.0, 2.0]}
+
+
+def test_drop_last_and_transform(source: Path) -> None:
+    dataset = make_dataset(source, batch_size=100, drop_last=True, transform=lambda b: b["id"].sum().item())
+    sums = list(dataset)
+    assert len(sums) == len(dataset) == 8
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_loader_reads_every_row_once_per_epoch_and_reshuffles(source: Path, num_workers: int) -> None:
+    loader = DuckStreamLoader(make_dataset(source), num_workers=num_workers)
+    epochs = [[i for item in loader for i in ids_in(item)] for _ in range(2)]
+    for ids in epochs:
+        assert sorted(ids) == list(range(ROWS))
+    assert epochs[0] != epochs[1]
+    assert len(loader) == len(list(loader))
+
+
+def test_loader_order_is_reproducible(source: Path) -> None:
+    runs = [[i for item in DuckStreamLoader(make_dataset(source), num_workers=2) for i in ids_in(item)] for _ in range(2)]
+    assert runs[0] == runs[1]
+
+
+def test_loader_len_counts_partial_batches_of_each_worker(source: Path) -> None:
+    loader = DuckStreamLoader(make_dataset(source, batch_size=100), num_workers=2)
+    # 420 rows per worker -> 5 batches each
+    assert len(loader) == 10
+    assert len(list(loader)) == 10
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [((1, 0), (1, 0)), ((1, 2), (1, 2)), ((1, 2), (1, 3)), ((1, 0), (1, 2)), ((2, 2), (4, 1)),
+     ((4, 1), (3, 2)), ((1, 1), (8, 0))],
+)
+@pytest.mark.parametrize("take", [1, 7])
+def test_resume_mid_epoch_under_another_world(
+    source: Path, before: tuple[int, int], after: tuple[int, int], take: int
+) -> None:
+    assert_resumes(lambda: make_dataset(source), ROWS, before=before, after=after, take=take)
+
+
+def test_resume_from_the_start(source: Path) -> None:
+    assert_resumes(lambda: make_dataset(source), ROWS, before=(2, 2), after=(1, 3), take=0)
+
+
+def test_resume_at_end_of_data_closes_the_epoch(source: Path) -> None:
+    # every item taken, but the pass not closed when the state was saved
+    loader = DuckStreamLoader(make_dataset(source), num_workers=2)
+    iterator = iter(loader)
+    items = [next(iterator) for _ in range(len(loader))]
+    state = loader.state_dict()
+    assert state["epoch"] == 0
+    resumed = DuckStreamLoader(make_dataset(source), num_workers=0)
+    resumed.load_state_dict(state)
+    assert list(resumed) == []  # the rest of epoch 0: nothing
+    assert sorted(i for item in resumed for i in ids_in(item)) == list(range(ROWS))  # epoch 1
+    assert sorted(i for item in items for i in ids_in(item)) == list(range(ROWS))
+
+
+def test_state_at_epoch_boundary_starts_the_next_epoch(source: Path) -> None:
+    loader = DuckStreamLoader(make_dataset(source), num_workers=2)
+    list(loader)
+    second_epoch = [i for item in loader for i in ids_in(item)]
+    boundary = DuckStreamLoader(make_dataset(source), num_workers=2)
+    list(boundary)
+    state = boundary.state_dict()
+    assert (state["epoch"], state["stages"]) == (1, [])
+    resumed = DuckStreamLoader(make_dataset(source), num_workers=2)
+    resumed.load_state_dict(state)
+    assert [i for item in resumed for i in ids_in(item)] == second_epoch
+
+
+@pytest.mark.parametrize("num_workers", [0, 2, 3])
+@pytest.mark.parametrize("take", [1, 9, 13, 26])
+def test_unchanged_resume_continues_exactly_as_the_uninterrupted_run(
+    source: Path, num_workers: int, take: int
+) -> None:
+    full, _ = run_world(lambda: make_dataset(source), 2, num_workers, take=None)
+    head, state = run_world(lambda: make_dataset(source), 2, num_workers, take=take)
+    tail, _ = run_world(lambda: make_dataset(source), 2, num_workers, take=None, state=state)
+    for rank in range(2):
+        assert head[rank] + tail[rank] == full[rank]
+    # and a second interruption folds into the same stage: the state does not grow
+    head2, state2 = run_world(lambda: make_dataset(source), 2, num_workers, take=1, state=state)
+    assert len(state2["stages"]) == 1
+
+
+def test_dataset_state_in_process_and_loader_state_agree(source: Path) -> None:
+    dataset = make_dataset(source)
+    iterator = iter(dataset)
+    taken = [i for _ in range(5) for i in ids_in(next(iterator))]
+    state = dataset.state_dict()
+    loader = DuckStreamLoader(make_dataset(source), num_workers=2)
+    loader.load_state_dict(state)
+    rest = [i for item in loader for i in ids_in(item)]
+    assert sorted(taken + rest) == list(range(ROWS))
+
+
+def test_state_is_small_plain_and_json(source: Path) -> None:
+    import json
+
+    _, state = run_world(lambda: make_dataset(source), 2, 2, take=3)
+    assert json.loads(json.dumps(state)) == state
+    assert len(json.dumps(state)) < 600
+
+
+def test_state_from_another_seed_or_plan_is_refused(source: Path, tmp_path: Path) -> None:
+    _, state = run_world(lambda: make_dataset(source), 1, 0, take=2)
+    with pytest.raises(StateError, match="expected seed=6, found 5"):
+        make_dataset(source, seed=6).load_state_dict(state)
+    with pytest.raises(StateError, match="fingerprint.*data or the SQL changed"):
+        make_dataset(source, sql="SELECT * FROM source WHERE id > 3").load_state_dict(state)
+    with pytest.raises(StateError, match="missing"):
+        make_dataset(source).load_state_dict({"version": 1})
+
+
+def test_workers_under_spawn(source: Path) -> None:
+    loader = DuckStreamLoader(make_dataset(source), num_workers=2, multiprocessing_context="spawn")
+    assert sorted(i for item in loader for i in ids_in(item)) == list(range(ROWS))
+
+
+def test_plain_dataloader_with_workers_still_partitions(source: Path) -> None:
+    loader = DataLoader(make_dataset(source), batch_size=None, num_workers=2)
+    assert sorted(i for item in loader for i in ids_in(item)) == list(range(ROWS))
+
+
+def test_ranks_from_environment_split_the_rows(source: Path) -> None:
+    seen: Counter[int] = Counter()
+    for rank in range(3):
+        with as_rank(rank, 3):
+            seen.update(i for item in DuckStreamLoader(make_dataset(source)) for i in ids_in(item))
+    assert seen == Counter(range(ROWS))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"batch_size": 0}, "batch_size"), ({"even": "all"}, "even"), ({"output": "jax"}, "output"),
+     ({"seed": -1}, "seed"), ({"shuffle_buffer": 0}, "shuffle_buffer")],
+)
+def test_bad_settings_are_refused(source: Path, kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        make_dataset(source, **kwargs)
+
+
+@pytest.mark.parametrize(("kwargs"), [{"batch_size": 4}, {"persistent_workers": True}, {"shuffle": True}])
+def test_loader_refuses_settings_that_belong_to_the_dataset(source: Path, kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ConfigurationError):
+        DuckStreamLoader(make_dataset(source), num_workers=1, **kwargs)
