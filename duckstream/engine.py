@@ -104,10 +104,12 @@ def connect(
         raise ConfigurationError(
             f"could not open DuckDB database {database!r}: {_first_line(redact(str(exc)))}"
         ) from None
+    names = tuple(extensions)
     try:
-        for name in extensions:
+        for name in names:
             load_extension(con, name)
-        create_s3_secret(con, S3Settings.resolve() if s3 is None else s3)
+        if "httpfs" in names:  # S3 secrets belong to httpfs; without it there is no S3 to reach
+            create_s3_secret(con, S3Settings.resolve() if s3 is None else s3)
     except BaseException:
         con.close()
         raise

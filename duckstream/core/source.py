@@ -13,7 +13,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from duckstream.engine import sql_literal
+from duckstream.engine import query_error, sql_literal
 from duckstream.errors import SourceError
 from duckstream.redact import redact
 from duckstream.storage import S3Settings, pyarrow_s3
@@ -103,7 +103,7 @@ def list_files(patterns: Sequence[str], con: duckdb.DuckDBPyConnection) -> list[
         try:
             matched = [row[0] for row in con.execute("SELECT file FROM glob(?)", [pattern]).fetchall()]
         except duckdb.Error as exc:
-            raise SourceError(f"could not list {pattern!r}: {redact(str(exc)).splitlines()[0]}") from None
+            raise query_error(exc, f"SELECT file FROM glob({sql_literal(pattern)})") from None
         if not matched:
             raise SourceError(f"no Parquet files match {pattern!r}")
         files.update(dict.fromkeys(sorted(matched)))

@@ -77,7 +77,9 @@ def assert_resumes(
     first, state = run_world(make, *before, take=take)
     rest, _ = run_world(make, *after, take=None, state=state)
     seen = Counter(i for ids in first + rest for i in ids)
-    assert set(seen) == set(range(total_rows)), f"lost rows: {sorted(set(range(total_rows)) - set(seen))[:10]}"
+    assert set(seen) == set(range(total_rows)), (
+        f"lost rows: {sorted(set(range(total_rows)) - set(seen))[:10]}"
+    )
     repeats = sum(seen.values()) - total_rows
     # only padding repeats rows: fewer than a world's worth per stretch
     assert repeats <= (before[0] - 1) + (after[0] - 1), f"{repeats} rows read twice"

@@ -86,7 +86,10 @@ def test_loader_reads_every_row_once_per_epoch_and_reshuffles(source: Path, num_
 
 
 def test_loader_order_is_reproducible(source: Path) -> None:
-    runs = [[i for item in DuckStreamLoader(make_dataset(source), num_workers=2) for i in ids_in(item)] for _ in range(2)]
+    runs = [
+        [i for item in DuckStreamLoader(make_dataset(source), num_workers=2) for i in ids_in(item)]
+        for _ in range(2)
+    ]
     assert runs[0] == runs[1]
 
 
@@ -99,8 +102,15 @@ def test_loader_len_counts_partial_batches_of_each_worker(source: Path) -> None:
 
 @pytest.mark.parametrize(
     ("before", "after"),
-    [((1, 0), (1, 0)), ((1, 2), (1, 2)), ((1, 2), (1, 3)), ((1, 0), (1, 2)), ((2, 2), (4, 1)),
-     ((4, 1), (3, 2)), ((1, 1), (8, 0))],
+    [
+        ((1, 0), (1, 0)),
+        ((1, 2), (1, 2)),
+        ((1, 2), (1, 3)),
+        ((1, 0), (1, 2)),
+        ((2, 2), (4, 1)),
+        ((4, 1), (3, 2)),
+        ((1, 1), (8, 0)),
+    ],
 )
 @pytest.mark.parametrize("take", [1, 7])
 def test_resume_mid_epoch_under_another_world(
@@ -151,7 +161,7 @@ def test_unchanged_resume_continues_exactly_as_the_uninterrupted_run(
     for rank in range(2):
         assert head[rank] + tail[rank] == full[rank]
     # and a second interruption folds into the same stage: the state does not grow
-    head2, state2 = run_world(lambda: make_dataset(source), 2, num_workers, take=1, state=state)
+    _, state2 = run_world(lambda: make_dataset(source), 2, num_workers, take=1, state=state)
     assert len(state2["stages"]) == 1
 
 
@@ -178,7 +188,7 @@ def test_state_from_another_seed_or_plan_is_refused(source: Path, tmp_path: Path
     _, state = run_world(lambda: make_dataset(source), 1, 0, take=2)
     with pytest.raises(StateError, match="expected seed=6, found 5"):
         make_dataset(source, seed=6).load_state_dict(state)
-    with pytest.raises(StateError, match="fingerprint.*data or the SQL changed"):
+    with pytest.raises(StateError, match=r"fingerprint.*data or the SQL changed"):
         make_dataset(source, sql="SELECT * FROM source WHERE id > 3").load_state_dict(state)
     with pytest.raises(StateError, match="missing"):
         make_dataset(source).load_state_dict({"version": 1})
@@ -204,8 +214,13 @@ def test_ranks_from_environment_split_the_rows(source: Path) -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [({"batch_size": 0}, "batch_size"), ({"even": "all"}, "even"), ({"output": "jax"}, "output"),
-     ({"seed": -1}, "seed"), ({"shuffle_buffer": 0}, "shuffle_buffer")],
+    [
+        ({"batch_size": 0}, "batch_size"),
+        ({"even": "all"}, "even"),
+        ({"output": "jax"}, "output"),
+        ({"seed": -1}, "seed"),
+        ({"shuffle_buffer": 0}, "shuffle_buffer"),
+    ],
 )
 def test_bad_settings_are_refused(source: Path, kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigurationError, match=message):

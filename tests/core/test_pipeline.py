@@ -24,7 +24,8 @@ def write_files(directory: Path, sizes: list[int], row_group: int) -> None:
     start = 0
     for index, rows in enumerate(sizes):
         pq.write_table(
-            numbers_table(start, start + rows), directory / f"part-{index:03d}.parquet",
+            numbers_table(start, start + rows),
+            directory / f"part-{index:03d}.parquet",
             row_group_size=max(1, row_group),
         )
         start += rows
@@ -55,8 +56,14 @@ def read_all(source: object, world_size: int, num_workers: int, **kw: object) ->
     shuffle=st.booleans(),
 )
 def test_every_row_once_and_equal_ranks_on_real_files(
-    sizes: list[int], row_group: int, world_size: int, num_workers: int, seed: int, epoch: int,
-    even: Even, shuffle: bool,
+    sizes: list[int],
+    row_group: int,
+    world_size: int,
+    num_workers: int,
+    seed: int,
+    epoch: int,
+    even: Even,
+    shuffle: bool,
 ) -> None:
     total = sum(sizes)
     with tempfile.TemporaryDirectory() as tmp:
@@ -64,10 +71,19 @@ def test_every_row_once_and_equal_ranks_on_real_files(
         if total == 0:
             return
         slots = read_all(
-            tmp, world_size, num_workers, seed=seed, epoch=epoch, even=even, shuffle=shuffle,
-            batch_size=7, shuffle_buffer=13,
+            tmp,
+            world_size,
+            num_workers,
+            seed=seed,
+            epoch=epoch,
+            even=even,
+            shuffle=shuffle,
+            batch_size=7,
+            shuffle_buffer=13,
         )
-    per_rank = [sum(len(s) for s in slots[r * num_workers : (r + 1) * num_workers]) for r in range(world_size)]
+    per_rank = [
+        sum(len(s) for s in slots[r * num_workers : (r + 1) * num_workers]) for r in range(world_size)
+    ]
     assert len(set(per_rank)) == 1
     counts = Counter(i for s in slots for i in s)
     if even == "pad":
@@ -144,7 +160,8 @@ def test_the_source_may_be_named_by_its_uri(ten_files: Path) -> None:
 
 def test_unnest_is_row_local(ten_files: Path) -> None:
     values = [
-        v for b in stream_batches(ten_files, "SELECT unnest(vector) AS v FROM source WHERE id < 2")
+        v
+        for b in stream_batches(ten_files, "SELECT unnest(vector) AS v FROM source WHERE id < 2")
         for v in b.column("v").to_pylist()
     ]
     assert values == [0.0, 1.0, 2.0, 1.0, 2.0, 3.0]
@@ -176,7 +193,11 @@ def test_group_by_runs_once_globally(ten_files: Path) -> None:
     slots = []
     for rank in range(2):
         for worker in range(2):
-            slots += [r for b in stream_batches(ten_files, sql, world=World(rank, 2, worker, 2)) for r in b.to_pylist()]
+            slots += [
+                r
+                for b in stream_batches(ten_files, sql, world=World(rank, 2, worker, 2))
+                for r in b.to_pylist()
+            ]
     assert sorted((r["bucket"], r["n"]) for r in slots) == [(0, 5_000), (1, 5_000), (2, 5_000), (3, 5_000)]
 
 

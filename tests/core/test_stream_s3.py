@@ -1,0 +1,110 @@
+"""The stream over s3:// against the real SeaweedFS server."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+
+from duckstream.core.world import World
+from duckstream.devservices import S3Service
+from duckstream.errors import S3AccessError, SourceError
+from duckstream.stream import DuckStreamDataset, DuckStreamLoader, stream_batches
+from tests.adapters.resume_check import ids_in
+from tests.conftest import numbers_table, upload_dir
+
+pytestmark = pytest.mark.services
+
+ROWS = 1_200
+
+
+@pytest.fixture
+def s3_source(s3_server: S3Service, s3_bucket: str, tmp_path: Path) -> str:
+    for index in range(3):
+        pq.write_table(
+            numbers_table(index * 400, (index + 1) * 400),
+            tmp_path / f"part-{index}.parquet",
+            row_group_size=100,
+        )
+    upload_dir(s3_server.boto3_client(), s3_bucket, "data", tmp_path)
+    return f"s3://{s3_bucket}/data"
+
+
+def keys(s3: S3Service) -> dict[str, Any]:
+    return {"s3_endpoint": s3.endpoint, "s3_access_key": s3.access_key, "s3_secret_key": s3.secret_key}
+
+
+@pytest.mark.parametrize(
+    "sql", [None, "SELECT id, label FROM source", "SELECT id FROM source WHERE id % 2 = 0"]
+)
+def test_all_slots_together_read_every_row_once(
+    s3_server: S3Service, s3_source: str, sql: str | None
+) -> None:
+    seen: Counter[int] = Counter()
+    per_rank = []
+    for rank in range(2):
+        rows = 0
+        for worker in range(2):
+            for batch in stream_batches(
+                s3_source, sql, world=World(rank, 2, worker, 2), shuffle=True, seed=4, **keys(s3_server)
+            ):
+                seen.update(batch.column("id").to_pylist())
+                rows += batch.num_rows
+        per_rank.append(rows)
+    expected = range(0, ROWS, 2) if sql and "WHERE" in sql else range(ROWS)
+    assert seen == Counter(expected)
+    assert per_rank[0] == per_rank[1]
+
+
+def test_globs_and_uri_spelled_sql_work_on_s3(s3_server: S3Service, s3_source: str) -> None:
+    glob = f"{s3_source}/*.parquet"
+    ids = [
+        i
+        for b in stream_batches(
+            glob, f"SELECT id FROM read_parquet('{glob}') WHERE id < 5", **keys(s3_server)
+        )
+        for i in b.column("id").to_pylist()
+    ]
+    assert ids == [0, 1, 2, 3, 4]
+
+
+def test_global_query_on_s3(s3_server: S3Service, s3_source: str, tmp_path: Path) -> None:
+    batches = stream_batches(
+        s3_source, "SELECT max(id) AS top FROM source", cache_dir=tmp_path, **keys(s3_server)
+    )
+    assert [b.to_pylist() for b in batches] == [[{"top": ROWS - 1}]]
+
+
+def test_loader_with_workers_resumes_on_s3(s3_server: S3Service, s3_source: str) -> None:
+    def make() -> DuckStreamDataset:
+        return DuckStreamDataset(s3_source, batch_size=50, shuffle=True, seed=2, **keys(s3_server))
+
+    loader = DuckStreamLoader(make(), num_workers=2)
+    iterator = iter(loader)
+    head = [i for _ in range(5) for i in ids_in(next(iterator))]
+    state = loader.state_dict()
+    del iterator
+    resumed = DuckStreamLoader(make(), num_workers=2)
+    resumed.load_state_dict(state)
+    tail = [i for item in resumed for i in ids_in(item)]
+    assert sorted(head + tail) == list(range(ROWS))
+
+
+def test_wrong_keys_fail_in_the_main_process_without_secrets(s3_server: S3Service, s3_source: str) -> None:
+    with pytest.raises(S3AccessError, match="refused the request") as raised:
+        stream_batches(
+            s3_source,
+            s3_endpoint=s3_server.endpoint,
+            s3_access_key="nobody-key",
+            s3_secret_key="definitely-wrong-secret",
+        )
+    assert "definitely-wrong-secret" not in str(raised.value)
+    assert "nobody-key" not in str(raised.value)
+
+
+def test_missing_prefix_is_named(s3_server: S3Service, s3_bucket: str) -> None:
+    with pytest.raises(SourceError, match=f"s3://{s3_bucket}/nothing"):
+        stream_batches(f"s3://{s3_bucket}/nothing", **keys(s3_server))
