@@ -14,13 +14,18 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from .memory import rss_bytes
 
-__all__ = ["EpochResult", "LoaderName", "duckstream_epoch", "main", "pyarrow_epoch"]
+if TYPE_CHECKING:
+    import pyarrow as pa
 
-LoaderName = Literal["pyarrow", "duckstream"]
+__all__ = ["EpochResult", "LoaderName", "duckstream_epoch", "main", "pyarrow_epoch", "to_python"]
+
+# pyarrow: the plain scan; pyarrow-python: the same scan, each batch handed to Python as
+# `to_python` does; duckstream: output="torch"; duckstream-arrow: output="arrow".
+LoaderName = Literal["pyarrow", "pyarrow-python", "duckstream", "duckstream-arrow"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -34,20 +39,68 @@ class EpochResult:
     start_rss_bytes: int  # this process after its imports, before the epoch began
 
 
-def pyarrow_epoch(source: Path, columns: Sequence[str], *, batch_size: int) -> EpochResult:
-    """The floor: a plain, unshuffled ``iter_batches`` scan of every file, in one process."""
+def to_python(batch: pa.RecordBatch) -> dict[str, Any]:
+    """``batch`` the way a training loop needs it, by plain pyarrow calls and nothing else.
+
+    Numeric columns become NumPy arrays (``to_numpy(zero_copy_only=False)``), fixed-size lists
+    of numbers arrays of shape ``(n, k, ...)`` (flattened, then reshaped) and every other column
+    a Python list (``to_pylist()``): what ``output="torch"`` has to do too, short of the tensors.
+    """
+    import pyarrow as pa
+
+    columns: dict[str, Any] = {}
+    for name, array in zip(batch.schema.names, batch.columns, strict=True):
+        shape: list[int] = []
+        leaf = array.type
+        while pa.types.is_fixed_size_list(leaf):
+            shape.append(leaf.list_size)
+            leaf = leaf.value_type
+        if pa.types.is_integer(leaf) or pa.types.is_floating(leaf) or pa.types.is_boolean(leaf):
+            values = array
+            for _ in shape:
+                values = values.flatten()
+            columns[name] = values.to_numpy(zero_copy_only=False).reshape(len(array), *shape)
+        else:
+            columns[name] = array.to_pylist()
+    return columns
+
+
+def _import_numpy_conversion() -> None:
+    """Import what pyarrow's first ``to_numpy`` call imports (its pandas shim: about 0.2 s).
+
+    Called before the clock starts by the loaders that convert to NumPy, so that the epoch and
+    first-batch times leave out imports on every side.
+    """
+    import pyarrow as pa
+
+    pa.array([0]).to_numpy()
+
+
+def pyarrow_epoch(
+    source: Path, columns: Sequence[str], *, batch_size: int, python: bool = False
+) -> EpochResult:
+    """The floor: a plain, unshuffled ``iter_batches`` scan of every file, in one process.
+
+    With ``python``, each batch is also handed to Python by :func:`to_python`: the floor any
+    loader pays to deliver the same data as Python objects.
+    """
     import pyarrow.parquet as pq
 
     files = sorted(source.glob("**/*.parquet"))
+    if python:
+        _import_numpy_conversion()
     start_rss = rss_bytes(os.getpid())
     rows = batches = 0
     first = 0.0
     start = time.perf_counter()
     for path in files:
         for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size, columns=list(columns)):
+            if python:
+                rows += len(to_python(batch)[columns[0]])
+            else:
+                rows += batch.num_rows
             if batches == 0:
                 first = time.perf_counter() - start
-            rows += batch.num_rows
             batches += 1
     seconds = time.perf_counter() - start
     return EpochResult(
@@ -56,11 +109,23 @@ def pyarrow_epoch(source: Path, columns: Sequence[str], *, batch_size: int) -> E
 
 
 def duckstream_epoch(
-    source: Path, columns: Sequence[str], *, batch_size: int, workers: int, seed: int
+    source: Path,
+    columns: Sequence[str],
+    *,
+    batch_size: int,
+    workers: int,
+    seed: int,
+    output: Literal["torch", "arrow"] = "torch",
 ) -> EpochResult:
-    """One shuffled epoch through ``DuckStreamLoader``, batches collated to tensors and lists."""
+    """One shuffled epoch through ``DuckStreamLoader``.
+
+    ``output="torch"`` collates each batch to tensors and Python lists; ``output="arrow"`` yields
+    the ``pyarrow.RecordBatch`` itself.
+    """
     from duckstream.stream import DuckStreamDataset, DuckStreamLoader
 
+    if output == "torch":
+        _import_numpy_conversion()
     start_rss = rss_bytes(os.getpid())
     rows = batches = 0
     first = 0.0
@@ -71,13 +136,13 @@ def duckstream_epoch(
         batch_size=batch_size,
         shuffle=True,
         seed=seed,
-        output="torch",
+        output=output,
     )
     loader = DuckStreamLoader(dataset, num_workers=workers)
     for batch in loader:
+        rows += batch.num_rows if output == "arrow" else len(batch[columns[0]])
         if batches == 0:
             first = time.perf_counter() - start
-        rows += len(batch["id"])
         batches += 1
     seconds = time.perf_counter() - start
     return EpochResult(
@@ -88,19 +153,26 @@ def duckstream_epoch(
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse the configuration, run one epoch, print its :class:`EpochResult` as one JSON line."""
     parser = argparse.ArgumentParser(prog="python -m duckstream.benchmarks.epoch", description=__doc__)
-    parser.add_argument("--loader", choices=("pyarrow", "duckstream"), required=True)
+    parser.add_argument("--loader", choices=get_args(LoaderName), required=True)
     parser.add_argument("--source", type=Path, required=True, help="directory of Parquet files")
     parser.add_argument("--columns", required=True, help="comma-separated, e.g. id,captions")
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers (duckstream only)")
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers (duckstream*)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     columns = args.columns.split(",")
-    if args.loader == "pyarrow":
-        result = pyarrow_epoch(args.source, columns, batch_size=args.batch_size)
+    if args.loader in ("pyarrow", "pyarrow-python"):
+        result = pyarrow_epoch(
+            args.source, columns, batch_size=args.batch_size, python=args.loader == "pyarrow-python"
+        )
     else:
         result = duckstream_epoch(
-            args.source, columns, batch_size=args.batch_size, workers=args.workers, seed=args.seed
+            args.source,
+            columns,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            seed=args.seed,
+            output="arrow" if args.loader == "duckstream-arrow" else "torch",
         )
     print(json.dumps(asdict(result)), flush=True)
     return 0

@@ -20,7 +20,10 @@ from .memory import run_sampled
 __all__ = [
     "BenchConfig",
     "Measurement",
+    "Ratio",
     "format_table",
+    "ratio_lines",
+    "ratios",
     "report",
     "run_bench",
     "scaling_lines",
@@ -30,13 +33,23 @@ __all__ = [
 _EPOCH_MODULE = "duckstream.benchmarks.epoch"
 _MB = 1024 * 1024
 
+# Scans in one process, without DataLoader workers.
+_NO_WORKERS: frozenset[LoaderName] = frozenset({"pyarrow", "pyarrow-python"})
+# Measured at --scale too (at 0 workers); the other two only at 1x, to keep the run short.
+_SCALED: frozenset[LoaderName] = frozenset({"pyarrow", "duckstream"})
+# Each duckstream loader, its label in the ratios, and the pyarrow scan delivering the same kind of batch.
+_PAIRS: tuple[tuple[LoaderName, str, LoaderName], ...] = (
+    ("duckstream-arrow", "duckstream-arrow (Arrow batches)", "pyarrow"),
+    ("duckstream", "duckstream (torch: tensors, Python lists)", "pyarrow-python"),
+)
+
 
 @dataclass(frozen=True, kw_only=True)
 class BenchConfig:
     """What to measure; validated on construction."""
 
     presets: tuple[PresetName, ...] = ("captions", "images")
-    loaders: tuple[LoaderName, ...] = ("pyarrow", "duckstream")
+    loaders: tuple[LoaderName, ...] = get_args(LoaderName)
     workers: tuple[int, ...] = (0, 2)
     rows: int | None = None  # overrides every preset's row count
     scale: int = 4  # also measure peak memory on this many times the rows; 1 turns that off
@@ -51,8 +64,10 @@ class BenchConfig:
             raise ConfigurationError(
                 f"presets must be among {list(get_args(PresetName))}, found {list(self.presets)}"
             )
-        if not self.loaders or set(self.loaders) - {"pyarrow", "duckstream"}:
-            raise ConfigurationError(f"loaders must be pyarrow and/or duckstream, found {list(self.loaders)}")
+        if not self.loaders or set(self.loaders) - set(get_args(LoaderName)):
+            raise ConfigurationError(
+                f"loaders must be among {list(get_args(LoaderName))}, found {list(self.loaders)}"
+            )
         if not self.workers or min(self.workers) < 0:
             raise ConfigurationError(f"workers must be counts of 0 or more, found {list(self.workers)}")
         for name, value in (("rows", self.rows), ("scale", self.scale), ("batch size", self.batch_size)):
@@ -75,7 +90,7 @@ class Measurement:
     scale: int
     rows: int  # rows in the dataset
     loader: LoaderName
-    workers: int | None  # None: the pyarrow scan, which has no workers
+    workers: int | None  # None: a pyarrow scan, which has no workers
     rows_read: int | None = None
     seconds: float | None = None
     first_batch_seconds: float | None = None
@@ -96,15 +111,16 @@ def run_bench(config: BenchConfig, *, echo: Callable[[str], None] = print) -> li
     echo(f"python {platform.python_version()}, {os.cpu_count()} CPUs, batch size {config.batch_size}")
     measurements = []
     for name in config.presets:
-        scales = (1, config.scale) if config.scale > 1 else (1,)
+        scaled = [loader for loader in config.loaders if loader in _SCALED]
+        scales = (1, config.scale) if config.scale > 1 and scaled else (1,)
         for scale in scales:
             spec = preset(name).spec(config.rows_of(name) * scale, seed=config.seed)
             source = ensure_dataset(spec, config.cache_dir)
             echo(f"dataset {name} {scale}x: {_describe(spec, source)}")
-            for loader in config.loaders:
-                # The pyarrow floor has no workers; the scaled runs compare memory at 0 workers.
+            for loader in config.loaders if scale == 1 else scaled:
+                # The pyarrow scans have no workers; the scaled runs compare memory at 0 workers.
                 counts: Sequence[int | None] = (
-                    [None] if loader == "pyarrow" else config.workers if scale == 1 else [0]
+                    [None] if loader in _NO_WORKERS else config.workers if scale == 1 else [0]
                 )
                 for workers in counts:
                     base = Measurement(
@@ -232,6 +248,49 @@ def scaling_lines(measurements: Sequence[Measurement]) -> list[str]:
     return lines
 
 
+@dataclass(frozen=True, kw_only=True)
+class Ratio:
+    """rows/s of a duckstream loader divided by rows/s of its like-for-like pyarrow scan, at 1x."""
+
+    preset: PresetName
+    loader: LoaderName
+    baseline: LoaderName
+    workers: int
+    value: float
+
+
+def ratios(measurements: Sequence[Measurement]) -> list[Ratio]:
+    """duckstream-arrow against pyarrow and duckstream against pyarrow-python, per preset and workers."""
+    rates = {
+        (m.preset, m.loader, m.workers): rate
+        for m in measurements
+        if m.scale == 1 and m.error is None and (rate := m.rows_per_second)
+    }
+    baselines = {ours: baseline for ours, _, baseline in _PAIRS}
+    found = []
+    for (name, loader, workers), rate in rates.items():
+        baseline = baselines.get(loader)
+        base = None if baseline is None else rates.get((name, baseline, None))
+        if baseline is not None and workers is not None and base:
+            found.append(
+                Ratio(preset=name, loader=loader, baseline=baseline, workers=workers, value=rate / base)
+            )
+    return found
+
+
+def ratio_lines(measurements: Sequence[Measurement]) -> list[str]:
+    """One line per preset and pair: the ratio at each worker count, in the order measured."""
+    found = ratios(measurements)
+    lines = []
+    for name in dict.fromkeys(r.preset for r in found):
+        for ours, label, baseline in _PAIRS:
+            pair = [r for r in found if r.preset == name and r.loader == ours]
+            if pair:
+                figures = ", ".join(f"{r.value:.2f} at {r.workers} workers" for r in pair)
+                lines.append(f"{name}: {label} / {baseline}: {figures}")
+    return lines
+
+
 def write_json(path: str | Path, config: BenchConfig, measurements: Sequence[Measurement]) -> None:
     """Write the configuration, the machine and every measurement to ``path`` as JSON."""
     document: dict[str, Any] = {
@@ -245,14 +304,24 @@ def write_json(path: str | Path, config: BenchConfig, measurements: Sequence[Mea
             "cpus": os.cpu_count(),
         },
         "measurements": [{**asdict(m), "rows_per_second": m.rows_per_second} for m in measurements],
+        "ratios": [asdict(r) for r in ratios(measurements)],
     }
     Path(path).write_text(json.dumps(document, indent=2) + "\n")
 
 
 def report(measurements: Sequence[Measurement], out: TextIO) -> None:
-    """Print the table, the scaling comparison and any errors in full."""
+    """Print the table, the ratios, the scaling comparison and any errors in full."""
     print(file=out)
     print(format_table(measurements), file=out)
+    lines = ratio_lines(measurements)
+    if lines:
+        print(file=out)
+        print(
+            "ratios of rows/s at 1x, like for like (above 1: duckstream is faster; it also shuffles):",
+            file=out,
+        )
+        for line in lines:
+            print(f"  {line}", file=out)
     scaling = scaling_lines(measurements)
     if scaling:
         print(file=out)

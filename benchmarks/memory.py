@@ -29,14 +29,25 @@ class SampledRun:
 
 
 def rss_bytes(pid: int) -> int:
-    """Resident memory of one process (``VmRSS``); 0 once it is gone or a zombie."""
+    """Memory of one process: its proportional share (``Pss``), else ``VmRSS``; 0 once gone.
+
+    Pss splits each shared page among the processes that map it, so a tree's sum counts the
+    copy-on-write memory of forked DataLoader workers and shared libraries once, not per worker.
+    """
+    try:
+        rollup = (_PROC / str(pid) / "smaps_rollup").read_text()
+        for line in rollup.splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024  # reported in kB
+    except OSError:
+        pass
     try:
         status = (_PROC / str(pid) / "status").read_text()
     except OSError:
         return 0
     for line in status.splitlines():
         if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024  # reported in kB
+            return int(line.split()[1]) * 1024
     return 0
 
 
@@ -52,11 +63,7 @@ def process_tree(pid: int) -> list[int]:
 
 
 def tree_rss_bytes(pid: int) -> int:
-    """Summed ``VmRSS`` of ``pid`` and all its descendants at this instant.
-
-    Pages shared between processes (libraries, copy-on-write memory of forked workers) count
-    once per process, as ``top`` and ``ps`` would add them up.
-    """
+    """Summed memory (:func:`rss_bytes`) of ``pid`` and all its descendants at this instant."""
     return sum(rss_bytes(member) for member in process_tree(pid))
 
 

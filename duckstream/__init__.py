@@ -13,13 +13,19 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _EXPORTS: dict[str, str] = {
+    "DuckStreamDataset": "duckstream.stream",
+    "DuckStreamLoader": "duckstream.stream",
     "LakehouseQuery": "duckstream.query",
+    "stream_batches": "duckstream.stream",
 }
 
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
     from duckstream.query import LakehouseQuery as LakehouseQuery
+    from duckstream.stream import DuckStreamDataset as DuckStreamDataset
+    from duckstream.stream import DuckStreamLoader as DuckStreamLoader
+    from duckstream.stream import stream_batches as stream_batches
 
 
 def __getattr__(name: str) -> Any:

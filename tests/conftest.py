@@ -71,7 +71,7 @@ def numbers_table(start: int, stop: int) -> pa.Table:
         {
             "id": pa.array(ids, pa.int64()),
             "value": pa.array([i * 0.5 for i in ids], pa.float64()),
-            "label": pa.array([f"even-{i}" if i % 2 == 0 else f"odd-{i}" for i in ids]),
+            "label": pa.array([f"even-{i}" if i % 2 == 0 else f"odd-{i}" for i in ids], pa.string()),
             "vector": pa.array([[i, i + 1, i + 2] for i in ids], pa.list_(pa.float32(), 3)),
         }
     )

@@ -7,15 +7,19 @@ import subprocess
 import sys
 import tomllib
 from pathlib import Path
+from typing import get_args
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from duckstream.benchmarks.datasets import DatasetSpec, ensure_dataset, make_dataset, preset
+from duckstream.benchmarks.epoch import LoaderName, to_python
+from duckstream.benchmarks.loader import BenchConfig, Measurement, ratio_lines, ratios
 from duckstream.benchmarks.memory import run_sampled
 
 import duckstream
-from duckstream.cli import main
+from duckstream.cli import _build_parser, main
+from duckstream.errors import ConfigurationError
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -101,10 +105,112 @@ def test_bench_rejects_worker_counts_below_zero(capsys: pytest.CaptureFixture[st
     assert "workers must be counts of 0 or more" in capsys.readouterr().err
 
 
-def test_bench_quick_pyarrow_prints_the_table_and_writes_json(tmp_path: Path) -> None:
+def test_bench_config_rejects_an_unknown_loader() -> None:
+    with pytest.raises(ConfigurationError, match="loaders must be among"):
+        BenchConfig(loaders=("pyarrow", "polars"))
+    with pytest.raises(ConfigurationError, match="loaders must be among"):
+        BenchConfig(loaders=())
+
+    assert BenchConfig().loaders == get_args(LoaderName)
+
+
+def test_bench_loader_option_takes_all_one_name_or_a_list_in_table_order() -> None:
+    def loaders(*argv: str) -> object:
+        return _build_parser().parse_args(["bench", *argv]).loader
+
+    assert loaders() == get_args(LoaderName)  # the CLI's names are the harness's names
+    assert loaders("--loader", "all") == get_args(LoaderName)
+    assert loaders("--loader", "duckstream-arrow") == ("duckstream-arrow",)
+    assert loaders("--loader", "duckstream-arrow, pyarrow,pyarrow") == ("pyarrow", "duckstream-arrow")
+
+
+def test_bench_loader_option_refuses_an_unknown_name(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["bench", "--loader", "pyarrow,polars"])
+
+    assert exited.value.code == 2
+    assert "expected all or loaders among pyarrow, pyarrow-python" in capsys.readouterr().err
+
+
+def test_to_python_gives_arrays_for_numbers_and_fixed_size_lists_and_lists_otherwise() -> None:
+    batch = pa.RecordBatch.from_pydict(
+        {
+            "id": pa.array([1, 2], pa.int64()),
+            "embedding": pa.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], pa.list_(pa.float32(), 3)),
+            "captions": pa.array([["a", "b"], ["c"]]),
+            "image": pa.array([b"x", b"yz"]),
+        }
+    )
+    columns = to_python(batch)
+
+    assert columns["id"].tolist() == [1, 2]
+    assert columns["embedding"].shape == (2, 3)
+    assert columns["embedding"].tolist() == [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]
+    assert columns["captions"] == [["a", "b"], ["c"]]
+    assert columns["image"] == [b"x", b"yz"]
+
+
+def measured(loader: LoaderName, workers: int | None, seconds: float, **fields: object) -> Measurement:
+    defaults: dict[str, object] = {"preset": "captions", "scale": 1, "rows": 1_000, "rows_read": 1_000}
+    return Measurement(loader=loader, workers=workers, seconds=seconds, **{**defaults, **fields})
+
+
+def test_ratios_pair_each_duckstream_loader_with_its_like_for_like_scan() -> None:
+    measurements = [
+        measured("pyarrow", None, 1.0),
+        measured("pyarrow-python", None, 4.0),
+        measured("duckstream", 0, 8.0),
+        measured("duckstream", 2, 2.0),
+        measured("duckstream-arrow", 0, 2.0),
+        measured("duckstream-arrow", 2, 0.5),
+        measured("duckstream", 0, 1.0, scale=4),  # the scaled runs take no part
+    ]
+
+    assert [(r.loader, r.baseline, r.workers, r.value) for r in ratios(measurements)] == [
+        ("duckstream", "pyarrow-python", 0, 0.5),
+        ("duckstream", "pyarrow-python", 2, 2.0),
+        ("duckstream-arrow", "pyarrow", 0, 0.5),
+        ("duckstream-arrow", "pyarrow", 2, 2.0),
+    ]
+    assert ratio_lines(measurements) == [
+        "captions: duckstream-arrow (Arrow batches) / pyarrow: 0.50 at 0 workers, 2.00 at 2 workers",
+        "captions: duckstream (torch: tensors, Python lists) / pyarrow-python: "
+        "0.50 at 0 workers, 2.00 at 2 workers",
+    ]
+
+
+def test_ratios_leave_out_a_pair_whose_baseline_failed_or_is_missing() -> None:
+    measurements = [
+        measured("pyarrow", None, 1.0, error="boom"),
+        measured("duckstream-arrow", 0, 2.0),
+        measured("duckstream", 0, 2.0),
+    ]
+
+    assert ratios(measurements) == []
+    assert ratio_lines(measurements) == []
+
+
+def test_bench_quick_pyarrow_python_at_scale_1_prints_the_table(tmp_path: Path) -> None:
+    result = run_bench_cli(
+        "--quick", "--loader", "pyarrow-python", "--scale", "1", "--cache-dir", str(tmp_path)
+    )
+
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    header = lines.index(next(line for line in lines if line.startswith("preset")))
+    rows = [line.split() for line in lines[header + 2 : header + 4]]
+    assert [row[:5] for row in rows] == [
+        ["captions", "1x", "4,000", "pyarrow-python", "-"],
+        ["images", "1x", "1,000", "pyarrow-python", "-"],
+    ]
+    assert "peak memory as the data grows" not in result.stdout
+    assert "ratios" not in result.stdout  # nothing to compare it with
+
+
+def test_bench_quick_pyarrow_scans_print_the_table_and_write_json(tmp_path: Path) -> None:
     report = tmp_path / "bench.json"
     result = run_bench_cli(
-        "--quick", "--loader", "pyarrow", "--cache-dir", str(tmp_path), "--json", str(report)
+        "--quick", "--loader", "pyarrow,pyarrow-python", "--cache-dir", str(tmp_path), "--json", str(report)
     )
 
     assert result.returncode == 0, result.stderr
@@ -113,37 +219,51 @@ def test_bench_quick_pyarrow_prints_the_table_and_writes_json(tmp_path: Path) ->
         assert column in header
     assert "peak memory as the data grows" in result.stdout
     measurements = json.loads(report.read_text())["measurements"]
-    assert [(m["preset"], m["scale"], m["rows"]) for m in measurements] == [
-        ("captions", 1, 4_000),
-        ("captions", 4, 16_000),
-        ("images", 1, 1_000),
-        ("images", 4, 4_000),
+    # pyarrow-python is measured at 1x only; the scaled runs are pyarrow's and duckstream's.
+    assert [(m["preset"], m["scale"], m["rows"], m["loader"]) for m in measurements] == [
+        ("captions", 1, 4_000, "pyarrow"),
+        ("captions", 1, 4_000, "pyarrow-python"),
+        ("captions", 4, 16_000, "pyarrow"),
+        ("images", 1, 1_000, "pyarrow"),
+        ("images", 1, 1_000, "pyarrow-python"),
+        ("images", 4, 4_000, "pyarrow"),
     ]
     for m in measurements:
+        assert m["workers"] is None
         assert m["error"] is None
         assert m["rows_read"] == m["rows"]
         assert m["peak_rss_bytes"] > 0
 
 
 @pytest.mark.slow
-def test_bench_quick_duckstream_reads_every_row_at_each_worker_count(tmp_path: Path) -> None:
+def test_bench_quick_every_loader_reads_every_row_and_prints_the_ratios(tmp_path: Path) -> None:
     report = tmp_path / "bench.json"
-    result = run_bench_cli(
-        "--quick", "--loader", "duckstream", "--cache-dir", str(tmp_path), "--json", str(report)
-    )
+    result = run_bench_cli("--quick", "--cache-dir", str(tmp_path), "--json", str(report))
 
     assert result.returncode == 0, result.stdout + result.stderr
-    measurements = json.loads(report.read_text())["measurements"]
-    assert sorted({(m["preset"], m["scale"], m["workers"]) for m in measurements}) == [
-        ("captions", 1, 0),
-        ("captions", 1, 2),
-        ("captions", 4, 0),
-        ("images", 1, 0),
-        ("images", 1, 2),
-        ("images", 4, 0),
-    ]
+    document = json.loads(report.read_text())
+    measurements = document["measurements"]
+    for name in ("captions", "images"):
+        assert [(m["scale"], m["loader"], m["workers"]) for m in measurements if m["preset"] == name] == [
+            (1, "pyarrow", None),
+            (1, "pyarrow-python", None),
+            (1, "duckstream", 0),
+            (1, "duckstream", 2),
+            (1, "duckstream-arrow", 0),
+            (1, "duckstream-arrow", 2),
+            (4, "pyarrow", None),
+            (4, "duckstream", 0),
+        ]
     for m in measurements:
         assert m["rows_read"] == m["rows"], m
+    assert len(document["ratios"]) == 8  # 2 presets x 2 pairs x 2 worker counts
+    assert "ratios of rows/s at 1x" in result.stdout
+    for pair in (
+        "duckstream-arrow (Arrow batches) / pyarrow:",
+        "duckstream (torch: tensors, Python lists) / ",
+    ):
+        assert f"captions: {pair}" in result.stdout
+        assert f"images: {pair}" in result.stdout
 
 
 def test_pyproject_packages_every_subpackage_and_the_mapped_benchmarks() -> None:

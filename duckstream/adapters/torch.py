@@ -95,6 +95,9 @@ class DuckStreamDataset(IterableDataset[Any]):
         self._done: list[Stage] = []  # stretches of this epoch read before a resume
         self._consumed = 0  # items handed out by in-process iteration in the current stretch
         self._finished = False
+        # Set by DuckStreamLoader: workers send Arrow batches and the loader collates them,
+        # since pickling Python strings between processes costs more than reading them.
+        self._ship_arrow = False
 
     # -- sizes -----------------------------------------------------------------------------
 
@@ -201,6 +204,9 @@ class DuckStreamDataset(IterableDataset[Any]):
 
     def _items(self, batches: Iterator[Any]) -> Iterator[Any]:
         transform = self.transform
+        if self._ship_arrow and self.batch_size is not None:
+            yield from batches
+            return
         for batch in batches:
             if self.batch_size is None:
                 for row in collate_rows(batch, self.output):
@@ -276,12 +282,14 @@ class DuckStreamLoader(DataLoader[Any]):
             dataset.set_epoch(self._epoch)
         self._consumed = 0
         self._between_epochs = False
+        ship = self.num_workers > 0 and dataset.batch_size is not None and dataset.transform is None
+        dataset._ship_arrow = ship
         if self.num_workers == 0:
             # In-process the dataset counts for itself; folding its progress keeps one truth.
             dataset._consumed = 0
         for item in super().__iter__():
             self._consumed += 1
-            yield item
+            yield collate_batch(item, dataset.output) if ship else item
         self._epoch = dataset.epoch + 1
         self._between_epochs = True
 

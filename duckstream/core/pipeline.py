@@ -47,7 +47,7 @@ from duckstream.core.world import World
 from duckstream.errors import ConfigurationError
 from duckstream.storage import S3Settings
 
-__all__ = ["StreamPlan", "prepare", "read_slot", "rebatch", "shuffle_windows"]
+__all__ = ["StreamPlan", "prepare", "read_slot", "rebatch", "shuffled_batches", "windows"]
 
 _RESULT_ROW_GROUP = 8_192
 
@@ -265,21 +265,21 @@ def read_slot(
             for shard, lo, hi in _pieces(slice_ranges(span.ranges, start, span.rows), order, plan.counts)
             for batch in reader.read(plan.shards[shard], lo, hi)
         )
-        if shuffle:
-            key = window_key(seed, epoch, len(prior), world)
-            batches = _skip(shuffle_windows(batches, shuffle_buffer, key, first_window), inside)
-        yield from rebatch(batches, batch_size, drop_last, plan.schema)
+        if not shuffle:
+            yield from rebatch(batches, batch_size, drop_last)
+            return
+        yield from shuffled_batches(
+            batches,
+            buffer=shuffle_buffer,
+            key=window_key(seed, epoch, len(prior), world),
+            first_window=first_window,
+            skip=inside,
+            batch_size=batch_size,
+            drop_last=drop_last,
+            schema=plan.schema,
+        )
     finally:
         reader.close()
-
-
-def _skip(batches: Iterable[pa.RecordBatch], rows: int) -> Iterator[pa.RecordBatch]:
-    for batch in batches:
-        if rows >= batch.num_rows:
-            rows -= batch.num_rows
-            continue
-        yield batch.slice(rows) if rows else batch
-        rows = 0
 
 
 def _pieces(ranges: np.ndarray, order: np.ndarray, counts: Sequence[int]) -> Iterator[tuple[int, int, int]]:
@@ -306,59 +306,88 @@ def _pieces(ranges: np.ndarray, order: np.ndarray, counts: Sequence[int]) -> Ite
         yield pending
 
 
-def shuffle_windows(
-    batches: Iterable[pa.RecordBatch], buffer: int, key: tuple[int, ...], first_window: int = 0
-) -> Iterator[pa.RecordBatch]:
-    """Permute each window of ``buffer`` consecutive rows (memory: one window)."""
+def windows(batches: Iterable[pa.RecordBatch], buffer: int, schema: pa.Schema) -> Iterator[pa.Table]:
+    """Consecutive windows of ``buffer`` rows (the last one shorter), without copying."""
     held: list[pa.RecordBatch] = []
     rows = 0
-    window = first_window
-
-    def flush(size: int) -> Iterator[pa.RecordBatch]:
-        nonlocal held, rows, window
-        table = pa.Table.from_batches(held)
-        take, keep = table.slice(0, size), table.slice(size)
-        permuted = take.take(window_permutation(size, key, window, True))
-        yield from permuted.combine_chunks().to_batches()
-        held, rows, window = keep.to_batches(), rows - size, window + 1
-
     for batch in batches:
-        held.append(batch)
-        rows += batch.num_rows
-        while rows >= buffer:
-            yield from flush(buffer)
+        while batch.num_rows:
+            take = min(buffer - rows, batch.num_rows)
+            held.append(batch.slice(0, take))
+            rows += take
+            batch = batch.slice(take)
+            if rows == buffer:
+                yield pa.Table.from_batches(held, schema=schema)
+                held, rows = [], 0
     if rows:
-        yield from flush(rows)
+        yield pa.Table.from_batches(held, schema=schema)
 
 
-def rebatch(
-    batches: Iterable[pa.RecordBatch], size: int, drop_last: bool, schema: pa.Schema
+def shuffled_batches(
+    batches: Iterable[pa.RecordBatch],
+    *,
+    buffer: int,
+    key: tuple[int, ...],
+    first_window: int,
+    skip: int,
+    batch_size: int,
+    drop_last: bool,
+    schema: pa.Schema,
 ) -> Iterator[pa.RecordBatch]:
-    """Batches of exactly ``size`` rows, contiguous in memory; the last one short unless dropped."""
+    """Batches of the stream with each window of ``buffer`` rows permuted.
+
+    Each output batch is gathered straight from its window (one copy); the first ``skip``
+    rows of the first window's permuted order are left out (a resumed read).
+    """
+    carry: pa.RecordBatch | None = None
+    for index, window in enumerate(windows(batches, buffer, schema), start=first_window):
+        order = window_permutation(window.num_rows, key, index, True)[skip:]
+        skip = 0
+        position = 0
+        if carry is not None:
+            need = batch_size - carry.num_rows
+            carry = pa.concat_batches([carry, _gather(window, order[:need], schema)])
+            position = need
+            if carry.num_rows < batch_size:
+                continue
+            yield carry
+            carry = None
+        while len(order) - position >= batch_size:
+            yield _gather(window, order[position : position + batch_size], schema)
+            position += batch_size
+        if position < len(order):
+            carry = _gather(window, order[position:], schema)
+    if carry is not None and carry.num_rows and not drop_last:
+        yield carry
+
+
+def _gather(window: pa.Table, rows: np.ndarray, schema: pa.Schema) -> pa.RecordBatch:
+    taken = window.take(rows).combine_chunks().to_batches()
+    return taken[0] if taken else pa.RecordBatch.from_pylist([], schema=schema)
+
+
+def rebatch(batches: Iterable[pa.RecordBatch], size: int, drop_last: bool) -> Iterator[pa.RecordBatch]:
+    """Batches of exactly ``size`` rows; the last one short unless dropped.
+
+    Batches inside one read batch are zero-copy slices; only a batch that straddles two read
+    batches is copied.
+    """
     if size < 1:
         raise ConfigurationError(f"batch_size must be at least 1, found {size}")
-    held: list[pa.RecordBatch] = []
-    rows = 0
+    carry: pa.RecordBatch | None = None
     for batch in batches:
-        if batch.num_rows == 0:
-            continue
-        if not held and batch.num_rows == size:
-            yield batch  # the common case when read and batch sizes agree: no copy
-            continue
-        held.append(batch)
-        rows += batch.num_rows
-        if rows >= size:
-            table = pa.Table.from_batches(held, schema=schema)
-            offset = 0
-            while rows - offset >= size:
-                yield _contiguous(table.slice(offset, size), schema)
-                offset += size
-            held = table.slice(offset).to_batches()
-            rows -= offset
-    if rows and not drop_last:
-        yield _contiguous(pa.Table.from_batches(held, schema=schema), schema)
-
-
-def _contiguous(table: pa.Table, schema: pa.Schema) -> pa.RecordBatch:
-    batches = table.combine_chunks().to_batches()
-    return batches[0] if batches else pa.RecordBatch.from_pylist([], schema=schema)
+        if carry is not None:
+            head = batch.slice(0, size - carry.num_rows)
+            carry = pa.concat_batches([carry, head])
+            batch = batch.slice(head.num_rows)
+            if carry.num_rows < size:
+                continue
+            yield carry
+            carry = None
+        full = batch.num_rows // size
+        for index in range(full):
+            yield batch.slice(index * size, size)
+        if batch.num_rows > full * size:
+            carry = batch.slice(full * size)
+    if carry is not None and not drop_last:
+        yield carry

@@ -32,8 +32,16 @@ WHERE file_row_number BETWEEN getvariable('duckstream_first') AND getvariable('d
 
 
 def default_threads(readers: int) -> int:
-    """DuckDB threads per reader so that ``readers`` of them do not oversubscribe the cores."""
-    return max(1, (os.cpu_count() or 1) // max(1, readers))
+    """Threads per reader so that this node's readers do not oversubscribe its cores.
+
+    ``readers`` is this rank's DataLoader workers; ``LOCAL_WORLD_SIZE`` (set by torchrun and
+    Lightning) says how many ranks share the node.
+    """
+    try:
+        ranks_here = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        ranks_here = 1
+    return max(1, (os.cpu_count() or 1) // (max(1, readers) * ranks_here))
 
 
 class ShardReader:

@@ -53,6 +53,8 @@ def parquet_patterns(source: SourceLike) -> list[str]:
 
 
 def _pattern(item: str) -> str:
+    if not item.strip():
+        raise SourceError("expected a path, glob or s3:// URI, found an empty string")
     if item.startswith("file://"):
         item = item[len("file://") :]
     has_glob = any(ch in item for ch in _GLOB_CHARS)
