@@ -65,11 +65,11 @@ def to_python(batch: pa.RecordBatch) -> dict[str, Any]:
     return columns
 
 
-def _import_numpy_conversion() -> None:
-    """Import what pyarrow's first ``to_numpy`` call imports (its pandas shim: about 0.2 s).
+def _import_pandas() -> None:
+    """Import pandas the way pyarrow's first ``to_numpy`` call does (its pandas shim: about 0.2 s).
 
-    Called before the clock starts by the loaders that convert to NumPy, so that the epoch and
-    first-batch times leave out imports on every side.
+    pyarrow's ``to_numpy`` and DuckDB's first query import pandas lazily; the loaders that would
+    do so during the epoch import it first, so that epoch and first-batch times leave out imports.
     """
     import pyarrow as pa
 
@@ -88,7 +88,7 @@ def pyarrow_epoch(
 
     files = sorted(source.glob("**/*.parquet"))
     if python:
-        _import_numpy_conversion()
+        _import_pandas()
     start_rss = rss_bytes(os.getpid())
     rows = batches = 0
     first = 0.0
@@ -124,8 +124,7 @@ def duckstream_epoch(
     """
     from duckstream.stream import DuckStreamDataset, DuckStreamLoader
 
-    if output == "torch":
-        _import_numpy_conversion()
+    _import_pandas()
     start_rss = rss_bytes(os.getpid())
     rows = batches = 0
     first = 0.0

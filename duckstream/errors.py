@@ -10,6 +10,8 @@
     ├── SourceError                      a source names no readable Parquet files, or files
     │                                    whose schemas conflict; names the file and column
     ├── StateError                       a saved loader state does not fit this dataset
+    ├── CatalogError                     a lakehouse catalog refused: no such table, snapshot,
+    │                                    run or experiment, or its files are gone
     ├── CollateError (ValueError)        a batch cannot become tensors (e.g. a null integer)
     ├── ServiceError                     a test/dev service (S3 server, PostgreSQL) failed to start
     └── QueryError                       DuckDB rejected or failed a statement; names the statement
@@ -22,6 +24,7 @@ everything that reaches a message passes through :func:`duckstream.redact.redact
 from __future__ import annotations
 
 __all__ = [
+    "CatalogError",
     "CollateError",
     "ConfigurationError",
     "DuckstreamError",
@@ -53,6 +56,10 @@ class ExtensionError(DuckstreamError):
 
 class SourceError(DuckstreamError):
     """A source does not resolve to readable Parquet files."""
+
+
+class CatalogError(DuckstreamError):
+    """The lakehouse catalog has no such table, snapshot, experiment or run, or lost files."""
 
 
 class StateError(DuckstreamError):

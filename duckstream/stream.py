@@ -10,9 +10,8 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from duckstream.core.partition import Even
-from duckstream.core.pipeline import prepare, read_slot
+from duckstream.core.pipeline import Source, prepare, read_slot
 from duckstream.core.shuffle import DEFAULT_SHUFFLE_BUFFER
-from duckstream.core.source import SourceLike
 from duckstream.core.world import World, ranks_from_env
 from duckstream.errors import ConfigurationError
 from duckstream.storage import S3Settings
@@ -44,7 +43,7 @@ def __getattr__(name: str) -> Any:
 
 
 def stream_batches(
-    source: SourceLike,
+    source: Source,
     sql: str | None = None,
     *,
     shuffle: bool = False,

@@ -12,10 +12,9 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from duckstream.adapters.collate import OUTPUTS, Output, collate_batch, collate_rows
 from duckstream.core.partition import Even, rank_rows, worker_rows
-from duckstream.core.pipeline import StreamPlan, prepare, read_slot
+from duckstream.core.pipeline import Source, StreamPlan, prepare, read_slot
 from duckstream.core.resume import Stage, fold, worker_items
 from duckstream.core.shuffle import DEFAULT_SHUFFLE_BUFFER
-from duckstream.core.source import SourceLike
 from duckstream.core.state import make_state, read_state
 from duckstream.core.world import World, ranks_from_env
 from duckstream.errors import ConfigurationError
@@ -45,7 +44,7 @@ class DuckStreamDataset(IterableDataset[Any]):
 
     def __init__(
         self,
-        source: SourceLike,
+        source: Source,
         sql: str | None = None,
         *,
         batch_size: int | None = None,

@@ -13,7 +13,7 @@ import os
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
@@ -22,6 +22,7 @@ import pyarrow as pa
 
 from duckstream import engine
 from duckstream.core import sql as sqlmod
+from duckstream.core.lake import LakeTable
 from duckstream.core.order import epoch_order
 from duckstream.core.partition import Even, partition
 from duckstream.core.plan import DEFAULT_SHARD_ROWS, Shard, plan_fingerprint, plan_shards
@@ -44,12 +45,25 @@ from duckstream.core.source import (
     read_metadata,
 )
 from duckstream.core.world import World
-from duckstream.errors import ConfigurationError
+from duckstream.errors import CatalogError, ConfigurationError
+from duckstream.redact import redact
 from duckstream.storage import S3Settings
 
-__all__ = ["StreamPlan", "prepare", "read_slot", "rebatch", "shuffled_batches", "windows"]
+__all__ = [
+    "LakeAccess",
+    "Source",
+    "StreamPlan",
+    "prepare",
+    "read_slot",
+    "rebatch",
+    "shuffled_batches",
+    "windows",
+]
 
 _RESULT_ROW_GROUP = 8_192
+
+# What a stream reads: Parquet files (paths, globs, URIs, lists) or a pinned lake table.
+Source = SourceLike | LakeTable
 
 
 @dataclass(frozen=True)
@@ -61,11 +75,12 @@ class StreamPlan:
     shards: tuple[Shard, ...]
     counts: tuple[int, ...]  # rows each shard yields after the SQL
     query: str | None  # SQL per shard over `source`; None reads the columns below
-    keeps_rows: bool
+    narrow: bool  # output row k of a shard is its row start+k: ranges narrow the read itself
     columns: tuple[str, ...] | None  # plain projection: read with pyarrow
     schema: pa.Schema
     s3: S3Settings
     fingerprint: str
+    lake: LakeAccess | None = None  # set when the rows come from a pinned DuckLake table
 
     @property
     def num_rows(self) -> int:
@@ -73,7 +88,7 @@ class StreamPlan:
 
 
 def prepare(
-    source: SourceLike,
+    source: Source,
     sql: str | None = None,
     *,
     s3: S3Settings,
@@ -83,9 +98,13 @@ def prepare(
 ) -> StreamPlan:
     """Plan a stream over ``source`` through ``sql``; raises here, before any worker starts.
 
+    ``source`` is Parquet (paths, globs, URIs) or a pinned :class:`LakeTable`.
+
     ``original_schema`` is the schema of the data a materialised result was computed from,
     whose fixed-size lists the result gets back.
     """
+    if isinstance(source, LakeTable):
+        return _prepare_lake(source, sql, cache_dir=cache_dir, shard_rows=shard_rows)
     patterns = parquet_patterns(source)
     spellings = [os.fspath(s) for s in ([source] if isinstance(source, (str, os.PathLike)) else source)]
     remote = any(is_remote(p) for p in patterns)
@@ -124,7 +143,7 @@ def prepare(
             counts = [s.rows for s in shards]
         else:
             assert query is not None
-            counts = _count_rows(con, query, files, shards)
+            counts = _count_rows(con, query, [_parquet_shard(files, s) for s in shards])
     finally:
         con.close()
     return StreamPlan(
@@ -133,7 +152,7 @@ def prepare(
         shards=tuple(shards),
         counts=tuple(counts),
         query=None if shape.columns is not None else query,
-        keeps_rows=shape.keeps_rows,
+        narrow=shape.keeps_rows,
         columns=shape.columns,
         schema=schema,
         s3=s3,
@@ -152,32 +171,34 @@ def _restore_fixed_size(schema: pa.Schema, source: pa.Schema) -> pa.Schema:
     """Parquet has no fixed-size list and DuckDB reads one back as a list: restore the type of
     source columns that pass through unchanged, so they still become ``(n, k)`` tensors."""
     fields = []
-    for field in schema:
-        original = source.field(field.name).type if field.name in source.names else None
+    for column in schema:
+        original = source.field(column.name).type if column.name in source.names else None
         if (
             original is not None
             and pa.types.is_fixed_size_list(original)
-            and pa.types.is_list(field.type)
-            and field.type.value_type == original.value_type
+            and pa.types.is_list(column.type)
+            and column.type.value_type == original.value_type
         ):
-            field = field.with_type(original)
-        fields.append(field)
+            column = column.with_type(original)
+        fields.append(column)
     return pa.schema(fields)
 
 
-def _count_rows(
-    con: duckdb.DuckDBPyConnection, query: str, files: Sequence[str], shards: Sequence[Shard]
-) -> list[int]:
+def _parquet_shard(files: Sequence[str], shard: Shard) -> str:
+    return (
+        "SELECT * EXCLUDE (file_row_number) FROM read_parquet("
+        f"{engine.sql_literal(files[shard.file])}, file_row_number = true) "
+        f"WHERE file_row_number BETWEEN {shard.start} AND {shard.stop - 1}"
+    )
+
+
+def _count_rows(con: duckdb.DuckDBPyConnection, query: str, shard_views: Sequence[str]) -> list[int]:
     """Rows each shard yields through ``query`` (it filters or unnests, so metadata cannot say)."""
 
-    def count(shard: Shard) -> int:
+    def count(view: str) -> int:
         cursor = con.cursor()
         try:
-            cursor.execute(
-                "CREATE TEMP VIEW source AS SELECT * EXCLUDE (file_row_number) FROM read_parquet("
-                f"{engine.sql_literal(files[shard.file])}, file_row_number = true) "
-                f"WHERE file_row_number BETWEEN {shard.start} AND {shard.stop - 1}"
-            )
+            cursor.execute(f"CREATE TEMP VIEW source AS {view}")
             row = cursor.execute(f"SELECT count(*) FROM ({query})").fetchone()
             return int(row[0]) if row else 0
         except duckdb.Error as exc:
@@ -186,7 +207,7 @@ def _count_rows(
             cursor.close()
 
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        return list(pool.map(count, shards))
+        return list(pool.map(count, shard_views))
 
 
 def _materialise(
@@ -202,9 +223,10 @@ def _materialise(
     Without an ORDER BY of its own the result is sorted by every column: a GROUP BY's output
     order varies between runs, and every rank must see the same rows in the same order.
     """
-    key = hashlib.sha256(json.dumps([query, list(files), [repr(m) for m in metas]]).encode()).hexdigest()[:24]
-    directory = Path(cache_dir) if cache_dir is not None else Path(tempfile.gettempdir()) / "duckstream-cache"
-    directory.mkdir(parents=True, exist_ok=True)
+    key = hashlib.sha256(
+        json.dumps([query, list(files), [repr(m) for m in metas]], default=str).encode()
+    ).hexdigest()[:24]
+    directory = _cache_directory(cache_dir)
     target = directory / f"result-{key}.parquet"
     if target.exists():
         return str(target)
@@ -220,6 +242,159 @@ def _materialise(
         raise engine.query_error(exc, query) from None
     os.replace(partial, target)  # atomic: ranks racing on one node all see a whole file
     return str(target)
+
+
+# ------------------------------------------------------------------------------ lake tables
+
+
+@dataclass(frozen=True)
+class LakeAccess:
+    """How a worker reads a pinned lake table: attach the catalog read-only, scan at a snapshot."""
+
+    attach: str = field(repr=False)  # may hold a PostgreSQL password
+    scan: str
+    postgres: bool
+
+
+def _prepare_lake(
+    table: LakeTable,
+    sql: str | None,
+    *,
+    cache_dir: str | os.PathLike[str] | None,
+    shard_rows: int,
+) -> StreamPlan:
+    """Plan a pinned DuckLake table: shards are row ranges of its data files (and inlined rows)
+    as the catalog lists them at the snapshot, with deletes and later writes already excluded."""
+    owned = table.catalog is None or table.catalog._con is None
+    if owned:
+        con = engine.connect(s3=table.s3, extensions=engine.ALL_EXTENSIONS)
+        try:
+            con.execute(table.location.attach_sql(table.alias, read_only=True))
+        except duckdb.Error as exc:
+            con.close()
+            raise engine.query_error(exc, table.location.attach_sql(table.alias, read_only=True)) from None
+    else:
+        con = table.catalog.con.cursor()
+    try:
+        try:
+            con.execute(f"CREATE OR REPLACE TEMP VIEW source AS SELECT * FROM {table.scan}")
+            layout = con.execute(
+                f"SELECT filename, file_row_number // {int(shard_rows)} AS chunk, count(*), "
+                f"min(file_row_number), max(file_row_number) FROM {table.scan} "
+                "GROUP BY ALL ORDER BY filename, chunk"
+            ).fetchall()
+        except duckdb.Error as exc:
+            raise _lake_error(exc, table) from None
+        files = list(dict.fromkeys(row[0] for row in layout))
+        _check_files_exist(files, table)
+        index = {name: i for i, name in enumerate(files)}
+        shards = [Shard(index[name], int(lo), int(hi) + 1) for name, _, _, lo, hi in layout]
+        visible = [int(row[2]) for row in layout]
+        source_schema = _result_schema(con, "SELECT * FROM source")
+        query = sqlmod.name_the_source(sql, [table.name]) if sql else None
+        shape = (
+            sqlmod.analyse(con, query, source_schema.names)
+            if query
+            else sqlmod.QueryShape(True, True, None, False)
+        )
+        if not shape.row_local:
+            assert query is not None
+            key_parts: list[object] = [repr(table), layout]
+            result = _materialise(con, query, files, key_parts, shape.ordered, cache_dir)
+            return prepare(result, None, s3=table.s3, cache_dir=cache_dir, original_schema=source_schema)
+        schema = _result_schema(con, query or "SELECT * FROM source")
+        if shape.keeps_rows:
+            counts = visible
+        else:
+            assert query is not None
+            counts = _count_rows(con, query, [_lake_shard(table.scan, files, s) for s in shards])
+        attach = _worker_attach(con, table, cache_dir)
+    finally:
+        con.close()
+    return StreamPlan(
+        files=tuple(files),
+        row_groups=(),
+        shards=tuple(shards),
+        counts=tuple(counts),
+        query=query,
+        narrow=False,  # deleted rows leave gaps in row numbers: a shard's k-th row is found by reading
+        columns=None,
+        schema=schema,
+        s3=table.s3,
+        fingerprint=plan_fingerprint(files, shards, counts, f"{table.scan}|{query}"),
+        lake=LakeAccess(attach=attach, scan=table.scan, postgres=table.location.kind == "postgres"),
+    )
+
+
+def _lake_shard(scan: str, files: Sequence[str], shard: Shard) -> str:
+    return (
+        f"SELECT * FROM {scan} WHERE filename = {engine.sql_literal(files[shard.file])} "
+        f"AND file_row_number BETWEEN {shard.start} AND {shard.stop - 1}"
+    )
+
+
+def _lake_error(exc: duckdb.Error, table: LakeTable) -> Exception:
+    text = str(exc)
+    if "snapshot" in text.lower():
+        return CatalogError(
+            f"snapshot {table.version} of table {table.name!r} is gone (expired?): "
+            f"{redact(text).splitlines()[0]}"
+        )
+    if (
+        any(m in text for m in ("No such file", "not found", "HTTP 404", "does not exist"))
+        and "Table" not in text
+    ):
+        return CatalogError(
+            f"snapshot {table.version} of table {table.name!r} refers to data files that no longer "
+            f"exist (expired or cleaned up): {redact(text).splitlines()[0]}"
+        )
+    return engine.query_error(exc, f"SELECT * FROM {table.scan}", s3=table.s3)
+
+
+def _check_files_exist(files: Sequence[str], table: LakeTable) -> None:
+    """Local data files of the snapshot must still be there (remote ones fail when read)."""
+    for name in files:
+        if name.startswith("ducklake_inlined_data") or "://" in name:
+            continue
+        if not os.path.exists(name):
+            raise CatalogError(
+                f"snapshot {table.version} of table {table.name!r} refers to {name}, which no "
+                "longer exists (expired or cleaned up): pin a newer snapshot"
+            )
+
+
+def _worker_attach(
+    con: duckdb.DuckDBPyConnection, table: LakeTable, cache_dir: str | os.PathLike[str] | None
+) -> str:
+    """The ATTACH a worker runs: PostgreSQL read-only, or a copy of a file catalog.
+
+    A DuckDB catalog file admits one writing process and no readers beside it, and the
+    training process may hold it open: workers read a copy of its metadata instead, which is
+    consistent and, for a pinned snapshot, complete.
+    """
+    if table.location.kind == "postgres":
+        return table.location.attach_sql(table.alias, read_only=True)
+    directory = _cache_directory(cache_dir)
+    key = hashlib.sha256(f"{table.location.target}|{table.version}".encode()).hexdigest()[:24]
+    copy = directory / f"catalog-{key}.duckdb"
+    if not copy.exists():
+        partial = directory / f".catalog-{key}-{os.getpid()}.duckdb"
+        alias = f"duckstream_copy_{os.getpid()}"
+        try:
+            con.execute(f"ATTACH {engine.sql_literal(str(partial))} AS {alias}")
+            con.execute(f"COPY FROM DATABASE __ducklake_metadata_{table.alias} TO {alias}")
+            con.execute(f"DETACH {alias}")
+        except duckdb.Error as exc:
+            partial.unlink(missing_ok=True)
+            raise engine.query_error(exc, "COPY FROM DATABASE (catalog metadata)") from None
+        os.replace(partial, copy)
+    return table.location.attach_sql(table.alias, read_only=True, target=str(copy))
+
+
+def _cache_directory(cache_dir: str | os.PathLike[str] | None) -> Path:
+    directory = Path(cache_dir) if cache_dir is not None else Path(tempfile.gettempdir()) / "duckstream-cache"
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
 
 
 # ------------------------------------------------------------------------------ worker side

@@ -31,6 +31,15 @@ WHERE file_row_number BETWEEN getvariable('duckstream_first') AND getvariable('d
 """
 
 
+# The same for a pinned lake table, read through its catalog (deletes and inlined rows applied).
+_LAKE_SHARD_VIEW = """
+CREATE OR REPLACE TEMP VIEW source AS
+SELECT * FROM {scan}
+WHERE filename = getvariable('duckstream_file')
+  AND file_row_number BETWEEN getvariable('duckstream_first') AND getvariable('duckstream_last')
+"""
+
+
 def default_threads(readers: int) -> int:
     """Threads per reader so that this node's readers do not oversubscribe its cores.
 
@@ -120,9 +129,15 @@ class ShardReader:
 
     def _connection(self) -> duckdb.DuckDBPyConnection:
         if self._con is None:
+            lake = self._plan.lake
+            extensions: list[str] = []
+            if lake is not None or any(is_remote(f) for f in self._plan.files):
+                extensions.append("httpfs")
+            if lake is not None:
+                extensions += ["ducklake", "postgres_scanner"] if lake.postgres else ["ducklake"]
             self._con = engine.connect(
                 s3=self._plan.s3,
-                extensions=("httpfs",) if any(is_remote(f) for f in self._plan.files) else (),
+                extensions=extensions,
                 threads=self._threads,
                 # One pass over each file: caching it only costs memory.
                 config={"enable_external_file_cache": False},
@@ -130,7 +145,14 @@ class ShardReader:
             self._con.execute("SET VARIABLE duckstream_file = ''")
             self._con.execute("SET VARIABLE duckstream_first = 0")
             self._con.execute("SET VARIABLE duckstream_last = -1")
-            self._con.execute(_SHARD_VIEW)
+            if lake is None:
+                self._con.execute(_SHARD_VIEW)
+            else:
+                try:
+                    self._con.execute(lake.attach)
+                except duckdb.Error as exc:
+                    raise engine.query_error(exc, lake.attach, s3=self._plan.s3) from None
+                self._con.execute(_LAKE_SHARD_VIEW.format(scan=lake.scan))
         return self._con
 
     def _read_sql(self, shard: Shard, lo: int, hi: int) -> Iterator[pa.RecordBatch]:
@@ -138,7 +160,7 @@ class ShardReader:
         query = self._plan.query or "SELECT * FROM source"
         # One output row per file row: narrow the file range itself. Otherwise (WHERE, UNNEST)
         # run the shard and keep output rows lo..hi.
-        if self._plan.keeps_rows:
+        if self._plan.narrow:
             first, last, skip = shard.start + lo, shard.start + hi - 1, 0
         else:
             first, last, skip = shard.start, shard.stop - 1, lo

@@ -23,10 +23,8 @@ __all__ = ["QueryShape", "analyse", "name_the_source"]
 
 SOURCE = "source"
 
-_ROW_LOCAL_OPERATORS = frozenset(
-    {"PROJECTION", "FILTER", "UNNEST", "READ_PARQUET", "PARQUET_SCAN", "TABLE_SCAN"}
-)
-_SCANS = frozenset({"READ_PARQUET", "PARQUET_SCAN", "TABLE_SCAN"})
+_SCANS = frozenset({"READ_PARQUET", "PARQUET_SCAN", "TABLE_SCAN", "DUCKLAKE_SCAN"})
+_ROW_LOCAL_OPERATORS = _SCANS | {"PROJECTION", "FILTER", "UNNEST"}
 _MENTIONS_SOURCE = re.compile(rf"\b{SOURCE}\b", re.IGNORECASE)
 
 

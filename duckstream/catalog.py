@@ -1,0 +1,358 @@
+"""LakehouseCatalog: a DuckLake catalog (PostgreSQL or a local file) with run tracking.
+
+Experiments and runs are lakehouse tables, so they join with data tables in one query. Writers
+only append (a run's status change is a new revision of its row; the ``simulation_runs`` view
+shows the latest), because concurrent UPDATEs conflict on a shared catalog.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import partial
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Literal, TypeVar
+
+import duckdb
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from duckstream import engine
+from duckstream.core.lake import CatalogLocation, LakeTable
+from duckstream.errors import CatalogError, ConfigurationError, DuckstreamError
+from duckstream.redact import get_logger, redact
+from duckstream.storage import S3Settings
+
+__all__ = ["Experiment", "LakehouseCatalog", "Run", "RunStatus"]
+
+log = get_logger(__name__)
+
+RunStatus = Literal["running", "completed", "failed"]
+T = TypeVar("T")
+
+_TRACKING_DDL = (
+    """CREATE TABLE IF NOT EXISTS {a}.experiment_log (
+        experiment_id VARCHAR, name VARCHAR, description VARCHAR, created_at TIMESTAMPTZ)""",
+    """CREATE TABLE IF NOT EXISTS {a}.simulation_run_log (
+        run_id VARCHAR, experiment_id VARCHAR, sim_index INTEGER, status VARCHAR, config JSON,
+        s3_prefix VARCHAR, snapshots JSON, metrics JSON, error VARCHAR,
+        started_at TIMESTAMPTZ, finished_at TIMESTAMPTZ, revision INTEGER, recorded_at TIMESTAMPTZ)""",
+    # The first registration of a name wins, so racing get-or-creates agree on one id.
+    """CREATE VIEW IF NOT EXISTS {a}.experiments AS
+        SELECT experiment_id, name, description, created_at FROM {a}.experiment_log
+        QUALIFY row_number() OVER (PARTITION BY name ORDER BY created_at, experiment_id) = 1""",
+    """CREATE VIEW IF NOT EXISTS {a}.simulation_runs AS
+        SELECT * EXCLUDE (revision, recorded_at) FROM {a}.simulation_run_log
+        QUALIFY row_number() OVER (PARTITION BY run_id ORDER BY revision DESC, recorded_at DESC) = 1""",
+)
+_RUN_COLUMNS = (
+    "run_id, experiment_id, sim_index, status, config, s3_prefix, snapshots, metrics, error, "
+    "started_at, finished_at"
+)
+_CONFLICT_MARKERS = ("conflict", "could not serialize", "deadlock", "retry the transaction")
+
+
+class Experiment(BaseModel):
+    """One row of ``experiments``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    experiment_id: str
+    name: str
+    description: str
+    created_at: datetime
+
+
+class Run(BaseModel):
+    """One run, as the ``simulation_runs`` view shows it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    run_id: str
+    experiment_id: str
+    sim_index: int
+    status: RunStatus
+    config: dict[str, Any] | None
+    s3_prefix: str | None
+    snapshots: dict[str, Any] | None
+    metrics: dict[str, Any] | None
+    error: str | None
+    started_at: datetime
+    finished_at: datetime | None
+
+
+class LakehouseCatalog:
+    """A DuckLake catalog attached to a DuckDB connection, with experiments and runs.
+
+    ``dsn_or_path`` is ``postgresql://user:password@host:port/db`` or a local catalog file (the
+    embedded default); ``data_path`` a local folder or ``s3://bucket/prefix`` (for a file
+    catalog it defaults to ``<file>.files/`` beside it). ``con`` is the connection, with the
+    lake attached and in use, for your own SQL. Writes retry when concurrent commits collide.
+    """
+
+    def __init__(
+        self,
+        dsn_or_path: str | os.PathLike[str],
+        data_path: str | os.PathLike[str] | None = None,
+        s3_endpoint: str | None = None,
+        s3_access_key: str | None = None,
+        s3_secret_key: str | None = None,
+        *,
+        s3_region: str | None = None,
+        s3_use_ssl: bool | None = None,
+        alias: str = "lake",
+        read_only: bool = False,
+        threads: int | None = None,
+        retries: int = 8,
+    ) -> None:
+        if not alias.isidentifier():
+            raise ConfigurationError(f"alias must be an identifier, found {alias!r}")
+        location = CatalogLocation.parse(dsn_or_path, data_path)
+        if location.kind == "duckdb" and location.data_path is None:
+            location = CatalogLocation.parse(location.target, location.target + ".files")
+        if location.kind == "postgres" and location.data_path is None and not read_only:
+            raise ConfigurationError(
+                "a PostgreSQL catalog needs data_path (a folder or s3://bucket/prefix) for its files"
+            )
+        if not read_only:
+            # A new embedded lake starts in folders that may not exist yet.
+            if location.kind == "duckdb":
+                os.makedirs(os.path.dirname(location.target), exist_ok=True)
+            if location.data_path is not None and "://" not in location.data_path:
+                os.makedirs(location.data_path, exist_ok=True)
+        self.location = location
+        self.alias = alias
+        self.read_only = read_only
+        self._retries = retries
+        self._s3 = S3Settings.resolve(
+            s3_endpoint, s3_access_key, s3_secret_key, region=s3_region, use_ssl=s3_use_ssl
+        )
+        self._con: duckdb.DuckDBPyConnection | None = engine.connect(
+            s3=self._s3, extensions=engine.ALL_EXTENSIONS, threads=threads
+        )
+        attach = location.attach_sql(alias, read_only=read_only)
+        try:
+            self._with_retries("attach the catalog", lambda: self._run(attach))
+            self._run(f"USE {alias}")
+            if not read_only:
+                for ddl in _TRACKING_DDL:
+                    self._with_retries("create the run tables", partial(self._run, ddl.format(a=alias)))
+        except BaseException:
+            self.close()
+            raise
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    @property
+    def con(self) -> duckdb.DuckDBPyConnection:
+        """The DuckDB connection with the lake attached and in use."""
+        if self._con is None:
+            raise DuckstreamError("this LakehouseCatalog is closed; open a new one")
+        return self._con
+
+    def _run(self, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
+        try:
+            return self.con.execute(sql, params).fetchall()
+        except duckdb.Error as exc:
+            raise engine.query_error(exc, sql, s3=self._s3) from None
+
+    def _with_retries(self, what: str, action: Callable[[], T]) -> T:
+        delay = 0.05
+        jitter = np.random.default_rng()
+        for attempt in range(self._retries + 1):
+            try:
+                return action()
+            except DuckstreamError as exc:
+                message = str(exc).lower()
+                if attempt == self._retries or not any(m in message for m in _CONFLICT_MARKERS):
+                    raise
+                log.info("commit conflict while trying to %s; retry %d", what, attempt + 1)
+                time.sleep(delay * (1 + jitter.random()))
+                delay = min(delay * 2, 2.0)
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        """Detach and close; closing twice is harmless."""
+        if self._con is not None:
+            self._con.close()
+            self._con = None
+
+    def __enter__(self) -> LakehouseCatalog:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._con is None else "open"
+        return f"LakehouseCatalog({self.location!r}, alias={self.alias!r}, {state})"
+
+    # -- snapshots and tables --------------------------------------------------------------
+
+    def current_snapshot(self) -> int:
+        """The newest snapshot id of the catalog."""
+        rows = self._run(f"SELECT max(snapshot_id) FROM {self.alias}.snapshots()")
+        return int(rows[0][0])
+
+    def table(self, name: str, version: int | None = None) -> LakeTable:
+        """Table ``name`` pinned to snapshot ``version`` (the current one when None)."""
+        pinned = self.current_snapshot() if version is None else int(version)
+        table = LakeTable(self.location, name, pinned, self._s3, self.alias, catalog=self)
+        try:
+            self.con.execute(f"SELECT * FROM {table.scan} LIMIT 0")
+        except duckdb.Error as exc:
+            text = redact(str(exc))
+            if "snapshot" in text.lower():
+                raise CatalogError(
+                    f"table {name!r} has no snapshot {pinned}: {text.splitlines()[0]} "
+                    f"(the newest is {self.current_snapshot()}; old snapshots may have been expired)"
+                ) from None
+            raise CatalogError(
+                f"table {name!r} does not exist at snapshot {pinned}: {text.splitlines()[0]}"
+            ) from None
+        return table
+
+    # -- experiments and runs --------------------------------------------------------------
+
+    def register_experiment(self, name: str, description: str = "") -> Experiment:
+        """The experiment called ``name``, created when it does not exist yet."""
+        if not name:
+            raise ConfigurationError("an experiment needs a non-empty name")
+        existing = self._experiment(name)
+        if existing is not None:
+            return existing
+        self._with_retries(
+            "register an experiment",
+            lambda: self._run(
+                f"INSERT INTO {self.alias}.experiment_log VALUES (?, ?, ?, now())",
+                [_new_id(), name, description],
+            ),
+        )
+        created = self._experiment(name)
+        assert created is not None
+        return created
+
+    def _experiment(self, name: str) -> Experiment | None:
+        rows = self._run(
+            "SELECT experiment_id, name, description, created_at "
+            f"FROM {self.alias}.experiments WHERE name = ?",
+            [name],
+        )
+        if not rows:
+            return None
+        experiment_id, name, description, created_at = rows[0]
+        return Experiment(
+            experiment_id=experiment_id, name=name, description=description or "", created_at=created_at
+        )
+
+    def register_run(
+        self,
+        experiment_id: str,
+        sim_index: int = 0,
+        config: Mapping[str, Any] | None = None,
+        s3_prefix: str | None = None,
+        *,
+        snapshots: Mapping[str, Any] | None = None,
+    ) -> Run:
+        """A new run of ``experiment_id``, status ``running``."""
+        known = self._run(f"SELECT 1 FROM {self.alias}.experiments WHERE experiment_id = ?", [experiment_id])
+        if not known:
+            raise CatalogError(f"no experiment with id {experiment_id!r}; register_experiment first")
+        run_id = _new_id()
+        self._append_run(
+            run_id=run_id,
+            experiment_id=experiment_id,
+            sim_index=sim_index,
+            status="running",
+            config=_json(config),
+            s3_prefix=s3_prefix,
+            snapshots=_json(snapshots),
+            metrics=None,
+            error=None,
+            started_at=None,
+            finished_at=None,
+            revision=0,
+        )
+        return self.get_run(run_id)
+
+    def complete_run(self, run_id: str, metrics: Mapping[str, Any] | None = None) -> Run:
+        """Mark ``run_id`` completed, with its final metrics."""
+        return self._finish(run_id, "completed", metrics=metrics, error=None)
+
+    def fail_run(self, run_id: str, error: str | BaseException) -> Run:
+        """Mark ``run_id`` failed, with what went wrong."""
+        text = redact(f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else str(error))
+        return self._finish(run_id, "failed", metrics=None, error=text)
+
+    def get_run(self, run_id: str) -> Run:
+        """The run as ``simulation_runs`` shows it now."""
+        rows = self._run(
+            f"SELECT {_RUN_COLUMNS} FROM {self.alias}.simulation_runs WHERE run_id = ?", [run_id]
+        )
+        if not rows:
+            raise CatalogError(f"no run with id {run_id!r}")
+        names = [c.strip() for c in _RUN_COLUMNS.split(",")]
+        record = dict(zip(names, rows[0], strict=True))
+        for key in ("config", "snapshots", "metrics"):
+            record[key] = json.loads(record[key]) if record[key] is not None else None
+        return Run(**record)
+
+    def _finish(
+        self, run_id: str, status: RunStatus, *, metrics: Mapping[str, Any] | None, error: str | None
+    ) -> Run:
+        run = self.get_run(run_id)
+        if run.status != "running":
+            raise CatalogError(f"run {run_id!r} is already {run.status}; only a running run can end")
+        self._append_run(
+            run_id=run_id,
+            experiment_id=run.experiment_id,
+            sim_index=run.sim_index,
+            status=status,
+            config=_json(run.config),
+            s3_prefix=run.s3_prefix,
+            snapshots=_json(run.snapshots),
+            metrics=_json(metrics),
+            error=error,
+            started_at=run.started_at,
+            finished_at="now",
+            revision=1,
+        )
+        return self.get_run(run_id)
+
+    def _append_run(self, **row: Any) -> None:
+        started = "now()" if row["started_at"] is None else "?"
+        finished = "now()" if row["finished_at"] == "now" else "NULL"
+        params = [
+            row["run_id"],
+            row["experiment_id"],
+            row["sim_index"],
+            row["status"],
+            row["config"],
+            row["s3_prefix"],
+            row["snapshots"],
+            row["metrics"],
+            row["error"],
+        ]
+        if row["started_at"] is not None:
+            params.append(row["started_at"])
+        params.append(row["revision"])
+        sql = (
+            f"INSERT INTO {self.alias}.simulation_run_log VALUES "
+            f"(?, ?, ?, ?, ?, ?, ?, ?, ?, {started}, {finished}, ?, now())"
+        )
+        self._with_retries("record a run", lambda: self._run(sql, params))
+
+
+def _new_id() -> str:
+    # Random UUIDs need no coordination between machines registering runs at once.
+    return str(uuid.uuid4())
+
+
+def _json(value: Mapping[str, Any] | None) -> str | None:
+    return None if value is None else json.dumps(dict(value), default=str, sort_keys=True)

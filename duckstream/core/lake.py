@@ -1,0 +1,134 @@
+"""DuckLake tables as sources: where the catalog lives, and a table pinned to one snapshot."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import unquote, urlsplit
+
+from duckstream.engine import sql_literal
+from duckstream.errors import ConfigurationError
+from duckstream.redact import MASK, register_secret
+from duckstream.storage import S3Settings
+
+__all__ = ["CatalogLocation", "LakeTable", "quote_name"]
+
+
+@dataclass(frozen=True)
+class CatalogLocation:
+    """A DuckLake catalog: PostgreSQL (libpq key=value ``target``) or a DuckDB file (path)."""
+
+    kind: Literal["postgres", "duckdb"]
+    target: str = field(repr=False)
+    data_path: str | None
+
+    @classmethod
+    def parse(
+        cls, dsn_or_path: str | os.PathLike[str], data_path: str | os.PathLike[str] | None
+    ) -> CatalogLocation:
+        """From ``postgresql://user:pass@host:port/db`` or a catalog file path."""
+        text = os.fspath(dsn_or_path)
+        data = None if data_path is None else os.fspath(data_path)
+        if data is not None and "://" not in data:
+            data = str(Path(data).expanduser().resolve())
+        if data is not None:
+            data = data.rstrip("/") + "/"
+        if text.startswith(("postgresql://", "postgres://")):
+            parts = urlsplit(text)
+            if not parts.hostname or not parts.path.strip("/"):
+                raise ConfigurationError(
+                    "expected a DSN like postgresql://user:password@host:port/database, "
+                    f"found {_masked(text)}"
+                )
+            fields = {
+                "host": parts.hostname,
+                "port": str(parts.port or 5432),
+                "dbname": unquote(parts.path.strip("/")),
+            }
+            if parts.username:
+                fields["user"] = unquote(parts.username)
+            if parts.password:
+                fields["password"] = unquote(parts.password)
+                register_secret(fields["password"])
+            target = " ".join(f"{k}={v}" for k, v in fields.items())
+            return cls("postgres", target, data)
+        if "://" in text:
+            raise ConfigurationError(
+                f"expected a postgresql:// DSN or a catalog file path, found {_masked(text)}"
+            )
+        path = Path(text).expanduser().resolve()
+        return cls("duckdb", str(path), data)
+
+    def attach_sql(self, alias: str, *, read_only: bool = False, target: str | None = None) -> str:
+        """``ATTACH 'ducklake:...' AS alias (...)`` for this catalog (or a copy at ``target``)."""
+        where = target or self.target
+        uri = (
+            f"ducklake:postgres:{where}"
+            if self.kind == "postgres" and target is None
+            else f"ducklake:{where}"
+        )
+        options = []
+        if self.data_path is not None:
+            options.append(f"DATA_PATH {sql_literal(self.data_path)}")
+        if read_only:
+            options.append("READ_ONLY")
+        suffix = f" ({', '.join(options)})" if options else ""
+        return f"ATTACH {sql_literal(uri)} AS {alias}{suffix}"
+
+    def __repr__(self) -> str:
+        where = _masked_libpq(self.target) if self.kind == "postgres" else self.target
+        return f"CatalogLocation({self.kind}: {where}, data_path={self.data_path!r})"
+
+
+def _masked(text: str) -> str:
+    parts = urlsplit(text)
+    if parts.password:
+        return text.replace(f":{parts.password}@", f":{MASK}@")
+    return text
+
+
+def _masked_libpq(target: str) -> str:
+    return " ".join(f"password={MASK}" if p.startswith("password=") else p for p in target.split())
+
+
+def quote_name(name: str) -> str:
+    """``schema.table`` or ``table`` as quoted SQL identifiers."""
+    parts = name.split(".")
+    if not 1 <= len(parts) <= 2 or not all(parts):
+        raise ConfigurationError(f"expected a table name like 'captions' or 'main.captions', found {name!r}")
+    return ".".join('"' + p.replace('"', '""') + '"' for p in parts)
+
+
+@dataclass(frozen=True, eq=False)
+class LakeTable:
+    """A DuckLake table pinned to snapshot ``version``: a source that never changes.
+
+    Streams read it through the catalog (deletes, inlined rows and compaction handled by
+    DuckLake) at that snapshot; later writes to the table are invisible to it.
+    """
+
+    location: CatalogLocation
+    name: str
+    version: int
+    s3: S3Settings
+    alias: str = "lake"
+    # The LakehouseCatalog it came from, used for planning in this process; never pickled.
+    catalog: Any = field(default=None, repr=False, compare=False)
+
+    @property
+    def scan(self) -> str:
+        """The table at its snapshot, as a FROM clause item."""
+        return f"{self.alias}.{quote_name(self.name)} AT (VERSION => {int(self.version)})"
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["catalog"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    def __repr__(self) -> str:
+        return f"LakeTable({self.name!r}, version={self.version}, catalog={self.location!r})"
