@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 import os
-from functools import partial
 import time
 import uuid
 from collections.abc import Callable, Mapping
 from datetime import datetime
+from functools import partial
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from typing import Any
-
-from duckstream.query import LakehouseQuery
+from typing import Any, Protocol
 
 
-def plan_nodes(query: LakehouseQuery, sql: str) -> list[dict[str, Any]]:
+class Runs(Protocol):
+    """A LakehouseQuery or a DuckDB connection: anything whose execute() can fetchall()."""
+
+    def execute(self, sql: str) -> Any: ...
+
+
+def plan_nodes(query: Runs, sql: str) -> list[dict[str, Any]]:
     """Every operator of the physical plan of ``sql``, depth first."""
     rows = query.execute(f"EXPLAIN (FORMAT json) {sql}").fetchall()
     roots = json.loads(rows[0][1])
@@ -22,7 +26,7 @@ def plan_nodes(query: LakehouseQuery, sql: str) -> list[dict[str, Any]]:
     return list(walk(roots))
 
 
-def scan_filters(query: LakehouseQuery, sql: str) -> list[str]:
+def scan_filters(query: Runs, sql: str) -> list[str]:
     """The filters pushed into the plan's table/Parquet scans."""
     filters: list[str] = []
     for node in plan_nodes(query, sql):
