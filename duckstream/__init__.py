@@ -15,6 +15,8 @@ __version__ = "0.1.0"
 _EXPORTS: dict[str, str] = {
     "DuckStreamDataset": "duckstream.stream",
     "DuckStreamLoader": "duckstream.stream",
+    "LakeTable": "duckstream.core.lake",
+    "LakehouseCatalog": "duckstream.catalog",
     "LakehouseQuery": "duckstream.query",
     "stream_batches": "duckstream.stream",
 }
@@ -22,6 +24,8 @@ _EXPORTS: dict[str, str] = {
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
+    from duckstream.catalog import LakehouseCatalog as LakehouseCatalog
+    from duckstream.core.lake import LakeTable as LakeTable
     from duckstream.query import LakehouseQuery as LakehouseQuery
     from duckstream.stream import DuckStreamDataset as DuckStreamDataset
     from duckstream.stream import DuckStreamLoader as DuckStreamLoader

@@ -136,7 +136,16 @@ class LakehouseCatalog:
         )
         attach = location.attach_sql(alias, read_only=read_only)
         try:
-            self._with_retries("attach the catalog", lambda: self._run(attach))
+            try:
+                self._with_retries("attach the catalog", lambda: self._run(attach))
+            except DuckstreamError as exc:
+                if location.kind == "duckdb" and "lock" in str(exc).lower():
+                    raise CatalogError(
+                        f"the catalog file {location.target} is open for writing in another process "
+                        "(a DuckDB-file catalog allows one writer): close it there, open this one "
+                        f"with read_only=True, or use a PostgreSQL catalog; DuckDB said: {exc}"
+                    ) from None
+                raise
             self._run(f"USE {alias}")
             if not read_only:
                 for ddl in _TRACKING_DDL:

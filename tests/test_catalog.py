@@ -341,7 +341,8 @@ def test_a_second_writer_on_a_file_catalog_gets_a_clear_error(tmp_path: Path) ->
         )
         result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.stdout.startswith("ERROR"), result.stdout + result.stderr
-    assert "lock" in result.stdout.lower()
+    assert "open for writing in another process" in result.stdout
+    assert "read_only=True" in result.stdout
 
 
 @pytest.mark.services
