@@ -11,7 +11,7 @@ import pyarrow as pa
 
 from duckstream.core.partition import Even
 from duckstream.core.pipeline import Source, prepare, read_slot
-from duckstream.core.shuffle import DEFAULT_SHUFFLE_BUFFER
+from duckstream.core.shuffle import default_shuffle_buffer
 from duckstream.core.world import World, ranks_from_env
 from duckstream.errors import ConfigurationError
 from duckstream.storage import S3Settings
@@ -51,7 +51,7 @@ def stream_batches(
     epoch: int = 0,
     batch_size: int = 1_024,
     drop_last: bool = False,
-    shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
+    shuffle_buffer: int | None = None,
     even: Even = "pad",
     world: World | None = None,
     s3_endpoint: str | None = None,
@@ -70,7 +70,7 @@ def stream_batches(
     """
     if seed < 0 or epoch < 0:
         raise ConfigurationError(f"seed and epoch must be non-negative, found seed={seed}, epoch={epoch}")
-    if shuffle_buffer < 1:
+    if shuffle_buffer is not None and shuffle_buffer < 1:
         raise ConfigurationError(f"shuffle_buffer must be at least 1, found {shuffle_buffer}")
     if even not in ("pad", "drop"):
         raise ConfigurationError(f"even must be 'pad' or 'drop', found {even!r}")
@@ -87,7 +87,7 @@ def stream_batches(
         shuffle=shuffle,
         even=even,
         done=[],
-        shuffle_buffer=shuffle_buffer,
+        shuffle_buffer=shuffle_buffer or default_shuffle_buffer(plan.row_bytes),
         batch_size=batch_size,
         drop_last=drop_last,
         threads=threads,

@@ -14,7 +14,7 @@ from duckstream.adapters.collate import OUTPUTS, Output, collate_batch, collate_
 from duckstream.core.partition import Even, rank_rows, worker_rows
 from duckstream.core.pipeline import Source, StreamPlan, prepare, read_slot
 from duckstream.core.resume import Stage, fold, worker_items
-from duckstream.core.shuffle import DEFAULT_SHUFFLE_BUFFER
+from duckstream.core.shuffle import default_shuffle_buffer
 from duckstream.core.state import make_state, read_state
 from duckstream.core.world import World, ranks_from_env
 from duckstream.errors import ConfigurationError
@@ -51,7 +51,7 @@ class DuckStreamDataset(IterableDataset[Any]):
         drop_last: bool = False,
         shuffle: bool = False,
         seed: int = 0,
-        shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
+        shuffle_buffer: int | None = None,
         even: Even = "pad",
         output: Output = "torch",
         transform: Callable[[Any], Any] | None = None,
@@ -65,7 +65,7 @@ class DuckStreamDataset(IterableDataset[Any]):
     ) -> None:
         if batch_size is not None and batch_size < 1:
             raise ConfigurationError(f"batch_size must be None or at least 1, found {batch_size}")
-        if shuffle_buffer < 1:
+        if shuffle_buffer is not None and shuffle_buffer < 1:
             raise ConfigurationError(f"shuffle_buffer must be at least 1, found {shuffle_buffer}")
         if seed < 0:
             raise ConfigurationError(f"seed must be a non-negative integer, found {seed}")
@@ -83,7 +83,8 @@ class DuckStreamDataset(IterableDataset[Any]):
         self.drop_last = drop_last
         self.shuffle = shuffle
         self.seed = seed
-        self.shuffle_buffer = shuffle_buffer
+        # Rows per shuffle window; by default 8,192, fewer for wide rows (64 MiB per window).
+        self.shuffle_buffer: int = shuffle_buffer or default_shuffle_buffer(self.plan.row_bytes)
         self.even: Even = even
         self.output: Output = output
         self.transform = transform

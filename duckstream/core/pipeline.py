@@ -81,6 +81,7 @@ class StreamPlan:
     s3: S3Settings
     fingerprint: str
     lake: LakeAccess | None = None  # set when the rows come from a pinned DuckLake table
+    row_bytes: int = 256  # average uncompressed bytes of a source row, for sizing buffers
 
     @property
     def num_rows(self) -> int:
@@ -157,6 +158,7 @@ def prepare(
         schema=schema,
         s3=s3,
         fingerprint=plan_fingerprint(files, shards, counts, query),
+        row_bytes=max(1, sum(m.data_bytes for m in metas) // max(1, sum(m.rows for m in metas))),
     )
 
 
@@ -515,7 +517,10 @@ def shuffled_batches(
     rows of the first window's permuted order are left out (a resumed read).
     """
     carry: pa.RecordBatch | None = None
-    for index, window in enumerate(windows(batches, buffer, schema), start=first_window):
+    for index, pieces in enumerate(windows(batches, buffer, schema), start=first_window):
+        # One contiguous copy per window: take() on a many-chunk table would concatenate the
+        # chunks again for every batch gathered from it.
+        window = pieces.combine_chunks()
         order = window_permutation(window.num_rows, key, index, True)[skip:]
         skip = 0
         position = 0

@@ -18,9 +18,15 @@ from duckstream.storage import pyarrow_s3
 if TYPE_CHECKING:
     from duckstream.core.pipeline import StreamPlan
 
-__all__ = ["READ_BATCH_ROWS", "ShardReader", "default_threads"]
+__all__ = ["ShardReader", "default_threads", "read_batch_rows"]
 
-READ_BATCH_ROWS = 8_192
+_READ_BATCH_BYTES = 4 * 1024 * 1024
+
+
+def read_batch_rows(row_bytes: int) -> int:
+    """Rows per read batch: about 4 MiB of data, between 64 and 8,192 rows."""
+    return max(64, min(8_192, _READ_BATCH_BYTES // max(1, row_bytes)))
+
 
 # The user's SQL reads `source`; per shard, three variables point it at a row range of a file.
 _SHARD_VIEW = """
@@ -99,7 +105,7 @@ class ShardReader:
             group_start += rows
         skip, want = first - offset, stop - first
         for batch in parquet.iter_batches(
-            batch_size=READ_BATCH_ROWS,
+            batch_size=read_batch_rows(self._plan.row_bytes),
             row_groups=groups,
             columns=list(self._plan.columns or ()),
             use_threads=self._threads > 1,
@@ -122,7 +128,8 @@ class ShardReader:
                 handle = self._filesystem.open_input_file(path.split("://", 1)[1])
             else:
                 handle = path
-            self._parquet = (path, pq.ParquetFile(handle, pre_buffer=True))
+            # Coalesced range reads pay off on object stores; locally they only delay the first rows.
+            self._parquet = (path, pq.ParquetFile(handle, pre_buffer=is_remote(path)))
         return self._parquet[1]
 
     # -- DuckDB ----------------------------------------------------------------------------
@@ -169,7 +176,7 @@ class ShardReader:
             con.execute("SET VARIABLE duckstream_file = ?", [self._plan.files[shard.file]])
             con.execute(f"SET VARIABLE duckstream_first = {int(first)}")
             con.execute(f"SET VARIABLE duckstream_last = {int(last)}")
-            reader = con.sql(query).to_arrow_reader(READ_BATCH_ROWS)
+            reader = con.sql(query).to_arrow_reader(read_batch_rows(self._plan.row_bytes))
             for batch in reader:
                 if skip >= batch.num_rows:
                     skip -= batch.num_rows

@@ -12,9 +12,22 @@ import numpy as np
 from duckstream.core.order import seeded_rng
 from duckstream.core.ranges import expand
 
-__all__ = ["DEFAULT_SHUFFLE_BUFFER", "emit_order", "unread", "window_permutation"]
+__all__ = [
+    "DEFAULT_SHUFFLE_BUFFER",
+    "default_shuffle_buffer",
+    "emit_order",
+    "unread",
+    "window_permutation",
+]
 
 DEFAULT_SHUFFLE_BUFFER = 8_192
+# A window is read whole before its first row is emitted: keep wide rows to this many bytes.
+SHUFFLE_BUFFER_BYTES = 64 * 1024 * 1024
+
+
+def default_shuffle_buffer(row_bytes: int) -> int:
+    """Rows per shuffle window: 8,192, or fewer when rows are wide (at least 256)."""
+    return max(256, min(DEFAULT_SHUFFLE_BUFFER, SHUFFLE_BUFFER_BYTES // max(1, row_bytes)))
 
 
 def window_permutation(size: int, key: tuple[int, ...], window: int, shuffle: bool) -> np.ndarray:

@@ -89,6 +89,7 @@ class FileMeta:
     path: str
     row_groups: tuple[int, ...]
     schema: pa.Schema
+    data_bytes: int = 0  # uncompressed size of the row groups, for sizing buffers
 
     @property
     def rows(self) -> int:
@@ -128,7 +129,8 @@ def read_metadata(files: Sequence[str], s3: S3Settings, *, threads: int = 16) ->
                 "the file is missing, truncated or not Parquet"
             ) from None
         groups = tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
-        return FileMeta(path, groups, schema)
+        size = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+        return FileMeta(path, groups, schema, size)
 
     if not remote or len(files) == 1:
         return [one(f) for f in files]
