@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from duckstream.core.partition import Even
-from duckstream.core.pipeline import Source, prepare, read_slot
+from duckstream.core.pipeline import read_slot
+from duckstream.core.planning import Source, prepare
 from duckstream.core.shuffle import default_shuffle_buffer
 from duckstream.core.world import World, ranks_from_env
 from duckstream.errors import ConfigurationError

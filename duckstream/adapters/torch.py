@@ -12,7 +12,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from duckstream.adapters.collate import OUTPUTS, Output, collate_batch, collate_rows
 from duckstream.core.partition import Even, rank_rows, worker_rows
-from duckstream.core.pipeline import Source, StreamPlan, prepare, read_slot
+from duckstream.core.pipeline import read_slot
+from duckstream.core.planning import Source, StreamPlan, prepare
 from duckstream.core.resume import Stage, fold, worker_items
 from duckstream.core.shuffle import default_shuffle_buffer
 from duckstream.core.state import make_state, read_state

@@ -16,7 +16,7 @@ from duckstream.core.source import is_remote
 from duckstream.storage import pyarrow_s3
 
 if TYPE_CHECKING:
-    from duckstream.core.pipeline import StreamPlan
+    from duckstream.core.planning import StreamPlan
 
 __all__ = ["ShardReader", "default_threads", "read_batch_rows"]
 

@@ -1,0 +1,375 @@
+"""Planning, in the main process: a source and its SQL become a picklable StreamPlan.
+
+Metadata reads, SQL checks, per-shard row counts, and for SQL that needs the whole source its
+result, computed once. Errors in the source or the SQL surface here, before workers start.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from duckstream import engine
+from duckstream.core import sql as sqlmod
+from duckstream.core.lake import LakeTable
+from duckstream.core.plan import DEFAULT_SHARD_ROWS, Shard, plan_fingerprint, plan_shards
+from duckstream.core.source import (
+    SourceLike,
+    check_schemas,
+    is_remote,
+    list_files,
+    parquet_patterns,
+    read_metadata,
+)
+from duckstream.errors import CatalogError
+from duckstream.redact import redact
+from duckstream.storage import S3Settings
+
+__all__ = ["LakeAccess", "Source", "StreamPlan", "prepare"]
+
+_RESULT_ROW_GROUP = 8_192
+
+# What a stream reads: Parquet files (paths, globs, URIs, lists) or a pinned lake table.
+Source = SourceLike | LakeTable
+
+
+@dataclass(frozen=True)
+class StreamPlan:
+    """Everything a worker needs to read its share; plain, picklable data."""
+
+    files: tuple[str, ...]
+    row_groups: tuple[tuple[int, ...], ...]
+    shards: tuple[Shard, ...]
+    counts: tuple[int, ...]  # rows each shard yields after the SQL
+    query: str | None  # SQL per shard over `source`; None reads the columns below
+    narrow: bool  # output row k of a shard is its row start+k: ranges narrow the read itself
+    columns: tuple[str, ...] | None  # plain projection: read with pyarrow
+    schema: pa.Schema
+    s3: S3Settings
+    fingerprint: str
+    lake: LakeAccess | None = None  # set when the rows come from a pinned DuckLake table
+    row_bytes: int = 256  # average uncompressed bytes of a source row, for sizing buffers
+
+    @property
+    def num_rows(self) -> int:
+        return sum(self.counts)
+
+
+def prepare(
+    source: Source,
+    sql: str | None = None,
+    *,
+    s3: S3Settings,
+    cache_dir: str | os.PathLike[str] | None = None,
+    shard_rows: int = DEFAULT_SHARD_ROWS,
+    original_schema: pa.Schema | None = None,
+) -> StreamPlan:
+    """Plan a stream over ``source`` through ``sql``; raises here, before any worker starts.
+
+    ``source`` is Parquet (paths, globs, URIs) or a pinned :class:`LakeTable`.
+
+    ``original_schema`` is the schema of the data a materialised result was computed from,
+    whose fixed-size lists the result gets back.
+    """
+    if isinstance(source, LakeTable):
+        return _prepare_lake(source, sql, cache_dir=cache_dir, shard_rows=shard_rows)
+    patterns = parquet_patterns(source)
+    spellings = [os.fspath(s) for s in ([source] if isinstance(source, (str, os.PathLike)) else source)]
+    remote = any(is_remote(p) for p in patterns)
+    con = engine.connect(s3=s3, extensions=("httpfs",) if remote else ())
+    try:
+        files = list_files(patterns, con)
+        metas = read_metadata(files, s3)
+        source_schema = check_schemas(metas)
+        listed = ", ".join(engine.sql_literal(f) for f in files)
+        con.execute(f"CREATE VIEW source AS SELECT * FROM read_parquet([{listed}])")
+        query = sqlmod.name_the_source(sql, [*spellings, *patterns]) if sql else None
+        shape = (
+            sqlmod.analyse(con, query, source_schema.names)
+            if query
+            else sqlmod.QueryShape(True, True, tuple(source_schema.names), False)
+        )
+        if not shape.row_local:
+            assert query is not None
+            result = _materialise(con, query, files, metas, shape.ordered, cache_dir)
+            return prepare(
+                result,
+                None,
+                s3=s3,
+                cache_dir=cache_dir,
+                shard_rows=shard_rows,
+                original_schema=source_schema,
+            )
+        shards = plan_shards([m.row_groups for m in metas], target_rows=shard_rows)
+        if shape.columns is not None:
+            schema = pa.schema([source_schema.field(c) for c in shape.columns])
+        else:
+            assert query is not None
+            schema = _result_schema(con, query)
+        schema = _restore_fixed_size(schema, original_schema or source_schema)
+        if shape.keeps_rows:
+            counts = [s.rows for s in shards]
+        else:
+            assert query is not None
+            counts = _count_rows(con, query, [_parquet_shard(files, s) for s in shards])
+    finally:
+        con.close()
+    return StreamPlan(
+        files=tuple(files),
+        row_groups=tuple(m.row_groups for m in metas),
+        shards=tuple(shards),
+        counts=tuple(counts),
+        query=None if shape.columns is not None else query,
+        narrow=shape.keeps_rows,
+        columns=shape.columns,
+        schema=schema,
+        s3=s3,
+        fingerprint=plan_fingerprint(files, shards, counts, query),
+        row_bytes=max(1, sum(m.data_bytes for m in metas) // max(1, sum(m.rows for m in metas))),
+    )
+
+
+def _result_schema(con: duckdb.DuckDBPyConnection, query: str) -> pa.Schema:
+    try:
+        return con.sql(f"SELECT * FROM ({query}) LIMIT 0").to_arrow_table().schema
+    except duckdb.Error as exc:
+        raise engine.query_error(exc, query) from None
+
+
+def _restore_fixed_size(schema: pa.Schema, source: pa.Schema) -> pa.Schema:
+    """Parquet has no fixed-size list and DuckDB reads one back as a list: restore the type of
+    source columns that pass through unchanged, so they still become ``(n, k)`` tensors."""
+    fields = []
+    for column in schema:
+        original = source.field(column.name).type if column.name in source.names else None
+        if (
+            original is not None
+            and pa.types.is_fixed_size_list(original)
+            and pa.types.is_list(column.type)
+            and column.type.value_type == original.value_type
+        ):
+            column = column.with_type(original)
+        fields.append(column)
+    return pa.schema(fields)
+
+
+def _parquet_shard(files: Sequence[str], shard: Shard) -> str:
+    return (
+        "SELECT * EXCLUDE (file_row_number) FROM read_parquet("
+        f"{engine.sql_literal(files[shard.file])}, file_row_number = true) "
+        f"WHERE file_row_number BETWEEN {shard.start} AND {shard.stop - 1}"
+    )
+
+
+def _count_rows(con: duckdb.DuckDBPyConnection, query: str, shard_views: Sequence[str]) -> list[int]:
+    """Rows each shard yields through ``query`` (it filters or unnests, so metadata cannot say)."""
+
+    def count(view: str) -> int:
+        cursor = con.cursor()
+        try:
+            cursor.execute(f"CREATE TEMP VIEW source AS {view}")
+            row = cursor.execute(f"SELECT count(*) FROM ({query})").fetchone()
+            return int(row[0]) if row else 0
+        except duckdb.Error as exc:
+            raise engine.query_error(exc, query) from None
+        finally:
+            cursor.close()
+
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        return list(pool.map(count, shard_views))
+
+
+def _materialise(
+    con: duckdb.DuckDBPyConnection,
+    query: str,
+    files: Sequence[str],
+    metas: Sequence[object],
+    ordered: bool,
+    cache_dir: str | os.PathLike[str] | None,
+) -> str:
+    """Run a whole-source query once into a local Parquet file, reused while inputs are equal.
+
+    Without an ORDER BY of its own the result is sorted by every column: a GROUP BY's output
+    order varies between runs, and every rank must see the same rows in the same order.
+    """
+    key = hashlib.sha256(
+        json.dumps([query, list(files), [repr(m) for m in metas]], default=str).encode()
+    ).hexdigest()[:24]
+    directory = _cache_directory(cache_dir)
+    target = directory / f"result-{key}.parquet"
+    if target.exists():
+        return str(target)
+    partial = directory / f".result-{key}-{os.getpid()}.parquet"
+    body = query if ordered else f"SELECT * FROM ({query}) ORDER BY ALL"
+    try:
+        con.execute(
+            f"COPY ({body}) TO {engine.sql_literal(str(partial))} "
+            f"(FORMAT parquet, ROW_GROUP_SIZE {_RESULT_ROW_GROUP})"
+        )
+    except duckdb.Error as exc:
+        partial.unlink(missing_ok=True)
+        raise engine.query_error(exc, query) from None
+    os.replace(partial, target)  # atomic: ranks racing on one node all see a whole file
+    return str(target)
+
+
+# ------------------------------------------------------------------------------ lake tables
+
+
+@dataclass(frozen=True)
+class LakeAccess:
+    """How a worker reads a pinned lake table: attach the catalog read-only, scan at a snapshot."""
+
+    attach: str = field(repr=False)  # may hold a PostgreSQL password
+    scan: str
+    postgres: bool
+
+
+def _prepare_lake(
+    table: LakeTable,
+    sql: str | None,
+    *,
+    cache_dir: str | os.PathLike[str] | None,
+    shard_rows: int,
+) -> StreamPlan:
+    """Plan a pinned DuckLake table: shards are row ranges of its data files (and inlined rows)
+    as the catalog lists them at the snapshot, with deletes and later writes already excluded."""
+    owned = table.catalog is None or table.catalog._con is None
+    if owned:
+        con = engine.connect(s3=table.s3, extensions=engine.ALL_EXTENSIONS)
+        try:
+            con.execute(table.location.attach_sql(table.alias, read_only=True))
+        except duckdb.Error as exc:
+            con.close()
+            raise engine.query_error(exc, table.location.attach_sql(table.alias, read_only=True)) from None
+    else:
+        con = table.catalog.con.cursor()
+    try:
+        try:
+            con.execute(f"CREATE OR REPLACE TEMP VIEW source AS SELECT * FROM {table.scan}")
+            layout = con.execute(
+                f"SELECT filename, file_row_number // {int(shard_rows)} AS chunk, count(*), "
+                f"min(file_row_number), max(file_row_number) FROM {table.scan} "
+                "GROUP BY ALL ORDER BY filename, chunk"
+            ).fetchall()
+        except duckdb.Error as exc:
+            raise _lake_error(exc, table) from None
+        files = list(dict.fromkeys(row[0] for row in layout))
+        _check_files_exist(files, table)
+        index = {name: i for i, name in enumerate(files)}
+        shards = [Shard(index[name], int(lo), int(hi) + 1) for name, _, _, lo, hi in layout]
+        visible = [int(row[2]) for row in layout]
+        source_schema = _result_schema(con, "SELECT * FROM source")
+        query = sqlmod.name_the_source(sql, [table.name]) if sql else None
+        shape = (
+            sqlmod.analyse(con, query, source_schema.names)
+            if query
+            else sqlmod.QueryShape(True, True, None, False)
+        )
+        if not shape.row_local:
+            assert query is not None
+            key_parts: list[object] = [repr(table), layout]
+            result = _materialise(con, query, files, key_parts, shape.ordered, cache_dir)
+            return prepare(result, None, s3=table.s3, cache_dir=cache_dir, original_schema=source_schema)
+        schema = _result_schema(con, query or "SELECT * FROM source")
+        if shape.keeps_rows:
+            counts = visible
+        else:
+            assert query is not None
+            counts = _count_rows(con, query, [_lake_shard(table.scan, files, s) for s in shards])
+        attach = _worker_attach(con, table, cache_dir)
+    finally:
+        con.close()
+    return StreamPlan(
+        files=tuple(files),
+        row_groups=(),
+        shards=tuple(shards),
+        counts=tuple(counts),
+        query=query,
+        narrow=False,  # deleted rows leave gaps in row numbers: a shard's k-th row is found by reading
+        columns=None,
+        schema=schema,
+        s3=table.s3,
+        fingerprint=plan_fingerprint(files, shards, counts, f"{table.scan}|{query}"),
+        lake=LakeAccess(attach=attach, scan=table.scan, postgres=table.location.kind == "postgres"),
+    )
+
+
+def _lake_shard(scan: str, files: Sequence[str], shard: Shard) -> str:
+    return (
+        f"SELECT * FROM {scan} WHERE filename = {engine.sql_literal(files[shard.file])} "
+        f"AND file_row_number BETWEEN {shard.start} AND {shard.stop - 1}"
+    )
+
+
+def _lake_error(exc: duckdb.Error, table: LakeTable) -> Exception:
+    text = str(exc)
+    if "snapshot" in text.lower():
+        return CatalogError(
+            f"snapshot {table.version} of table {table.name!r} is gone (expired?): "
+            f"{redact(text).splitlines()[0]}"
+        )
+    if (
+        any(m in text for m in ("No such file", "not found", "HTTP 404", "does not exist"))
+        and "Table" not in text
+    ):
+        return CatalogError(
+            f"snapshot {table.version} of table {table.name!r} refers to data files that no longer "
+            f"exist (expired or cleaned up): {redact(text).splitlines()[0]}"
+        )
+    return engine.query_error(exc, f"SELECT * FROM {table.scan}", s3=table.s3)
+
+
+def _check_files_exist(files: Sequence[str], table: LakeTable) -> None:
+    """Local data files of the snapshot must still be there (remote ones fail when read)."""
+    for name in files:
+        if name.startswith("ducklake_inlined_data") or "://" in name:
+            continue
+        if not os.path.exists(name):
+            raise CatalogError(
+                f"snapshot {table.version} of table {table.name!r} refers to {name}, which no "
+                "longer exists (expired or cleaned up): pin a newer snapshot"
+            )
+
+
+def _worker_attach(
+    con: duckdb.DuckDBPyConnection, table: LakeTable, cache_dir: str | os.PathLike[str] | None
+) -> str:
+    """The ATTACH a worker runs: PostgreSQL read-only, or a copy of a file catalog.
+
+    A DuckDB catalog file admits one writing process and no readers beside it, and the
+    training process may hold it open: workers read a copy of its metadata instead, which is
+    consistent and, for a pinned snapshot, complete.
+    """
+    if table.location.kind == "postgres":
+        return table.location.attach_sql(table.alias, read_only=True)
+    directory = _cache_directory(cache_dir)
+    key = hashlib.sha256(f"{table.location.target}|{table.version}".encode()).hexdigest()[:24]
+    copy = directory / f"catalog-{key}.duckdb"
+    if not copy.exists():
+        partial = directory / f".catalog-{key}-{os.getpid()}.duckdb"
+        alias = f"duckstream_copy_{os.getpid()}"
+        try:
+            con.execute(f"ATTACH {engine.sql_literal(str(partial))} AS {alias}")
+            con.execute(f"COPY FROM DATABASE __ducklake_metadata_{table.alias} TO {alias}")
+            con.execute(f"DETACH {alias}")
+        except duckdb.Error as exc:
+            partial.unlink(missing_ok=True)
+            raise engine.query_error(exc, "COPY FROM DATABASE (catalog metadata)") from None
+        os.replace(partial, copy)
+    return table.location.attach_sql(table.alias, read_only=True, target=str(copy))
+
+
+def _cache_directory(cache_dir: str | os.PathLike[str] | None) -> Path:
+    directory = Path(cache_dir) if cache_dir is not None else Path(tempfile.gettempdir()) / "duckstream-cache"
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
