@@ -11,6 +11,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from duckstream.adapters.collate import OUTPUTS, Output, collate_batch, collate_rows
+from duckstream.adapters.transport import pack, unpack
 from duckstream.core.partition import Even, rank_rows, worker_rows
 from duckstream.core.pipeline import read_slot
 from duckstream.core.planning import Source, StreamPlan, prepare
@@ -206,7 +207,7 @@ class DuckStreamDataset(IterableDataset[Any]):
     def _items(self, batches: Iterator[Any]) -> Iterator[Any]:
         transform = self.transform
         if self._ship_arrow and self.batch_size is not None:
-            yield from batches
+            yield from (pack(batch) for batch in batches)
             return
         for batch in batches:
             if self.batch_size is None:
@@ -290,7 +291,7 @@ class DuckStreamLoader(DataLoader[Any]):
             dataset._consumed = 0
         for item in super().__iter__():
             self._consumed += 1
-            yield collate_batch(item, dataset.output) if ship else item
+            yield collate_batch(unpack(item, dataset.plan.schema), dataset.output) if ship else item
         self._epoch = dataset.epoch + 1
         self._between_epochs = True
 
