@@ -16,7 +16,8 @@ __all__ = ["pack", "unpack"]
 def pack(batch: pa.RecordBatch) -> torch.Tensor:
     """``batch`` as an IPC message in a shared-memory tensor (schema not included)."""
     message = batch.serialize()
-    packed = torch.empty(message.size, dtype=torch.uint8).share_memory_()
+    packed = torch.empty(message.size, dtype=torch.uint8)
+    packed.share_memory_()  # type: ignore[no-untyped-call]
     packed.numpy()[:] = memoryview(message)
     return packed
 

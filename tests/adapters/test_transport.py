@@ -9,7 +9,7 @@ from tests.conftest import numbers_table
 def test_a_batch_survives_the_round_trip_in_shared_memory() -> None:
     batch = numbers_table(0, 300).to_batches()[0].slice(7, 100)
     packed = pack(batch)
-    assert packed.is_shared()
+    assert packed.is_shared()  # type: ignore[no-untyped-call]
     restored = unpack(packed, batch.schema)
     assert restored.equals(batch)
     del packed  # the batch keeps the memory alive on its own
