@@ -14,6 +14,7 @@
     │                                    run or experiment, or its files are gone
     ├── CollateError (ValueError)        a batch cannot become tensors (e.g. a null integer)
     ├── ServiceError                     a test/dev service (S3 server, PostgreSQL) failed to start
+    ├── SyncError                        an ingest could not load its dataset or write its files
     └── QueryError                       DuckDB rejected or failed a statement; names the statement
         └── S3AccessError                and the file at fault; S3 refused the credentials
 
@@ -35,6 +36,7 @@ __all__ = [
     "ServiceError",
     "SourceError",
     "StateError",
+    "SyncError",
 ]
 
 
@@ -68,6 +70,11 @@ class StateError(DuckstreamError):
 
 class CollateError(DuckstreamError, ValueError):
     """A batch cannot be turned into the requested output; the message names the column."""
+
+
+class SyncError(DuckstreamError):
+    """An ingest could not read its dataset or write its destination; nothing partial is left
+    looking complete, and rerunning continues where it stopped."""
 
 
 class ServiceError(DuckstreamError):
