@@ -1,4 +1,4 @@
-"""The ``duckstream`` command: ``query``, ``bench`` and ``demo`` (heavy imports happen inside commands)."""
+"""The ``duckstream`` command: query, demo, ingest and bench (heavy imports inside commands)."""
 
 from __future__ import annotations
 
@@ -62,8 +62,48 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--images", type=int, default=2_000, help="images in the generated dataset")
 
+    ingest = commands.add_parser(
+        "ingest",
+        help="copy a Hugging Face dataset split into Parquet files (resumable, idempotent)",
+        description="Stream a dataset (Hub id, data folder or save_to_disk folder) into "
+        "<prefix>/<split>-NNNNNN.parquet on S3 or a local folder. Rerun to resume.",
+    )
+    ingest.add_argument("dataset", help="Hub id (user/name), a folder of data files, or a saved dataset")
+    ingest.add_argument("--split", default="train", help="split to copy (default train)")
+    where = ingest.add_mutually_exclusive_group(required=True)
+    where.add_argument("--dest", help="local folder to write into")
+    where.add_argument("--bucket", help="S3 bucket to write into (with --prefix)")
+    ingest.add_argument("--prefix", default="", help="key prefix inside the bucket")
+    ingest.add_argument("--max-samples", type=int, help="copy only the first N rows")
+    ingest.add_argument("--rows-per-file", type=int, help="rows per Parquet file (default: ~256 MiB files)")
+    ingest.add_argument("--row-group-rows", type=int, default=8_192, help="rows per row group")
+    _add_s3_options(ingest)
+
     _add_bench_parser(commands)
     return parser
+
+
+def _run_ingest(args: argparse.Namespace, out: TextIO) -> None:
+    from duckstream.sync import sync_from_hf
+
+    result = sync_from_hf(
+        args.dataset,
+        args.split,
+        args.bucket,
+        args.prefix or None,
+        args.max_samples,
+        args.s3_endpoint,
+        dest=args.dest,
+        rows_per_file=args.rows_per_file,
+        row_group_rows=args.row_group_rows,
+        s3_region=args.s3_region,
+    )
+    where = f"s3://{result.bucket}/{result.prefix or ''}" if result.bucket else result.dest
+    print(
+        f"{result.split}: {result.rows_total:,} rows in {len(result.files)} files "
+        f"({result.bytes_total / 2**20:,.1f} MiB) at {where}; {result.files_uploaded} written now",
+        file=out,
+    )
 
 
 # The benchmark's loaders (duckstream.benchmarks.epoch.LoaderName), named here so that parsing the
@@ -215,6 +255,8 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
             _run_query(args, stream)
         elif args.command == "bench":
             return _run_bench(args, stream)
+        elif args.command == "ingest":
+            _run_ingest(args, stream)
         else:
             _run_demo(args, stream)
     except DuckstreamError as exc:

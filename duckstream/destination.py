@@ -81,6 +81,8 @@ class S3Destination:
         return f"s3://{self.bucket}/{self._key(name)}"
 
     def check_writable(self) -> None:
+        # Ask first: some stores create a missing bucket on the first write.
+        self._call("find", lambda: self._client.head_bucket(Bucket=self.bucket))
         probe = self._key(".duckstream-probe")
         self._call("write to", lambda: self._client.put_object(Bucket=self.bucket, Key=probe, Body=b""))
         self._call("write to", lambda: self._client.delete_object(Bucket=self.bucket, Key=probe))
@@ -122,7 +124,7 @@ class S3Destination:
     def _error(self, what: str, exc: Exception) -> SyncError:
         text = redact(str(exc), [self._s3.access_key, self._s3.secret_key])
         hint = ""
-        if "NoSuchBucket" in text:
+        if "NoSuchBucket" in text or ("HeadBucket" in text and "404" in text):
             hint = f"; the bucket {self.bucket!r} does not exist: create it first"
         elif "AccessDenied" in text or "403" in text:
             hint = "; the credentials may not write there"

@@ -1,0 +1,266 @@
+"""sync_from_hf on local datasets shaped like COCO Karpathy captions, to a folder and to S3."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+
+from duckstream.devservices import S3Service
+from duckstream.errors import ConfigurationError, SyncError
+from duckstream.sync import sync_from_hf
+
+datasets = pytest.importorskip("datasets")
+
+
+def karpathy(rows: int, offset: int = 0) -> Any:
+    ids = range(offset, offset + rows)
+    return datasets.Dataset.from_dict(
+        {
+            "filepath": ["val2014" if i % 7 == 0 else "train2014" for i in ids],
+            "sentids": [[5 * i + k for k in range(5)] for i in ids],
+            "filename": [f"COCO_{i:012d}.jpg" for i in ids],
+            "imgid": list(ids),
+            "split": ["restval" if i % 3 == 0 else "train" for i in ids],
+            "sentences": [[f"caption {k} of image {i}" for k in range(5)] for i in ids],
+            "cocoid": [100_000 + i for i in ids],
+            "url": [f"http://images.example/{i}.jpg" for i in ids],
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A DatasetDict saved with save_to_disk: train (3,000 rows) and val (200)."""
+    path = tmp_path_factory.mktemp("hf") / "saved"
+    datasets.DatasetDict({"train": karpathy(3_000), "val": karpathy(200, 10_000)}).save_to_disk(str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def data_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder of data files that load_dataset reads (the Hub's loading path)."""
+    path = tmp_path_factory.mktemp("hf-files")
+    (path / "data").mkdir()
+    karpathy(1_000).to_parquet(str(path / "data" / "train-00000-of-00001.parquet"))
+    return path
+
+
+def read_ids(files: list[str], **storage: Any) -> list[int]:
+    return [
+        i for f in files for i in pq.read_table(f, columns=["imgid"], **storage).column("imgid").to_pylist()
+    ]
+
+
+def test_sync_to_a_folder_keeps_the_declared_schema(saved: Path, tmp_path: Path) -> None:
+    result = sync_from_hf(saved, "train", dest=tmp_path / "out", rows_per_file=700, row_group_rows=100)
+    assert (result.files_uploaded, result.rows_total, result.split) == (5, 3_000, "train")
+    assert [Path(f).name for f in result.files] == [f"train-{i:06d}.parquet" for i in range(5)]
+    assert read_ids(result.files) == list(range(3_000))
+    assert result.bytes_total == sum(Path(f).stat().st_size for f in result.files)
+    schema = pq.read_schema(result.files[0])
+    expected = datasets.load_from_disk(str(saved))["train"].features.arrow_schema
+    assert schema.remove_metadata() == expected.remove_metadata()  # lists stay lists
+    assert pq.ParquetFile(result.files[0]).metadata.row_group(0).num_rows == 100
+
+
+def test_rerun_after_success_uploads_nothing(saved: Path, tmp_path: Path) -> None:
+    first = sync_from_hf(saved, "val", dest=tmp_path)
+    again = sync_from_hf(saved, "val", dest=tmp_path)
+    assert (first.files_uploaded, again.files_uploaded) == (1, 0)
+    assert again.rows_total == first.rows_total == 200
+    assert again.files == first.files
+
+
+def test_max_samples_takes_the_first_rows(saved: Path, tmp_path: Path) -> None:
+    result = sync_from_hf(saved, "train", dest=tmp_path, max_samples=250, rows_per_file=100)
+    assert result.rows_total == 250
+    assert read_ids(result.files) == list(range(250))
+
+
+def test_the_datasets_loading_path_for_data_folders(data_files: Path, tmp_path: Path) -> None:
+    result = sync_from_hf(data_files, "train", dest=tmp_path / "out")
+    assert result.rows_total == 1_000
+    assert sorted(read_ids(result.files)) == list(range(1_000))
+
+
+def test_target_file_size_decides_rows_per_file(saved: Path, tmp_path: Path) -> None:
+    result = sync_from_hf(saved, "train", dest=tmp_path, target_file_bytes=60_000, row_group_rows=100)
+    sizes = [pq.ParquetFile(f).metadata.num_rows for f in result.files]
+    assert len(sizes) > 2
+    assert len(set(sizes[:-1])) == 1  # every file but the last holds the same rows
+    assert sizes[0] % 100 == 0
+
+
+@pytest.mark.services
+def test_sync_to_s3_and_rerun(saved: Path, s3_server: S3Service, s3_bucket: str) -> None:
+    keys: dict[str, Any] = {
+        "s3_endpoint_url": s3_server.endpoint,
+        "s3_access_key": s3_server.access_key,
+        "s3_secret_key": s3_server.secret_key,
+    }
+    result = sync_from_hf(saved, "train", s3_bucket, "coco/karpathy", rows_per_file=1_000, **keys)
+    assert (result.files_uploaded, result.rows_total, result.bucket, result.prefix) == (
+        3,
+        3_000,
+        s3_bucket,
+        "coco/karpathy",
+    )
+    assert result.files[0] == f"s3://{s3_bucket}/coco/karpathy/train-000000.parquet"
+    listed = s3_server.boto3_client().list_objects_v2(Bucket=s3_bucket, Prefix="coco/karpathy/")
+    names = sorted(o["Key"].rsplit("/", 1)[1] for o in listed["Contents"])
+    assert names == ["_duckstream_manifest-train.json", *(f"train-{i:06d}.parquet" for i in range(3))]
+    from duckstream.stream import stream_batches
+
+    streamed = [
+        i
+        for b in stream_batches(
+            f"s3://{s3_bucket}/coco/karpathy",
+            "SELECT imgid FROM source",
+            s3_endpoint=s3_server.endpoint,
+            s3_access_key=s3_server.access_key,
+            s3_secret_key=s3_server.secret_key,
+        )
+        for i in b.column("imgid").to_pylist()
+    ]
+    assert streamed == list(range(3_000))
+    again = sync_from_hf(saved, "train", s3_bucket, "coco/karpathy", rows_per_file=1_000, **keys)
+    assert (again.files_uploaded, again.rows_total) == (0, 3_000)
+
+
+@pytest.mark.slow
+def test_a_killed_sync_resumes_with_every_row_once(saved: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    script = textwrap.dedent(
+        f"""
+        import time
+        import pyarrow.parquet as pq
+        from duckstream.sync import sync_from_hf
+        write_table = pq.write_table
+        def slow(*args, **kwargs):  # a slow disk, so the kill lands mid-way
+            time.sleep(0.3)
+            return write_table(*args, **kwargs)
+        pq.write_table = slow
+        sync_from_hf({str(saved)!r}, "train", dest={str(out)!r}, rows_per_file=300, row_group_rows=50)
+        """
+    )
+    process = subprocess.Popen([sys.executable, "-c", script])
+    manifest = out / "_duckstream_manifest-train.json"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if manifest.exists() and len(json.loads(manifest.read_text())["files"]) >= 2:
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    written = json.loads(manifest.read_text())
+    assert not written["complete"]
+    assert 2 <= len(written["files"]) < 10
+    result = sync_from_hf(saved, "train", dest=out, rows_per_file=300, row_group_rows=50)
+    assert result.files_uploaded == 10 - len(written["files"])
+    assert result.rows_total == 3_000
+    assert read_ids(result.files) == list(range(3_000))  # every row once, in order
+    leftovers = sorted(p.name for p in out.iterdir() if p.name.startswith("."))
+    assert leftovers == [] or all(name.endswith(".partial") for name in leftovers)
+    parquet = sorted(p.name for p in out.glob("*.parquet"))
+    assert parquet == [f"train-{i:06d}.parquet" for i in range(10)]
+
+
+def test_unknown_split_names_the_splits(saved: Path, tmp_path: Path) -> None:
+    with pytest.raises(SyncError, match=r"no split 'test'; its splits are \['train', 'val'\]"):
+        sync_from_hf(saved, "test", dest=tmp_path)
+    assert not list(tmp_path.glob("*.parquet"))
+
+
+def test_unknown_dataset_id_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(SyncError, match="cannot load dataset 'no-such-user/no-such-dataset'"):
+        sync_from_hf("no-such-user/no-such-dataset", "train", dest=tmp_path)
+    assert not list(tmp_path.glob("*"))
+
+
+def test_a_different_sync_into_the_same_place_is_refused(saved: Path, tmp_path: Path) -> None:
+    sync_from_hf(saved, "val", dest=tmp_path)
+    with pytest.raises(SyncError, match="records a sync of"):
+        sync_from_hf(saved, "val", dest=tmp_path, max_samples=10)
+
+
+def test_one_destination_exactly(saved: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="exactly one destination"):
+        sync_from_hf(saved, "val")
+    with pytest.raises(ConfigurationError, match="exactly one destination"):
+        sync_from_hf(saved, "val", bucket="b", dest=tmp_path)
+
+
+@pytest.mark.services
+def test_missing_bucket_and_no_write_permission(saved: Path, s3_server: S3Service, s3_bucket: str) -> None:
+    with pytest.raises(SyncError, match="does not exist"):
+        sync_from_hf(
+            saved,
+            "val",
+            "no-such-bucket-here",
+            "x",
+            s3_endpoint_url=s3_server.endpoint,
+            s3_access_key=s3_server.access_key,
+            s3_secret_key=s3_server.secret_key,
+        )
+    reader = s3_server.settings(read_only=True)
+    with pytest.raises(SyncError, match="may not write") as raised:
+        sync_from_hf(
+            saved,
+            "val",
+            s3_bucket,
+            "x",
+            s3_endpoint_url=s3_server.endpoint,
+            s3_access_key=reader.access_key,
+            s3_secret_key=reader.secret_key,
+        )
+    assert str(reader.secret_key) not in str(raised.value)
+    listed = s3_server.boto3_client().list_objects_v2(Bucket=s3_bucket)
+    assert listed.get("KeyCount", 0) == 0
+
+
+def test_ingest_command(saved: Path, tmp_path: Path) -> None:
+    from tests.test_cli import run_cli
+
+    code, text = run_cli(
+        "ingest", str(saved), "--split", "val", "--dest", str(tmp_path), "--rows-per-file", "64"
+    )
+    assert code == 0
+    assert text.startswith("val: 200 rows in 4 files")
+    assert "4 written now" in text
+    code, again = run_cli(
+        "ingest", str(saved), "--split", "val", "--dest", str(tmp_path), "--rows-per-file", "64"
+    )
+    assert "0 written now" in again
+
+
+def test_ingest_command_user_error_is_one_line(saved: Path, tmp_path: Path) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "duckstream.cli",
+            "ingest",
+            str(saved),
+            "--split",
+            "nope",
+            "--dest",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().startswith("duckstream: error: ")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "no split 'nope'" in result.stderr
