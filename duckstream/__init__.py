@@ -19,6 +19,7 @@ _EXPORTS: dict[str, str] = {
     "LakehouseCatalog": "duckstream.catalog",
     "LakehouseQuery": "duckstream.query",
     "stream_batches": "duckstream.stream",
+    "sync_from_hf": "duckstream.sync",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from duckstream.stream import DuckStreamDataset as DuckStreamDataset
     from duckstream.stream import DuckStreamLoader as DuckStreamLoader
     from duckstream.stream import stream_batches as stream_batches
+    from duckstream.sync import sync_from_hf as sync_from_hf
 
 
 def __getattr__(name: str) -> Any:

@@ -13,17 +13,22 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict
 
 from duckstream._optional import require
+from duckstream.core.lake import quote_name
 from duckstream.destination import Destination, LocalDestination, S3Destination
+from duckstream.engine import sql_literal
 from duckstream.errors import ConfigurationError, SyncError
 from duckstream.redact import get_logger, redact
 from duckstream.storage import S3Settings
+
+if TYPE_CHECKING:
+    from duckstream.catalog import LakehouseCatalog
 
 __all__ = ["SyncResult", "sync_from_hf"]
 
@@ -65,6 +70,9 @@ def sync_from_hf(
     rows_per_file: int | None = None,
     progress: bool | None = None,
     s3_region: str | None = None,
+    catalog: LakehouseCatalog | None = None,
+    table: str | None = None,
+    key: str | None = None,
 ) -> SyncResult:
     """Stream split ``split`` of ``dataset_id`` into ``<prefix>/<split>-NNNNNN.parquet``.
 
@@ -74,7 +82,13 @@ def sync_from_hf(
     ``max_samples`` keeps the first N rows. Files hold about ``target_file_bytes`` (or exactly
     ``rows_per_file`` rows) in row groups of ``row_group_rows``, with the schema the dataset's
     features declare.
+
+    With ``catalog`` and ``table`` the synced rows are then appended to that DuckLake table
+    (created on first use), skipping rows whose ``key`` it already holds, so reruns and
+    overlapping syncs add each row once.
     """
+    if (table is None) != (catalog is None) or (table is not None and key is None):
+        raise ConfigurationError("appending to a lake table needs catalog=, table= and key= together")
     if (bucket is None) == (dest is None):
         raise ConfigurationError("give exactly one destination: bucket= (with prefix=) or dest=")
     if max_samples is not None and max_samples < 0:
@@ -93,20 +107,49 @@ def sync_from_hf(
     manifest_name = f"_duckstream_manifest-{split}.json"
     identity = {"dataset_id": os.fspath(dataset_id), "split": split, "max_samples": max_samples}
     manifest = _read_manifest(destination, manifest_name, identity)
-    files: list[dict[str, Any]] = manifest["files"]
-    if manifest["complete"]:
-        return _result(0, manifest, destination, bucket, prefix, dest, split)
+    uploaded = 0
+    if not manifest["complete"]:
+        uploaded = _copy(
+            destination,
+            manifest,
+            manifest_name,
+            dataset_id,
+            split,
+            max_samples,
+            rows_per_file=rows_per_file,
+            target_file_bytes=target_file_bytes,
+            row_group_rows=row_group_rows,
+            progress=progress,
+        )
+    result = _result(uploaded, manifest, destination, bucket, prefix, dest, split)
+    if catalog is not None and table is not None and key is not None:
+        _append(catalog, table, key, result.files)
+    return result
 
-    stream, schema = _open(dataset_id, split, max_samples)
-    rows_done = sum(f["rows"] for f in files)
-    if rows_done:
-        stream = stream.skip(rows_done)
-    per_file = manifest.get("rows_per_file") or rows_per_file
+
+def _copy(
+    destination: Destination,
+    manifest: dict[str, Any],
+    manifest_name: str,
+    dataset_id: str | os.PathLike[str],
+    split: str,
+    max_samples: int | None,
+    *,
+    rows_per_file: int | None,
+    target_file_bytes: int,
+    row_group_rows: int,
+    progress: bool | None,
+) -> int:
+    """Write the files the manifest does not list yet; return how many."""
     from tqdm.auto import tqdm
 
-    total = max_samples if max_samples is not None else _split_rows(stream)
+    stream, schema = _open(dataset_id, split, max_samples)
+    rows_done = sum(f["rows"] for f in manifest["files"])
+    if rows_done:
+        stream = stream.skip(rows_done)
+    per_file: int | None = manifest.get("rows_per_file") or rows_per_file
     bar = tqdm(
-        total=total,
+        total=max_samples if max_samples is not None else _split_rows(stream),
         initial=rows_done,
         unit="rows",
         desc=f"sync {split}",
@@ -116,43 +159,44 @@ def sync_from_hf(
     held: list[pa.Table] = []
     held_rows = 0
     with tempfile.TemporaryDirectory(prefix="duckstream-sync-") as scratch, bar:
-        for table in _arrow_batches(stream, schema, row_group_rows):
+
+        def write(rows: pa.Table, size: int) -> None:
+            _write(destination, manifest, manifest_name, rows, split, row_group_rows, scratch, size)
+
+        for batch in _arrow_batches(stream, schema, row_group_rows):
             if per_file is None:
-                per_file = _rows_per_file(table, target_file_bytes, row_group_rows)
-            held.append(table)
-            held_rows += table.num_rows
-            bar.update(table.num_rows)
+                per_file = _rows_per_file(batch, target_file_bytes, row_group_rows)
+            held.append(batch)
+            held_rows += batch.num_rows
+            bar.update(batch.num_rows)
             while held_rows >= per_file:
                 whole = pa.concat_tables(held)
-                _write(
-                    destination,
-                    manifest,
-                    manifest_name,
-                    whole.slice(0, per_file),
-                    split,
-                    row_group_rows,
-                    scratch,
-                    per_file,
-                )
+                write(whole.slice(0, per_file), per_file)
                 uploaded += 1
                 rest = whole.slice(per_file)
                 held, held_rows = [rest], rest.num_rows
         if held_rows:
-            _write(
-                destination,
-                manifest,
-                manifest_name,
-                pa.concat_tables(held),
-                split,
-                row_group_rows,
-                scratch,
-                per_file or held_rows,
-            )
+            write(pa.concat_tables(held), per_file or held_rows)
             uploaded += 1
     manifest["complete"] = True
     manifest["rows_per_file"] = per_file
     destination.write_text(manifest_name, json.dumps(manifest, indent=1))
-    return _result(uploaded, manifest, destination, bucket, prefix, dest, split)
+    return uploaded
+
+
+def _append(catalog: LakehouseCatalog, table: str, key: str, files: list[str]) -> None:
+    """Add the rows of ``files`` to lake table ``table`` unless their ``key`` is there already."""
+    name, column = quote_name(table), quote_name(key)
+    scan = f"read_parquet([{', '.join(sql_literal(f) for f in files)}])"
+    catalog._with_retries(
+        "create the table", lambda: catalog._run(f"CREATE TABLE IF NOT EXISTS {name} AS FROM {scan} LIMIT 0")
+    )
+    catalog._with_retries(
+        "append the rows",
+        lambda: catalog._run(
+            f"INSERT INTO {name} SELECT s.* FROM {scan} s ANTI JOIN {name} t ON t.{column} = s.{column}"
+        ),
+    )
 
 
 def _read_manifest(destination: Destination, name: str, identity: dict[str, Any]) -> dict[str, Any]:

@@ -264,3 +264,25 @@ def test_ingest_command_user_error_is_one_line(saved: Path, tmp_path: Path) -> N
     assert result.stderr.strip().startswith("duckstream: error: ")
     assert len(result.stderr.strip().splitlines()) == 1
     assert "no split 'nope'" in result.stderr
+
+
+def test_append_into_a_lake_table_adds_each_key_once(saved: Path, tmp_path: Path) -> None:
+    from duckstream.catalog import LakehouseCatalog
+
+    with LakehouseCatalog(tmp_path / "lake.ducklake", tmp_path / "lake-files") as cat:
+        first = sync_from_hf(
+            saved, "train", dest=tmp_path / "a", max_samples=1_000, catalog=cat, table="captions", key="imgid"
+        )
+        again = sync_from_hf(
+            saved, "train", dest=tmp_path / "a", max_samples=1_000, catalog=cat, table="captions", key="imgid"
+        )
+        more = sync_from_hf(
+            saved, "train", dest=tmp_path / "b", max_samples=1_500, catalog=cat, table="captions", key="imgid"
+        )
+        rows = cat.con.execute("SELECT count(*), count(DISTINCT imgid), max(imgid) FROM captions").fetchall()
+        kinds = cat.con.execute("SELECT column_name, column_type FROM (DESCRIBE captions)").fetchall()
+    assert (first.files_uploaded, again.files_uploaded, more.rows_total) == (1, 0, 1_500)
+    assert rows == [(1_500, 1_500, 1_499)]
+    assert ("sentences", "VARCHAR[]") in kinds
+    with pytest.raises(ConfigurationError, match="together"):
+        sync_from_hf(saved, "val", dest=tmp_path / "c", table="captions")
