@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from duckstream.core.options import ReadOptions
 from duckstream.core.partition import Even
 from duckstream.core.pipeline import read_slot
 from duckstream.core.planning import Source, prepare
@@ -69,12 +70,9 @@ def stream_batches(
     hold ``batch_size`` rows except the last (dropped with ``drop_last``). Planning and SQL
     checks happen at the call, reading as the iterator is consumed.
     """
-    if seed < 0 or epoch < 0:
-        raise ConfigurationError(f"seed and epoch must be non-negative, found seed={seed}, epoch={epoch}")
-    if shuffle_buffer is not None and shuffle_buffer < 1:
-        raise ConfigurationError(f"shuffle_buffer must be at least 1, found {shuffle_buffer}")
-    if even not in ("pad", "drop"):
-        raise ConfigurationError(f"even must be 'pad' or 'drop', found {even!r}")
+    ReadOptions(shuffle, seed, shuffle_buffer, even, threads, batch_size)  # validates
+    if epoch < 0:
+        raise ConfigurationError(f"epoch must be non-negative, found {epoch}")
     s3 = S3Settings.resolve(s3_endpoint, s3_access_key, s3_secret_key, region=s3_region, use_ssl=s3_use_ssl)
     plan = prepare(source, sql, s3=s3, cache_dir=cache_dir)
     if world is None:

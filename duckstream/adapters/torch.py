@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from duckstream.adapters.collate import OUTPUTS, Output, collate_batch, collate_rows
 from duckstream.adapters.transport import pack, unpack
+from duckstream.core.options import ReadOptions
 from duckstream.core.partition import Even, rank_rows, worker_rows
 from duckstream.core.pipeline import read_slot
 from duckstream.core.planning import Source, StreamPlan, prepare
@@ -65,18 +66,9 @@ class DuckStreamDataset(IterableDataset[Any]):
         threads: int | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
     ) -> None:
-        if batch_size is not None and batch_size < 1:
-            raise ConfigurationError(f"batch_size must be None or at least 1, found {batch_size}")
-        if shuffle_buffer is not None and shuffle_buffer < 1:
-            raise ConfigurationError(f"shuffle_buffer must be at least 1, found {shuffle_buffer}")
-        if seed < 0:
-            raise ConfigurationError(f"seed must be a non-negative integer, found {seed}")
-        if even not in ("pad", "drop"):
-            raise ConfigurationError(f"even must be 'pad' or 'drop', found {even!r}")
+        ReadOptions(shuffle, seed, shuffle_buffer, even, threads, batch_size)  # validates
         if output not in OUTPUTS:
             raise ConfigurationError(f"output must be one of {list(OUTPUTS)}, found {output!r}")
-        if threads is not None and threads < 1:
-            raise ConfigurationError(f"threads must be at least 1, found {threads}")
         s3 = S3Settings.resolve(
             s3_endpoint, s3_access_key, s3_secret_key, region=s3_region, use_ssl=s3_use_ssl
         )
@@ -140,9 +132,10 @@ class DuckStreamDataset(IterableDataset[Any]):
 
     def _state(self, consumed: int) -> dict[str, Any]:
         if self._finished:
-            epoch, stages = self._epoch + 1, []
-        else:
-            epoch, stages = self._epoch, fold(self._done, self._stage(consumed))
+            return self._state_of(self._epoch + 1, [])
+        return self._state_of(self._epoch, fold(self._done, self._stage(consumed)))
+
+    def _state_of(self, epoch: int, stages: list[Stage]) -> dict[str, Any]:
         return make_state(
             fingerprint=self.plan.fingerprint,
             seed=self.seed,
@@ -301,23 +294,9 @@ class DuckStreamLoader(DataLoader[Any]):
         if self._resuming:
             return dataset._state(0)
         if self._between_epochs:
-            return make_state(
-                fingerprint=dataset.plan.fingerprint,
-                seed=dataset.seed,
-                shuffle=dataset.shuffle,
-                even=dataset.even,
-                epoch=self._epoch,
-                stages=[],
-            )
+            return dataset._state_of(self._epoch, [])
         stage = replace(dataset._stage(self._consumed), num_workers=max(1, self.num_workers))
-        return make_state(
-            fingerprint=dataset.plan.fingerprint,
-            seed=dataset.seed,
-            shuffle=dataset.shuffle,
-            even=dataset.even,
-            epoch=dataset.epoch,
-            stages=fold(dataset._done, stage),
-        )
+        return dataset._state_of(dataset.epoch, fold(dataset._done, stage))
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """The next pass continues ``state``'s epoch where it stopped."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import duckdb
@@ -103,22 +103,14 @@ class ShardReader:
                     offset = group_start
                 groups.append(index)
             group_start += rows
-        skip, want = first - offset, stop - first
-        for batch in parquet.iter_batches(
+        batches = parquet.iter_batches(
             batch_size=read_batch_rows(self._plan.row_bytes),
             row_groups=groups,
             columns=list(self._plan.columns or ()),
             use_threads=self._threads > 1,
-        ):
-            if skip >= batch.num_rows:
-                skip -= batch.num_rows
-                continue
-            piece = batch.slice(skip, want)
-            skip = 0
-            want -= piece.num_rows
+        )
+        for piece in _rows(batches, first - offset, stop - first):
             yield self._typed(piece)
-            if want <= 0:
-                return
 
     def _parquet_file(self, path: str) -> pq.ParquetFile:
         if self._parquet is None or self._parquet[0] != path:
@@ -177,15 +169,21 @@ class ShardReader:
             con.execute(f"SET VARIABLE duckstream_first = {int(first)}")
             con.execute(f"SET VARIABLE duckstream_last = {int(last)}")
             reader = con.sql(query).to_arrow_reader(read_batch_rows(self._plan.row_bytes))
-            for batch in reader:
-                if skip >= batch.num_rows:
-                    skip -= batch.num_rows
-                    continue
-                piece = batch.slice(skip, want)
-                skip = 0
-                want -= piece.num_rows
+            for piece in _rows(reader, skip, want):
                 yield self._typed(piece)
-                if want <= 0:
-                    break
         except duckdb.Error as exc:
             raise engine.query_error(exc, query, s3=self._plan.s3) from None
+
+
+def _rows(batches: Iterable[pa.RecordBatch], skip: int, want: int) -> Iterator[pa.RecordBatch]:
+    """Rows ``skip`` to ``skip + want`` of a stream of batches, as zero-copy slices."""
+    for batch in batches:
+        if want <= 0:
+            return
+        if skip >= batch.num_rows:
+            skip -= batch.num_rows
+            continue
+        piece = batch.slice(skip, want)
+        skip = 0
+        want -= piece.num_rows
+        yield piece
