@@ -18,6 +18,7 @@ _EXPORTS: dict[str, str] = {
     "LakeTable": "duckstream.core.lake",
     "LakehouseCatalog": "duckstream.catalog",
     "LakehouseQuery": "duckstream.query",
+    "as_iterable_dataset": "duckstream.stream",
     "stream_batches": "duckstream.stream",
     "sync_from_hf": "duckstream.sync",
 }
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from duckstream.catalog import LakehouseCatalog as LakehouseCatalog
     from duckstream.core.lake import LakeTable as LakeTable
     from duckstream.query import LakehouseQuery as LakehouseQuery
+    from duckstream.stream import as_iterable_dataset as as_iterable_dataset
     from duckstream.stream import DuckStreamDataset as DuckStreamDataset
     from duckstream.stream import DuckStreamLoader as DuckStreamLoader
     from duckstream.stream import stream_batches as stream_batches

@@ -18,9 +18,11 @@ from duckstream.core.world import World, ranks_from_env
 from duckstream.errors import ConfigurationError
 from duckstream.storage import S3Settings
 
-__all__ = ["DuckStreamDataset", "DuckStreamLoader", "stream_batches"]
+__all__ = ["DuckStreamDataset", "DuckStreamLoader", "as_iterable_dataset", "stream_batches"]
 
 if TYPE_CHECKING:
+    import datasets
+
     from duckstream.adapters.torch import DuckStreamDataset as DuckStreamDataset
     from duckstream.adapters.torch import DuckStreamLoader as DuckStreamLoader
 
@@ -91,3 +93,35 @@ def stream_batches(
         drop_last=drop_last,
         threads=threads,
     )
+
+
+def as_iterable_dataset(
+    source: Source,
+    sql: str | None = None,
+    *,
+    shuffle: bool = False,
+    seed: int = 0,
+    shuffle_buffer: int | None = None,
+    s3_endpoint: str | None = None,
+    s3_access_key: str | None = None,
+    s3_secret_key: str | None = None,
+    s3_region: str | None = None,
+    s3_use_ssl: bool | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> datasets.IterableDataset:
+    """``source`` through ``sql`` as a real ``datasets.IterableDataset`` of rows.
+
+    ``split_dataset_by_node`` and DataLoader workers get exact, disjoint shares (every row once
+    per epoch, for any world size); ``set_epoch`` gives a new order when shuffled; ``.shuffle``,
+    ``.map``, ``.batch``, ``.with_format`` work as in datasets, and ``state_dict`` /
+    ``load_state_dict`` resume exactly (without a ``.shuffle`` buffer on top).
+    """
+    from duckstream._optional import require
+
+    require("datasets")
+    from duckstream.adapters.hf import iterable_dataset
+
+    ReadOptions(shuffle, seed, shuffle_buffer)  # validates
+    s3 = S3Settings.resolve(s3_endpoint, s3_access_key, s3_secret_key, region=s3_region, use_ssl=s3_use_ssl)
+    plan = prepare(source, sql, s3=s3, cache_dir=cache_dir)
+    return iterable_dataset(plan, shuffle=shuffle, seed=seed, shuffle_buffer=shuffle_buffer)

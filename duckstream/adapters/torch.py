@@ -102,7 +102,7 @@ class DuckStreamDataset(IterableDataset[Any]):
 
     def __len__(self) -> int:
         """Items this rank yields in one epoch under the loader that iterates the dataset."""
-        rank_total = rank_rows(self.num_rows, self._ranks[1], self.even)
+        rank_total = rank_rows(self.num_rows, self._ranks[1], self.even, self._ranks[0])
         size, drop = self._item_rows()
         return sum(worker_items(rows, size, drop) for rows in worker_rows(rank_total, self._num_workers))
 

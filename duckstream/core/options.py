@@ -26,8 +26,8 @@ class ReadOptions:
             raise ConfigurationError(f"seed must be a non-negative integer, found {self.seed}")
         if self.shuffle_buffer is not None and self.shuffle_buffer < 1:
             raise ConfigurationError(f"shuffle_buffer must be at least 1, found {self.shuffle_buffer}")
-        if self.even not in ("pad", "drop"):
-            raise ConfigurationError(f"even must be 'pad' or 'drop', found {self.even!r}")
+        if self.even not in ("pad", "drop", "split"):
+            raise ConfigurationError(f"even must be 'pad', 'drop' or 'split', found {self.even!r}")
         if self.threads is not None and self.threads < 1:
             raise ConfigurationError(f"threads must be at least 1, found {self.threads}")
         if self.batch_size is not None and self.batch_size < 1:

@@ -17,7 +17,8 @@ from duckstream.core.world import World
 
 __all__ = ["Even", "SlotSpan", "partition", "rank_rows", "worker_rows"]
 
-Even = Literal["pad", "drop"]
+# "split" (used by the Hugging Face adapter) shares rows exactly, ranks differing by one row.
+Even = Literal["pad", "drop", "split"]
 
 
 @dataclass(frozen=True)
@@ -32,10 +33,12 @@ class SlotSpan:
         return length(self.ranges)
 
 
-def rank_rows(total: int, world_size: int, even: Even) -> int:
-    """Rows each rank reads when ``total`` rows are shared by ``world_size`` ranks."""
+def rank_rows(total: int, world_size: int, even: Even, rank: int = 0) -> int:
+    """Rows rank ``rank`` reads when ``total`` rows are shared by ``world_size`` ranks."""
     if even == "pad":
         return -(-total // world_size)
+    if even == "split":
+        return worker_rows(total, world_size)[rank]
     return total // world_size
 
 
@@ -48,9 +51,9 @@ def worker_rows(rows: int, num_workers: int) -> list[int]:
 def partition(sequence: np.ndarray, world: World, even: Even) -> SlotSpan:
     """The span of ``sequence`` (ranges, in order) that ``world``'s slot reads."""
     total = length(sequence)
-    per_rank = rank_rows(total, world.world_size, even)
-    sizes = worker_rows(per_rank, world.num_workers)
-    begin = world.rank * per_rank + sum(sizes[: world.worker])
+    ranks = [rank_rows(total, world.world_size, even, r) for r in range(world.world_size)]
+    sizes = worker_rows(ranks[world.rank], world.num_workers)
+    begin = sum(ranks[: world.rank]) + sum(sizes[: world.worker])
     end = begin + sizes[world.worker]
     real_end = min(end, total)
     parts = [slice_ranges(sequence, begin, real_end)]

@@ -65,12 +65,12 @@ common = {
     "seed": st.integers(0, 2**31),
     "epoch": st.integers(0, 50),
     "shuffle": st.booleans(),
-    "even": st.sampled_from(["pad", "drop"]),
+    "even": st.sampled_from(["pad", "drop", "split"]),
 }
 
 
 @settings(max_examples=300, deadline=None)
-@given(stage=stages, **common)
+@given(stage=stages, **{**common, "even": st.sampled_from(["pad", "drop"])})
 def test_one_epoch_reads_every_row_once_with_equal_ranks(
     stage: Stage, total: int, seed: int, epoch: int, shuffle: bool, even: Even
 ) -> None:
@@ -117,8 +117,23 @@ def test_resume_under_any_new_world_reads_the_rest_once(
             seen.update(p for item in stream[:consumed] for p, real in item if real)
         done.append(Stage(**{**stage.__dict__, "consumed": consumed}))
     assert max(seen.values(), default=1) == 1, "a row was read twice"
-    if even == "pad":
+    if even in ("pad", "split"):
         assert set(seen) == set(range(total)), "a row was lost"
+
+
+@given(total=st.integers(0, 300), world_size=st.integers(1, 8), num_workers=st.integers(1, 4))
+def test_split_policy_shares_rows_exactly_with_ranks_one_row_apart(
+    total: int, world_size: int, num_workers: int
+) -> None:
+    sequence = as_ranges([(0, total)])
+    spans = [
+        [partition(sequence, World(r, world_size, w, num_workers), "split") for w in range(num_workers)]
+        for r in range(world_size)
+    ]
+    per_rank = [sum(span.rows for span in rank) for rank in spans]
+    assert max(per_rank) - min(per_rank) <= 1
+    positions = sorted(p for rank in spans for span in rank for p in expand(span.ranges).tolist())
+    assert positions == list(range(total))
 
 
 @given(total=st.integers(0, 200), stage=stages, data=st.data())

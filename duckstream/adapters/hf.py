@@ -1,0 +1,154 @@
+"""The stream as a real ``datasets.IterableDataset``.
+
+datasets splits an iterable between nodes and DataLoader workers by asking its examples
+iterable for shard ``index`` of ``num_shards``. This one answers with duckstream's own exact
+partition for any count, so ``split_dataset_by_node`` and workers always get disjoint shares
+that cover every row once, never the read-everything-keep-one-in-N fallback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from copy import copy
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from datasets import Features, IterableDataset
+from datasets.iterable_dataset import _BaseExamplesIterable
+
+from duckstream.core.pipeline import read_slot
+from duckstream.core.planning import StreamPlan
+from duckstream.core.shuffle import default_shuffle_buffer
+from duckstream.core.world import World
+
+__all__ = ["DuckExamplesIterable", "iterable_dataset"]
+
+# What datasets is told the shard count is: divisible by every world size and worker count up
+# to 16, so it always splits by shards; any (num_shards, index) is served exactly anyway.
+ADVERTISED_SHARDS = 720_720
+_READ_ROWS = 1_024
+
+
+class DuckExamplesIterable(_BaseExamplesIterable):  # type: ignore[misc]
+    """Examples of one share of a :class:`StreamPlan`, in its deterministic order.
+
+    ``splits`` are the (num_shards, index) requests applied so far (node, then worker); their
+    product is one slot of duckstream's partition. ``key`` seeds the order (None: storage
+    order). The state is the number of rows yielded, so a resume skips exactly those.
+    """
+
+    def __init__(
+        self,
+        plan: StreamPlan,
+        *,
+        seed: int,
+        key: int | None,
+        shuffle_buffer: int,
+        splits: tuple[tuple[int, int], ...] = (),
+    ) -> None:
+        super().__init__()
+        self._sleep_on_threads_shutdown = False  # no background threads to wait for
+        self.plan = plan
+        self.seed = seed
+        self.key = key
+        self.shuffle_buffer = shuffle_buffer
+        self.splits = splits
+
+    @property
+    def world(self) -> World:
+        total, index = 1, 0
+        for count, part in self.splits:
+            total, index = total * count, index * count + part
+        return World(index, total)
+
+    @property
+    def num_shards(self) -> int:
+        return ADVERTISED_SHARDS
+
+    @property
+    def features(self) -> Features:
+        return Features.from_arrow_schema(self.plan.schema)
+
+    @property
+    def is_typed(self) -> bool:
+        return True
+
+    def _batches(self) -> Iterator[pa.RecordBatch]:
+        return read_slot(
+            self.plan,
+            world=self.world,
+            seed=self.seed,
+            epoch=self.key or 0,
+            shuffle=self.key is not None,
+            even="split",
+            done=[],
+            shuffle_buffer=self.shuffle_buffer,
+            batch_size=_READ_ROWS,
+            drop_last=False,
+        )
+
+    def _skipped(self) -> Iterator[tuple[int, pa.RecordBatch]]:
+        """Batches after the rows the state says were yielded, with the index of their first row."""
+        done = int(self._state_dict["rows"]) if self._state_dict else 0
+        position = 0
+        for batch in self._batches():
+            if position + batch.num_rows > done:
+                offset = max(0, done - position)
+                yield position + offset, batch.slice(offset)
+            position += batch.num_rows
+
+    def __iter__(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        slot = self.world.rank
+        for first, batch in self._skipped():
+            for offset, row in enumerate(batch.to_pylist()):
+                if self._state_dict:
+                    self._state_dict["rows"] += 1
+                yield f"{slot}_{first + offset}", row
+
+    @property
+    def iter_arrow(self) -> Any:
+        return self._iter_arrow
+
+    def _iter_arrow(self) -> Iterator[tuple[str, pa.Table]]:
+        slot = self.world.rank
+        for first, batch in self._skipped():
+            if self._state_dict:
+                self._state_dict["rows"] += batch.num_rows
+            yield f"{slot}_{first}", pa.Table.from_batches([batch])
+
+    def shuffle_data_sources(self, generator: np.random.Generator) -> DuckExamplesIterable:
+        # datasets passes a generator derived from (seed, epoch): a new order per epoch.
+        shuffled = copy(self)
+        shuffled.key = int(generator.integers(0, 2**62))
+        return shuffled
+
+    def shard_data_sources(
+        self, num_shards: int, index: int, contiguous: bool = True
+    ) -> DuckExamplesIterable:
+        shard = copy(self)
+        shard.splits = (*self.splits, (num_shards, index))
+        return shard
+
+    def reshard_data_sources(self) -> DuckExamplesIterable:
+        return self
+
+    def _init_state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"rows": 0, "type": type(self).__name__}
+        self._state_dict = state
+        return state
+
+
+def iterable_dataset(
+    plan: StreamPlan, *, shuffle: bool, seed: int, shuffle_buffer: int | None
+) -> IterableDataset:
+    """A ``datasets.IterableDataset`` over ``plan``, with features from its Arrow schema."""
+    examples = DuckExamplesIterable(
+        plan,
+        seed=seed,
+        key=int(np.random.default_rng([seed]).integers(0, 2**62)) if shuffle else None,
+        shuffle_buffer=shuffle_buffer or default_shuffle_buffer(plan.row_bytes),
+    )
+    from datasets import DatasetInfo
+
+    return IterableDataset(examples, info=DatasetInfo(features=examples.features))
