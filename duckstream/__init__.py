@@ -29,9 +29,9 @@ if TYPE_CHECKING:
     from duckstream.catalog import LakehouseCatalog as LakehouseCatalog
     from duckstream.core.lake import LakeTable as LakeTable
     from duckstream.query import LakehouseQuery as LakehouseQuery
-    from duckstream.stream import as_iterable_dataset as as_iterable_dataset
     from duckstream.stream import DuckStreamDataset as DuckStreamDataset
     from duckstream.stream import DuckStreamLoader as DuckStreamLoader
+    from duckstream.stream import as_iterable_dataset as as_iterable_dataset
     from duckstream.stream import stream_batches as stream_batches
     from duckstream.sync import sync_from_hf as sync_from_hf
 

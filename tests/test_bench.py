@@ -292,3 +292,15 @@ def test_every_benchmark_module_has_a_docstring_and_a_sorted_all() -> None:
         exported = getattr(module, "__all__", [])
         assert list(exported) == sorted(exported), name
         assert all(hasattr(module, attribute) for attribute in exported), name
+
+
+@pytest.mark.slow
+def test_hf_comparison_runs_and_prints_ratios(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "duckstream.benchmarks.hf", "--quick", "--cache-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "ratio as_iterable_dataset / datasets streaming, shuffle=True" in result.stdout
