@@ -1,8 +1,8 @@
-"""Arrow batches between DataLoader workers and the main process through shared memory.
+"""Arrow batches between DataLoader workers and the main process, as IPC messages.
 
-DataLoader moves tensors between processes in shared memory but pickles everything else
-through a pipe. A batch serialised into a shared uint8 tensor crosses with one copy in the
-worker and none in the main process, where Arrow reads it in place.
+DataLoader pickles items through a pipe, except tensors, which it moves into shared memory (a
+new segment and a file descriptor per tensor). Small messages travel fastest as bytes through
+the pipe; large ones in a shared uint8 tensor, which the main process reads in place.
 """
 
 from __future__ import annotations
@@ -10,20 +10,28 @@ from __future__ import annotations
 import pyarrow as pa
 import torch
 
-__all__ = ["pack", "unpack"]
+__all__ = ["SHARED_MEMORY_BYTES", "pack", "unpack"]
+
+# Above this size a shared-memory segment costs less than copying through the pipe (measured
+# here: 60 KiB caption batches were 2x faster as bytes, 2.5 MiB image batches faster shared).
+SHARED_MEMORY_BYTES = 1024 * 1024
 
 
-def pack(batch: pa.RecordBatch) -> torch.Tensor:
-    """``batch`` as an IPC message in a shared-memory tensor (schema not included)."""
+def pack(batch: pa.RecordBatch) -> bytes | torch.Tensor:
+    """``batch`` as an IPC message (schema not included): bytes, or a shared tensor if large."""
     message = batch.serialize()
+    if message.size < SHARED_MEMORY_BYTES:
+        small: bytes = message.to_pybytes()
+        return small
     packed = torch.empty(message.size, dtype=torch.uint8)
     packed.share_memory_()  # type: ignore[no-untyped-call]
     packed.numpy()[:] = memoryview(message)
     return packed
 
 
-def unpack(packed: torch.Tensor, schema: pa.Schema) -> pa.RecordBatch:
-    """The batch :func:`pack` made, reading the tensor's memory in place."""
-    # The numpy view keeps the tensor, and so the shared memory, alive as long as the batch.
-    batch: pa.RecordBatch = pa.ipc.read_record_batch(pa.py_buffer(packed.numpy()), schema)
+def unpack(packed: bytes | torch.Tensor, schema: pa.Schema) -> pa.RecordBatch:
+    """The batch :func:`pack` made, read in place."""
+    # The buffer keeps the bytes or the tensor's memory alive as long as the batch.
+    data = pa.py_buffer(packed if isinstance(packed, bytes) else packed.numpy())
+    batch: pa.RecordBatch = pa.ipc.read_record_batch(data, schema)
     return batch
