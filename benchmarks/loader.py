@@ -58,6 +58,7 @@ class BenchConfig:
     seed: int = 0
     cache_dir: Path | None = None  # default: <tempdir>/duckstream-bench
     timeout: float | None = None  # seconds per configuration
+    repeat: int = 3  # epochs per configuration; the fastest is reported
 
     def __post_init__(self) -> None:
         if not self.presets or set(self.presets) - set(get_args(PresetName)):
@@ -70,7 +71,12 @@ class BenchConfig:
             )
         if not self.workers or min(self.workers) < 0:
             raise ConfigurationError(f"workers must be counts of 0 or more, found {list(self.workers)}")
-        for name, value in (("rows", self.rows), ("scale", self.scale), ("batch size", self.batch_size)):
+        for name, value in (
+            ("rows", self.rows),
+            ("scale", self.scale),
+            ("batch size", self.batch_size),
+            ("repeat", self.repeat),
+        ):
             if value is not None and value < 1:
                 raise ConfigurationError(f"{name} must be at least 1, found {value}")
 
@@ -144,6 +150,7 @@ def _measure(config: BenchConfig, base: Measurement, spec: DatasetSpec, source: 
         f"--batch-size={config.batch_size}",
         f"--workers={base.workers or 0}",
         f"--seed={config.seed}",
+        f"--repeat={config.repeat}",
     ]
     run = run_sampled(command, timeout=config.timeout)
     if run.timed_out:

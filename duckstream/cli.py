@@ -159,6 +159,9 @@ def _add_bench_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
     bench.add_argument("--batch-size", type=int, default=256, help="rows per batch (default 256)")
     bench.add_argument("--seed", type=int, default=0, help="seed of the data and of the shuffle")
     bench.add_argument(
+        "--repeat", type=int, help="epochs per configuration, fastest reported (default 3, 1 with --quick)"
+    )
+    bench.add_argument(
         "--cache-dir", type=Path, help="where datasets are kept (default <tmp>/duckstream-bench)"
     )
     bench.add_argument("--timeout", type=float, help="seconds allowed per configuration (default none)")
@@ -236,6 +239,7 @@ def _run_bench(args: argparse.Namespace, out: TextIO) -> int:
         seed=args.seed,
         cache_dir=args.cache_dir,
         timeout=args.timeout,
+        repeat=args.repeat if args.repeat is not None else (1 if args.quick else 3),
     )
     measurements = run_bench(config, echo=lambda text: print(text, file=out, flush=True))
     report(measurements, out)
