@@ -63,7 +63,13 @@ def read_slot(
     first_window, inside = divmod(emitted, shuffle_buffer) if shuffle else (0, 0)
     start = first_window * shuffle_buffer if shuffle else emitted
     order = epoch_order(len(plan.shards), seed=seed, epoch=epoch, shuffle=shuffle)
-    reader = ShardReader(plan, threads=threads or default_threads(world.num_workers))
+    # Shuffled, read a window at a time: a window that is one read batch needs no copy to be
+    # made contiguous before rows are gathered from it.
+    reader = ShardReader(
+        plan,
+        threads=threads or default_threads(world.num_workers),
+        batch_rows=shuffle_buffer if shuffle else None,
+    )
     try:
         batches: Iterable[pa.RecordBatch] = (
             batch

@@ -66,9 +66,10 @@ class ShardReader:
     which exports Arrow faster; every other row-local query runs in DuckDB on one shard.
     """
 
-    def __init__(self, plan: StreamPlan, *, threads: int) -> None:
+    def __init__(self, plan: StreamPlan, *, threads: int, batch_rows: int | None = None) -> None:
         self._plan = plan
         self._threads = threads
+        self._batch_rows = batch_rows or read_batch_rows(plan.row_bytes)
         self._con: duckdb.DuckDBPyConnection | None = None
         self._parquet: tuple[str, pq.ParquetFile] | None = None
         self._filesystem: Any = None
@@ -104,7 +105,7 @@ class ShardReader:
                 groups.append(index)
             group_start += rows
         batches = parquet.iter_batches(
-            batch_size=read_batch_rows(self._plan.row_bytes),
+            batch_size=self._batch_rows,
             row_groups=groups,
             columns=list(self._plan.columns or ()),
             use_threads=self._threads > 1,
@@ -168,7 +169,7 @@ class ShardReader:
             con.execute("SET VARIABLE duckstream_file = ?", [self._plan.files[shard.file]])
             con.execute(f"SET VARIABLE duckstream_first = {int(first)}")
             con.execute(f"SET VARIABLE duckstream_last = {int(last)}")
-            reader = con.sql(query).to_arrow_reader(read_batch_rows(self._plan.row_bytes))
+            reader = con.sql(query).to_arrow_reader(self._batch_rows)
             for piece in _rows(reader, skip, want):
                 yield self._typed(piece)
         except duckdb.Error as exc:
