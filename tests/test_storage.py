@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from duckstream.errors import ConfigurationError
@@ -96,8 +96,13 @@ def test_client_options_carry_the_endpoint_and_keys() -> None:
 secret_text = st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126), min_size=4, max_size=40)
 
 
+BASELINE = repr(S3Settings.resolve("h:1", "placeholder-key", "placeholder-secret", environ={}))
+
+
 @given(key=secret_text, secret=secret_text)
 def test_repr_never_shows_keys(key: str, secret: str) -> None:
+    # A "secret" such as "Fals" can occur in the repr's own text (use_ssl=False): not a leak.
+    assume(key not in BASELINE and secret not in BASELINE)
     s3 = S3Settings.resolve("h:1", key, secret, environ={})
     shown = repr(s3) + str(s3)
     assert key not in shown

@@ -177,7 +177,7 @@ class DuckStreamDataset(IterableDataset[Any]):
             elif self._consumed:
                 self._done = done = fold(done, self._stage(self._consumed))
                 self._consumed = 0
-        _, drop = self._item_rows()
+        item_rows, drop = self._item_rows()
         batches = read_slot(
             self.plan,
             world=world,
@@ -189,7 +189,7 @@ class DuckStreamDataset(IterableDataset[Any]):
             shuffle_buffer=self.shuffle_buffer,
             batch_size=self.batch_size or _ROW_MODE_READ,
             drop_last=drop,
-            item_rows=self._item_rows()[0],
+            item_rows=item_rows,
             threads=self.threads,
         )
         items = self._items(batches)
