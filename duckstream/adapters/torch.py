@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
 from typing import Any
 
+import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
@@ -86,6 +87,10 @@ class DuckStreamDataset(IterableDataset[Any]):
         self._ranks = detect_ranks()
         self._num_workers = 1  # reading slots per rank; DuckStreamLoader sets its worker count
         self._epoch = 0
+        # Persistent DataLoader workers keep the copy of the dataset they started with: the
+        # epoch, and whether resumed stages still apply, reach them through shared memory.
+        self._shared = torch.zeros(2, dtype=torch.int64)
+        self._shared.share_memory_()  # type: ignore[no-untyped-call]
         self._done: list[Stage] = []  # stretches of this epoch read before a resume
         self._consumed = 0  # items handed out by in-process iteration in the current stretch
         self._finished = False
@@ -117,6 +122,11 @@ class DuckStreamDataset(IterableDataset[Any]):
             raise ConfigurationError(f"epoch must be non-negative, found {epoch}")
         if epoch != self._epoch or self._finished:
             self._epoch, self._done, self._consumed, self._finished = epoch, [], 0, False
+        self._publish()
+
+    def _publish(self) -> None:
+        self._shared[0] = self._epoch
+        self._shared[1] = 1 if self._done else 0
 
     @property
     def epoch(self) -> int:
@@ -155,6 +165,7 @@ class DuckStreamDataset(IterableDataset[Any]):
             even=self.even,
         )
         self._epoch, self._done, self._consumed, self._finished = epoch, stages, 0, False
+        self._publish()
 
     # -- iteration -------------------------------------------------------------------------
 
@@ -167,10 +178,13 @@ class DuckStreamDataset(IterableDataset[Any]):
             info.id if info is not None else 0,
             info.num_workers if info is not None else 1,
         )
-        if info is None:
-            self._num_workers = 1
+        epoch = self._epoch
         done = list(self._done)
-        if info is None:
+        if info is not None:
+            epoch = int(self._shared[0])
+            done = done if int(self._shared[1]) else []
+        else:
+            self._num_workers = 1
             # In-process: a new pass after a finished one starts the epoch over.
             if self._finished:
                 self._done, self._consumed, self._finished = [], 0, False
@@ -182,7 +196,7 @@ class DuckStreamDataset(IterableDataset[Any]):
             self.plan,
             world=world,
             seed=self.seed,
-            epoch=self._epoch,
+            epoch=epoch,
             shuffle=self.shuffle,
             even=self.even,
             done=done,
@@ -246,10 +260,6 @@ class DuckStreamLoader(DataLoader[Any]):
                     f"DuckStreamLoader does not take {key}=...; set batching and shuffling on the dataset"
                 )
             kwargs.pop(key, None)
-        if kwargs.get("persistent_workers"):
-            raise ConfigurationError(
-                "persistent_workers=True would keep workers on their first epoch; leave it off"
-            )
         if kwargs.get("in_order") is False:
             raise ConfigurationError("in_order=False would make progress unknowable; leave it on")
         super().__init__(dataset, batch_size=None, num_workers=num_workers, collate_fn=_identity, **kwargs)
@@ -300,6 +310,11 @@ class DuckStreamLoader(DataLoader[Any]):
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """The next pass continues ``state``'s epoch where it stopped."""
+        if self.persistent_workers and self._iterator is not None:
+            raise ConfigurationError(
+                "this loader's persistent workers are already running; load the state into a "
+                "new DuckStreamLoader (or before the first pass)"
+            )
         self.duck_dataset.load_state_dict(state)
         self._epoch = self.duck_dataset.epoch
         self._resuming = True
