@@ -26,6 +26,8 @@ SOURCE = "source"
 _SCANS = frozenset({"READ_PARQUET", "PARQUET_SCAN", "TABLE_SCAN", "DUCKLAKE_SCAN"})
 _ROW_LOCAL_OPERATORS = _SCANS | {"PROJECTION", "FILTER", "UNNEST"}
 _MENTIONS_SOURCE = re.compile(rf"\b{SOURCE}\b", re.IGNORECASE)
+# Functions whose value changes from one read to the next.
+_VOLATILE = frozenset({"random", "uuid", "gen_random_uuid", "uuidv4", "uuidv7", "setseed", "nextval"})
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,13 @@ def analyse(con: duckdb.DuckDBPyConnection, sql: str, source_columns: Sequence[s
         tree = json.loads(con.execute("SELECT json_serialize_sql(?)", [sql]).fetchone()[0])  # type: ignore[index]
     except duckdb.Error as exc:
         raise engine.query_error(exc, sql) from None
+    volatile = sorted(_functions(tree) & _VOLATILE)
+    if volatile:
+        raise ConfigurationError(
+            f"the SQL calls {', '.join(f + '()' for f in volatile)}, which gives other rows on every "
+            "read, so rows could not be counted or shared out exactly once; use a deterministic "
+            f"expression instead, e.g. WHERE hash(id) % 10 < 5 -- in statement: {' '.join(sql.split())[:200]}"
+        )
     nodes = list(_walk(json.loads(rows[0][1])))
     operators = {node["name"] for node in nodes}
     row_local = operators <= _ROW_LOCAL_OPERATORS and len(_statements(tree)) == 1
@@ -86,6 +95,21 @@ def analyse(con: duckdb.DuckDBPyConnection, sql: str, source_columns: Sequence[s
         columns=_plain_columns(select, source_columns) if keeps_rows else None,
         ordered=any(m.get("type") == "ORDER_MODIFIER" for m in select.get("modifiers", [])),
     )
+
+
+def _functions(tree: Any) -> set[str]:
+    """Names of every function the parsed statement calls."""
+    found: set[str] = set()
+    stack = [tree]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if item.get("class") == "FUNCTION" and isinstance(item.get("function_name"), str):
+                found.add(item["function_name"].lower())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return found
 
 
 def _walk(nodes: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:

@@ -270,3 +270,11 @@ def test_unknown_column_is_named(ten_files: Path) -> None:
 def test_sql_that_ignores_the_source_is_refused(ten_files: Path) -> None:
     with pytest.raises(ConfigurationError, match="must read the data as `source`"):
         stream_batches(ten_files, "SELECT 1 AS x")
+
+
+@pytest.mark.parametrize(
+    "sql", ["SELECT id FROM source WHERE random() < 0.5", "SELECT id, uuid() AS u FROM source"]
+)
+def test_sql_that_changes_on_every_read_is_refused(ten_files: Path, sql: str) -> None:
+    with pytest.raises(ConfigurationError, match=r"gives other rows on every read.*hash\(id\)"):
+        stream_batches(ten_files, sql)
