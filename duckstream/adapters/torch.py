@@ -12,16 +12,17 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from duckstream.adapters.collate import OUTPUTS, Output, collate_batch, collate_rows
+from duckstream.adapters.torchdata import is_stateful_loader_state, merge_stateful_loader_state
 from duckstream.adapters.transport import pack, unpack
 from duckstream.core.options import ReadOptions
 from duckstream.core.partition import Even, rank_rows, worker_rows
-from duckstream.core.pipeline import read_slot
+from duckstream.core.pipeline import SlotStart, locate_slot, read_slot
 from duckstream.core.planning import Source, StreamPlan, prepare
 from duckstream.core.resume import Stage, fold, worker_items
 from duckstream.core.shuffle import default_shuffle_buffer
-from duckstream.core.state import make_state, read_state
+from duckstream.core.state import is_slot_state, make_state, read_slot_state, read_state, slot_state
 from duckstream.core.world import World, ranks_from_env
-from duckstream.errors import ConfigurationError
+from duckstream.errors import ConfigurationError, StateError
 from duckstream.storage import S3Settings
 
 __all__ = ["DuckStreamDataset", "DuckStreamLoader", "detect_ranks"]
@@ -97,6 +98,11 @@ class DuckStreamDataset(IterableDataset[Any]):
         # Set by DuckStreamLoader: workers send Arrow batches and the loader collates them,
         # since pickling Python strings between processes costs more than reading them.
         self._ship_arrow = False
+        # Inside a DataLoader worker: the slot it reads and the items it yielded in the current
+        # stage, which torchdata's StatefulDataLoader asks each worker for.
+        self._slot: tuple[int, list[Stage], Stage, SlotStart] | None = None
+        self._slot_yielded = 0
+        self._slot_resume: tuple[int, list[Stage], Stage, int] | None = None
 
     # -- sizes -----------------------------------------------------------------------------
 
@@ -137,7 +143,18 @@ class DuckStreamDataset(IterableDataset[Any]):
         return Stage(self._ranks[1], self._num_workers, size, drop, self.shuffle_buffer, consumed)
 
     def state_dict(self) -> dict[str, Any]:
-        """Progress of in-process iteration; with workers, ask the loader instead."""
+        """Progress of in-process iteration; with workers, ask the loader instead.
+
+        Inside a DataLoader worker (where torchdata's StatefulDataLoader asks), it is that
+        worker's own progress; the StatefulDataLoader's state holds every worker's, and loads
+        into this dataset or a DuckStreamLoader as a whole.
+        """
+        if get_worker_info() is not None and self._slot is not None:
+            epoch, prior, stage, start = self._slot
+            items = start.items + self._slot_yielded
+            return slot_state(
+                self._state_of(epoch, prior), worker=start.world.worker, stage=replace(stage, consumed=items)
+            )
         return self._state(self._consumed)
 
     def _state(self, consumed: int) -> dict[str, Any]:
@@ -156,7 +173,21 @@ class DuckStreamDataset(IterableDataset[Any]):
         )
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Continue where ``state`` left off, under this process's world size and workers."""
+        """Continue where ``state`` left off, under this process's world size and workers.
+
+        ``state`` is a dataset or DuckStreamLoader state, or the state of a torchdata
+        StatefulDataLoader over this dataset.
+        """
+        if is_stateful_loader_state(state):
+            state = merge_stateful_loader_state(state)
+        elif is_slot_state(state):
+            if get_worker_info() is None:
+                raise StateError(
+                    "this is one DataLoader worker's state; load the state of the whole loader "
+                    "(StatefulDataLoader.state_dict()) instead"
+                )
+            self._load_slot_state(state)
+            return
         epoch, stages = read_state(
             state,
             fingerprint=self.plan.fingerprint,
@@ -166,6 +197,19 @@ class DuckStreamDataset(IterableDataset[Any]):
         )
         self._epoch, self._done, self._consumed, self._finished = epoch, stages, 0, False
         self._publish()
+
+    def _load_slot_state(self, state: Mapping[str, Any]) -> None:
+        # In a worker torchdata restores: continue this very worker's role, and only for the
+        # next pass; the shared epoch belongs to the main process.
+        prior_state, worker, stage = read_slot_state(state)
+        epoch, prior = read_state(
+            prior_state,
+            fingerprint=self.plan.fingerprint,
+            seed=self.seed,
+            shuffle=self.shuffle,
+            even=self.even,
+        )
+        self._slot_resume = (epoch, prior, stage, worker)
 
     # -- iteration -------------------------------------------------------------------------
 
@@ -180,9 +224,14 @@ class DuckStreamDataset(IterableDataset[Any]):
         )
         epoch = self._epoch
         done = list(self._done)
+        slot_items: tuple[int, int] | None = None
         if info is not None:
             epoch = int(self._shared[0])
             done = done if int(self._shared[1]) else []
+            if self._slot_resume is not None:
+                epoch, prior, stage, role = self._slot_resume
+                self._slot_resume = None
+                done, slot_items = [*prior, stage], (role, stage.consumed)
         else:
             self._num_workers = 1
             # In-process: a new pass after a finished one starts the epoch over.
@@ -192,6 +241,27 @@ class DuckStreamDataset(IterableDataset[Any]):
                 self._done = done = fold(done, self._stage(self._consumed))
                 self._consumed = 0
         item_rows, drop = self._item_rows()
+        current = replace(self._stage(0), world_size=world.world_size, num_workers=world.num_workers)
+        if slot_items is not None and not done[-1].same_setup(current):
+            raise StateError(
+                f"a StatefulDataLoader state resumes under the setup it was saved with ({done[-1]}), "
+                f"found {current}; to change the world size or worker count, load it into the "
+                "dataset or a DuckStreamLoader first"
+            )
+        start = locate_slot(
+            self.plan.num_rows,
+            world=world,
+            seed=self.seed,
+            epoch=epoch,
+            shuffle=self.shuffle,
+            even=self.even,
+            done=done,
+            current=current,
+            slot_items=slot_items,
+        )
+        continuing = bool(done) and done[-1].same_setup(current)
+        self._slot = (epoch, done[:-1] if continuing else done, current, start)
+        self._slot_yielded = 0
         batches = read_slot(
             self.plan,
             world=world,
@@ -205,10 +275,11 @@ class DuckStreamDataset(IterableDataset[Any]):
             drop_last=drop,
             item_rows=item_rows,
             threads=self.threads,
+            start=start,
         )
         items = self._items(batches)
         if info is not None:
-            return items
+            return self._worker_counted(items)
         return self._counted(items)
 
     def _items(self, batches: Iterator[Any]) -> Iterator[Any]:
@@ -223,6 +294,11 @@ class DuckStreamDataset(IterableDataset[Any]):
             else:
                 item = collate_batch(batch, self.output)
                 yield item if transform is None else transform(item)
+
+    def _worker_counted(self, items: Iterator[Any]) -> Iterator[Any]:
+        for item in items:
+            self._slot_yielded += 1
+            yield item
 
     def _counted(self, items: Iterator[Any]) -> Iterator[Any]:
         for item in items:

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pyarrow as pa
@@ -27,7 +28,55 @@ from duckstream.core.shuffle import window_permutation
 from duckstream.core.world import World
 from duckstream.errors import ConfigurationError
 
-__all__ = ["read_slot", "rebatch", "shuffled_batches", "windows"]
+__all__ = ["SlotStart", "locate_slot", "read_slot", "rebatch", "shuffled_batches", "windows"]
+
+
+@dataclass(frozen=True)
+class SlotStart:
+    """Where one slot's read of an epoch begins, after the stages already done."""
+
+    sequence: np.ndarray  # positions still owed at the start of the current stage
+    stage_index: int  # the current stage's number in the epoch (it seeds the shuffle windows)
+    world: World  # the slot read: a resumed worker may continue another worker's role
+    emitted: int  # rows of this slot's span emitted before the read starts
+    items: int  # items of this slot the training loop already took in the current stage
+
+
+def locate_slot(
+    num_rows: int,
+    *,
+    world: World,
+    seed: int,
+    epoch: int,
+    shuffle: bool,
+    even: Even,
+    done: Sequence[Stage],
+    current: Stage,
+    slot_items: tuple[int, int] | None = None,
+) -> SlotStart:
+    """Where ``world``'s slot starts reading ``epoch`` after the stages ``done``.
+
+    When the last stage in ``done`` had the setup ``current`` has, the read continues it:
+    DataLoader's round robin restarts at worker 0, so the workers' roles rotate to continue
+    the interrupted order. ``slot_items`` (role, items), from a per-worker state such as
+    torchdata's StatefulDataLoader keeps, continues one role exactly, without rotation.
+    """
+    continuing = bool(done) and done[-1].same_setup(current)
+    if slot_items is not None and not continuing:
+        raise ConfigurationError("a worker's own progress only continues a stage of the same setup")
+    prior = done[:-1] if continuing else done
+    sequence = stage_sequence(num_rows, prior, seed=seed, epoch=epoch, shuffle=shuffle, even=even)
+    if not continuing:
+        return SlotStart(sequence, len(prior), world, 0, 0)
+    stage = done[-1]
+    if slot_items is not None:
+        role, items = slot_items
+        world = replace(world, worker=role)
+        rows = partition(sequence, world, even).rows
+        return SlotStart(sequence, len(prior), world, min(items * stage.batch_size, rows), items)
+    world = continuation(sequence, stage, world, even)
+    emitted = rows_emitted(sequence, stage, world, even)
+    return SlotStart(sequence, len(prior), world, emitted, -(-emitted // stage.batch_size))
 
 
 def read_slot(
@@ -44,24 +93,34 @@ def read_slot(
     drop_last: bool,
     item_rows: int | None = None,
     threads: int | None = None,
+    start: SlotStart | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """This slot's share of ``epoch`` after the stages ``done``, in batches of ``batch_size``.
 
     ``item_rows`` is the rows per item the training loop counts (1 for rows; defaults to
     ``batch_size``). When the last stage in ``done`` had this very setup, the read continues
     it exactly where it stopped, as if never interrupted; otherwise the rows still owed are
-    partitioned afresh.
+    partitioned afresh. ``start`` is :func:`locate_slot`'s answer, when the caller has it.
     """
-    current = Stage(world.world_size, world.num_workers, item_rows or batch_size, drop_last, shuffle_buffer)
-    continuing = bool(done) and done[-1].same_setup(current)
-    prior = done[:-1] if continuing else done
-    sequence = stage_sequence(plan.num_rows, prior, seed=seed, epoch=epoch, shuffle=shuffle, even=even)
-    if continuing:
-        world = continuation(sequence, done[-1], world, even)
-    span = partition(sequence, world, even)
-    emitted = rows_emitted(sequence, done[-1], world, even) if continuing else 0
+    if start is None:
+        current = Stage(
+            world.world_size, world.num_workers, item_rows or batch_size, drop_last, shuffle_buffer
+        )
+        start = locate_slot(
+            plan.num_rows,
+            world=world,
+            seed=seed,
+            epoch=epoch,
+            shuffle=shuffle,
+            even=even,
+            done=done,
+            current=current,
+        )
+    world = start.world
+    span = partition(start.sequence, world, even)
+    emitted = start.emitted
     first_window, inside = divmod(emitted, shuffle_buffer) if shuffle else (0, 0)
-    start = first_window * shuffle_buffer if shuffle else emitted
+    begin = first_window * shuffle_buffer if shuffle else emitted
     order = epoch_order(len(plan.shards), seed=seed, epoch=epoch, shuffle=shuffle)
     # Shuffled, read a window at a time: a window that is one read batch needs no copy to be
     # made contiguous before rows are gathered from it.
@@ -73,7 +132,7 @@ def read_slot(
     try:
         batches: Iterable[pa.RecordBatch] = (
             batch
-            for shard, lo, hi in _pieces(slice_ranges(span.ranges, start, span.rows), order, plan.counts)
+            for shard, lo, hi in _pieces(slice_ranges(span.ranges, begin, span.rows), order, plan.counts)
             for batch in reader.read(plan.shards[shard], lo, hi)
         )
         if not shuffle:
@@ -82,7 +141,7 @@ def read_slot(
         yield from shuffled_batches(
             batches,
             buffer=shuffle_buffer,
-            key=window_key(seed, epoch, len(prior), world),
+            key=window_key(seed, epoch, start.stage_index, world),
             first_window=first_window,
             skip=inside,
             batch_size=batch_size,
