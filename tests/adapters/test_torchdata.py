@@ -10,8 +10,8 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
-from duckstream.core.state import merge_slot_states, slot_state
 from duckstream.core.resume import Stage
+from duckstream.core.state import merge_slot_states, slot_state
 from duckstream.errors import StateError
 from duckstream.stream import DuckStreamDataset, DuckStreamLoader
 from tests.adapters.resume_check import ids_in
