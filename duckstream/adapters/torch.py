@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from duckstream.adapters.collate import OUTPUTS, Output, collate_batch, collate_rows
 from duckstream.adapters.torchdata import is_stateful_loader_state, merge_stateful_loader_state
-from duckstream.adapters.transport import pack, unpack
+from duckstream.adapters.transport import Ring, pack, unpack
 from duckstream.core.options import ReadOptions
 from duckstream.core.partition import Even, rank_rows, worker_rows
 from duckstream.core.pipeline import SlotStart, locate_slot, read_slot
@@ -98,6 +98,7 @@ class DuckStreamDataset(IterableDataset[Any]):
         # Set by DuckStreamLoader: workers send Arrow batches and the loader collates them,
         # since pickling Python strings between processes costs more than reading them.
         self._ship_arrow = False
+        self._ring: Ring | None = None  # where workers put those batches, made by the loader
         # Inside a DataLoader worker: the slot it reads and the items it yielded in the current
         # stage, which torchdata's StatefulDataLoader asks each worker for.
         self._slot: tuple[int, list[Stage], Stage, SlotStart] | None = None
@@ -285,7 +286,9 @@ class DuckStreamDataset(IterableDataset[Any]):
     def _items(self, batches: Iterator[Any]) -> Iterator[Any]:
         transform = self.transform
         if self._ship_arrow and self.batch_size is not None:
-            yield from (pack(batch) for batch in batches)
+            info = get_worker_info()
+            worker = info.id if info is not None else 0
+            yield from (pack(batch, self._ring, worker) for batch in batches)
             return
         for batch in batches:
             if self.batch_size is None:
@@ -360,17 +363,26 @@ class DuckStreamLoader(DataLoader[Any]):
         if self._resuming:
             self._resuming = False
         else:
+            if not self._between_epochs:
+                # The last pass was left early (a step limit, a break): this one is the next epoch.
+                self._epoch = dataset.epoch + 1
             dataset.set_epoch(self._epoch)
         self._consumed = 0
         self._between_epochs = False
         ship = self.num_workers > 0 and dataset.batch_size is not None and dataset.transform is None
         dataset._ship_arrow = ship
+        if ship and not (self.persistent_workers and self._iterator is not None):
+            # New workers start with this pass: they get a fresh ring (or this one, emptied).
+            if dataset._ring is None or dataset._ring.workers != self.num_workers:
+                dataset._ring = Ring(self.num_workers)
+            dataset._ring.reset()
+        ring = dataset._ring
         if self.num_workers == 0:
             # In-process the dataset counts for itself; folding its progress keeps one truth.
             dataset._consumed = 0
         for item in super().__iter__():
             self._consumed += 1
-            yield collate_batch(unpack(item, dataset.plan.schema), dataset.output) if ship else item
+            yield collate_batch(unpack(item, dataset.plan.schema, ring), dataset.output) if ship else item
         self._epoch = dataset.epoch + 1
         self._between_epochs = True
 

@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
+from duckstream.adapters import transport
 from duckstream.errors import ConfigurationError, StateError
 from duckstream.stream import DuckStreamDataset, DuckStreamLoader
 from tests.adapters.resume_check import as_rank, assert_resumes, ids_in, run_world
@@ -253,3 +254,30 @@ def test_persistent_workers_resume_then_move_on(source: Path) -> None:
     assert [i for item in resumed for i in ids_in(item)] == second  # stale stages not reapplied
     with pytest.raises(ConfigurationError, match="persistent workers are already running"):
         resumed.load_state_dict(state)
+
+
+def test_batches_from_workers_stay_intact_while_the_loop_holds_them(
+    source: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Workers hand batches over through a shared ring that they reuse: holding every batch of
+    # the epoch must not let later ones overwrite earlier ones. A ring of a few batches wraps
+    # around and fills up within the epoch.
+    monkeypatch.setattr(transport, "DEFAULT_RING_BYTES", 8 * 1024)
+    loader = DuckStreamLoader(make_dataset(source, output="arrow", shuffle_buffer=60), num_workers=2)
+    held = list(loader)
+    ids = [i for batch in held for i in batch.column("id").to_pylist()]
+    assert sorted(ids) == list(range(ROWS))
+    for batch in held:  # every row still carries its own values
+        assert batch.column("value").to_pylist() == [i * 0.5 for i in batch.column("id").to_pylist()]
+
+
+@pytest.mark.parametrize("persistent", [False, True])
+def test_a_pass_left_early_still_moves_to_the_next_epoch(source: Path, persistent: bool) -> None:
+    plain = DuckStreamLoader(make_dataset(source), num_workers=2)
+    expected = [[i for item in plain for i in ids_in(item)] for _ in range(3)]
+    loader = DuckStreamLoader(make_dataset(source), num_workers=2, persistent_workers=persistent)
+    for count, _ in enumerate(loader):
+        if count == 2:
+            break
+    epochs = [[i for item in loader for i in ids_in(item)] for _ in range(2)]
+    assert epochs == expected[1:]

@@ -4,7 +4,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from duckstream.adapters.transport import SHARED_MEMORY_BYTES, pack, unpack
+from duckstream.adapters.transport import SHARED_MEMORY_BYTES, Ring, RingSlot, pack, unpack
 from tests.conftest import numbers_table
 
 
@@ -31,3 +31,54 @@ def test_empty_batches_and_nested_types_round_trip(rows: int) -> None:
     table = pa.table({"s": pa.array([["a", "b"], [], None], pa.list_(pa.string())), "b": [b"x", b"", None]})
     batch = table.to_batches()[0].slice(0, rows)
     assert unpack(pack(batch), batch.schema).equals(batch)
+
+
+def _batch(start: int, rows: int) -> pa.RecordBatch:
+    # fixed-width columns: every message of the same row count has the same size
+    return pa.record_batch({"id": pa.array(range(start, start + rows), pa.int64())})
+
+
+def test_ring_messages_wrap_around_and_free_their_room() -> None:
+    size = _batch(0, 50).serialize().size
+    ring = Ring(2, capacity=size * 4 + size // 2)  # 4.5 messages: the fifth wraps
+    sent = [_batch(index * 50, 50) for index in range(12)]
+    for index, batch in enumerate(sent):
+        packed = pack(batch, ring, worker=1)
+        assert isinstance(packed, RingSlot), index
+        assert packed.offset + packed.size <= ring.capacity
+        assert unpack(packed, batch.schema, ring).equals(batch)
+    assert ring.positions[0].tolist() == [0, 0]  # the other worker's ring is untouched
+
+
+def test_a_full_ring_falls_back_to_the_pipe_and_batches_stay_intact() -> None:
+    size = _batch(0, 50).serialize().size
+    ring = Ring(1, capacity=size * 4)
+    sent = [_batch(index * 50, 50) for index in range(6)]
+    packed = [pack(batch, ring) for batch in sent]  # nothing read yet: the ring fills up
+    assert [isinstance(p, RingSlot) for p in packed] == [True] * 4 + [False] * 2
+    kept = [unpack(p, b.schema, ring) for p, b in zip(packed, sent, strict=True)]
+    for later in range(6, 10):  # the ring is reused while the earlier batches are still held
+        batch = _batch(later * 50, 50)
+        assert unpack(pack(batch, ring), batch.schema, ring).equals(batch)
+    assert all(k.equals(b) for k, b in zip(kept, sent, strict=True))
+
+
+def test_reading_a_later_message_frees_messages_dropped_unread() -> None:
+    size = _batch(0, 50).serialize().size
+    ring = Ring(1, capacity=size * 4)
+    dropped = [pack(_batch(i * 50, 50), ring) for i in range(3)]
+    assert all(isinstance(p, RingSlot) for p in dropped)
+    last = pack(_batch(150, 50), ring)
+    assert isinstance(last, RingSlot)
+    unpack(last, last_schema := _batch(0, 1).schema, ring)
+    refill = [pack(_batch(i * 50, 50), ring) for i in range(4)]
+    assert all(isinstance(p, RingSlot) for p in refill)
+    assert unpack(refill[3], last_schema, ring).equals(_batch(150, 50))
+
+
+def test_messages_larger_than_a_quarter_ring_skip_it() -> None:
+    ring = Ring(1, capacity=4096)
+    batch = _batch(0, 200)
+    assert batch.serialize().size > 1024
+    assert isinstance(pack(batch, ring), bytes)
+    assert ring.positions.tolist() == [[0, 0]]
