@@ -58,7 +58,7 @@ class BenchConfig:
     seed: int = 0
     cache_dir: Path | None = None  # default: <tempdir>/duckstream-bench
     timeout: float | None = None  # seconds per configuration
-    repeat: int = 3  # epochs per configuration; the fastest is reported
+    repeat: int = 3  # epochs per configuration: the first is cold, the fastest later one warm
 
     def __post_init__(self) -> None:
         if not self.presets or set(self.presets) - set(get_args(PresetName)):
@@ -98,7 +98,9 @@ class Measurement:
     loader: LoaderName
     workers: int | None  # None: a pyarrow scan, which has no workers
     rows_read: int | None = None
-    seconds: float | None = None
+    seconds: float | None = None  # the first, cold epoch
+    warm_rows_read: int | None = None
+    warm_seconds: float | None = None  # the fastest later epoch (the first, when there is one)
     first_batch_seconds: float | None = None
     start_rss_bytes: int | None = None
     peak_rss_bytes: int | None = None
@@ -106,10 +108,17 @@ class Measurement:
 
     @property
     def rows_per_second(self) -> float | None:
-        """Rows read per second of the epoch, timed from before the first batch."""
+        """Rows read per second of the cold epoch, timed from constructing the loader."""
         if self.rows_read is None or not self.seconds:
             return None
         return self.rows_read / self.seconds
+
+    @property
+    def warm_rows_per_second(self) -> float | None:
+        """Rows read per second of a warm epoch (plan made, persistent workers running)."""
+        if self.warm_rows_read is None or not self.warm_seconds:
+            return None
+        return self.warm_rows_read / self.warm_seconds
 
 
 def run_bench(config: BenchConfig, *, echo: Callable[[str], None] = print) -> list[Measurement]:
@@ -166,6 +175,8 @@ def _measure(config: BenchConfig, base: Measurement, spec: DatasetSpec, source: 
         base,
         rows_read=figures["rows"],
         seconds=figures["seconds"],
+        warm_rows_read=figures["warm_rows"],
+        warm_seconds=figures["warm_seconds"],
         first_batch_seconds=figures["first_batch_seconds"],
         start_rss_bytes=figures["start_rss_bytes"],
         peak_rss_bytes=run.peak_rss_bytes,
@@ -195,8 +206,9 @@ _HEADERS = (
     "rows",
     "loader",
     "workers",
-    "epoch s",
-    "rows/s",
+    "cold s",
+    "cold rows/s",
+    "warm rows/s",
     "1st batch ms",
     "start MB",
     "peak MB",
@@ -222,13 +234,21 @@ def format_table(measurements: Sequence[Measurement]) -> str:
 def _cells(m: Measurement) -> list[str]:
     head = [m.preset, f"{m.scale}x", f"{m.rows:,}", m.loader, "-" if m.workers is None else str(m.workers)]
     if m.error is not None:
-        return [*head, "failed", "-", "-", "-", "-"]
-    figures = (m.seconds, m.rows_per_second, m.first_batch_seconds, m.start_rss_bytes, m.peak_rss_bytes)
-    seconds, rate, first, start, peak = (0.0 if value is None else value for value in figures)
+        return [*head, "failed", "-", "-", "-", "-", "-"]
+    figures = (
+        m.seconds,
+        m.rows_per_second,
+        m.warm_rows_per_second,
+        m.first_batch_seconds,
+        m.start_rss_bytes,
+        m.peak_rss_bytes,
+    )
+    seconds, rate, warm, first, start, peak = (0.0 if value is None else value for value in figures)
     return [
         *head,
         f"{seconds:.2f}",
         f"{rate:,.0f}",
+        f"{warm:,.0f}",
         f"{first * 1000:,.1f}",
         f"{start / _MB:,.0f}",
         f"{peak / _MB:,.0f}",
@@ -257,32 +277,47 @@ def scaling_lines(measurements: Sequence[Measurement]) -> list[str]:
 
 @dataclass(frozen=True, kw_only=True)
 class Ratio:
-    """rows/s of a duckstream loader divided by rows/s of its like-for-like pyarrow scan, at 1x."""
+    """rows/s of a duckstream loader divided by rows/s of its like-for-like pyarrow scan, at 1x.
+
+    ``value`` compares warm epochs (the fastest later epoch of each), ``cold`` the first ones.
+    """
 
     preset: PresetName
     loader: LoaderName
     baseline: LoaderName
     workers: int
     value: float
+    cold: float
 
 
 def ratios(measurements: Sequence[Measurement]) -> list[Ratio]:
     """duckstream-arrow against pyarrow and duckstream against pyarrow-python, per preset and workers."""
-    rates = {
-        (m.preset, m.loader, m.workers): rate
+    found_in = {
+        (m.preset, m.loader, m.workers): m
         for m in measurements
-        if m.scale == 1 and m.error is None and (rate := m.rows_per_second)
+        if m.scale == 1 and m.error is None and m.rows_per_second and m.warm_rows_per_second
     }
     baselines = {ours: baseline for ours, _, baseline in _PAIRS}
     found = []
-    for (name, loader, workers), rate in rates.items():
+    for (name, loader, workers), ours in found_in.items():
         baseline = baselines.get(loader)
-        base = None if baseline is None else rates.get((name, baseline, None))
-        if baseline is not None and workers is not None and base:
+        base = None if baseline is None else found_in.get((name, baseline, None))
+        if baseline is not None and workers is not None and base is not None:
             found.append(
-                Ratio(preset=name, loader=loader, baseline=baseline, workers=workers, value=rate / base)
+                Ratio(
+                    preset=name,
+                    loader=loader,
+                    baseline=baseline,
+                    workers=workers,
+                    value=_divide(ours.warm_rows_per_second, base.warm_rows_per_second),
+                    cold=_divide(ours.rows_per_second, base.rows_per_second),
+                )
             )
     return found
+
+
+def _divide(top: float | None, bottom: float | None) -> float:
+    return (top or 0.0) / (bottom or 1.0)  # both are set: measurements without them are left out
 
 
 def ratio_lines(measurements: Sequence[Measurement]) -> list[str]:
@@ -293,7 +328,9 @@ def ratio_lines(measurements: Sequence[Measurement]) -> list[str]:
         for ours, label, baseline in _PAIRS:
             pair = [r for r in found if r.preset == name and r.loader == ours]
             if pair:
-                figures = ", ".join(f"{r.value:.2f} at {r.workers} workers" for r in pair)
+                figures = ", ".join(
+                    f"{r.value:.2f} warm ({r.cold:.2f} cold) at {r.workers} workers" for r in pair
+                )
                 lines.append(f"{name}: {label} / {baseline}: {figures}")
     return lines
 
@@ -310,7 +347,14 @@ def write_json(path: str | Path, config: BenchConfig, measurements: Sequence[Mea
             "platform": platform.platform(),
             "cpus": os.cpu_count(),
         },
-        "measurements": [{**asdict(m), "rows_per_second": m.rows_per_second} for m in measurements],
+        "measurements": [
+            {
+                **asdict(m),
+                "rows_per_second": m.rows_per_second,
+                "warm_rows_per_second": m.warm_rows_per_second,
+            }
+            for m in measurements
+        ],
         "ratios": [asdict(r) for r in ratios(measurements)],
     }
     Path(path).write_text(json.dumps(document, indent=2) + "\n")

@@ -159,7 +159,12 @@ def _add_bench_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
     bench.add_argument("--batch-size", type=int, default=256, help="rows per batch (default 256)")
     bench.add_argument("--seed", type=int, default=0, help="seed of the data and of the shuffle")
     bench.add_argument(
-        "--repeat", type=int, help="epochs per configuration, fastest reported (default 3, 1 with --quick)"
+        "--repeat",
+        type=int,
+        help=(
+            "epochs per configuration, through one loader with persistent workers: the first is "
+            "reported as cold, the fastest later one as warm (default 3, 1 with --quick)"
+        ),
     )
     bench.add_argument(
         "--cache-dir", type=Path, help="where datasets are kept (default <tmp>/duckstream-bench)"

@@ -150,32 +150,47 @@ def test_to_python_gives_arrays_for_numbers_and_fixed_size_lists_and_lists_other
     assert columns["image"] == [b"x", b"yz"]
 
 
-def measured(loader: LoaderName, workers: int | None, seconds: float, **fields: object) -> Measurement:
-    defaults: dict[str, object] = {"preset": "captions", "scale": 1, "rows": 1_000, "rows_read": 1_000}
-    return Measurement(loader=loader, workers=workers, seconds=seconds, **{**defaults, **fields})
+def measured(
+    loader: LoaderName, workers: int | None, seconds: float, warm: float | None = None, **fields: object
+) -> Measurement:
+    defaults: dict[str, object] = {
+        "preset": "captions",
+        "scale": 1,
+        "rows": 1_000,
+        "rows_read": 1_000,
+        "warm_rows_read": 1_000,
+    }
+    return Measurement(
+        loader=loader,
+        workers=workers,
+        seconds=seconds,
+        warm_seconds=seconds if warm is None else warm,
+        **{**defaults, **fields},
+    )
 
 
 def test_ratios_pair_each_duckstream_loader_with_its_like_for_like_scan() -> None:
     measurements = [
-        measured("pyarrow", None, 1.0),
+        measured("pyarrow", None, 1.0, warm=0.5),
         measured("pyarrow-python", None, 4.0),
         measured("duckstream", 0, 8.0),
-        measured("duckstream", 2, 2.0),
-        measured("duckstream-arrow", 0, 2.0),
+        measured("duckstream", 2, 2.0, warm=1.0),
+        measured("duckstream-arrow", 0, 2.0, warm=1.0),
         measured("duckstream-arrow", 2, 0.5),
         measured("duckstream", 0, 1.0, scale=4),  # the scaled runs take no part
     ]
 
-    assert [(r.loader, r.baseline, r.workers, r.value) for r in ratios(measurements)] == [
-        ("duckstream", "pyarrow-python", 0, 0.5),
-        ("duckstream", "pyarrow-python", 2, 2.0),
-        ("duckstream-arrow", "pyarrow", 0, 0.5),
-        ("duckstream-arrow", "pyarrow", 2, 2.0),
+    assert [(r.loader, r.baseline, r.workers, r.value, r.cold) for r in ratios(measurements)] == [
+        ("duckstream", "pyarrow-python", 0, 0.5, 0.5),
+        ("duckstream", "pyarrow-python", 2, 4.0, 2.0),
+        ("duckstream-arrow", "pyarrow", 0, 0.5, 0.5),
+        ("duckstream-arrow", "pyarrow", 2, 1.0, 2.0),
     ]
     assert ratio_lines(measurements) == [
-        "captions: duckstream-arrow (Arrow batches) / pyarrow: 0.50 at 0 workers, 2.00 at 2 workers",
+        "captions: duckstream-arrow (Arrow batches) / pyarrow: "
+        "0.50 warm (0.50 cold) at 0 workers, 1.00 warm (2.00 cold) at 2 workers",
         "captions: duckstream (torch: tensors, Python lists) / pyarrow-python: "
-        "0.50 at 0 workers, 2.00 at 2 workers",
+        "0.50 warm (0.50 cold) at 0 workers, 4.00 warm (2.00 cold) at 2 workers",
     ]
 
 
@@ -215,7 +230,7 @@ def test_bench_quick_pyarrow_scans_print_the_table_and_write_json(tmp_path: Path
 
     assert result.returncode == 0, result.stderr
     header = next(line for line in result.stdout.splitlines() if line.startswith("preset"))
-    for column in ("rows/s", "1st batch ms", "peak MB"):
+    for column in ("cold rows/s", "warm rows/s", "1st batch ms", "peak MB"):
         assert column in header
     assert "peak memory as the data grows" in result.stdout
     measurements = json.loads(report.read_text())["measurements"]
@@ -256,6 +271,7 @@ def test_bench_quick_every_loader_reads_every_row_and_prints_the_ratios(tmp_path
         ]
     for m in measurements:
         assert m["rows_read"] == m["rows"], m
+        assert m["warm_rows_read"] == m["rows"], m
     assert len(document["ratios"]) == 8  # 2 presets x 2 pairs x 2 worker counts
     assert "ratios of rows/s at 1x" in result.stdout
     for pair in (
