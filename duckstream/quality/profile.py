@@ -1,0 +1,348 @@
+"""profile(): every column's statistics and every check in one scan of the source.
+
+One SELECT holds all aggregates of all columns, so DuckDB reads the data once. Distinct counts
+and top values are exact up to ``exact_threshold`` rows and estimated above it (HyperLogLog,
+``approx_top_k``); histograms always come from quantile sketches of the same pass. The report
+says which figures are estimates.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import duckdb
+import numpy as np
+
+from duckstream import engine
+from duckstream.core.planning import Source
+from duckstream.errors import ConfigurationError, SourceError
+from duckstream.quality.checks import Check, check_sql, parse_check, result_of, typed_literal
+from duckstream.quality.kinds import is_integer, kind_of
+from duckstream.quality.report import (
+    ColumnKind,
+    ColumnProfile,
+    Histogram,
+    LengthStats,
+    QualityReport,
+    ValueCount,
+)
+from duckstream.quality.sources import open_source, quote_identifier
+from duckstream.storage import S3Settings
+
+__all__ = ["DEFAULT_EXACT_THRESHOLD", "histogram_from_quantiles", "jsonable", "profile"]
+
+DEFAULT_EXACT_THRESHOLD = 1_000_000
+TOP_K = 5
+HISTOGRAM_BINS = 20
+_QUANTILES = [i / 100 for i in range(101)]
+_TEXT_PREVIEW = 120
+
+@dataclass(frozen=True)
+class _Column:
+    """A column of the pass: its position names its aggregates (``c{index}_{stat}``)."""
+
+    index: int
+    name: str
+    type: str
+    kind: ColumnKind
+
+    @property
+    def sql(self) -> str:
+        return quote_identifier(self.name)
+
+    def alias(self, stat: str) -> str:
+        return f"c{self.index}_{stat}"
+
+
+def profile(
+    source: Source,
+    *,
+    s3_endpoint: str | None = None,
+    s3_access_key: str | None = None,
+    s3_secret_key: str | None = None,
+    s3_region: str | None = None,
+    s3_use_ssl: bool | None = None,
+    columns: Sequence[str] | None = None,
+    key: str | Sequence[str] | None = None,
+    checks: Sequence[Check | str] = (),
+    sample: int = 5,
+    exact_threshold: int = DEFAULT_EXACT_THRESHOLD,
+) -> QualityReport:
+    """Profile ``source`` (Parquet paths, ``s3://`` URIs or a LakeTable) in one scan.
+
+    ``columns`` limits the profile to those columns; ``key`` (a column or several) adds the
+    number of rows whose key repeats; ``checks`` (``Check`` objects or their command-line form,
+    see :mod:`duckstream.quality.checks`) are evaluated in the same pass; ``sample`` first rows
+    are kept as examples.
+    """
+    if sample < 0:
+        raise ConfigurationError(f"sample must be 0 or more rows, found {sample}")
+    if exact_threshold < 0:
+        raise ConfigurationError(f"exact_threshold must be 0 or more rows, found {exact_threshold}")
+    parsed = [parse_check(c) if isinstance(c, str) else c for c in checks]
+    keys = [key] if isinstance(key, str) else list(key or [])
+    s3 = S3Settings.resolve(s3_endpoint, s3_access_key, s3_secret_key, region=s3_region, use_ssl=s3_use_ssl)
+    with open_source(source, s3) as (con, access):
+        return _profile(con, access.scan, access.label, s3, columns, keys, parsed, sample, exact_threshold)
+
+
+def _profile(
+    con: duckdb.DuckDBPyConnection,
+    scan: str,
+    label: str,
+    s3: S3Settings,
+    wanted: Sequence[str] | None,
+    keys: Sequence[str],
+    checks: Sequence[Check],
+    sample: int,
+    exact_threshold: int,
+) -> QualityReport:
+    def run(sql: str) -> list[tuple[Any, ...]]:
+        try:
+            return con.execute(sql).fetchall()
+        except duckdb.Error as exc:
+            raise engine.query_error(exc, sql, s3=s3) from None
+
+    described = run(f"DESCRIBE SELECT * FROM {scan}")
+    types = {str(row[0]): str(row[1]) for row in described}
+    if not types:
+        raise SourceError(f"{label} has no columns")
+    names = list(types) if wanted is None else list(wanted)
+    for name in [*names, *keys]:
+        if name not in types:
+            raise ConfigurationError(f"{label} has no column {name!r}; columns: {', '.join(types)}")
+    cols = [_Column(i, n, types[n], kind_of(types[n])) for i, n in enumerate(names)]
+    check_exprs = [check_sql(c, types) for c in checks]
+    for check in checks:
+        _check_literals(con, check, types)
+
+    # Parquet answers count(*) from its footers; lake tables from their catalog and file stats.
+    total_rows = int(run(f"SELECT count(*) FROM {scan}")[0][0])
+    exact = total_rows <= exact_threshold
+
+    items: list[str] = ["count(*) AS total"]
+    for col in cols:
+        items += _aggregates(col, exact)
+    if keys:
+        fields = ", ".join(f"k{i}: {quote_identifier(k)}" for i, k in enumerate(keys))
+        items.append(f"count(*) - count(DISTINCT {{{fields}}}) AS key_duplicates")
+    items += [f"{expr} AS check_{i}" for i, expr in enumerate(check_exprs)]
+    pass_sql = f"SELECT {', '.join(items)} FROM {scan}"
+    try:
+        cursor = con.execute(pass_sql)
+        names_out = [d[0] for d in cursor.description or ()]
+        row = cursor.fetchone()
+    except duckdb.Error as exc:
+        raise engine.query_error(exc, pass_sql, s3=s3) from None
+    assert row is not None
+    values = dict(zip(names_out, row, strict=True))
+    total_rows = int(values["total"])
+
+    profiles = [_column_profile(col, values, total_rows, exact) for col in cols]
+    results = [result_of(check, int(values[f"check_{i}"] or 0)) for i, check in enumerate(checks)]
+    sample_rows = _sample(con, scan, s3, sample) if sample else []
+
+    approximate = ["histograms are estimated from quantile sketches (t-digest) of the profiling pass"]
+    if not exact:
+        approximate.insert(
+            0,
+            f"distinct counts (HyperLogLog) and top values (approx_top_k, no counts) are estimates: "
+            f"{total_rows:,} rows is above the exact threshold of {exact_threshold:,}",
+        )
+    notes = []
+    if total_rows == 0:
+        notes.append(f"{label} has no rows: every statistic is empty")
+    notes += [f"column {c.name!r} of type {c.type} is profiled for nulls only" for c in profiles
+              if c.kind == "other" and c.distinct is None]
+    return QualityReport(
+        source=label,
+        total_rows=total_rows,
+        total_columns=len(types),
+        null_counts={p.name: p.nulls for p in profiles},
+        distinct_counts={p.name: p.distinct for p in profiles},
+        sample_rows=sample_rows,
+        columns=profiles,
+        key=list(keys) or None,
+        duplicate_count=int(values["key_duplicates"]) if keys else None,
+        checks=results,
+        approximate=approximate,
+        notes=notes,
+    )
+
+
+def _aggregates(col: _Column, exact: bool) -> list[str]:
+    c, a = col.sql, col.alias
+    items = [f"count({c}) AS {a('nn')}"]
+    comparable = col.kind != "other"
+    if comparable:
+        distinct = f"count(DISTINCT {c})" if exact else f"approx_count_distinct({c})"
+        items.append(f"{distinct} AS {a('distinct')}")
+    quantiles = "[" + ", ".join(repr(q) for q in _QUANTILES) + "]"
+    if col.kind in ("numeric", "temporal", "string", "boolean"):
+        items += [f"min({c}) AS {a('min')}", f"max({c}) AS {a('max')}"]
+    if col.kind == "numeric":
+        items += [
+            f"avg({c}::DOUBLE) AS {a('mean')}",
+            f"stddev_samp({c}::DOUBLE) AS {a('std')}",
+            f"approx_quantile({c}::DOUBLE, {quantiles}) AS {a('quantiles')}",
+        ]
+    if col.kind == "boolean":
+        items.append(f"avg({c}::INTEGER) AS {a('mean')}")
+    if col.kind in ("string", "binary", "list"):
+        size = {"string": "length", "binary": "octet_length", "list": "len"}[col.kind]
+        length = f"{size}({c})"
+        items += [
+            f"min({length}) AS {a('len_min')}",
+            f"max({length}) AS {a('len_max')}",
+            f"avg({length}) AS {a('len_mean')}",
+            f"approx_quantile({length}::DOUBLE, {quantiles}) AS {a('quantiles')}",
+        ]
+    if col.kind in ("string", "boolean", "temporal") or is_integer(col.type):
+        if exact:
+            # Value counts, most frequent first; ties broken by value, so the list is stable.
+            items.append(
+                f"list_reverse_sort(list_transform(map_entries(histogram({c})), "
+                f"e -> {{'n': e.value, 'v': e.key}}))[1:{TOP_K}] AS {a('top')}"
+            )
+        else:
+            items.append(f"approx_top_k({c}, {TOP_K}) AS {a('top')}")
+    return items
+
+
+def _column_profile(col: _Column, values: Mapping[str, Any], total: int, exact: bool) -> ColumnProfile:
+    def get(stat: str) -> Any:
+        return values.get(col.alias(stat))
+
+    non_null = int(get("nn") or 0)
+    top: list[ValueCount] = []
+    raw_top = get("top") or []
+    for entry in raw_top:
+        if isinstance(entry, dict):
+            top.append(ValueCount(value=_scalar(entry["v"]), count=int(entry["n"])))
+        else:
+            top.append(ValueCount(value=_scalar(entry)))
+    length = None
+    if col.kind in ("string", "binary", "list"):
+        mean = get("len_mean")
+        length = LengthStats(
+            min=_int_or_none(get("len_min")),
+            max=_int_or_none(get("len_max")),
+            mean=None if mean is None else float(mean),
+        )
+    quantiles = get("quantiles")
+    histogram = None
+    if quantiles and non_null:
+        edges, counts = histogram_from_quantiles([float(q) for q in quantiles], non_null)
+        histogram = Histogram(
+            of="values" if col.kind == "numeric" else "lengths", edges=edges, counts=counts
+        )
+    distinct = get("distinct")
+    return ColumnProfile(
+        name=col.name,
+        type=col.type,
+        kind=col.kind,
+        non_null=non_null,
+        nulls=total - non_null,
+        distinct=None if distinct is None and col.kind == "other" else int(distinct or 0),
+        distinct_approximate=not exact and col.kind != "other",
+        min=_scalar(get("min")),
+        max=_scalar(get("max")),
+        mean=_float_or_none(get("mean")),
+        std=_float_or_none(get("std")),
+        length=length,
+        top_values=top,
+        top_values_approximate=bool(raw_top) and not exact,
+        histogram=histogram,
+    )
+
+
+def histogram_from_quantiles(
+    quantiles: Sequence[float], count: int, bins: int = HISTOGRAM_BINS
+) -> tuple[list[float], list[float]]:
+    """Equal-width bins over ``[q0, q_last]`` with the rows each holds, from evenly spaced
+    quantiles: the empirical CDF runs linearly between them. Counts sum to ``count``."""
+    qs = np.asarray(quantiles, dtype=float)
+    lo, hi = float(qs[0]), float(qs[-1])
+    if not math.isfinite(lo) or not math.isfinite(hi):
+        return [], []
+    if hi <= lo:
+        return [lo - 0.5, lo + 0.5], [float(count)]
+    edges = np.linspace(lo, hi, bins + 1)
+    levels = np.linspace(0.0, 1.0, len(qs))
+    # Repeated quantiles (a value many rows share) are steps of the CDF: keep the step's top.
+    xs, first = np.unique(qs[::-1], return_index=True)
+    ys = levels[::-1][first]
+    cdf = np.interp(edges, xs, ys)
+    cdf[0], cdf[-1] = 0.0, 1.0
+    counts = np.diff(cdf) * count
+    return [float(e) for e in edges], [float(c) for c in counts]
+
+
+def _check_literals(con: duckdb.DuckDBPyConnection, check: Check, types: Mapping[str, str]) -> None:
+    """Bounds and allowed values must convert to the column's type; say which one does not."""
+    if check.kind not in ("range", "values") or check.column is None:
+        return
+    target = types[check.column]
+    for value in (check.low, check.high) if check.kind == "range" else check.values:
+        if value is None:
+            continue
+        try:
+            con.execute(f"SELECT {typed_literal(value, target)}").fetchall()
+        except duckdb.Error:
+            raise ConfigurationError(
+                f"check {check.label()!r}: {value!r} is not a value of column {check.column!r} "
+                f"(type {target})"
+            ) from None
+
+
+def _sample(con: duckdb.DuckDBPyConnection, scan: str, s3: S3Settings, rows: int) -> list[dict[str, Any]]:
+    sql = f"SELECT * FROM {scan} LIMIT {int(rows)}"
+    try:
+        table = con.execute(sql).to_arrow_table()
+    except duckdb.Error as exc:
+        raise engine.query_error(exc, sql, s3=s3) from None
+    return [{k: jsonable(v) for k, v in row.items()} for row in table.to_pylist()]
+
+
+def jsonable(value: Any) -> Any:
+    """A sample value as JSON can hold it: long text cut, bytes summarised, times as ISO text."""
+    if value is None or isinstance(value, (bool, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, str):
+        return value if len(value) <= _TEXT_PREVIEW else value[: _TEXT_PREVIEW - 1] + "…"
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return f"<{len(bytes(value))} bytes>"
+    if isinstance(value, decimal.Decimal):
+        return float(value)
+    if isinstance(value, (dt.date, dt.time, dt.datetime)):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    return str(value)
+
+
+def _scalar(value: Any) -> float | int | str | bool | None:
+    out = jsonable(value)
+    if out is None or isinstance(out, (bool, int, float, str)):
+        return out
+    return str(out)
+
+
+def _int_or_none(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _float_or_none(value: Any) -> float | None:
+    if value is None:
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None

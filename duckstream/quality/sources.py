@@ -1,0 +1,114 @@
+"""A source (Parquet paths, ``s3://`` URIs, a pinned LakeTable) as a DuckDB view to profile or query."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import duckdb
+
+from duckstream import engine
+from duckstream.core.lake import LakeTable
+from duckstream.core.planning import Source
+from duckstream.core.source import is_remote, list_files, parquet_patterns
+from duckstream.errors import ConfigurationError
+from duckstream.storage import S3Settings
+
+__all__ = ["SourceAccess", "describe_source", "open_source", "quote_identifier"]
+
+
+@dataclass(frozen=True)
+class SourceAccess:
+    """How a separate connection reads a source: what to run first and which paths it touches.
+
+    ``setup`` holds statements (an ATTACH of a lake catalog) to run before ``scan`` is usable;
+    ``paths`` are exact files and ``directories`` prefixes the scan reads, for DuckDB's
+    ``allowed_paths`` / ``allowed_directories``.
+    """
+
+    label: str
+    scan: str  # a FROM clause item
+    extensions: tuple[str, ...]
+    setup: tuple[str, ...] = ()
+    paths: tuple[str, ...] = ()
+    directories: tuple[str, ...] = ()
+
+
+def describe_source(source: Source) -> str:
+    """How a report names ``source``."""
+    if isinstance(source, LakeTable):
+        return f"lake table {source.name} at snapshot {source.version}"
+    if isinstance(source, (str, os.PathLike)):
+        return os.fspath(source)
+    return ", ".join(os.fspath(s) for s in source)
+
+
+def quote_identifier(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+@contextmanager
+def open_source(source: Source, s3: S3Settings) -> Iterator[tuple[duckdb.DuckDBPyConnection, SourceAccess]]:
+    """A connection on which ``access.scan`` reads ``source``; closed (or released) on exit."""
+    if isinstance(source, LakeTable):
+        with _open_lake(source) as opened:
+            yield opened
+        return
+    patterns = parquet_patterns(source)
+    remote = any(is_remote(p) for p in patterns)
+    con = engine.connect(s3=s3, extensions=("httpfs",) if remote else ())
+    try:
+        files = list_files(patterns, con)
+        listed = ", ".join(engine.sql_literal(f) for f in files)
+        access = SourceAccess(
+            label=describe_source(source),
+            scan=f"read_parquet([{listed}], union_by_name = true)",
+            extensions=("httpfs",) if remote else (),
+            paths=tuple(files),
+        )
+        yield con, access
+    finally:
+        con.close()
+
+
+@contextmanager
+def _open_lake(table: LakeTable) -> Iterator[tuple[duckdb.DuckDBPyConnection, SourceAccess]]:
+    # Imported here: planning's worker attach (a copy of a file catalog, or PostgreSQL read-only)
+    # is exactly what another connection beside an open catalog needs.
+    from duckstream.core.planning import _worker_attach
+
+    owned = table.catalog is None or table.catalog._con is None
+    if owned:
+        con = engine.connect(s3=table.s3, extensions=engine.ALL_EXTENSIONS)
+        attach = table.location.attach_sql(table.alias, read_only=True)
+        try:
+            con.execute(attach)
+        except duckdb.Error as exc:
+            con.close()
+            raise engine.query_error(exc, attach, s3=table.s3) from None
+    else:
+        con = table.catalog.con.cursor()
+    try:
+        try:
+            con.execute(f"SELECT * FROM {table.scan} LIMIT 0")
+        except duckdb.Error as exc:
+            raise ConfigurationError(
+                f"cannot read {describe_source(table)}: {str(exc).splitlines()[0]}"
+            ) from None
+        worker_attach = _worker_attach(con, table, None)
+        data = table.location.data_path
+        extensions = ("httpfs", "ducklake", "postgres_scanner") if table.location.kind == "postgres" else (
+            "httpfs",
+            "ducklake",
+        )
+        yield con, SourceAccess(
+            label=describe_source(table),
+            scan=table.scan,
+            extensions=extensions,
+            setup=(worker_attach,),
+            directories=(data,) if data else (),
+        )
+    finally:
+        con.close()
