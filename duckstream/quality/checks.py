@@ -12,10 +12,12 @@ On the command line a check is written ``KIND:ARGS``::
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from duckstream.engine import sql_literal
 from duckstream.errors import ConfigurationError
@@ -29,6 +31,7 @@ __all__ = [
     "check_sql",
     "parse_check",
     "parse_checks",
+    "read_checks_file",
     "result_of",
     "typed_literal",
 ]
@@ -191,9 +194,31 @@ def result_of(check: Check, count: int) -> CheckResult:
         column=check.column,
         passed=count == 0,
         offending=count,
-        detail="" if count == 0 else f"{count} row{'' if count == 1 else 's'} break it",
     )
 
 
 def parse_checks(texts: Sequence[str]) -> list[Check]:
     return [parse_check(t) for t in texts]
+
+
+def read_checks_file(path: str | Path) -> list[Check]:
+    """Checks from a JSON file: a list of command-line strings or of Check objects."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read the checks file {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise ConfigurationError(f"the checks file {path} is not JSON: {exc}") from None
+    if not isinstance(data, list):
+        raise ConfigurationError(f"the checks file {path} must hold a JSON list, found {type(data).__name__}")
+    checks = []
+    for index, item in enumerate(data):
+        if isinstance(item, str):
+            checks.append(parse_check(item))
+            continue
+        try:
+            checks.append(Check.model_validate(item))
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            raise ConfigurationError(f"check {index} in {path} is not valid: {problems}") from None
+    return checks
