@@ -102,9 +102,13 @@ def _add_profile_parser(commands: argparse._SubParsersAction[argparse.ArgumentPa
             "check fails."
         ),
     )
-    profile.add_argument("source", nargs="+", help="Parquet file, directory, glob or s3:// URI (several: one source)")
+    profile.add_argument(
+        "source", nargs="+", help="Parquet file, directory, glob or s3:// URI (several: one source)"
+    )
     profile.add_argument("--column", "-c", action="append", metavar="COL", help="profile only these columns")
-    profile.add_argument("--key", "-k", action="append", metavar="COL", help="count duplicate rows of this key")
+    profile.add_argument(
+        "--key", "-k", action="append", metavar="COL", help="count duplicate rows of this key"
+    )
     profile.add_argument(
         "--check",
         action="append",
@@ -269,7 +273,7 @@ def _csv_cell(value: object) -> object:
 
 def _run_profile(args: argparse.Namespace, out: TextIO) -> int:
     from duckstream.quality.checks import read_checks_file
-    from duckstream.quality.profile import DEFAULT_EXACT_THRESHOLD, profile
+    from duckstream.quality.profiling import DEFAULT_EXACT_THRESHOLD, profile
     from duckstream.quality.render import render_html, render_markdown, render_text
 
     checks = [*args.check, *(read_checks_file(args.checks_file) if args.checks_file else [])]

@@ -10,7 +10,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from duckstream.quality.checks import Check
-from duckstream.quality.profile import profile
+from duckstream.quality.profiling import profile
 from duckstream.quality.report import CheckResult, ColumnProfile, QualityReport
 
 __all__ = [

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 from duckstream._optional import require
 from duckstream.errors import DuckstreamError
 from duckstream.quality.deps import LakehouseDeps
-from duckstream.quality.profile import profile
+from duckstream.quality.profiling import profile
 from duckstream.quality.readonly import ReadOnlySession, SQLAnswer
 from duckstream.quality.report import QualityReport
 from duckstream.quality.sources import quote_identifier

@@ -80,10 +80,11 @@ def parse_check(text: str) -> Check:
     parts = rest.split(":")
     try:
         if kind in ("not_null", "unique") and len(parts) == 1 and parts[0]:
-            return Check(kind=kind, column=parts[0])
+            return Check(kind="not_null" if kind == "not_null" else "unique", column=parts[0])
         if kind in ("range", "length") and len(parts) == 3 and parts[0]:
             low, high = _parse_bound(parts[1], kind), _parse_bound(parts[2], kind)
-            return Check(kind=kind, column=parts[0], low=low, high=high)
+            bounded: CheckKind = "range" if kind == "range" else "length"
+            return Check(kind=bounded, column=parts[0], low=low, high=high)
         if kind == "values" and len(parts) == 2 and parts[0] and parts[1]:
             return Check(kind="values", column=parts[0], values=tuple(parts[1].split(",")))
         if kind == "rows" and len(parts) == 2:
@@ -187,8 +188,9 @@ def result_of(check: Check, count: int) -> CheckResult:
         above = max(0, count - high) if high is not None else 0
         offending = below + above
         detail = f"{count} rows; expected {_bound(low) or 'any'} to {_bound(high) or 'any'}"
-        return CheckResult(check=check.label(), column=None, passed=offending == 0, offending=offending,
-                           detail=detail)
+        return CheckResult(
+            check=check.label(), column=None, passed=offending == 0, offending=offending, detail=detail
+        )
     return CheckResult(
         check=check.label(),
         column=check.column,

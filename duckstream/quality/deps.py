@@ -7,7 +7,7 @@ from types import TracebackType
 
 from duckstream.core.planning import Source
 from duckstream.errors import ConfigurationError, DuckstreamError
-from duckstream.quality.profile import DEFAULT_EXACT_THRESHOLD
+from duckstream.quality.profiling import DEFAULT_EXACT_THRESHOLD
 from duckstream.quality.readonly import (
     DEFAULT_MAX_ROWS,
     DEFAULT_TIMEOUT_S,

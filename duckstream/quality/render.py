@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import itertools
 from collections.abc import Sequence
 from typing import Literal
 
@@ -24,7 +25,9 @@ def summary_rows(report: QualityReport) -> list[tuple[str, ...]]:
 
 
 def _cells(column: ColumnProfile) -> tuple[str, ...]:
-    distinct = "" if column.distinct is None else f"{'~' if column.distinct_approximate else ''}{column.distinct:,}"
+    distinct = ""
+    if column.distinct is not None:
+        distinct = f"{'~' if column.distinct_approximate else ''}{column.distinct:,}"
     length = ""
     if column.length is not None and column.length.min is not None:
         mean = column.length.mean or 0.0
@@ -101,7 +104,7 @@ def histogram_png(column: ColumnProfile) -> bytes | None:
     figure = Figure(figsize=(4.0, 2.4), dpi=80)
     axes = figure.subplots()
     edges, counts = column.histogram.edges, column.histogram.counts
-    widths = [b - a for a, b in zip(edges[:-1], edges[1:], strict=True)]
+    widths = [b - a for a, b in itertools.pairwise(edges)]
     axes.bar(edges[:-1], counts, width=widths, align="edge", color="#4c72b0", edgecolor="white")
     axes.set_ylabel("rows (est.)", fontsize=7)
     axes.set_title(f"{column.name} ({column.histogram.of})", fontsize=9)
@@ -145,7 +148,8 @@ def render_html(report: QualityReport) -> str:
         "<tr>" + "".join(f"<td>{esc(cell)}</td>" for cell in row) + "</tr>" for row in summary_rows(report)
     )
     key = (
-        f"<p>Key <code>{esc(', '.join(report.key))}</code>: <b>{report.duplicate_count:,}</b> duplicate rows.</p>"
+        f"<p>Key <code>{esc(', '.join(report.key))}</code>: "
+        f"<b>{report.duplicate_count:,}</b> duplicate rows.</p>"
         if report.key is not None
         else ""
     )
@@ -155,13 +159,13 @@ def render_html(report: QualityReport) -> str:
         if png is not None:
             figures.append(f'<figure><img alt="{esc(column.name)}" src="{_data_uri(png)}"></figure>')
     return (
-        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"
+        '<!DOCTYPE html>\n<html><head><meta charset="utf-8">'
         f"<title>Data quality: {esc(report.source)}</title><style>{_CSS}</style></head><body>"
         f"<h1>Data quality: {esc(report.source)}</h1>"
         f"<p><b>{report.total_rows:,}</b> rows, <b>{report.total_columns}</b> columns.</p>{key}"
         f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
         + "\n".join(_checks_section(report, "html"))
-        + f"<h2>Histograms</h2><div class=\"figures\">{''.join(figures)}</div>"
+        + f'<h2>Histograms</h2><div class="figures">{"".join(figures)}</div>'
         + "\n".join(_notes(report, "html"))
         + "</body></html>\n"
     )
@@ -181,7 +185,9 @@ def _checks_section(report: QualityReport, style: Literal["markdown", "html"]) -
     title = f"Checks: {len(report.checks) - len(failed)} passed, {len(failed)} failed"
     if style == "markdown":
         lines = [f"## {title}", ""]
-        lines += [f"- **FAILED** `{c.check}`: {c.offending:,} offending rows{'; ' + _md(c.detail) if c.detail else ''}" for c in failed]
+        for c in failed:
+            detail = f"; {_md(c.detail)}" if c.detail else ""
+            lines.append(f"- **FAILED** `{c.check}`: {c.offending:,} offending rows{detail}")
         return lines
     items = "".join(
         f'<li class="fail"><b>FAILED</b> <code>{html.escape(c.check)}</code>: {c.offending:,} offending rows'

@@ -104,9 +104,7 @@ class QualityReport(BaseModel):
         default=None, description="rows whose key (non-null) repeats an earlier row's key"
     )
     checks: list[CheckResult] = Field(default_factory=list)
-    approximate: list[str] = Field(
-        default_factory=list, description="which figures are estimates, and why"
-    )
+    approximate: list[str] = Field(default_factory=list, description="which figures are estimates, and why")
     notes: list[str] = Field(default_factory=list)
 
     @property

@@ -99,16 +99,23 @@ def _open_lake(table: LakeTable) -> Iterator[tuple[duckdb.DuckDBPyConnection, So
             ) from None
         worker_attach = _worker_attach(con, table, None)
         data = table.location.data_path
-        extensions = ("httpfs", "ducklake", "postgres_scanner") if table.location.kind == "postgres" else (
-            "httpfs",
-            "ducklake",
+        extensions = (
+            ("httpfs", "ducklake", "postgres_scanner")
+            if table.location.kind == "postgres"
+            else (
+                "httpfs",
+                "ducklake",
+            )
         )
-        yield con, SourceAccess(
-            label=describe_source(table),
-            scan=table.scan,
-            extensions=extensions,
-            setup=(worker_attach,),
-            directories=(data,) if data else (),
+        yield (
+            con,
+            SourceAccess(
+                label=describe_source(table),
+                scan=table.scan,
+                extensions=extensions,
+                setup=(worker_attach,),
+                directories=(data,) if data else (),
+            ),
         )
     finally:
         con.close()

@@ -42,6 +42,7 @@ HISTOGRAM_BINS = 20
 _QUANTILES = [i / 100 for i in range(101)]
 _TEXT_PREVIEW = 120
 
+
 @dataclass(frozen=True)
 class _Column:
     """A column of the pass: its position names its aggregates (``c{index}_{stat}``)."""
@@ -157,8 +158,11 @@ def _profile(
     notes = []
     if total_rows == 0:
         notes.append(f"{label} has no rows: every statistic is empty")
-    notes += [f"column {c.name!r} of type {c.type} is profiled for nulls only" for c in profiles
-              if c.kind == "other" and c.distinct is None]
+    notes += [
+        f"column {c.name!r} of type {c.type} is profiled for nulls only"
+        for c in profiles
+        if c.kind == "other" and c.distinct is None
+    ]
     return QualityReport(
         source=label,
         total_rows=total_rows,
@@ -238,9 +242,7 @@ def _column_profile(col: _Column, values: Mapping[str, Any], total: int, exact: 
     histogram = None
     if quantiles and non_null:
         edges, counts = histogram_from_quantiles([float(q) for q in quantiles], non_null)
-        histogram = Histogram(
-            of="values" if col.kind == "numeric" else "lengths", edges=edges, counts=counts
-        )
+        histogram = Histogram(of="values" if col.kind == "numeric" else "lengths", edges=edges, counts=counts)
     distinct = get("distinct")
     return ColumnProfile(
         name=col.name,
