@@ -15,19 +15,29 @@ from duckstream.quality import LakehouseDeps
 from tests.quality.data import mixed_table, write_parts
 
 
-@pytest.fixture
-def data(tmp_path: Path) -> tuple[Path, pa.Table]:
-    table = mixed_table()
-    return write_parts(tmp_path / "mixed", table), table
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with the source (``mixed/``) and a file beside it no query may read."""
+    path = tmp_path_factory.mktemp("readonly")
+    write_parts(path / "mixed", mixed_table())
+    (path / "secret.csv").write_text("user,password\nroot,hunter2\n")
+    return path
 
 
 @pytest.fixture
-def deps(data: tuple[Path, pa.Table], tmp_path: Path) -> Iterator[LakehouseDeps]:
-    directory, _ = data
-    secret = tmp_path / "secret.csv"
-    secret.write_text("user,password\nroot,hunter2\n")
-    with LakehouseDeps(sources={"captions": directory}, max_rows=10, timeout_s=1.0) as deps:
+def data(home: Path) -> tuple[Path, pa.Table]:
+    return home / "mixed", mixed_table()
+
+
+@pytest.fixture(scope="module")
+def shared(home: Path) -> Iterator[LakehouseDeps]:
+    with LakehouseDeps(sources={"captions": home / "mixed"}, max_rows=10, timeout_s=1.0) as deps:
         yield deps
+
+
+@pytest.fixture
+def deps(shared: LakehouseDeps) -> LakehouseDeps:
+    return shared
 
 
 def test_selects_over_the_sources(deps: LakehouseDeps, data: tuple[Path, pa.Table]) -> None:
@@ -95,8 +105,8 @@ ESCAPES = {
 
 
 @pytest.mark.parametrize("name", sorted(ESCAPES))
-def test_every_escape_is_refused_with_a_reason(name: str, deps: LakehouseDeps, tmp_path: Path) -> None:
-    sql = ESCAPES[name].format(tmp=tmp_path)
+def test_every_escape_is_refused_with_a_reason(name: str, deps: LakehouseDeps, home: Path) -> None:
+    sql = ESCAPES[name].format(tmp=home)
     with pytest.raises(QueryError) as caught:
         deps.session().run(sql)
     message = str(caught.value)
@@ -106,7 +116,7 @@ def test_every_escape_is_refused_with_a_reason(name: str, deps: LakehouseDeps, t
         assert message.startswith("refused: ")
     # Nothing changed and nothing was written.
     assert deps.session().run("SELECT count(*) AS n FROM captions").rows == [{"n": 60}]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["mixed", "secret.csv"]
+    assert sorted(p.name for p in home.iterdir()) == ["mixed", "secret.csv"]
 
 
 def test_the_timeout_stops_a_long_query(deps: LakehouseDeps) -> None:
@@ -131,12 +141,12 @@ ENGINE_ESCAPES = [
 
 
 @pytest.mark.parametrize("sql", ENGINE_ESCAPES)
-def test_the_engine_itself_cannot_get_out(sql: str, deps: LakehouseDeps, tmp_path: Path) -> None:
+def test_the_engine_itself_cannot_get_out(sql: str, deps: LakehouseDeps, home: Path) -> None:
     """Read-only by construction: even SQL that skips the statement check stays inside."""
     engine = deps.query_engine()
     with pytest.raises(DuckstreamError):
-        engine.execute(sql.format(tmp=tmp_path)).fetchall()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["mixed", "secret.csv"]
+        engine.execute(sql.format(tmp=home)).fetchall()
+    assert sorted(p.name for p in home.iterdir()) == ["mixed", "secret.csv"]
     assert engine.execute("SELECT count(*) FROM captions").fetchall() == [(60,)]
 
 
@@ -178,7 +188,8 @@ def test_bad_deps() -> None:
         deps.query_engine()
 
 
-def test_close_releases_the_engine(deps: LakehouseDeps) -> None:
+def test_close_releases_the_engine(home: Path) -> None:
+    deps = LakehouseDeps(sources={"captions": home / "mixed"})
     engine = deps.query_engine()
     deps.close()
     with pytest.raises(DuckstreamError, match="closed"):
