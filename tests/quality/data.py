@@ -16,10 +16,16 @@ def mixed_table(rows: int = 60) -> pa.Table:
         {
             "imgid": pa.array(ids, pa.int64()),
             "score": pa.array([None if i % 5 == 0 else i * 0.25 - 3 for i in range(rows)], pa.float64()),
-            "split": pa.array([None if i % 11 == 0 else ("val" if i % 3 == 0 else "train") for i in range(rows)]),
+            "split": pa.array(
+                [None if i % 11 == 0 else ("val" if i % 3 == 0 else "train") for i in range(rows)]
+            ),
             "caption": pa.array([" ".join(["w"] * (i % 6)) for i in range(rows)], pa.string()),
-            "tokens": pa.array([None if i % 9 == 0 else list(range(i % 4)) for i in range(rows)], pa.list_(pa.int32())),
-            "day": pa.array([dt.date(2024, 1, 1) + dt.timedelta(days=i % 30) for i in range(rows)], pa.date32()),
+            "tokens": pa.array(
+                [None if i % 9 == 0 else list(range(i % 4)) for i in range(rows)], pa.list_(pa.int32())
+            ),
+            "day": pa.array(
+                [dt.date(2024, 1, 1) + dt.timedelta(days=i % 30) for i in range(rows)], pa.date32()
+            ),
             "flag": pa.array([i % 4 == 0 for i in range(rows)], pa.bool_()),
             "meta": pa.array([{"w": i, "h": i + 1} for i in range(rows)]),
         }

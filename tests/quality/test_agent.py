@@ -48,9 +48,21 @@ def scripted(calls: list[tuple[str, dict[str, Any]]]) -> FunctionModel:
 def last_profile(messages: list[ModelMessage]) -> dict[str, Any]:
     for part in returns(messages)[::-1]:
         if part.tool_name == "profile_columns" and part.outcome == "success":
-            content = part.content
-            return content.model_dump() if isinstance(content, QualityReport) else dict(content)
-    return {"source": "captions", "total_rows": 0, "total_columns": 0, "null_counts": {}, "distinct_counts": {}}
+            returned = content(part)
+            assert isinstance(returned, QualityReport)
+            return returned.model_dump()
+    return {
+        "source": "captions",
+        "total_rows": 0,
+        "total_columns": 0,
+        "null_counts": {},
+        "distinct_counts": {},
+    }
+
+
+def content(part: ToolReturnPart) -> Any:
+    """What the tool returned (typed loosely: each tool returns its own kind of value)."""
+    return part.content
 
 
 def returns(messages: list[ModelMessage]) -> list[ToolReturnPart]:
@@ -63,25 +75,30 @@ def test_a_model_inspects_a_source_with_every_tool(deps: LakehouseDeps) -> None:
         ("describe_source", {"source": "captions"}),
         ("sample_rows", {"source": "captions", "n": 3}),
         ("run_sql", {"sql": "SELECT split, count(*) AS n FROM captions GROUP BY split ORDER BY split"}),
-        ("profile_columns", {"source": "captions", "columns": ["imgid", "split"], "checks": ["not_null:imgid"]}),
+        (
+            "profile_columns",
+            {"source": "captions", "columns": ["imgid", "split"], "checks": ["not_null:imgid"]},
+        ),
     ]
     result = quality_agent.run_sync("How clean is captions?", deps=deps, model=scripted(calls))
     parts = {p.tool_name: p for p in returns(result.all_messages())}
     assert all(parts[name].outcome == "success" for name, _ in calls)
-    assert parts["list_sources"].content == {"captions": str(deps.sources["captions"])}
-    described = parts["describe_source"].content
-    assert described["rows"] == 60 and described["columns"][0] == {"name": "imgid", "type": "BIGINT"}
-    assert len(parts["sample_rows"].content.rows) == 3
+    assert content(parts["list_sources"]) == {"captions": str(deps.sources["captions"])}
+    described = content(parts["describe_source"])
+    assert described["rows"] == 60
+    assert described["columns"][0] == {"name": "imgid", "type": "BIGINT"}
+    assert len(content(parts["sample_rows"]).rows) == 3
     table = mixed_table()
     splits = table.column("split").to_pylist()
-    assert parts["run_sql"].content.rows == [
+    assert content(parts["run_sql"]).rows == [
         {"split": "train", "n": splits.count("train")},
         {"split": "val", "n": splits.count("val")},
         {"split": None, "n": splits.count(None)},
     ]
     report = result.output
     assert isinstance(report, QualityReport)
-    assert report.total_rows == 60 and report.null_counts["imgid"] == table.column("imgid").null_count
+    assert report.total_rows == 60
+    assert report.null_counts["imgid"] == table.column("imgid").null_count
     assert [c.check for c in report.failed_checks] == ["not_null:imgid"]
 
 
@@ -101,13 +118,15 @@ def test_a_model_that_tries_every_escape_reads_each_refusal(deps: LakehouseDeps,
     assert all(p.outcome == "failed" for p in failed), [p.content for p in failed if p.outcome != "failed"]
     for part in failed:
         text = part.model_response_str()
-        assert text and "Traceback" not in text
+        assert text
+        assert "Traceback" not in text
     refusals = [p.model_response_str() for p in failed[: len(sqls) + 1]]
     assert sum("refused:" in text for text in refusals) >= len(sqls)  # all but a parse error
     assert "longer than the limit" in refusals[-1]
     assert "no source named '/etc/passwd'" in failed[-3].model_response_str()
     assert "names column 'nope'" in failed[-1].model_response_str()
-    assert parts[-1].outcome == "success" and parts[-1].content.rows == [{"n": 60}]
+    assert parts[-1].outcome == "success"
+    assert content(parts[-1]).rows == [{"n": 60}]
     assert isinstance(result.output, QualityReport)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mixed", "secret.csv"]
 

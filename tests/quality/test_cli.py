@@ -35,23 +35,40 @@ def test_prints_a_table(source: Path) -> None:
 def test_failed_checks_exit_1_and_reports_are_written(source: Path, tmp_path: Path) -> None:
     html, markdown, data = tmp_path / "r.html", tmp_path / "r.md", tmp_path / "r.json"
     code, text = run(
-        "profile", str(source), "--check", "not_null:imgid", "--check", "rows:1:", "--key", "imgid",
-        "--html", str(html), "--markdown", str(markdown), "--json", str(data),
+        "profile",
+        str(source),
+        "--check",
+        "not_null:imgid",
+        "--check",
+        "rows:1:",
+        "--key",
+        "imgid",
+        "--html",
+        str(html),
+        "--markdown",
+        str(markdown),
+        "--json",
+        str(data),
     )
     assert code == 1
-    assert "FAIL  not_null:imgid" in text and "PASS  rows:1:" in text
+    assert "FAIL  not_null:imgid" in text
+    assert "PASS  rows:1:" in text
     assert f"wrote {html}" in text
     page = html.read_text()
-    assert page.count("data:image/png;base64,") == 5 and "not_null:imgid" in page
+    assert page.count("data:image/png;base64,") == 5
+    assert "not_null:imgid" in page
     assert markdown.read_text().count("](data:image/png;base64,") == 5
     assert json.loads(data.read_text())["checks"][0]["offending"] == 9
 
 
 def test_passing_checks_from_a_file_exit_0(source: Path, tmp_path: Path) -> None:
     checks = tmp_path / "checks.json"
-    checks.write_text(json.dumps(["not_null:day", {"kind": "values", "column": "split", "values": ["train", "val"]}]))
+    checks.write_text(
+        json.dumps(["not_null:day", {"kind": "values", "column": "split", "values": ["train", "val"]}])
+    )
     code, text = run("profile", str(source), "--checks-file", str(checks), "-c", "split", "-c", "day")
-    assert code == 0 and "checks: 2 passed, 0 failed" in text
+    assert code == 0
+    assert "checks: 2 passed, 0 failed" in text
 
 
 @pytest.mark.parametrize(
@@ -74,14 +91,18 @@ def test_user_errors_are_one_line_without_traceback(
     code, _ = run("profile", *argv)
     err = capsys.readouterr().err
     assert code == 1
-    assert err.startswith("duckstream: error: ") and message in err
-    assert "Traceback" not in err and err.count("\n") == 1
+    assert err.startswith("duckstream: error: ")
+    assert message in err
+    assert "Traceback" not in err
+    assert err.count("\n") == 1
 
 
 def test_an_empty_file_is_reported(tmp_path: Path) -> None:
     pq.write_table(mixed_table().slice(0, 0), tmp_path / "empty.parquet")
     code, text = run("profile", str(tmp_path / "empty.parquet"))
-    assert code == 0 and "rows: 0" in text and "has no rows" in text
+    assert code == 0
+    assert "rows: 0" in text
+    assert "has no rows" in text
 
 
 def test_help_lists_the_check_syntax(capsys: pytest.CaptureFixture[str]) -> None:

@@ -16,8 +16,7 @@ from hypothesis import strategies as st
 import duckstream
 from duckstream.catalog import LakehouseCatalog
 from duckstream.errors import ConfigurationError, SourceError
-from duckstream.quality import QualityReport, profile
-from duckstream.quality import profiling
+from duckstream.quality import QualityReport, profile, profiling
 from duckstream.quality.profiling import histogram_from_quantiles
 from tests.quality.data import mixed_table, write_parts
 
@@ -51,7 +50,8 @@ def test_numbers_strings_and_lists(mixed: tuple[Path, pa.Table]) -> None:
     assert numeric.mean == pytest.approx(sum(score) / len(score))
     assert numeric.histogram is not None
     assert sum(numeric.histogram.counts) == pytest.approx(len(score))
-    assert numeric.histogram.edges[0] == min(score) and numeric.histogram.edges[-1] == max(score)
+    assert numeric.histogram.edges[0] == min(score)
+    assert numeric.histogram.edges[-1] == max(score)
 
     captions = table.column("caption").to_pylist()
     lengths = [len(c) for c in captions]
@@ -62,7 +62,8 @@ def test_numbers_strings_and_lists(mixed: tuple[Path, pa.Table]) -> None:
 
     tokens = [len(t) for t in table.column("tokens").to_pylist() if t is not None]
     listed = report.column("tokens")
-    assert listed.kind == "list" and listed.length is not None
+    assert listed.kind == "list"
+    assert listed.length is not None
     assert (listed.length.min, listed.length.max) == (min(tokens), max(tokens))
 
     day = report.column("day")
@@ -113,9 +114,12 @@ def test_one_scan_of_the_data(mixed: tuple[Path, pa.Table], monkeypatch: pytest.
     aggregates = [s for s in scans if "count(*) AS total" in s]
     assert len(aggregates) == 1
     assert all(f"c{i}_nn" in aggregates[0] for i in range(8))
-    assert "approx_quantile" in aggregates[0] and "count_if" in aggregates[0]
+    assert "approx_quantile" in aggregates[0]
+    assert "count_if" in aggregates[0]
     # Besides it only a row count, which DuckDB answers from the Parquet footers.
-    assert [s for s in scans if s not in aggregates] == [s for s in scans if s.startswith("SELECT count(*) FROM")]
+    assert [s for s in scans if s not in aggregates] == [
+        s for s in scans if s.startswith("SELECT count(*) FROM")
+    ]
     assert len(scans) == 2
 
 
@@ -123,11 +127,14 @@ def test_estimates_above_the_threshold_are_labelled(mixed: tuple[Path, pa.Table]
     directory, table = mixed
     report = profile(directory, exact_threshold=10)
     split = report.column("split")
-    assert split.distinct_approximate and split.top_values_approximate
+    assert split.distinct_approximate
+    assert split.top_values_approximate
     assert all(v.count is None for v in split.top_values)
     assert {v.value for v in split.top_values} <= {"train", "val"}
     assert any("exact threshold of 10" in a for a in report.approximate)
-    assert report.distinct_counts["imgid"] == pytest.approx(len(pc.unique(table.column("imgid").drop_null())), rel=0.1)
+    assert report.distinct_counts["imgid"] == pytest.approx(
+        len(pc.unique(table.column("imgid").drop_null())), rel=0.1
+    )
 
 
 def test_columns_subset(mixed: tuple[Path, pa.Table]) -> None:
@@ -141,7 +148,9 @@ def test_lists_of_sources_and_globs(mixed: tuple[Path, pa.Table]) -> None:
     directory, table = mixed
     assert profile(str(directory / "*.parquet")).total_rows == table.num_rows
     files = sorted(directory.glob("*.parquet"))
-    assert profile([str(f) for f in files[:2]]).total_rows == sum(pq.read_metadata(f).num_rows for f in files[:2])
+    assert profile([str(f) for f in files[:2]]).total_rows == sum(
+        pq.read_metadata(f).num_rows for f in files[:2]
+    )
 
 
 def test_the_top_level_package_exports_profile(mixed: tuple[Path, pa.Table]) -> None:
@@ -155,7 +164,8 @@ def test_an_empty_source_is_a_report_with_no_rows(tmp_path: Path) -> None:
     assert report.total_rows == 0
     assert report.null_counts["imgid"] == 0
     assert report.column("score").histogram is None
-    assert not report.passed and report.checks[0].offending == 1
+    assert not report.passed
+    assert report.checks[0].offending == 1
     assert any("no rows" in n for n in report.notes)
 
 
@@ -226,5 +236,8 @@ def test_counts_are_exact_below_the_threshold(
     assert report.duplicate_count == rows - len(set(n))
     offending = [c.offending for c in report.checks]
     present = [x for x in t if x is not None]
-    assert offending == [t.count(None), sum(1 for x in n if x is not None and not 0 <= x <= 3),
-                         len(present) - len(set(present))]
+    assert offending == [
+        t.count(None),
+        sum(1 for x in n if x is not None and not 0 <= x <= 3),
+        len(present) - len(set(present)),
+    ]

@@ -44,16 +44,23 @@ def test_selects_over_the_sources(deps: LakehouseDeps, data: tuple[Path, pa.Tabl
     _, table = data
     session = deps.session()
     answer = session.run("SELECT count(*) AS n, count(DISTINCT split) AS s FROM captions")
-    assert answer.rows == [{"n": table.num_rows, "s": 2}] and not answer.truncated
+    assert answer.rows == [{"n": table.num_rows, "s": 2}]
+    assert not answer.truncated
     described = session.run("DESCRIBE captions")
     assert [r["column_name"] for r in described.rows] == table.column_names
-    with_cte = session.run("WITH t AS (SELECT imgid FROM captions WHERE imgid > 3) SELECT count(*) AS n FROM t")
-    assert with_cte.rows[0]["n"] == sum(1 for i in table.column("imgid").to_pylist() if i is not None and i > 3)
+    with_cte = session.run(
+        "WITH t AS (SELECT imgid FROM captions WHERE imgid > 3) SELECT count(*) AS n FROM t"
+    )
+    assert with_cte.rows[0]["n"] == sum(
+        1 for i in table.column("imgid").to_pylist() if i is not None and i > 3
+    )
 
 
 def test_row_limit(deps: LakehouseDeps, data: tuple[Path, pa.Table]) -> None:
     answer = deps.session().run("SELECT imgid FROM captions")
-    assert len(answer.rows) == 10 and answer.truncated and answer.row_limit == 10
+    assert len(answer.rows) == 10
+    assert answer.truncated
+    assert answer.row_limit == 10
     assert [r["imgid"] for r in answer.rows] == data[1].column("imgid").to_pylist()[:10]
     assert len(deps.session().run("SELECT * FROM range(100000000)").rows) == 10
 
@@ -110,7 +117,8 @@ def test_every_escape_is_refused_with_a_reason(name: str, deps: LakehouseDeps, h
     with pytest.raises(QueryError) as caught:
         deps.session().run(sql)
     message = str(caught.value)
-    assert message and "\n" not in message
+    assert message
+    assert "\n" not in message
     if name not in ("not sql",):
         assert isinstance(caught.value, RefusedStatementError), message
         assert message.startswith("refused: ")

@@ -50,7 +50,9 @@ def test_profile_of_an_s3_prefix(s3_server: S3Service, s3_data: tuple[str, pa.Ta
     assert again.distinct_counts == report.distinct_counts
 
 
-def test_read_only_session_over_s3(s3_server: S3Service, s3_data: tuple[str, pa.Table], s3_bucket: str) -> None:
+def test_read_only_session_over_s3(
+    s3_server: S3Service, s3_data: tuple[str, pa.Table], s3_bucket: str
+) -> None:
     uri, table = s3_data
     with LakehouseDeps(
         s3_server.endpoint, s3_server.access_key, s3_server.secret_key, sources={"captions": uri}
@@ -64,10 +66,14 @@ def test_read_only_session_over_s3(s3_server: S3Service, s3_data: tuple[str, pa.
             with pytest.raises(RefusedStatementError):
                 session.run(sql)
         # even past the statement check, the engine cannot reach other objects
-        with pytest.raises(Exception, match="(?i)permission|disabled"):
-            deps.query_engine().execute(f"SELECT * FROM read_parquet('s3://{s3_bucket}/private/*.parquet')").fetchall()
-        with pytest.raises(Exception, match="(?i)permission|disabled"):
-            deps.query_engine().execute(f"COPY (SELECT 1) TO 's3://{s3_bucket}/mixed/evil.parquet'").fetchall()
+        with pytest.raises(Exception, match=r"(?i)permission|disabled"):
+            deps.query_engine().execute(
+                f"SELECT * FROM read_parquet('s3://{s3_bucket}/private/*.parquet')"
+            ).fetchall()
+        with pytest.raises(Exception, match=r"(?i)permission|disabled"):
+            deps.query_engine().execute(
+                f"COPY (SELECT 1) TO 's3://{s3_bucket}/mixed/evil.parquet'"
+            ).fetchall()
     keys = [o["Key"] for o in s3_server.boto3_client().list_objects_v2(Bucket=s3_bucket)["Contents"]]
     assert not any("evil" in k for k in keys)
 
