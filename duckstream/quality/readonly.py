@@ -49,7 +49,7 @@ def source_accesses(sources: Mapping[str, Source], s3: S3Settings) -> dict[str, 
     for name, source in sources.items():
         if not name.isidentifier():
             raise ConfigurationError(f"a source name must be an identifier, found {name!r}")
-        with open_source(source, s3) as (_, access):
+        with open_source(source, s3, elsewhere=True) as (_, access):
             accesses[name] = access
     return accesses
 

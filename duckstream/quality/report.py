@@ -101,7 +101,7 @@ class QualityReport(BaseModel):
     columns: list[ColumnProfile] = Field(default_factory=list)
     key: list[str] | None = None
     duplicate_count: int | None = Field(
-        default=None, description="rows whose key (non-null) repeats an earlier row's key"
+        default=None, description="rows whose key repeats an earlier row's key (null keys compare equal)"
     )
     checks: list[CheckResult] = Field(default_factory=list)
     approximate: list[str] = Field(default_factory=list, description="which figures are estimates, and why")

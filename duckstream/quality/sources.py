@@ -50,10 +50,16 @@ def quote_identifier(name: str) -> str:
 
 
 @contextmanager
-def open_source(source: Source, s3: S3Settings) -> Iterator[tuple[duckdb.DuckDBPyConnection, SourceAccess]]:
-    """A connection on which ``access.scan`` reads ``source``; closed (or released) on exit."""
+def open_source(
+    source: Source, s3: S3Settings, *, elsewhere: bool = False
+) -> Iterator[tuple[duckdb.DuckDBPyConnection, SourceAccess]]:
+    """A connection on which ``access.scan`` reads ``source``; closed (or released) on exit.
+
+    ``elsewhere``: also prepare ``access.setup`` for reading from another DuckDB database (for a
+    lake table on a catalog file, a consistent copy of its metadata).
+    """
     if isinstance(source, LakeTable):
-        with _open_lake(source) as opened:
+        with _open_lake(source, elsewhere) as opened:
             yield opened
         return
     patterns = parquet_patterns(source)
@@ -74,7 +80,7 @@ def open_source(source: Source, s3: S3Settings) -> Iterator[tuple[duckdb.DuckDBP
 
 
 @contextmanager
-def _open_lake(table: LakeTable) -> Iterator[tuple[duckdb.DuckDBPyConnection, SourceAccess]]:
+def _open_lake(table: LakeTable, elsewhere: bool) -> Iterator[tuple[duckdb.DuckDBPyConnection, SourceAccess]]:
     # Imported here: planning's worker attach (a copy of a file catalog, or PostgreSQL read-only)
     # is exactly what another connection beside an open catalog needs.
     from duckstream.core.planning import _worker_attach
@@ -97,7 +103,7 @@ def _open_lake(table: LakeTable) -> Iterator[tuple[duckdb.DuckDBPyConnection, So
             raise ConfigurationError(
                 f"cannot read {describe_source(table)}: {str(exc).splitlines()[0]}"
             ) from None
-        worker_attach = _worker_attach(con, table, None)
+        setup = (_worker_attach(con, table, None),) if elsewhere else ()
         data = table.location.data_path
         extensions = (
             ("httpfs", "ducklake", "postgres_scanner")
@@ -113,7 +119,7 @@ def _open_lake(table: LakeTable) -> Iterator[tuple[duckdb.DuckDBPyConnection, So
                 label=describe_source(table),
                 scan=table.scan,
                 extensions=extensions,
-                setup=(worker_attach,),
+                setup=setup,
                 directories=(data,) if data else (),
             ),
         )
