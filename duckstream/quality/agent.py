@@ -102,6 +102,7 @@ def profile_columns(
             key=key,
             sample=3,
             exact_threshold=deps.exact_threshold,
+            timeout_s=deps.timeout_s,
         )
     )
 

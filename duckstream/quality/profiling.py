@@ -1,9 +1,12 @@
 """profile(): every column's statistics and every check in one scan of the source.
 
-One SELECT holds all aggregates of all columns, so DuckDB reads the data once. Distinct counts
-and top values are exact up to ``exact_threshold`` rows and estimated above it (HyperLogLog,
-``approx_top_k``); histograms always come from quantile sketches of the same pass. The report
-says which figures are estimates.
+One SELECT holds all aggregates of all columns and all checks, so DuckDB reads the data once
+(before it, a row count that Parquet footers answer). Distinct counts are exact up to
+``exact_threshold`` rows and HyperLogLog estimates above it. Top values are ``approx_top_k``
+candidates from the same pass; up to the threshold they are then counted exactly, in one more
+query over those columns only (DuckDB's exact ``histogram`` aggregate builds a map of every
+distinct value: 18 s for 2 million unique integers, against 1.3 s for ``approx_top_k``).
+Histograms come from quantile sketches of the pass. The report says which figures are estimates.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import math
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +24,7 @@ import numpy as np
 
 from duckstream import engine
 from duckstream.core.planning import Source
-from duckstream.errors import ConfigurationError, SourceError
+from duckstream.errors import ConfigurationError, QueryError, SourceError
 from duckstream.quality.checks import Check, check_sql, parse_check, result_of, typed_literal
 from duckstream.quality.kinds import is_integer, kind_of
 from duckstream.quality.report import (
@@ -73,14 +77,17 @@ def profile(
     checks: Sequence[Check | str] = (),
     sample: int = 5,
     exact_threshold: int = DEFAULT_EXACT_THRESHOLD,
+    timeout_s: float | None = None,
 ) -> QualityReport:
     """Profile ``source`` (Parquet paths, ``s3://`` URIs or a LakeTable) in one scan.
 
     ``columns`` limits the profile to those columns; ``key`` (a column or several) adds the
     number of rows whose key repeats; ``checks`` (``Check`` objects or their command-line form,
     see :mod:`duckstream.quality.checks`) are evaluated in the same pass; ``sample`` first rows
-    are kept as examples.
+    are kept as examples. ``timeout_s`` stops a profile that takes longer (a QueryError).
     """
+    if timeout_s is not None and timeout_s <= 0:
+        raise ConfigurationError(f"timeout_s must be positive, found {timeout_s}")
     if sample < 0:
         raise ConfigurationError(f"sample must be 0 or more rows, found {sample}")
     if exact_threshold < 0:
@@ -89,7 +96,30 @@ def profile(
     keys = [key] if isinstance(key, str) else list(key or [])
     s3 = S3Settings.resolve(s3_endpoint, s3_access_key, s3_secret_key, region=s3_region, use_ssl=s3_use_ssl)
     with open_source(source, s3) as (con, access):
-        return _profile(con, access.scan, access.label, s3, columns, keys, parsed, sample, exact_threshold)
+        fired = threading.Event()
+
+        def stop() -> None:
+            fired.set()
+            con.interrupt()
+
+        timer = threading.Timer(timeout_s, stop) if timeout_s is not None else None
+        if timer is not None:
+            timer.start()
+        try:
+            return _profile(
+                con, access.scan, access.label, s3, columns, keys, parsed, sample, exact_threshold
+            )
+        except QueryError as exc:
+            if not fired.is_set():
+                raise
+            raise QueryError(
+                f"profiling {access.label} took longer than the limit of {timeout_s:g} s and was "
+                "stopped; profile fewer columns, or raise the limit",
+                statement=exc.statement,
+            ) from None
+        finally:
+            if timer is not None:
+                timer.cancel()
 
 
 def _profile(
@@ -144,12 +174,15 @@ def _profile(
     values = dict(zip(names_out, row, strict=True))
     total_rows = int(values["total"])
 
-    profiles = [_column_profile(col, values, total_rows, exact) for col in cols]
+    counted = _count_top_values(con, scan, s3, cols, values) if exact else {}
+    profiles = [_column_profile(col, values, total_rows, exact, counted.get(col.name)) for col in cols]
     results = [result_of(check, int(values[f"check_{i}"] or 0)) for i, check in enumerate(checks)]
     sample_rows = _sample(con, scan, s3, sample) if sample else []
 
     approximate = ["histograms are estimated from quantile sketches (t-digest) of the profiling pass"]
-    if not exact:
+    if exact:
+        approximate.insert(0, "top values are approx_top_k candidates, counted exactly")
+    else:
         approximate.insert(
             0,
             f"distinct counts (HyperLogLog) and top values (approx_top_k, no counts) are estimates: "
@@ -207,29 +240,61 @@ def _aggregates(col: _Column, exact: bool) -> list[str]:
             f"approx_quantile({length}::DOUBLE, {quantiles}) AS {a('quantiles')}",
         ]
     if col.kind in ("string", "boolean", "temporal") or is_integer(col.type):
-        if exact:
-            # Value counts, most frequent first; ties broken by value, so the list is stable.
-            items.append(
-                f"list_reverse_sort(list_transform(map_entries(histogram({c})), "
-                f"e -> {{'n': e.value, 'v': e.key}}))[1:{TOP_K}] AS {a('top')}"
-            )
-        else:
-            items.append(f"approx_top_k({c}, {TOP_K}) AS {a('top')}")
+        items.append(f"approx_top_k({c}, {TOP_K}) AS {a('top')}")
     return items
 
 
-def _column_profile(col: _Column, values: Mapping[str, Any], total: int, exact: bool) -> ColumnProfile:
+def _count_top_values(
+    con: duckdb.DuckDBPyConnection,
+    scan: str,
+    s3: S3Settings,
+    cols: Sequence[_Column],
+    values: Mapping[str, Any],
+) -> dict[str, list[tuple[Any, int]]]:
+    """Exact counts of each column's top-value candidates, most frequent first, in one query."""
+    items: list[str] = []
+    params: list[Any] = []
+    wanted: dict[str, list[tuple[str, Any]]] = {}
+    for col in cols:
+        for j, value in enumerate(values.get(col.alias("top")) or []):
+            alias = f"{col.alias('top')}_{j}"
+            items.append(f"count_if({col.sql} = ?) AS {alias}")
+            params.append(value)
+            wanted.setdefault(col.name, []).append((alias, value))
+    if not items:
+        return {}
+    sql = f"SELECT {', '.join(items)} FROM {scan}"
+    try:
+        cursor = con.execute(sql, params)
+        names = [d[0] for d in cursor.description or ()]
+        row = cursor.fetchone()
+    except duckdb.Error as exc:
+        raise engine.query_error(exc, sql, s3=s3) from None
+    assert row is not None
+    counts = dict(zip(names, row, strict=True))
+    # Most frequent first; ties in the order approx_top_k gave (stable sort).
+    return {
+        name: sorted(((value, int(counts[alias])) for alias, value in pairs), key=lambda p: -p[1])
+        for name, pairs in wanted.items()
+    }
+
+
+def _column_profile(
+    col: _Column,
+    values: Mapping[str, Any],
+    total: int,
+    exact: bool,
+    counted: Sequence[tuple[Any, int]] | None,
+) -> ColumnProfile:
     def get(stat: str) -> Any:
         return values.get(col.alias(stat))
 
     non_null = int(get("nn") or 0)
-    top: list[ValueCount] = []
     raw_top = get("top") or []
-    for entry in raw_top:
-        if isinstance(entry, dict):
-            top.append(ValueCount(value=_scalar(entry["v"]), count=int(entry["n"])))
-        else:
-            top.append(ValueCount(value=_scalar(entry)))
+    if counted is not None:
+        top = [ValueCount(value=_scalar(value), count=count) for value, count in counted]
+    else:
+        top = [ValueCount(value=_scalar(value)) for value in raw_top]
     length = None
     if col.kind in ("string", "binary", "list"):
         mean = get("len_mean")
@@ -258,7 +323,7 @@ def _column_profile(col: _Column, values: Mapping[str, Any], total: int, exact: 
         std=_float_or_none(get("std")),
         length=length,
         top_values=top,
-        top_values_approximate=bool(raw_top) and not exact,
+        top_values_approximate=bool(raw_top) and counted is None,
         histogram=histogram,
     )
 

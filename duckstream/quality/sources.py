@@ -18,6 +18,9 @@ from duckstream.storage import S3Settings
 
 __all__ = ["SourceAccess", "describe_source", "open_source", "quote_identifier"]
 
+# DuckDB draws a progress bar on long queries: not in a report's output.
+_QUIET = "SET enable_progress_bar = false"
+
 
 @dataclass(frozen=True)
 class SourceAccess:
@@ -66,6 +69,7 @@ def open_source(
     remote = any(is_remote(p) for p in patterns)
     con = engine.connect(s3=s3, extensions=("httpfs",) if remote else ())
     try:
+        con.execute(_QUIET)
         files = list_files(patterns, con)
         listed = ", ".join(engine.sql_literal(f) for f in files)
         access = SourceAccess(
@@ -90,6 +94,7 @@ def _open_lake(table: LakeTable, elsewhere: bool) -> Iterator[tuple[duckdb.DuckD
         con = engine.connect(s3=table.s3, extensions=engine.ALL_EXTENSIONS)
         attach = table.location.attach_sql(table.alias, read_only=True)
         try:
+            con.execute(_QUIET)
             con.execute(attach)
         except duckdb.Error as exc:
             con.close()

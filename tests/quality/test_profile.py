@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from hypothesis import strategies as st
 
 import duckstream
 from duckstream.catalog import LakehouseCatalog
-from duckstream.errors import ConfigurationError, SourceError
+from duckstream.errors import ConfigurationError, QueryError, SourceError
 from duckstream.quality import QualityReport, profile, profiling
 from duckstream.quality.profiling import histogram_from_quantiles
 from tests.quality.data import mixed_table, write_parts
@@ -116,11 +117,11 @@ def test_one_scan_of_the_data(mixed: tuple[Path, pa.Table], monkeypatch: pytest.
     assert all(f"c{i}_nn" in aggregates[0] for i in range(8))
     assert "approx_quantile" in aggregates[0]
     assert "count_if" in aggregates[0]
-    # Besides it only a row count, which DuckDB answers from the Parquet footers.
-    assert [s for s in scans if s not in aggregates] == [
-        s for s in scans if s.startswith("SELECT count(*) FROM")
-    ]
-    assert len(scans) == 2
+    # Besides it: the row count (Parquet footers answer it), and exact counts of the top values.
+    count, top = (s for s in scans if s not in aggregates)
+    assert count.startswith("SELECT count(*) FROM")
+    assert re.fullmatch(r"SELECT (count_if\(\"\w+\" = \?\) AS c\d+_top_\d+(, )?)+ FROM .*", top)
+    assert "histogram(" not in " ".join(scans)  # an exact map of every value: far too slow
 
 
 def test_estimates_above_the_threshold_are_labelled(mixed: tuple[Path, pa.Table]) -> None:
@@ -241,3 +242,11 @@ def test_counts_are_exact_below_the_threshold(
         sum(1 for x in n if x is not None and not 0 <= x <= 3),
         len(present) - len(set(present)),
     ]
+
+
+def test_a_profile_past_its_time_limit_is_stopped(tmp_path: Path) -> None:
+    path = tmp_path / "wide.parquet"
+    duckdb.sql(f"COPY (SELECT i, md5(i::VARCHAR) AS s FROM range(1000000) t(i)) TO '{path}'")
+    with pytest.raises(QueryError, match=r"took longer than the limit of 0\.05 s"):
+        profile(path, timeout_s=0.05, exact_threshold=10**9)
+    assert profile(path, columns=["i"], sample=0).total_rows == 1_000_000
