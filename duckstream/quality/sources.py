@@ -109,15 +109,10 @@ def _open_lake(table: LakeTable, elsewhere: bool) -> Iterator[tuple[duckdb.DuckD
                 f"cannot read {describe_source(table)}: {str(exc).splitlines()[0]}"
             ) from None
         setup = (_worker_attach(con, table, None),) if elsewhere else ()
-        data = table.location.data_path
-        extensions = (
-            ("httpfs", "ducklake", "postgres_scanner")
-            if table.location.kind == "postgres"
-            else (
-                "httpfs",
-                "ducklake",
-            )
-        )
+        paths = _lake_files(con, table) if elsewhere else ()
+        extensions: tuple[str, ...] = ("httpfs", "ducklake")
+        if table.location.kind == "postgres":
+            extensions += ("postgres_scanner",)
         yield (
             con,
             SourceAccess(
@@ -125,8 +120,23 @@ def _open_lake(table: LakeTable, elsewhere: bool) -> Iterator[tuple[duckdb.DuckD
                 scan=table.scan,
                 extensions=extensions,
                 setup=setup,
-                directories=(data,) if data else (),
+                paths=paths,
             ),
         )
     finally:
         con.close()
+
+
+def _lake_files(con: duckdb.DuckDBPyConnection, table: LakeTable) -> tuple[str, ...]:
+    """The data and delete files of the table at its snapshot: all a reader of it may open."""
+    schema, _, name = table.name.rpartition(".")
+    sql = (
+        f"SELECT data_file, delete_file FROM ducklake_list_files({engine.sql_literal(table.alias)}, "
+        f"{engine.sql_literal(name)}, schema => {engine.sql_literal(schema or 'main')}, "
+        f"snapshot_version => {int(table.version)})"
+    )
+    try:
+        rows = con.execute(sql).fetchall()
+    except duckdb.Error as exc:
+        raise engine.query_error(exc, sql, s3=table.s3) from None
+    return tuple(sorted({f for row in rows for f in row if f}))

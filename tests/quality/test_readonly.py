@@ -178,6 +178,13 @@ def test_lake_table_source(tmp_path: Path) -> None:
                 session.run("SELECT * FROM __ducklake_metadata_lake.main.ducklake_snapshot")
             with pytest.raises(RefusedStatementError):
                 session.run(f"SELECT * FROM read_csv('{path}')")
+            # not even the data files of another table of the same lake
+            with pytest.raises(RefusedStatementError, match="outside"):
+                session.run(f"SELECT * FROM read_parquet('{tmp_path}/files/main/other/*.parquet')")
+            with pytest.raises(DuckstreamError, match=r"(?i)permission"):
+                deps.query_engine().execute(
+                    f"SELECT * FROM read_parquet('{tmp_path}/files/**/*.parquet')"
+                ).fetchall()
         # the catalog is still writable by its owner
         catalog.con.execute("INSERT INTO other VALUES (43)")
 
