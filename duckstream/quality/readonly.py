@@ -1,8 +1,9 @@
 """A SQL session that can only read the sources it was given, with a row and a time limit.
 
 Read-only by construction: the session's own DuckDB database holds one view per source; then
-file access is restricted to exactly those sources' files (``allowed_paths`` and
-``allowed_directories`` with ``enable_external_access = false``), extension loading is off and
+file access is restricted to exactly those sources' files (``allowed_paths`` with
+``enable_external_access = false``; for a lake table, its data and delete files at its
+snapshot), extension loading is off and
 the configuration is locked, so no statement can undo it. On top of that every statement is
 parsed by DuckDB itself: one SELECT at a time, naming only the source views. Every refusal is a
 :class:`~duckstream.errors.RefusedStatementError` whose message says what to do instead.
@@ -176,7 +177,6 @@ def _lock_down(con: duckdb.DuckDBPyConnection, accesses: Mapping[str, SourceAcce
     for access in accesses.values():
         setups.update(dict.fromkeys(access.setup))
     paths = sorted({p for a in accesses.values() for p in a.paths})
-    directories = sorted({d for a in accesses.values() for d in a.directories})
     statements = [
         *setups,
         *(
@@ -184,7 +184,7 @@ def _lock_down(con: duckdb.DuckDBPyConnection, accesses: Mapping[str, SourceAcce
             for name, access in accesses.items()
         ),
         f"SET allowed_paths = [{', '.join(engine.sql_literal(p) for p in paths)}]",
-        f"SET allowed_directories = [{', '.join(engine.sql_literal(d) for d in directories)}]",
+        "SET allowed_directories = []",
         "SET autoinstall_known_extensions = false",
         "SET autoload_known_extensions = false",
         "SET enable_external_access = false",

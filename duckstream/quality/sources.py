@@ -27,16 +27,13 @@ class SourceAccess:
     """How a separate connection reads a source: what to run first and which paths it touches.
 
     ``setup`` holds statements (an ATTACH of a lake catalog) to run before ``scan`` is usable;
-    ``paths`` are exact files and ``directories`` prefixes the scan reads, for DuckDB's
-    ``allowed_paths`` / ``allowed_directories``.
+    ``paths`` are the exact files the scan reads, for DuckDB's ``allowed_paths``.
     """
 
     label: str
     scan: str  # a FROM clause item
-    extensions: tuple[str, ...]
     setup: tuple[str, ...] = ()
     paths: tuple[str, ...] = ()
-    directories: tuple[str, ...] = ()
 
 
 def describe_source(source: Source) -> str:
@@ -75,7 +72,6 @@ def open_source(
         access = SourceAccess(
             label=describe_source(source),
             scan=f"read_parquet([{listed}], union_by_name = true)",
-            extensions=("httpfs",) if remote else (),
             paths=tuple(files),
         )
         yield con, access
@@ -110,15 +106,11 @@ def _open_lake(table: LakeTable, elsewhere: bool) -> Iterator[tuple[duckdb.DuckD
             ) from None
         setup = (_worker_attach(con, table, None),) if elsewhere else ()
         paths = _lake_files(con, table) if elsewhere else ()
-        extensions: tuple[str, ...] = ("httpfs", "ducklake")
-        if table.location.kind == "postgres":
-            extensions += ("postgres_scanner",)
         yield (
             con,
             SourceAccess(
                 label=describe_source(table),
                 scan=table.scan,
-                extensions=extensions,
                 setup=setup,
                 paths=paths,
             ),
