@@ -141,8 +141,6 @@ def check_sql(check: Check, types: Mapping[str, str]) -> str:
     if check.kind == "not_null":
         return f"count(*) - count({col})"
     if check.kind == "unique":
-        if kind in ("other",):
-            raise _unsupported(check, kind)
         return f"count({col}) - count(DISTINCT {col})"
     if check.kind == "range":
         if kind not in _ORDERED_KINDS:

@@ -22,7 +22,7 @@ def kind_of(duckdb_type: str) -> ColumnKind:
         return "numeric"
     if kind == "BOOLEAN":
         return "boolean"
-    if kind == "VARCHAR":
+    if kind in ("VARCHAR", "JSON"):
         return "string"
     if kind == "BLOB":
         return "binary"

@@ -192,6 +192,9 @@ def _profile(
     if total_rows == 0:
         notes.append(f"{label} has no rows: every statistic is empty")
     notes += [
+        f"column {c.name!r} has {c.non_finite:,} NaN or infinite values" for c in profiles if c.non_finite
+    ]
+    notes += [
         f"column {c.name!r} of type {c.type} is profiled for nulls only"
         for c in profiles
         if c.kind == "other" and c.distinct is None
@@ -223,10 +226,13 @@ def _aggregates(col: _Column, exact: bool) -> list[str]:
     if col.kind in ("numeric", "temporal", "string", "boolean"):
         items += [f"min({c}) AS {a('min')}", f"max({c}) AS {a('max')}"]
     if col.kind == "numeric":
+        # NaN and infinities would make every moment NaN (or stddev fail): count them apart.
+        finite = f"FILTER (WHERE isfinite({c}::DOUBLE))"
         items += [
-            f"avg({c}::DOUBLE) AS {a('mean')}",
-            f"stddev_samp({c}::DOUBLE) AS {a('std')}",
-            f"approx_quantile({c}::DOUBLE, {quantiles}) AS {a('quantiles')}",
+            f"count_if(NOT isfinite({c}::DOUBLE)) AS {a('non_finite')}",
+            f"avg({c}::DOUBLE) {finite} AS {a('mean')}",
+            f"stddev_samp({c}::DOUBLE) {finite} AS {a('std')}",
+            f"approx_quantile({c}::DOUBLE, {quantiles}) {finite} AS {a('quantiles')}",
         ]
     if col.kind == "boolean":
         items.append(f"avg({c}::INTEGER) AS {a('mean')}")
@@ -304,9 +310,10 @@ def _column_profile(
             mean=None if mean is None else float(mean),
         )
     quantiles = get("quantiles")
+    non_finite = _int_or_none(get("non_finite"))
     histogram = None
-    if quantiles and non_null:
-        edges, counts = histogram_from_quantiles([float(q) for q in quantiles], non_null)
+    if quantiles and non_null - (non_finite or 0) > 0:
+        edges, counts = histogram_from_quantiles([float(q) for q in quantiles], non_null - (non_finite or 0))
         histogram = Histogram(of="values" if col.kind == "numeric" else "lengths", edges=edges, counts=counts)
     distinct = get("distinct")
     return ColumnProfile(
@@ -319,6 +326,7 @@ def _column_profile(
         distinct_approximate=not exact and col.kind != "other",
         min=_scalar(get("min")),
         max=_scalar(get("max")),
+        non_finite=non_finite,
         mean=_float_or_none(get("mean")),
         std=_float_or_none(get("std")),
         length=length,

@@ -69,7 +69,10 @@ class ColumnProfile(BaseModel):
     distinct_approximate: bool = False
     min: Scalar = None
     max: Scalar = None
-    mean: float | None = Field(default=None, description="for numbers and booleans (share of true)")
+    non_finite: int | None = Field(default=None, description="NaN and infinite values (numbers only)")
+    mean: float | None = Field(
+        default=None, description="for numbers (finite values) and booleans (share of true)"
+    )
     std: float | None = None
     length: LengthStats | None = Field(default=None, description="for strings, binary and lists")
     top_values: list[ValueCount] = Field(default_factory=list)

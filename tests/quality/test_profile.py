@@ -250,3 +250,26 @@ def test_a_profile_past_its_time_limit_is_stopped(tmp_path: Path) -> None:
     with pytest.raises(QueryError, match=r"took longer than the limit of 0\.05 s"):
         profile(path, timeout_s=0.05, exact_threshold=10**9)
     assert profile(path, columns=["i"], sample=0).total_rows == 1_000_000
+
+
+def test_unusual_types_are_profiled_or_named(tmp_path: Path) -> None:
+    path = tmp_path / "types.parquet"
+    duckdb.sql(
+        "COPY (SELECT uuid() AS u, MAP {'k': i} AS m, INTERVAL 3 DAY AS iv, 1.5::DECIMAL(10, 2) AS dec, "
+        "[{'a': 1}] AS ls, [1.0, 2.0, 3.0]::FLOAT[3] AS arr, '{\"x\": 1}'::JSON AS j, "
+        "CASE WHEN i % 2 = 0 THEN 'nan'::DOUBLE WHEN i = 1 THEN 'inf'::DOUBLE ELSE i END AS x, "
+        f"TIME '10:00' AS t FROM range(10) t(i)) TO '{path}'"
+    )
+    report = profile(path, checks=["unique:u", "unique:m", "not_null:ls"])
+    assert [c.passed for c in report.checks] == [True, True, True]
+    x = report.column("x")
+    assert x.non_finite == 6
+    assert x.mean == pytest.approx((3 + 5 + 7 + 9) / 4)
+    assert x.histogram is not None
+    assert sum(x.histogram.counts) == pytest.approx(4)
+    assert "column 'x' has 6 NaN or infinite values" in report.notes
+    assert "column 'u' of type UUID is profiled for nulls only" in report.notes
+    assert report.column("j").kind == "string"
+    assert report.column("arr").length is not None
+    with pytest.raises(ConfigurationError, match="does not apply to column 'm'"):
+        profile(path, checks=["range:m:1:2"])
