@@ -11,16 +11,12 @@ Histograms come from quantile sketches of the pass. The report says which figure
 
 from __future__ import annotations
 
-import datetime as dt
-import decimal
-import math
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import duckdb
-import numpy as np
 
 from duckstream import engine
 from duckstream.core.planning import Source
@@ -36,15 +32,14 @@ from duckstream.quality.report import (
     ValueCount,
 )
 from duckstream.quality.sources import open_source, quote_identifier
+from duckstream.quality.values import float_or_none, histogram_from_quantiles, int_or_none, jsonable, scalar
 from duckstream.storage import S3Settings
 
-__all__ = ["DEFAULT_EXACT_THRESHOLD", "histogram_from_quantiles", "jsonable", "profile"]
+__all__ = ["DEFAULT_EXACT_THRESHOLD", "profile"]
 
 DEFAULT_EXACT_THRESHOLD = 1_000_000
 TOP_K = 5
-HISTOGRAM_BINS = 20
 _QUANTILES = [i / 100 for i in range(101)]
-_TEXT_PREVIEW = 120
 
 
 @dataclass(frozen=True)
@@ -298,19 +293,19 @@ def _column_profile(
     non_null = int(get("nn") or 0)
     raw_top = get("top") or []
     if counted is not None:
-        top = [ValueCount(value=_scalar(value), count=count) for value, count in counted]
+        top = [ValueCount(value=scalar(value), count=count) for value, count in counted]
     else:
-        top = [ValueCount(value=_scalar(value)) for value in raw_top]
+        top = [ValueCount(value=scalar(value)) for value in raw_top]
     length = None
     if col.kind in ("string", "binary", "list"):
         mean = get("len_mean")
         length = LengthStats(
-            min=_int_or_none(get("len_min")),
-            max=_int_or_none(get("len_max")),
+            min=int_or_none(get("len_min")),
+            max=int_or_none(get("len_max")),
             mean=None if mean is None else float(mean),
         )
     quantiles = get("quantiles")
-    non_finite = _int_or_none(get("non_finite"))
+    non_finite = int_or_none(get("non_finite"))
     histogram = None
     if quantiles and non_null - (non_finite or 0) > 0:
         edges, counts = histogram_from_quantiles([float(q) for q in quantiles], non_null - (non_finite or 0))
@@ -324,38 +319,16 @@ def _column_profile(
         nulls=total - non_null,
         distinct=None if distinct is None and col.kind == "other" else int(distinct or 0),
         distinct_approximate=not exact and col.kind != "other",
-        min=_scalar(get("min")),
-        max=_scalar(get("max")),
+        min=scalar(get("min")),
+        max=scalar(get("max")),
         non_finite=non_finite,
-        mean=_float_or_none(get("mean")),
-        std=_float_or_none(get("std")),
+        mean=float_or_none(get("mean")),
+        std=float_or_none(get("std")),
         length=length,
         top_values=top,
         top_values_approximate=bool(raw_top) and counted is None,
         histogram=histogram,
     )
-
-
-def histogram_from_quantiles(
-    quantiles: Sequence[float], count: int, bins: int = HISTOGRAM_BINS
-) -> tuple[list[float], list[float]]:
-    """Equal-width bins over ``[q0, q_last]`` with the rows each holds, from evenly spaced
-    quantiles: the empirical CDF runs linearly between them. Counts sum to ``count``."""
-    qs = np.asarray(quantiles, dtype=float)
-    lo, hi = float(qs[0]), float(qs[-1])
-    if not math.isfinite(lo) or not math.isfinite(hi):
-        return [], []
-    if hi <= lo:
-        return [lo - 0.5, lo + 0.5], [float(count)]
-    edges = np.linspace(lo, hi, bins + 1)
-    levels = np.linspace(0.0, 1.0, len(qs))
-    # Repeated quantiles (a value many rows share) are steps of the CDF: keep the step's top.
-    xs, first = np.unique(qs[::-1], return_index=True)
-    ys = levels[::-1][first]
-    cdf = np.interp(edges, xs, ys)
-    cdf[0], cdf[-1] = 0.0, 1.0
-    counts = np.diff(cdf) * count
-    return [float(e) for e in edges], [float(c) for c in counts]
 
 
 def _check_literals(con: duckdb.DuckDBPyConnection, check: Check, types: Mapping[str, str]) -> None:
@@ -382,42 +355,3 @@ def _sample(con: duckdb.DuckDBPyConnection, scan: str, s3: S3Settings, rows: int
     except duckdb.Error as exc:
         raise engine.query_error(exc, sql, s3=s3) from None
     return [{k: jsonable(v) for k, v in row.items()} for row in table.to_pylist()]
-
-
-def jsonable(value: Any) -> Any:
-    """A sample value as JSON can hold it: long text cut, bytes summarised, times as ISO text."""
-    if value is None or isinstance(value, (bool, int)):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else str(value)
-    if isinstance(value, str):
-        return value if len(value) <= _TEXT_PREVIEW else value[: _TEXT_PREVIEW - 1] + "…"
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return f"<{len(bytes(value))} bytes>"
-    if isinstance(value, decimal.Decimal):
-        return float(value)
-    if isinstance(value, (dt.date, dt.time, dt.datetime)):
-        return value.isoformat()
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    return str(value)
-
-
-def _scalar(value: Any) -> float | int | str | bool | None:
-    out = jsonable(value)
-    if out is None or isinstance(out, (bool, int, float, str)):
-        return out
-    return str(out)
-
-
-def _int_or_none(value: Any) -> int | None:
-    return None if value is None else int(value)
-
-
-def _float_or_none(value: Any) -> float | None:
-    if value is None:
-        return None
-    number = float(value)
-    return number if math.isfinite(number) else None

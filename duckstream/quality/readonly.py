@@ -22,8 +22,8 @@ from pydantic import BaseModel
 from duckstream import engine
 from duckstream.core.planning import Source
 from duckstream.errors import ConfigurationError, QueryError, RefusedStatementError
-from duckstream.quality.profiling import jsonable
 from duckstream.quality.sources import SourceAccess, open_source, quote_identifier
+from duckstream.quality.values import jsonable
 from duckstream.query import LakehouseQuery
 from duckstream.storage import S3Settings
 

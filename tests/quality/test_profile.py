@@ -18,7 +18,7 @@ import duckstream
 from duckstream.catalog import LakehouseCatalog
 from duckstream.errors import ConfigurationError, QueryError, SourceError
 from duckstream.quality import QualityReport, profile, profiling
-from duckstream.quality.profiling import histogram_from_quantiles
+from duckstream.quality.values import histogram_from_quantiles
 from tests.quality.data import mixed_table, write_parts
 
 

@@ -176,6 +176,13 @@ def test_lake_table_source(tmp_path: Path) -> None:
                 session.run("SELECT * FROM lake.other")
             with pytest.raises(RefusedStatementError, match="not a source"):
                 session.run("SELECT * FROM __ducklake_metadata_lake.main.ducklake_snapshot")
+            for sneaky in (
+                "SELECT * FROM query_table('lake.other')",
+                "SELECT * FROM query('SELECT * FROM lake.other')",
+                "SELECT * FROM ducklake_snapshots('lake')",
+            ):
+                with pytest.raises(QueryError):
+                    session.run(sneaky)
             with pytest.raises(RefusedStatementError):
                 session.run(f"SELECT * FROM read_csv('{path}')")
             # not even the data files of another table of the same lake
