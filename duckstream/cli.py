@@ -103,8 +103,17 @@ def _add_profile_parser(commands: argparse._SubParsersAction[argparse.ArgumentPa
         ),
     )
     profile.add_argument(
-        "source", nargs="+", help="Parquet file, directory, glob or s3:// URI (several: one source)"
+        "source",
+        nargs="+",
+        help="Parquet file, directory, glob or s3:// URI (several: one source); with --catalog, a table name",
     )
+    profile.add_argument(
+        "--catalog",
+        metavar="DSN_OR_PATH",
+        help="a lakehouse catalog (postgresql://... or a catalog file), opened read-only: SOURCE is a table",
+    )
+    profile.add_argument("--data-path", help="the catalog's data folder or s3:// prefix, if not the default")
+    profile.add_argument("--version", type=int, help="with --catalog: the snapshot (default: the newest)")
     profile.add_argument("--column", "-c", action="append", metavar="COL", help="profile only these columns")
     profile.add_argument(
         "--key", "-k", action="append", metavar="COL", help="count duplicate rows of this key"
@@ -272,21 +281,34 @@ def _csv_cell(value: object) -> object:
 
 
 def _run_profile(args: argparse.Namespace, out: TextIO) -> int:
+    from duckstream.errors import ConfigurationError
     from duckstream.quality.checks import read_checks_file
     from duckstream.quality.profiling import DEFAULT_EXACT_THRESHOLD, profile
     from duckstream.quality.render import render_html, render_markdown, render_text
 
     checks = [*args.check, *(read_checks_file(args.checks_file) if args.checks_file else [])]
-    report = profile(
-        args.source[0] if len(args.source) == 1 else args.source,
-        s3_endpoint=args.s3_endpoint,
-        s3_region=args.s3_region,
-        columns=args.column,
-        key=args.key,
-        checks=checks,
-        sample=args.sample,
-        exact_threshold=DEFAULT_EXACT_THRESHOLD if args.exact_threshold is None else args.exact_threshold,
-    )
+    options = {
+        "s3_endpoint": args.s3_endpoint,
+        "s3_region": args.s3_region,
+        "columns": args.column,
+        "key": args.key,
+        "checks": checks,
+        "sample": args.sample,
+        "exact_threshold": DEFAULT_EXACT_THRESHOLD if args.exact_threshold is None else args.exact_threshold,
+    }
+    if args.catalog is None:
+        if args.version is not None or args.data_path is not None:
+            raise ConfigurationError("--version and --data-path go with --catalog")
+        report = profile(args.source[0] if len(args.source) == 1 else args.source, **options)
+    else:
+        from duckstream.catalog import LakehouseCatalog
+
+        if len(args.source) != 1:
+            raise ConfigurationError(f"with --catalog, give one table name, found {len(args.source)}")
+        with LakehouseCatalog(
+            args.catalog, args.data_path, args.s3_endpoint, s3_region=args.s3_region, read_only=True
+        ) as catalog:
+            report = profile(catalog.table(args.source[0], args.version), **options)
     print(render_text(report), file=out)
     outputs = [
         (args.html, render_html),

@@ -110,3 +110,31 @@ def test_help_lists_the_check_syntax(capsys: pytest.CaptureFixture[str]) -> None
     with pytest.raises(SystemExit):
         main(["profile", "--help"])
     assert "not_null:COL" in capsys.readouterr().out
+
+
+def test_a_lake_table_at_a_snapshot(tmp_path: Path) -> None:
+    from duckstream.catalog import LakehouseCatalog
+
+    raw = tmp_path / "raw.parquet"
+    pq.write_table(mixed_table(40).drop_columns(["meta"]), raw)
+    catalog_path = tmp_path / "lake.ducklake"
+    with LakehouseCatalog(catalog_path) as catalog:
+        catalog.con.execute(f"CREATE TABLE captions AS SELECT * FROM read_parquet('{raw}')")
+        first = catalog.current_snapshot()
+        catalog.con.execute("DELETE FROM captions WHERE imgid < 10")
+    code, text = run("profile", "captions", "--catalog", str(catalog_path), "--version", str(first))
+    assert code == 0
+    assert f"source: lake table captions at snapshot {first}" in text
+    assert "rows: 40" in text
+    code, text = run("profile", "captions", "--catalog", str(catalog_path), "--check", "range:imgid:10:")
+    assert code == 0
+    assert "rows: 40" not in text
+
+
+def test_catalog_options_without_a_catalog(source: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _ = run("profile", str(source), "--version", "3")
+    assert code == 1
+    assert "--version and --data-path go with --catalog" in capsys.readouterr().err
+    code, _ = run("profile", "nope", "--catalog", str(source / "missing.ducklake"))
+    assert code == 1
+    assert capsys.readouterr().err.startswith("duckstream: error: ")
