@@ -94,7 +94,8 @@ class ReadOnlySession:
     def run(self, sql: str) -> SQLAnswer:
         """Rows of one SELECT over the sources; refuses anything else with a readable reason."""
         statement = self._check(sql)
-        con = self.engine.con
+        # A cursor per query: tools may run in parallel threads, and an interrupt stops only this one.
+        con = self.engine.con.cursor()
         timer = threading.Timer(self.timeout_s, con.interrupt)
         timer.start()
         try:
@@ -117,6 +118,7 @@ class ReadOnlySession:
             raise engine.query_error(exc, sql) from None
         finally:
             timer.cancel()
+            con.close()
         truncated = len(rows) > self.max_rows
         return SQLAnswer(
             columns=columns,
@@ -141,7 +143,8 @@ class ReadOnlySession:
                 f"only SELECT queries are allowed here (this session is read-only); found: {kind.name}",
             )
         try:
-            tables = self._parser.get_table_names(sql, qualified=True)
+            with self._parser.cursor() as parser:
+                tables = parser.get_table_names(sql, qualified=True)
         except duckdb.PermissionException as exc:
             raise self._refuse(sql, _outside(exc, self.sources)) from None
         except duckdb.Error as exc:

@@ -216,3 +216,20 @@ def test_close_releases_the_engine(home: Path) -> None:
     deps.close()
     with pytest.raises(DuckstreamError, match="closed"):
         engine.execute("SELECT 1")
+
+
+def test_parallel_queries_and_a_timeout_beside_them(deps: LakehouseDeps) -> None:
+    """Tools may run in threads: each query has its own cursor, and a timeout stops only its own."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    session = deps.session()
+
+    def count(_: int) -> object:
+        return session.run("SELECT count(*) AS n FROM captions, range(20000)").rows
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        slow = pool.submit(session.run, "SELECT count(*) FROM range(1000000000000) a")
+        counts = list(pool.map(count, range(6)))
+        with pytest.raises(RefusedStatementError, match="longer than the limit"):
+            slow.result()
+    assert counts == [[{"n": 60 * 20000}]] * 6
