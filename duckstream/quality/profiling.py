@@ -32,7 +32,14 @@ from duckstream.quality.report import (
     ValueCount,
 )
 from duckstream.quality.sources import open_source, quote_identifier
-from duckstream.quality.values import float_or_none, histogram_from_quantiles, int_or_none, jsonable, scalar
+from duckstream.quality.values import (
+    HISTOGRAM_BINS,
+    float_or_none,
+    histogram_from_quantiles,
+    int_or_none,
+    jsonable,
+    scalar,
+)
 from duckstream.storage import S3Settings
 
 __all__ = ["DEFAULT_EXACT_THRESHOLD", "profile"]
@@ -311,6 +318,9 @@ def _column_profile(
         edges, counts = histogram_from_quantiles([float(q) for q in quantiles], non_null - (non_finite or 0))
         histogram = Histogram(of="values" if col.kind == "numeric" else "lengths", edges=edges, counts=counts)
     distinct = get("distinct")
+    if counted and distinct is not None and int(distinct) == len(counted) and is_integer(col.type):
+        # Every value is among the exactly counted top values: the histogram is exact.
+        histogram = _integer_histogram(counted) or histogram
     return ColumnProfile(
         name=col.name,
         type=col.type,
@@ -329,6 +339,16 @@ def _column_profile(
         top_values_approximate=bool(raw_top) and counted is None,
         histogram=histogram,
     )
+
+
+def _integer_histogram(counted: Sequence[tuple[Any, int]]) -> Histogram | None:
+    """Unit-wide bins centred on each integer between the smallest and largest value."""
+    values = {int(value): count for value, count in counted}
+    low, high = min(values), max(values)
+    if high - low > 2 * HISTOGRAM_BINS:
+        return None
+    edges = [v - 0.5 for v in range(low, high + 2)]
+    return Histogram(of="values", edges=edges, counts=[float(values.get(v, 0)) for v in range(low, high + 1)])
 
 
 def _check_literals(con: duckdb.DuckDBPyConnection, check: Check, types: Mapping[str, str]) -> None:

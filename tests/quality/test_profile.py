@@ -273,3 +273,13 @@ def test_unusual_types_are_profiled_or_named(tmp_path: Path) -> None:
     assert report.column("arr").length is not None
     with pytest.raises(ConfigurationError, match="does not apply to column 'm'"):
         profile(path, checks=["range:m:1:2"])
+
+
+def test_few_integers_get_an_exact_histogram(tmp_path: Path) -> None:
+    path = tmp_path / "few.parquet"
+    values = [0] * 5 + [1] * 2 + [3] * 7 + [None]
+    pq.write_table(pa.table({"n": pa.array(values, pa.int64())}), path)
+    histogram = profile(path).column("n").histogram
+    assert histogram is not None
+    assert histogram.edges == [-0.5, 0.5, 1.5, 2.5, 3.5]
+    assert histogram.counts == [5.0, 2.0, 0.0, 7.0]
