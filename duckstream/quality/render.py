@@ -136,6 +136,7 @@ def render_markdown(report: QualityReport) -> str:
         png = histogram_png(column)
         if png is not None:
             out += [f"![{_md(column.name)}]({_data_uri(png)})", ""]
+    out += _sample_section(report, "markdown")
     out += _notes(report, "markdown")
     return "\n".join(out) + "\n"
 
@@ -166,6 +167,7 @@ def render_html(report: QualityReport) -> str:
         f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
         + "\n".join(_checks_section(report, "html"))
         + f'<h2>Histograms</h2><div class="figures">{"".join(figures)}</div>'
+        + "\n".join(_sample_section(report, "html"))
         + "\n".join(_notes(report, "html"))
         + "</body></html>\n"
     )
@@ -195,6 +197,26 @@ def _checks_section(report: QualityReport, style: Literal["markdown", "html"]) -
         for c in failed
     )
     return [f"<h2>{html.escape(title)}</h2>", f"<ul>{items}</ul>"]
+
+
+def _sample_section(report: QualityReport, style: Literal["markdown", "html"]) -> list[str]:
+    if not report.sample_rows:
+        return []
+    names = list(report.sample_rows[0])
+    rows = [[_short(row.get(name)) for name in names] for row in report.sample_rows]
+    title = f"Sample ({len(rows)} first rows)"
+    if style == "markdown":
+        lines = [
+            f"## {title}",
+            "",
+            "| " + " | ".join(_md(n) for n in names) + " |",
+            "|" + "---|" * len(names),
+        ]
+        return [*lines, *("| " + " | ".join(_md(c) for c in row) + " |" for row in rows), ""]
+    esc = html.escape
+    head = "".join(f"<th>{esc(n)}</th>" for n in names)
+    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return [f"<h2>{esc(title)}</h2><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"]
 
 
 def _notes(report: QualityReport, style: Literal["markdown", "html"]) -> list[str]:

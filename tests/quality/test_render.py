@@ -64,6 +64,7 @@ def test_markdown_has_a_picture_per_column_and_the_failed_checks(report: Quality
     assert "**FAILED** `range:score:0:`" in text
     assert "not_null:day" not in text  # passed checks are counted, not listed
     assert "| imgid | BIGINT |" in text
+    assert "## Sample (5 first rows)" in text
 
 
 def test_html_is_self_contained(report: QualityReport) -> None:
@@ -71,6 +72,7 @@ def test_html_is_self_contained(report: QualityReport) -> None:
     assert page.startswith("<!DOCTYPE html>")
     assert len(images(page)) == len(histogram_columns(report))
     assert "<b>FAILED</b> <code>not_null:imgid</code>" in page
+    assert "<h2>Sample (5 first rows)</h2>" in page
     assert not re.search(r"""(src|href)=["'](?!data:)""", page)  # nothing loaded from elsewhere
 
 
