@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from duckstream.engine import sql_literal
 from duckstream.errors import ConfigurationError
@@ -58,6 +58,21 @@ class Check(BaseModel):
     low: float | int | str | None = None
     high: float | int | str | None = None
     values: tuple[str | int | float | bool, ...] = ()
+
+    @model_validator(mode="after")
+    def _complete(self) -> Check:
+        if self.kind == "rows":
+            if self.column is not None:
+                raise ValueError("a rows check names no column")
+        elif not self.column:
+            raise ValueError(f"a {self.kind} check needs a column")
+        if self.kind in ("length", "rows"):
+            for bound in (self.low, self.high):
+                if bound is not None and (not isinstance(bound, int) or isinstance(bound, bool)):
+                    raise ValueError(f"{self.kind} bounds are whole numbers, found {bound!r}")
+        if self.kind == "values" and not self.values:
+            raise ValueError("a values check needs at least one allowed value")
+        return self
 
     def label(self) -> str:
         """The check as written on the command line."""

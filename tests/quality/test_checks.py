@@ -118,3 +118,12 @@ def test_bad_checks_files(tmp_path: Path) -> None:
     (tmp_path / "y.json").write_text('[{"kind": "often", "column": "a"}]')
     with pytest.raises(ConfigurationError, match=r"check 0 in .* is not valid: kind"):
         read_checks_file(tmp_path / "y.json")
+    for bad, message in (
+        ({"kind": "values", "column": "a"}, "at least one allowed value"),
+        ({"kind": "not_null"}, "needs a column"),
+        ({"kind": "rows", "column": "a"}, "names no column"),
+        ({"kind": "length", "column": "a", "low": 1.5}, "whole numbers"),
+    ):
+        (tmp_path / "z.json").write_text(json.dumps([bad]))
+        with pytest.raises(ConfigurationError, match=message):
+            read_checks_file(tmp_path / "z.json")
