@@ -19,6 +19,7 @@ _EXPORTS: dict[str, str] = {
     "LakehouseCatalog": "duckstream.catalog",
     "LakehouseQuery": "duckstream.query",
     "as_iterable_dataset": "duckstream.stream",
+    "profile": "duckstream.quality",
     "stream_batches": "duckstream.stream",
     "sync_from_hf": "duckstream.sync",
 }
@@ -28,6 +29,7 @@ __all__ = sorted(_EXPORTS)
 if TYPE_CHECKING:
     from duckstream.catalog import LakehouseCatalog as LakehouseCatalog
     from duckstream.core.lake import LakeTable as LakeTable
+    from duckstream.quality import profile as profile
     from duckstream.query import LakehouseQuery as LakehouseQuery
     from duckstream.stream import DuckStreamDataset as DuckStreamDataset
     from duckstream.stream import DuckStreamLoader as DuckStreamLoader

@@ -14,6 +14,7 @@ EXTRA_OF_MODULE: dict[str, str] = {
     "lightning": "lightning",
     "wandb": "wandb",
     "pydantic_ai": "agent",
+    "matplotlib": "quality",
 }
 
 

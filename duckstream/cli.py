@@ -1,4 +1,4 @@
-"""The ``duckstream`` command: query, demo, ingest and bench (heavy imports inside commands)."""
+"""The ``duckstream`` command: query, profile, demo, ingest and bench (heavy imports inside commands)."""
 
 from __future__ import annotations
 
@@ -80,7 +80,68 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_s3_options(ingest)
 
     _add_bench_parser(commands)
+    _add_profile_parser(commands)
     return parser
+
+
+# duckstream.quality.checks.CHECK_HELP, spelled out so that parsing imports nothing heavy.
+_CHECK_HELP = (
+    "not_null:COL, unique:COL, range:COL:MIN:MAX, values:COL:A,B,C, length:COL:MIN:MAX, rows:MIN:MAX "
+    "(empty MIN or MAX: no bound)"
+)
+
+
+def _add_profile_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    profile = commands.add_parser(
+        "profile",
+        help="profile a source in one pass (nulls, distinct, min/max, lengths) and check expectations",
+        description=(
+            "Profile Parquet files (a file, directory, glob or s3:// URI) in one scan: per column its "
+            "nulls, distinct values, min/max, mean, lengths and top values, and the checks given. Prints "
+            "a table; --html and --markdown write a report with a histogram per column. Exits 1 when a "
+            "check fails."
+        ),
+    )
+    profile.add_argument(
+        "source",
+        nargs="+",
+        help="Parquet file, directory, glob or s3:// URI (several: one source); with --catalog, a table name",
+    )
+    profile.add_argument(
+        "--catalog",
+        metavar="DSN_OR_PATH",
+        help="a lakehouse catalog (postgresql://... or a catalog file), opened read-only: SOURCE is a table",
+    )
+    profile.add_argument("--data-path", help="the catalog's data folder or s3:// prefix, if not the default")
+    profile.add_argument("--version", type=int, help="with --catalog: the snapshot (default: the newest)")
+    profile.add_argument("--column", "-c", action="append", metavar="COL", help="profile only these columns")
+    profile.add_argument(
+        "--key", "-k", action="append", metavar="COL", help="count duplicate rows of this key"
+    )
+    profile.add_argument(
+        "--check",
+        action="append",
+        default=[],
+        metavar="CHECK",
+        help=f"an expectation (repeatable): {_CHECK_HELP}",
+    )
+    profile.add_argument(
+        "--checks-file",
+        type=Path,
+        metavar="PATH",
+        help='a JSON file with a list of checks, as strings like "not_null:id" or objects like '
+        '{"kind": "range", "column": "id", "low": 0, "high": 100}',
+    )
+    profile.add_argument("--sample", type=int, default=5, help="sample rows kept in the report (default 5)")
+    profile.add_argument(
+        "--exact-threshold",
+        type=int,
+        help="exact distinct counts up to this many rows, estimates above (default 1,000,000)",
+    )
+    profile.add_argument("--html", type=Path, metavar="PATH", help="write a self-contained HTML report")
+    profile.add_argument("--markdown", type=Path, metavar="PATH", help="write a Markdown report")
+    profile.add_argument("--json", type=Path, metavar="PATH", help="write the report as JSON")
+    _add_s3_options(profile)
 
 
 def _run_ingest(args: argparse.Namespace, out: TextIO) -> None:
@@ -224,6 +285,57 @@ def _csv_cell(value: object) -> object:
     return value
 
 
+def _run_profile(args: argparse.Namespace, out: TextIO) -> int:
+    from duckstream.errors import ConfigurationError
+    from duckstream.quality.checks import read_checks_file
+    from duckstream.quality.profiling import DEFAULT_EXACT_THRESHOLD, profile
+    from duckstream.quality.render import render_html, render_markdown, render_text
+
+    checks = [*args.check, *(read_checks_file(args.checks_file) if args.checks_file else [])]
+    options = {
+        "s3_endpoint": args.s3_endpoint,
+        "s3_region": args.s3_region,
+        "columns": args.column,
+        "key": args.key,
+        "checks": checks,
+        "sample": args.sample,
+        "exact_threshold": DEFAULT_EXACT_THRESHOLD if args.exact_threshold is None else args.exact_threshold,
+    }
+    if args.catalog is None:
+        if args.version is not None or args.data_path is not None:
+            raise ConfigurationError("--version and --data-path go with --catalog")
+        report = profile(args.source[0] if len(args.source) == 1 else args.source, **options)
+    else:
+        from duckstream.catalog import LakehouseCatalog
+
+        if len(args.source) != 1:
+            raise ConfigurationError(f"with --catalog, give one table name, found {len(args.source)}")
+        with LakehouseCatalog(
+            args.catalog, args.data_path, args.s3_endpoint, s3_region=args.s3_region, read_only=True
+        ) as catalog:
+            report = profile(catalog.table(args.source[0], args.version), **options)
+    print(render_text(report), file=out)
+    outputs = [
+        (args.html, render_html),
+        (args.markdown, render_markdown),
+        (args.json, lambda r: r.model_dump_json(indent=2)),
+    ]
+    for path, render in outputs:
+        if path is not None:
+            _write_report(path, render(report))
+            print(f"wrote {path}", file=out)
+    return 0 if report.passed else 1
+
+
+def _write_report(path: Path, text: str) -> None:
+    from duckstream.errors import ConfigurationError
+
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise ConfigurationError(f"cannot write the report to {path}: {exc.strerror or exc}") from None
+
+
 def _run_demo(args: argparse.Namespace, out: TextIO) -> None:
     from duckstream.demo import run_demo
 
@@ -264,6 +376,8 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
             _run_query(args, stream)
         elif args.command == "bench":
             return _run_bench(args, stream)
+        elif args.command == "profile":
+            return _run_profile(args, stream)
         elif args.command == "ingest":
             _run_ingest(args, stream)
         else:

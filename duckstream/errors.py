@@ -16,7 +16,9 @@
     ├── ServiceError                     a test/dev service (S3 server, PostgreSQL) failed to start
     ├── SyncError                        an ingest could not load its dataset or write its files
     └── QueryError                       DuckDB rejected or failed a statement; names the statement
-        └── S3AccessError                and the file at fault; S3 refused the credentials
+        ├── S3AccessError                and the file at fault; S3 refused the credentials
+        └── RefusedStatementError        a read-only SQL session refused a statement (a write,
+                                         a setting, a read outside its sources, a time limit)
 
 Messages say what was expected, what was found and what to do, and never contain a secret:
 everything that reaches a message passes through :func:`duckstream.redact.redact`.
@@ -32,6 +34,7 @@ __all__ = [
     "ExtensionError",
     "MissingDependencyError",
     "QueryError",
+    "RefusedStatementError",
     "S3AccessError",
     "ServiceError",
     "SourceError",
@@ -104,3 +107,7 @@ class QueryError(DuckstreamError):
 
 class S3AccessError(QueryError):
     """The S3 store refused the request: wrong or missing credentials, or no permission."""
+
+
+class RefusedStatementError(QueryError):
+    """A read-only SQL session refused a statement; the message says why, for a person or a model."""

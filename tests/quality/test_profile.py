@@ -1,0 +1,285 @@
+"""profile(): figures checked against an independent computation with pyarrow, in one scan."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import duckstream
+from duckstream.catalog import LakehouseCatalog
+from duckstream.errors import ConfigurationError, QueryError, SourceError
+from duckstream.quality import QualityReport, profile, profiling
+from duckstream.quality.values import histogram_from_quantiles
+from tests.quality.data import mixed_table, write_parts
+
+
+@pytest.fixture
+def mixed(tmp_path: Path) -> tuple[Path, pa.Table]:
+    table = mixed_table()
+    return write_parts(tmp_path / "mixed", table), table
+
+
+def test_counts_match_pyarrow(mixed: tuple[Path, pa.Table]) -> None:
+    directory, table = mixed
+    report = profile(directory)
+    assert isinstance(report, QualityReport)
+    assert report.total_rows == table.num_rows
+    assert report.total_columns == table.num_columns
+    assert report.null_counts == {name: table.column(name).null_count for name in table.column_names}
+    for name in ("imgid", "score", "split", "caption", "day", "flag"):
+        column = table.column(name).drop_null()
+        assert report.distinct_counts[name] == len(pc.unique(column)), name
+    assert report.distinct_counts["meta"] is None  # a struct: nulls only, and the report says so
+    assert any("'meta'" in note for note in report.notes)
+
+
+def test_numbers_strings_and_lists(mixed: tuple[Path, pa.Table]) -> None:
+    directory, table = mixed
+    report = profile(directory)
+    score = table.column("score").drop_null().to_pylist()
+    numeric = report.column("score")
+    assert (numeric.kind, numeric.min, numeric.max) == ("numeric", min(score), max(score))
+    assert numeric.mean == pytest.approx(sum(score) / len(score))
+    assert numeric.histogram is not None
+    assert sum(numeric.histogram.counts) == pytest.approx(len(score))
+    assert numeric.histogram.edges[0] == min(score)
+    assert numeric.histogram.edges[-1] == max(score)
+
+    captions = table.column("caption").to_pylist()
+    lengths = [len(c) for c in captions]
+    text = report.column("caption")
+    assert text.length is not None
+    assert (text.length.min, text.length.max) == (min(lengths), max(lengths))
+    assert text.length.mean == pytest.approx(sum(lengths) / len(lengths))
+
+    tokens = [len(t) for t in table.column("tokens").to_pylist() if t is not None]
+    listed = report.column("tokens")
+    assert listed.kind == "list"
+    assert listed.length is not None
+    assert (listed.length.min, listed.length.max) == (min(tokens), max(tokens))
+
+    day = report.column("day")
+    assert (day.kind, day.min, day.max) == ("temporal", "2024-01-01", "2024-01-30")
+    assert report.column("flag").mean == pytest.approx(sum(table.column("flag").to_pylist()) / table.num_rows)
+
+
+def test_top_values_are_the_most_frequent_with_counts(mixed: tuple[Path, pa.Table]) -> None:
+    directory, table = mixed
+    split = profile(directory).column("split")
+    counts = table.column("split").drop_null().value_counts().to_pylist()
+    expected = sorted(((c["counts"], c["values"]) for c in counts), reverse=True)
+    assert [(v.count, v.value) for v in split.top_values] == expected[: len(split.top_values)]
+    assert not split.top_values_approximate
+
+
+def test_key_duplicates_and_sample(mixed: tuple[Path, pa.Table]) -> None:
+    directory, table = mixed
+    report = profile(directory, key="imgid", sample=4)
+    ids = table.column("imgid").to_pylist()
+    assert report.duplicate_count == len(ids) - len(set(ids))  # null keys compare equal
+    assert len(report.sample_rows) == 4
+    assert report.sample_rows[0]["imgid"] == ids[0]
+    assert report.sample_rows[0]["day"] == "2024-01-01"
+
+
+def test_one_scan_of_the_data(mixed: tuple[Path, pa.Table], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The statistics of all columns and all checks come from one aggregate query."""
+    seen: list[str] = []
+
+    class Spy:
+        def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+            self._con = con
+
+        def execute(self, sql: str, *args: object) -> duckdb.DuckDBPyConnection:
+            seen.append(sql)
+            return self._con.execute(sql, *args)
+
+    real = profiling._profile
+
+    def spied(con: duckdb.DuckDBPyConnection, *args: Any) -> QualityReport:
+        return real(Spy(con), *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(profiling, "_profile", spied)
+    directory, _ = mixed
+    profile(directory, checks=["not_null:imgid", "range:score:0:"], key="imgid", sample=0)
+    scans = [s for s in seen if "read_parquet" in s and not s.startswith("DESCRIBE")]
+    aggregates = [s for s in scans if "count(*) AS total" in s]
+    assert len(aggregates) == 1
+    assert all(f"c{i}_nn" in aggregates[0] for i in range(8))
+    assert "approx_quantile" in aggregates[0]
+    assert "count_if" in aggregates[0]
+    # Besides it: the row count (Parquet footers answer it), and exact counts of the top values.
+    count, top = (s for s in scans if s not in aggregates)
+    assert count.startswith("SELECT count(*) FROM")
+    assert re.fullmatch(r"SELECT (count_if\(\"\w+\" = \?\) AS c\d+_top_\d+(, )?)+ FROM .*", top)
+    assert "histogram(" not in " ".join(scans)  # an exact map of every value: far too slow
+
+
+def test_estimates_above_the_threshold_are_labelled(mixed: tuple[Path, pa.Table]) -> None:
+    directory, table = mixed
+    report = profile(directory, exact_threshold=10)
+    split = report.column("split")
+    assert split.distinct_approximate
+    assert split.top_values_approximate
+    assert all(v.count is None for v in split.top_values)
+    assert {v.value for v in split.top_values} <= {"train", "val"}
+    assert any("exact threshold of 10" in a for a in report.approximate)
+    assert report.distinct_counts["imgid"] == pytest.approx(
+        len(pc.unique(table.column("imgid").drop_null())), rel=0.1
+    )
+
+
+def test_columns_subset(mixed: tuple[Path, pa.Table]) -> None:
+    directory, _ = mixed
+    report = profile(directory, columns=["split", "score"])
+    assert [c.name for c in report.columns] == ["split", "score"]
+    assert report.total_columns == 8
+
+
+def test_lists_of_sources_and_globs(mixed: tuple[Path, pa.Table]) -> None:
+    directory, table = mixed
+    assert profile(str(directory / "*.parquet")).total_rows == table.num_rows
+    files = sorted(directory.glob("*.parquet"))
+    assert profile([str(f) for f in files[:2]]).total_rows == sum(
+        pq.read_metadata(f).num_rows for f in files[:2]
+    )
+
+
+def test_the_top_level_package_exports_profile(mixed: tuple[Path, pa.Table]) -> None:
+    assert duckstream.profile is profile
+
+
+def test_an_empty_source_is_a_report_with_no_rows(tmp_path: Path) -> None:
+    path = tmp_path / "empty.parquet"
+    pq.write_table(mixed_table().slice(0, 0), path)
+    report = profile(path, checks=["rows:1:"])
+    assert report.total_rows == 0
+    assert report.null_counts["imgid"] == 0
+    assert report.column("score").histogram is None
+    assert not report.passed
+    assert report.checks[0].offending == 1
+    assert any("no rows" in n for n in report.notes)
+
+
+def test_bad_sources_and_arguments(tmp_path: Path, mixed: tuple[Path, pa.Table]) -> None:
+    with pytest.raises(SourceError, match="no such file"):
+        profile(tmp_path / "missing.parquet")
+    (tmp_path / "nothing").mkdir()
+    with pytest.raises(SourceError, match="holds no"):
+        profile(tmp_path / "nothing")
+    with pytest.raises(SourceError):
+        profile([])
+    directory, _ = mixed
+    with pytest.raises(ConfigurationError, match="no column 'nope'"):
+        profile(directory, columns=["nope"])
+    with pytest.raises(ConfigurationError, match="no column 'nope'"):
+        profile(directory, key="nope")
+    with pytest.raises(ConfigurationError, match="sample"):
+        profile(directory, sample=-1)
+
+
+def test_lake_table_at_its_snapshot(tmp_path: Path) -> None:
+    table = mixed_table(40).drop_columns(["meta"])
+    raw = tmp_path / "raw.parquet"
+    pq.write_table(table, raw)
+    with LakehouseCatalog(tmp_path / "lake.ducklake", tmp_path / "files") as catalog:
+        catalog.con.execute(f"CREATE TABLE captions AS SELECT * FROM read_parquet('{raw}')")
+        pinned = catalog.table("captions")
+        catalog.con.execute("DELETE FROM captions WHERE imgid < 5")
+        catalog.con.execute(f"INSERT INTO captions SELECT * FROM read_parquet('{raw}')")
+        report = profile(pinned, key="imgid")  # the catalog is open in this process
+        latest = profile(catalog.table("captions"))
+    assert report.source == f"lake table captions at snapshot {pinned.version}"
+    assert report.total_rows == table.num_rows
+    assert report.null_counts["imgid"] == table.column("imgid").null_count
+    ids = table.column("imgid").to_pylist()
+    assert report.duplicate_count == len(ids) - len(set(ids))
+    kept = [i for i in ids if i is None or i >= 5]
+    assert latest.total_rows == len(kept) + len(ids)
+    # the catalog closed: the pinned table is read through a read-only attach of its own
+    assert profile(pinned).total_rows == table.num_rows
+
+
+def test_histogram_from_quantiles_keeps_the_count() -> None:
+    edges, counts = histogram_from_quantiles([0.0, 1.0, 1.0, 1.0, 4.0], 100, bins=4)
+    assert edges == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert sum(counts) == pytest.approx(100)
+    assert counts[0] == pytest.approx(75)  # three quarters of the rows are at most 1
+    assert histogram_from_quantiles([2.0, 2.0], 7) == ([1.5, 2.5], [7.0])
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    values=st.lists(st.one_of(st.none(), st.integers(-5, 5)), max_size=40),
+    texts=st.lists(st.one_of(st.none(), st.text(alphabet="abc", max_size=4)), max_size=40),
+)
+def test_counts_are_exact_below_the_threshold(
+    tmp_path_factory: pytest.TempPathFactory, values: list[int | None], texts: list[str | None]
+) -> None:
+    rows = min(len(values), len(texts))
+    table = pa.table({"n": pa.array(values[:rows], pa.int64()), "t": pa.array(texts[:rows], pa.string())})
+    path = tmp_path_factory.mktemp("prop") / "t.parquet"
+    pq.write_table(table, path)
+    report = profile(path, key="n", checks=["not_null:t", "range:n:0:3", "unique:t"])
+    n, t = values[:rows], texts[:rows]
+    assert report.total_rows == rows
+    assert report.null_counts == {"n": n.count(None), "t": t.count(None)}
+    assert report.distinct_counts == {"n": len(set(n) - {None}), "t": len(set(t) - {None})}
+    assert report.duplicate_count == rows - len(set(n))
+    offending = [c.offending for c in report.checks]
+    present = [x for x in t if x is not None]
+    assert offending == [
+        t.count(None),
+        sum(1 for x in n if x is not None and not 0 <= x <= 3),
+        len(present) - len(set(present)),
+    ]
+
+
+def test_a_profile_past_its_time_limit_is_stopped(tmp_path: Path) -> None:
+    path = tmp_path / "wide.parquet"
+    duckdb.sql(f"COPY (SELECT i, md5(i::VARCHAR) AS s FROM range(1000000) t(i)) TO '{path}'")
+    with pytest.raises(QueryError, match=r"took longer than the limit of 0\.05 s"):
+        profile(path, timeout_s=0.05, exact_threshold=10**9)
+    assert profile(path, columns=["i"], sample=0).total_rows == 1_000_000
+
+
+def test_unusual_types_are_profiled_or_named(tmp_path: Path) -> None:
+    path = tmp_path / "types.parquet"
+    duckdb.sql(
+        "COPY (SELECT uuid() AS u, MAP {'k': i} AS m, INTERVAL 3 DAY AS iv, 1.5::DECIMAL(10, 2) AS dec, "
+        "[{'a': 1}] AS ls, [1.0, 2.0, 3.0]::FLOAT[3] AS arr, '{\"x\": 1}'::JSON AS j, "
+        "CASE WHEN i % 2 = 0 THEN 'nan'::DOUBLE WHEN i = 1 THEN 'inf'::DOUBLE ELSE i END AS x, "
+        f"TIME '10:00' AS t FROM range(10) t(i)) TO '{path}'"
+    )
+    report = profile(path, checks=["unique:u", "unique:m", "not_null:ls"])
+    assert [c.passed for c in report.checks] == [True, True, True]
+    x = report.column("x")
+    assert x.non_finite == 6
+    assert x.mean == pytest.approx((3 + 5 + 7 + 9) / 4)
+    assert x.histogram is not None
+    assert sum(x.histogram.counts) == pytest.approx(4)
+    assert "column 'x' has 6 NaN or infinite values" in report.notes
+    assert "column 'u' of type UUID is profiled for nulls only" in report.notes
+    assert report.column("j").kind == "string"
+    assert report.column("arr").length is not None
+    with pytest.raises(ConfigurationError, match="does not apply to column 'm'"):
+        profile(path, checks=["range:m:1:2"])
+
+
+def test_few_integers_get_an_exact_histogram(tmp_path: Path) -> None:
+    path = tmp_path / "few.parquet"
+    values = [0] * 5 + [1] * 2 + [3] * 7 + [None]
+    pq.write_table(pa.table({"n": pa.array(values, pa.int64())}), path)
+    histogram = profile(path).column("n").histogram
+    assert histogram is not None
+    assert histogram.edges == [-0.5, 0.5, 1.5, 2.5, 3.5]
+    assert histogram.counts == [5.0, 2.0, 0.0, 7.0]
