@@ -87,6 +87,7 @@ class DuckStreamDataset(IterableDataset[Any]):
         self.threads = threads
         self._ranks = detect_ranks()
         self._num_workers = 1  # reading slots per rank; DuckStreamLoader sets its worker count
+        self._chunk = 1  # batches per DataLoader transfer; DuckStreamLoader sets it for its workers
         self._epoch = 0
         # Persistent DataLoader workers keep the copy of the dataset they started with: the
         # epoch, and whether resumed stages still apply, reach them through shared memory.
@@ -141,7 +142,9 @@ class DuckStreamDataset(IterableDataset[Any]):
 
     def _stage(self, consumed: int) -> Stage:
         size, drop = self._item_rows()
-        return Stage(self._ranks[1], self._num_workers, size, drop, self.shuffle_buffer, consumed)
+        return Stage(
+            self._ranks[1], self._num_workers, size, drop, self.shuffle_buffer, consumed, self._chunk
+        )
 
     def state_dict(self) -> dict[str, Any]:
         """Progress of in-process iteration; with workers, ask the loader instead.
@@ -234,7 +237,7 @@ class DuckStreamDataset(IterableDataset[Any]):
                 self._slot_resume = None
                 done, slot_items = [*prior, stage], (role, stage.consumed)
         else:
-            self._num_workers = 1
+            self._num_workers, self._chunk = 1, 1
             # In-process: a new pass after a finished one starts the epoch over.
             if self._finished:
                 self._done, self._consumed, self._finished = [], 0, False
@@ -280,7 +283,8 @@ class DuckStreamDataset(IterableDataset[Any]):
         )
         items = self._items(batches)
         if info is not None:
-            return self._worker_counted(items)
+            counted = self._worker_counted(items)
+            return self._chunked(counted, start.items) if self._chunk > 1 else counted
         return self._counted(items)
 
     def _items(self, batches: Iterator[Any]) -> Iterator[Any]:
@@ -297,6 +301,19 @@ class DuckStreamDataset(IterableDataset[Any]):
             else:
                 item = collate_batch(batch, self.output)
                 yield item if transform is None else transform(item)
+
+    def _chunked(self, items: Iterator[Any], items_before: int) -> Iterator[list[Any]]:
+        # Transfers hold `chunk` items counted from the start of the slot's stage, so a resumed
+        # worker first finishes the transfer the training loop was inside.
+        size = self._chunk - items_before % self._chunk
+        held: list[Any] = []
+        for item in items:
+            held.append(item)
+            if len(held) == size:
+                yield held
+                held, size = [], self._chunk
+        if held:
+            yield held
 
     def _worker_counted(self, items: Iterator[Any]) -> Iterator[Any]:
         for item in items:
@@ -321,6 +338,17 @@ def _identity(item: Any) -> Any:
     return item
 
 
+# Batches a worker hands over at once: DataLoader's cost per transfer (a pipe message, a wake-up
+# of each side) is paid once for them all. About 1 MiB a transfer, at most 16 batches.
+_TRANSFER_BYTES = 1024 * 1024
+_MAX_BATCHES_PER_TRANSFER = 16
+
+
+def _batches_per_transfer(dataset: DuckStreamDataset) -> int:
+    batch_bytes = max(1, dataset.plan.row_bytes * (dataset.batch_size or 1))
+    return max(1, min(_MAX_BATCHES_PER_TRANSFER, _TRANSFER_BYTES // batch_bytes))
+
+
 class DuckStreamLoader(DataLoader[Any]):
     """A DataLoader for a :class:`DuckStreamDataset`: each pass is the next epoch.
 
@@ -328,7 +356,15 @@ class DuckStreamLoader(DataLoader[Any]):
     items the training loop took, so :meth:`state_dict` resumes exactly, also with workers.
     """
 
-    def __init__(self, dataset: DuckStreamDataset, num_workers: int = 0, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        dataset: DuckStreamDataset,
+        num_workers: int = 0,
+        *,
+        batches_per_transfer: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """``batches_per_transfer``: batches a worker hands over at once (default: about 1 MiB)."""
         if not isinstance(dataset, DuckStreamDataset):
             raise ConfigurationError(
                 f"DuckStreamLoader reads a DuckStreamDataset, found {type(dataset).__name__}"
@@ -341,8 +377,12 @@ class DuckStreamLoader(DataLoader[Any]):
             kwargs.pop(key, None)
         if kwargs.get("in_order") is False:
             raise ConfigurationError("in_order=False would make progress unknowable; leave it on")
+        if batches_per_transfer is not None and batches_per_transfer < 1:
+            raise ConfigurationError(f"batches_per_transfer must be at least 1, found {batches_per_transfer}")
         super().__init__(dataset, batch_size=None, num_workers=num_workers, collate_fn=_identity, **kwargs)
         dataset._num_workers = max(1, num_workers)
+        self._batches_per_transfer = batches_per_transfer or _batches_per_transfer(dataset)
+        self._chunk = 1  # batches per transfer of the current pass
         self._epoch = dataset.epoch
         self._consumed = 0
         self._resuming = False
@@ -370,8 +410,10 @@ class DuckStreamLoader(DataLoader[Any]):
         self._consumed = 0
         self._between_epochs = False
         ship = self.num_workers > 0 and dataset.batch_size is not None and dataset.transform is None
-        dataset._ship_arrow = ship
-        if ship and not (self.persistent_workers and self._iterator is not None):
+        fresh_workers = not (self.persistent_workers and self._iterator is not None)
+        if fresh_workers:
+            self._chunk = self._batches_per_transfer if ship else 1
+        if ship and fresh_workers:
             # New workers start with this pass: they get a fresh ring (or this one, emptied).
             if dataset._ring is None or dataset._ring.workers != self.num_workers:
                 dataset._ring = Ring(self.num_workers)
@@ -380,9 +422,17 @@ class DuckStreamLoader(DataLoader[Any]):
         if self.num_workers == 0:
             # In-process the dataset counts for itself; folding its progress keeps one truth.
             dataset._consumed = 0
-        for item in super().__iter__():
-            self._consumed += 1
-            yield collate_batch(unpack(item, dataset.plan.schema, ring), dataset.output) if ship else item
+        # Workers copy the dataset when they start (in super().__iter__): they ship Arrow
+        # batches in transfers of `chunk`; the dataset itself goes back to plain items.
+        dataset._ship_arrow, dataset._chunk = ship, self._chunk
+        try:
+            iterator = super().__iter__()
+        finally:
+            dataset._ship_arrow, dataset._chunk = False, 1
+        for item in iterator:
+            for one in item if self._chunk > 1 else (item,):
+                self._consumed += 1
+                yield collate_batch(unpack(one, dataset.plan.schema, ring), dataset.output) if ship else one
         self._epoch = dataset.epoch + 1
         self._between_epochs = True
 
@@ -393,7 +443,9 @@ class DuckStreamLoader(DataLoader[Any]):
             return dataset._state(0)
         if self._between_epochs:
             return dataset._state_of(self._epoch, [])
-        stage = replace(dataset._stage(self._consumed), num_workers=max(1, self.num_workers))
+        stage = replace(
+            dataset._stage(self._consumed), num_workers=max(1, self.num_workers), chunk=self._chunk
+        )
         return dataset._state_of(dataset.epoch, fold(dataset._done, stage))
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:

@@ -42,6 +42,7 @@ class Stage:
     drop_last: bool
     shuffle_buffer: int
     consumed: int = 0
+    chunk: int = 1  # items per DataLoader transfer: the round robin serves a chunk per turn
 
     def same_setup(self, other: Stage) -> bool:
         """Read under the same world, workers, batching and buffer (progress aside)."""
@@ -64,11 +65,36 @@ def worker_items(rows: int, batch_size: int, drop_last: bool) -> int:
     return rows // batch_size if drop_last else -(-rows // batch_size)
 
 
-def items_per_worker(consumed: int, items: Sequence[int]) -> list[int]:
+def items_per_worker(consumed: int, items: Sequence[int], chunk: int = 1) -> list[int]:
     """How ``consumed`` items of a rank split over its workers.
 
-    DataLoader takes one item from each worker in turn, skipping workers that are exhausted.
+    DataLoader takes one transfer from each worker in turn, skipping workers that are
+    exhausted; a transfer is ``chunk`` items (a worker's last one may be shorter), and the
+    training loop may stop inside one.
     """
+    if chunk == 1:
+        return _round_robin(consumed, items)
+    chunks = [-(-n // chunk) for n in items]
+
+    def after(whole: int) -> list[int]:
+        return [min(t * chunk, n) for t, n in zip(_round_robin(whole, chunks), items, strict=True)]
+
+    # The most whole transfers that fit in `consumed` items (items grow with transfers).
+    low, high = 0, sum(chunks)
+    while low < high:
+        middle = (low + high + 1) // 2
+        if sum(after(middle)) <= consumed:
+            low = middle
+        else:
+            high = middle - 1
+    taken = after(low)
+    rest = min(consumed, sum(items)) - sum(taken)
+    if rest > 0:  # inside the next transfer
+        taken[_next_in_turn(_round_robin(low, chunks), chunks)] += rest
+    return taken
+
+
+def _round_robin(consumed: int, items: Sequence[int]) -> list[int]:
     taken = [0] * len(items)
     left = min(consumed, sum(items))
     while left > 0:
@@ -84,15 +110,24 @@ def items_per_worker(consumed: int, items: Sequence[int]) -> list[int]:
     return taken
 
 
-def next_worker(consumed: int, items: Sequence[int]) -> int:
-    """The worker DataLoader's round robin serves after ``consumed`` items (0 when all are done).
-
-    Within a round the served workers hold one item more than the rest, so it is the active
-    worker with the fewest items taken, the lowest index among equals.
-    """
-    taken = items_per_worker(consumed, items)
+def _next_in_turn(taken: Sequence[int], items: Sequence[int]) -> int:
+    # Within a round the served workers hold one more than the rest: the next is the active
+    # worker with the fewest taken, the lowest index among equals (0 when all are done).
     active = [(t, w) for w, (t, n) in enumerate(zip(taken, items, strict=True)) if t < n]
     return min(active)[1] if active else 0
+
+
+def next_worker(consumed: int, items: Sequence[int], chunk: int = 1) -> int:
+    """The worker DataLoader's round robin serves after ``consumed`` items (0 when all are done).
+
+    A worker the training loop left inside a transfer is the one to finish it.
+    """
+    taken = items_per_worker(consumed, items, chunk)
+    for worker, (t, n) in enumerate(zip(taken, items, strict=True)):
+        if t % chunk and t < n:
+            return worker
+    chunks = [-(-n // chunk) for n in items]
+    return _next_in_turn([-(-t // chunk) for t in taken], chunks)
 
 
 def continuation(sequence: np.ndarray, stage: Stage, world: World, even: Even) -> World:
@@ -107,7 +142,7 @@ def continuation(sequence: np.ndarray, stage: Stage, world: World, even: Even) -
         for w in range(stage.num_workers)
     ]
     items = [worker_items(span.rows, stage.batch_size, stage.drop_last) for span in spans]
-    offset = next_worker(stage.consumed, items)
+    offset = next_worker(stage.consumed, items, stage.chunk)
     return replace(world, worker=(world.worker + offset) % world.num_workers)
 
 
@@ -118,7 +153,7 @@ def rows_emitted(sequence: np.ndarray, stage: Stage, world: World, even: Even) -
         for w in range(stage.num_workers)
     ]
     items = [worker_items(span.rows, stage.batch_size, stage.drop_last) for span in spans]
-    taken = items_per_worker(stage.consumed, items)[world.worker]
+    taken = items_per_worker(stage.consumed, items, stage.chunk)[world.worker]
     return min(taken * stage.batch_size, spans[world.worker].rows)
 
 

@@ -4,7 +4,8 @@
 
     {"version": 1, "fingerprint": "<plan hash>", "seed": 0, "shuffle": true, "even": "pad",
      "epoch": 3, "stages": [{"world_size": 2, "num_workers": 4, "batch_size": 32,
-                             "drop_last": false, "shuffle_buffer": 8192, "consumed": 120}]}
+                             "drop_last": false, "shuffle_buffer": 8192, "consumed": 120,
+                           "chunk": 4}]}
 
 ``stages`` lists the stretches of the current epoch read so far (one per resume), so its size
 grows with the number of resumptions, never with the data.
@@ -84,11 +85,14 @@ def read_state(
 
 
 def _stage(raw: Any) -> Stage:
+    # States saved before transfers were chunked have no "chunk": one batch a transfer.
+    if isinstance(raw, Mapping) and "chunk" not in raw:
+        raw = {**raw, "chunk": 1}
     if not isinstance(raw, Mapping) or set(raw) != set(_STAGE_KEYS):
         raise StateError(f"expected stage keys {list(_STAGE_KEYS)}, found {raw!r}")
     stage = Stage(**{k: raw[k] for k in _STAGE_KEYS})
     if (
-        min(stage.world_size, stage.num_workers, stage.batch_size, stage.shuffle_buffer) < 1
+        min(stage.world_size, stage.num_workers, stage.batch_size, stage.shuffle_buffer, stage.chunk) < 1
         or stage.consumed < 0
     ):
         raise StateError(f"stage {raw!r} holds impossible values")

@@ -44,12 +44,13 @@ def run_world(
     *,
     take: int | None,
     state: dict[str, Any] | None = None,
+    **loader_options: Any,
 ) -> tuple[list[list[int]], dict[str, Any]]:
     """Every rank's ids (after taking ``take`` items, or all) and the rank-0 state."""
     per_rank, states = [], []
     for rank in range(world_size):
         with as_rank(rank, world_size):
-            loader = DuckStreamLoader(make(), num_workers=num_workers)
+            loader = DuckStreamLoader(make(), num_workers=num_workers, **loader_options)
             if state is not None:
                 loader.load_state_dict(state)
             ids: list[int] = []

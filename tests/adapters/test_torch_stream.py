@@ -151,19 +151,42 @@ def test_state_at_epoch_boundary_starts_the_next_epoch(source: Path) -> None:
     assert [i for item in resumed for i in ids_in(item)] == second_epoch
 
 
-@pytest.mark.parametrize("num_workers", [0, 2, 3])
+@pytest.mark.parametrize(("num_workers", "transfer"), [(0, 1), (2, 1), (3, 1), (2, 3), (3, 4)])
 @pytest.mark.parametrize("take", [1, 9, 13, 26])
 def test_unchanged_resume_continues_exactly_as_the_uninterrupted_run(
-    source: Path, num_workers: int, take: int
+    source: Path, num_workers: int, transfer: int, take: int
 ) -> None:
-    full, _ = run_world(lambda: make_dataset(source), 2, num_workers, take=None)
-    head, state = run_world(lambda: make_dataset(source), 2, num_workers, take=take)
-    tail, _ = run_world(lambda: make_dataset(source), 2, num_workers, take=None, state=state)
+    options: dict[str, Any] = {"batches_per_transfer": transfer}
+    full, _ = run_world(lambda: make_dataset(source), 2, num_workers, take=None, **options)
+    head, state = run_world(lambda: make_dataset(source), 2, num_workers, take=take, **options)
+    tail, _ = run_world(lambda: make_dataset(source), 2, num_workers, take=None, state=state, **options)
     for rank in range(2):
         assert head[rank] + tail[rank] == full[rank]
     # and a second interruption folds into the same stage: the state does not grow
-    _, state2 = run_world(lambda: make_dataset(source), 2, num_workers, take=1, state=state)
+    _, state2 = run_world(lambda: make_dataset(source), 2, num_workers, take=1, state=state, **options)
     assert len(state2["stages"]) == 1
+
+
+@pytest.mark.parametrize("take", [2, 7])
+def test_resume_from_chunked_transfers_under_another_transfer_size(source: Path, take: int) -> None:
+    head, state = run_world(lambda: make_dataset(source), 2, 2, take=take, batches_per_transfer=3)
+    assert state["stages"][0]["chunk"] == 3
+    rest, _ = run_world(lambda: make_dataset(source), 2, 3, take=None, state=state, batches_per_transfer=2)
+    seen = Counter(i for ids in head + rest for i in ids)
+    assert set(seen) == set(range(ROWS))
+    assert sum(seen.values()) - ROWS <= 1  # padding of the second stretch only
+
+
+def test_transfers_hold_several_batches_yet_items_stay_batches(source: Path) -> None:
+    plain = [ids_in(item) for item in DuckStreamLoader(make_dataset(source), num_workers=2)]
+    chunked = DuckStreamLoader(make_dataset(source), num_workers=2, batches_per_transfer=4)
+    items = [ids_in(item) for item in chunked]
+    assert all(len(ids) <= 16 for ids in items)
+    assert sorted(i for ids in items for i in ids) == list(range(ROWS))
+    assert items != plain  # four batches of a worker, then four of the next
+    assert len(items) == len(chunked)
+    with pytest.raises(ConfigurationError, match="batches_per_transfer must be at least 1"):
+        DuckStreamLoader(make_dataset(source), num_workers=2, batches_per_transfer=0)
 
 
 def test_dataset_state_in_process_and_loader_state_agree(source: Path) -> None:

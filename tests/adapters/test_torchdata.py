@@ -92,19 +92,29 @@ def test_stateful_dataloader_state_loads_into_duckstream_loader_with_other_worke
             "drop_last": False,
             "shuffle_buffer": 40,
             "consumed": 11,
+            "chunk": 1,
         }
     ]
 
 
 @pytest.mark.slow
 def test_duckstream_loader_state_resumes_under_stateful_dataloader(source: Path) -> None:
-    full = take(DuckStreamLoader(make_dataset(source), num_workers=2), None)
-    first = DuckStreamLoader(make_dataset(source), num_workers=2)
+    # StatefulDataLoader hands over one batch at a time: the same order as a DuckStreamLoader
+    # with one batch a transfer, which it then continues exactly.
+    full = take(DuckStreamLoader(make_dataset(source), num_workers=2, batches_per_transfer=1), None)
+    first = DuckStreamLoader(make_dataset(source), num_workers=2, batches_per_transfer=1)
     head = take(first, 5)
     dataset = make_dataset(source)
     dataset.load_state_dict(roundtrip(first.state_dict()))
     rest = take(StatefulDataLoader(dataset, batch_size=None, num_workers=2), None)
     assert head + rest == full
+    # after several batches a transfer, the rest is still read exactly once
+    chunked = DuckStreamLoader(make_dataset(source), num_workers=2, batches_per_transfer=4)
+    head = take(chunked, 6)
+    dataset = make_dataset(source)
+    dataset.load_state_dict(roundtrip(chunked.state_dict()))
+    rest = take(StatefulDataLoader(dataset, batch_size=None, num_workers=2), None)
+    assert sorted(head + rest) == list(range(ROWS))
 
 
 def test_one_workers_state_is_refused_outside_a_worker(source: Path) -> None:

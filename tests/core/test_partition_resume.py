@@ -12,7 +12,14 @@ from hypothesis import strategies as st
 
 from duckstream.core.partition import Even, partition, rank_rows, worker_rows
 from duckstream.core.ranges import as_ranges, expand, length, merge_sorted, slice_ranges
-from duckstream.core.resume import Stage, items_per_worker, stage_sequence, window_key, worker_items
+from duckstream.core.resume import (
+    Stage,
+    items_per_worker,
+    next_worker,
+    stage_sequence,
+    window_key,
+    worker_items,
+)
 from duckstream.core.shuffle import emit_order
 from duckstream.core.world import World
 
@@ -41,14 +48,13 @@ def rank_stream(
         if stage.drop_last and batches and len(batches[-1]) < stage.batch_size:
             batches.pop()
         per_worker.append(batches)
-    # DataLoader's order: one item per worker in turn, skipping exhausted workers.
+    # DataLoader's order: one transfer (`chunk` items) per worker in turn, skipping exhausted workers.
     out: list[list[tuple[int, bool]]] = []
     cursors = [0] * len(per_worker)
     while any(c < len(b) for c, b in zip(cursors, per_worker, strict=True)):
         for w, batches in enumerate(per_worker):
-            if cursors[w] < len(batches):
-                out.append(batches[cursors[w]])
-                cursors[w] += 1
+            out.extend(batches[cursors[w] : cursors[w] + stage.chunk])
+            cursors[w] = min(len(batches), cursors[w] + stage.chunk)
     return out
 
 
@@ -59,6 +65,7 @@ stages = st.builds(
     batch_size=st.integers(1, 7),
     drop_last=st.just(False),
     shuffle_buffer=st.integers(1, 40),
+    chunk=st.integers(1, 4),
 )
 common = {
     "total": st.integers(0, 300),
@@ -180,6 +187,30 @@ def test_items_per_worker_follows_dataloader_round_robin(
     consumed: int, items: list[int], expected: list[int]
 ) -> None:
     assert items_per_worker(consumed, items) == expected
+
+
+def _served(items: list[int], chunk: int) -> list[int]:
+    """The worker of each item, as DataLoader's round robin hands out chunks (the reference)."""
+    left, order = list(items), []
+    while any(left):
+        for worker, n in enumerate(left):
+            take = min(chunk, n)
+            order += [worker] * take
+            left[worker] -= take
+    return order
+
+
+@given(
+    items=st.lists(st.integers(0, 30), min_size=1, max_size=5),
+    chunk=st.integers(1, 7),
+    data=st.data(),
+)
+def test_chunked_round_robin_matches_dataloader(items: list[int], chunk: int, data: st.DataObject) -> None:
+    served = _served(items, chunk)
+    consumed = data.draw(st.integers(0, len(served) + 3))
+    head = served[:consumed]
+    assert items_per_worker(consumed, items, chunk) == [head.count(w) for w in range(len(items))]
+    assert next_worker(consumed, items, chunk) == (served[consumed] if consumed < len(served) else 0)
 
 
 def test_worker_rows_and_items() -> None:
