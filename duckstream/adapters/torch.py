@@ -264,6 +264,8 @@ class DuckStreamLoader(DataLoader[Any]):
             raise ConfigurationError("in_order=False would make progress unknowable; leave it on")
         super().__init__(dataset, batch_size=None, num_workers=num_workers, collate_fn=_identity, **kwargs)
         dataset._num_workers = max(1, num_workers)
+        # A dataset built before torch.distributed started must still count this rank's share.
+        dataset._ranks = detect_ranks()
         self._epoch = dataset.epoch
         self._consumed = 0
         self._resuming = False
@@ -297,6 +299,16 @@ class DuckStreamLoader(DataLoader[Any]):
             yield collate_batch(unpack(item, dataset.plan.schema), dataset.output) if ship else item
         self._epoch = dataset.epoch + 1
         self._between_epochs = True
+
+    def set_epoch(self, epoch: int) -> None:
+        """Read ``epoch`` on the next pass; a loaded state of that same epoch keeps its progress,
+        a loaded state of another epoch is dropped (a trainer that counts epochs itself decides)."""
+        if epoch < 0:
+            raise ConfigurationError(f"epoch must be non-negative, found {epoch}")
+        if self._resuming and epoch == self.duck_dataset.epoch:
+            return
+        self._resuming = False
+        self._epoch = epoch
 
     def state_dict(self) -> dict[str, Any]:
         """What the training loop consumed, as a dataset state (loads into either)."""
