@@ -27,10 +27,11 @@ from duckstream.catalog import LakehouseCatalog
 from duckstream.core.lake import LakeTable
 from duckstream.errors import ConfigurationError
 from duckstream.loader_stats import EpochStats, LoaderMeter, count_rows
+from duckstream.metrics import column_statistics, loader_metrics, log_metrics
 from duckstream.redact import get_logger
 from duckstream.tracking import RunTracker
 
-__all__ = ["CatalogCallback", "DuckStreamDataModule", "MeteredLoader", "Split"]
+__all__ = ["CatalogCallback", "DuckStreamDataModule", "LoaderMetricsCallback", "MeteredLoader", "Split"]
 
 log = get_logger(__name__)
 
@@ -336,3 +337,59 @@ def _scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
         except (TypeError, ValueError):
             continue
     return found
+
+
+class LoaderMetricsCallback(L.Callback):
+    """Logs the train loader's statistics to the trainer's loggers after each training epoch.
+
+    With Lightning's ``WandbLogger`` they reach Weights & Biases (offline too). ``column_sql``,
+    a one-row aggregate over the train source such as ``SELECT avg(length(caption)) AS
+    caption_length FROM source``, is logged once at fit start (over ``column_source`` when
+    given, else the data module's train source). Rank 0 logs; every rank reads its own share.
+    """
+
+    def __init__(
+        self,
+        *,
+        column_sql: str | None = None,
+        column_source: Any = None,
+        prefix: str = "loader/",
+        column_prefix: str = "data/",
+    ) -> None:
+        self.column_sql = column_sql
+        self.column_source = column_source
+        self.prefix = prefix
+        self.column_prefix = column_prefix
+        self.logged: list[dict[str, float]] = []  # what this callback sent, in order
+
+    def _send(self, trainer: L.Trainer, metrics: dict[str, float]) -> None:
+        for logger in trainer.loggers:
+            log_metrics(logger, metrics, step=trainer.global_step)
+        self.logged.append(metrics)
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.column_sql is None or not trainer.is_global_zero:
+            return
+        source = self.column_source
+        if source is None:
+            datamodule = getattr(trainer, "datamodule", None)
+            train = datamodule.sources.get("train") if isinstance(datamodule, DuckStreamDataModule) else None
+            if train is None or isinstance(train, DuckStreamDataset):
+                raise ConfigurationError(
+                    "LoaderMetricsCallback(column_sql=...) needs a source to query: pass column_source=, "
+                    "or give the DuckStreamDataModule its train split as a source, not a dataset"
+                )
+            source = train
+        self._send(trainer, column_statistics(source, self.column_sql, prefix=self.column_prefix))
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        datamodule = getattr(trainer, "datamodule", None)
+        if not isinstance(datamodule, DuckStreamDataModule):
+            return
+        stats = datamodule.epoch_stats("train")
+        if stats is not None:
+            self._send(
+                trainer, {**loader_metrics(stats, prefix=self.prefix), f"{self.prefix}epoch": stats.epoch}
+            )

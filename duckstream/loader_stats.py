@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -90,7 +90,7 @@ class LoaderMeter:
             return self._running
         return self._finished[-1] if self._finished else None
 
-    def measure(self, items: Iterable[T], epoch: int | Callable[[], int]) -> Iterator[T]:
+    def measure(self, items: Iterable[T], epoch: int | Callable[[], int]) -> Generator[T, None, None]:
         """Yield ``items`` unchanged, timing each ``next()``, as the pass of ``epoch``.
 
         ``epoch`` may be a function, asked after the first item (when a loader that picks its

@@ -1,0 +1,65 @@
+"""Read the history rows a W&B offline run wrote to its ``run-<id>.wandb`` file.
+
+The file is a LevelDB-style log (7-byte file header, 32 KiB blocks, records split into
+FULL/FIRST/MIDDLE/LAST chunks) of ``wandb_internal_pb2.Record`` protobufs.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+from typing import Any
+
+_BLOCK = 32_768
+_HEADER = 7  # checksum (4), length (2), chunk type (1)
+_FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
+
+
+def _chunks(data: bytes) -> list[bytes]:
+    records: list[bytes] = []
+    pending = b""
+    pos = 7  # ":W&B" + magic (2) + version (1)
+    while pos + _HEADER <= len(data):
+        left = _BLOCK - pos % _BLOCK
+        if left < _HEADER:
+            pos += left
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + _HEADER])
+        if length == 0 and kind == 0:  # block padding
+            pos += left
+            continue
+        chunk = data[pos + _HEADER : pos + _HEADER + length]
+        pos += _HEADER + length
+        if kind == _FULL:
+            records.append(chunk)
+        elif kind == _FIRST:
+            pending = chunk
+        elif kind == _MIDDLE:
+            pending += chunk
+        elif kind == _LAST:
+            records.append(pending + chunk)
+    return records
+
+
+def history(run_file: Path) -> list[dict[str, Any]]:
+    """Every ``run.log`` row of the offline run file, in order."""
+    from wandb.proto import wandb_internal_pb2
+
+    rows = []
+    for raw in _chunks(run_file.read_bytes()):
+        record = wandb_internal_pb2.Record()  # type: ignore[attr-defined]  # generated code
+        record.ParseFromString(raw)
+        if record.WhichOneof("record_type") == "history":
+            rows.append(
+                {
+                    (item.key or "/".join(item.nested_key)): json.loads(item.value_json)
+                    for item in record.history.item
+                }
+            )
+    return rows
+
+
+def offline_run_files(wandb_dir: Path) -> list[Path]:
+    """The ``run-*.wandb`` files of the offline runs under ``wandb_dir``."""
+    return sorted(wandb_dir.glob("**/offline-run-*/run-*.wandb"))
