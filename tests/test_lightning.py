@@ -12,8 +12,9 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from duckstream.catalog import LakehouseCatalog
 from duckstream.errors import ConfigurationError
-from duckstream.lightning import DuckStreamDataModule
+from duckstream.lightning import CatalogCallback, DuckStreamDataModule
 from duckstream.stream import DuckStreamDataset
 from tests.conftest import numbers_table
 
@@ -193,7 +194,9 @@ def test_ddp_two_cpu_processes_each_read_their_exact_share(tmp_path: Path) -> No
     out.mkdir()
     data = DuckStreamDataModule(str(source), batch_size=16, seed=3)
     model = IdRecorder(out_dir=str(out))
-    fit = trainer(tmp_path, strategy="ddp_spawn", devices=2, max_epochs=2)
+    runs = tmp_path / "runs.ducklake"
+    record = CatalogCallback(runs, "ddp", catalog_options={"data_path": tmp_path / "run-files"})
+    fit = trainer(tmp_path, strategy="ddp_spawn", devices=2, max_epochs=2, callbacks=[record])
     fit.fit(model, datamodule=data)
     ranks = [json.loads((out / f"rank-{r}.json").read_text()) for r in range(2)]
     share = (ODD_ROWS + 1) // 2
@@ -205,3 +208,12 @@ def test_ddp_two_cpu_processes_each_read_their_exact_share(tmp_path: Path) -> No
         assert len(union) - len(set(union)) == 1  # the padded row
     assert ranks[0]["seen"]["0"] != ranks[0]["seen"]["1"]
     assert [r["len"] for r in ranks] == [-(-share // 16)] * 2  # Lightning's count of batches per rank
+    # one run, registered by rank 0 only, that knows it ran on two processes
+    with LakehouseCatalog(runs, tmp_path / "run-files") as catalog:
+        (run_id,) = [r for (r,) in catalog.con.execute("SELECT run_id FROM simulation_runs").fetchall()]
+        run = catalog.get_run(run_id)
+    assert run.status == "completed"
+    assert run.config is not None
+    assert run.config["world_size"] == 2
+    assert run.metrics is not None
+    assert [(e["rows"], e["batches"]) for e in run.metrics["loader_epochs"]] == [(share, 10)] * 2

@@ -16,7 +16,7 @@ import pytest
 
 from duckstream.catalog import LakehouseCatalog
 from duckstream.devservices import PostgresCluster
-from duckstream.errors import ConfigurationError
+from duckstream.errors import CatalogError, ConfigurationError
 from duckstream.lightning import CatalogCallback, DuckStreamDataModule
 from duckstream.stream import DuckStreamDataset, DuckStreamLoader
 from duckstream.tracking import RunTracker
@@ -123,6 +123,26 @@ def test_plain_loop_tracker_records_epochs_and_ends_with_the_loop(lake: Lakehous
     assert lake.get_run(failing.run_id).error == "ZeroDivisionError: division by zero"
     with pytest.raises(ConfigurationError, match="start"):
         RunTracker(lake, "plain").record_epoch({"epoch": 0})
+
+
+def test_run_metrics_updates_are_revisions_and_end_with_the_run(lake: LakehouseCatalog) -> None:
+    experiment = lake.register_experiment("revisions")
+    run = lake.register_run(experiment.experiment_id)
+    for epoch in range(3):
+        updated = lake.record_run_metrics(run.run_id, {"epoch": epoch})
+        assert (updated.status, updated.metrics) == ("running", {"epoch": epoch})
+    failed = lake.fail_run(run.run_id, "out of memory", metrics={"epoch": 2, "partial": True})
+    assert (failed.status, failed.error, failed.metrics) == (
+        "failed",
+        "out of memory",
+        {"epoch": 2, "partial": True},
+    )
+    revisions = lake.con.execute(
+        "SELECT revision, status FROM simulation_run_log WHERE run_id = ? ORDER BY revision", [run.run_id]
+    ).fetchall()
+    assert revisions == [(0, "running"), (1, "running"), (2, "running"), (3, "running"), (4, "failed")]
+    with pytest.raises(CatalogError, match="already failed"):
+        lake.record_run_metrics(run.run_id, {"epoch": 3})
 
 
 # --------------------------------------------------------------------------- catalog outage
