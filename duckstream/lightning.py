@@ -42,8 +42,9 @@ SPLITS: tuple[Split, ...] = ("train", "val", "test", "predict")
 class MeteredLoader(DuckStreamLoader):
     """A :class:`DuckStreamLoader` that times each pass and reads the epoch from a trainer.
 
-    ``epoch_of`` returns the epoch the trainer is in (None when unknown): each pass reads that
-    epoch, except a pass continuing a loaded state of the same epoch.
+    ``epoch_of`` returns the epoch the trainer is in (None when unknown, or when not given:
+    then each pass is the next epoch): each pass reads that epoch, except a pass continuing a
+    loaded state of the same epoch.
     """
 
     def __init__(
@@ -52,7 +53,7 @@ class MeteredLoader(DuckStreamLoader):
         num_workers: int = 0,
         *,
         meter: LoaderMeter,
-        epoch_of: Callable[[], int | None] = lambda: None,
+        epoch_of: Callable[[], int | None] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(dataset, num_workers=num_workers, **kwargs)
@@ -61,7 +62,7 @@ class MeteredLoader(DuckStreamLoader):
 
     def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
         # A generator: this runs at the pass's first next(), once the trainer's epoch has begun.
-        epoch = self._epoch_of()
+        epoch = None if self._epoch_of is None else self._epoch_of()
         if epoch is not None:
             self.set_epoch(epoch)
         yield from self.meter.measure(super().__iter__(), lambda: self.duck_dataset.epoch)
@@ -181,7 +182,7 @@ class DuckStreamDataModule(L.LightningDataModule):
             self.dataset(split),
             self.num_workers,
             meter=self.meters[split],
-            epoch_of=self._trainer_epoch if split == "train" else lambda: None,
+            epoch_of=self._trainer_epoch if split == "train" else None,
             **self.loader_kwargs,
         )
 

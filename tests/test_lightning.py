@@ -10,6 +10,8 @@ import lightning as L
 import pyarrow.parquet as pq
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from duckstream.catalog import LakehouseCatalog
@@ -153,21 +155,37 @@ def test_resume_from_a_mid_epoch_checkpoint_repeats_and_loses_nothing(
         assert sorted(whole.seen[epoch]) == list(range(ROWS))
 
 
-def test_data_module_state_round_trips_into_a_new_module(parquet_dir: Path) -> None:
-    data = DuckStreamDataModule(parquet_dir, batch_size=32, seed=5)
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    batch_size=st.sampled_from([16, 32, 50]),
+    taken_count=st.integers(0, 20),
+    load_after_loader=st.booleans(),
+)
+def test_data_module_state_round_trips_into_a_new_module(
+    parquet_dir: Path, batch_size: int, taken_count: int, load_after_loader: bool
+) -> None:
+    def module() -> DuckStreamDataModule:
+        return DuckStreamDataModule(parquet_dir, batch_size=batch_size, seed=5)
+
+    whole = [b["id"].tolist() for b in module().train_dataloader()]
+    data = module()
     assert data.state_dict() == {}
-    loader = data.train_dataloader()
-    batches = iter(loader)
-    taken = [next(batches)["id"].tolist() for _ in range(3)]
+    batches = iter(data.train_dataloader())
+    taken = [next(batches)["id"].tolist() for _ in range(min(taken_count, len(whole)))]
     state = data.state_dict()
     assert json.loads(json.dumps(state)) == state
-    again = DuckStreamDataModule(parquet_dir, batch_size=32, seed=5)
-    again.load_state_dict(state)
-    rest = [b["id"].tolist() for b in again.train_dataloader()]
-    whole = [
-        b["id"].tolist() for b in DuckStreamDataModule(parquet_dir, batch_size=32, seed=5).train_dataloader()
-    ]
-    assert taken + rest == whole
+    again = module()
+    if load_after_loader:  # Lightning may create the loader before or after restoring
+        loader = again.train_dataloader()
+        again.load_state_dict(state)
+    else:
+        again.load_state_dict(state)
+        loader = again.train_dataloader()
+    rest = [b["id"].tolist() for b in loader]
+    assert taken + rest == whole  # all taken: the rest of that epoch is empty
+    following = [i for b in loader for i in b["id"].tolist()]  # the next pass is the next epoch
+    assert sorted(following) == list(range(ROWS))
+    assert following != [i for b in whole for i in b]
 
 
 def test_bad_arguments_are_refused(parquet_dir: Path) -> None:
