@@ -121,10 +121,11 @@ def test_a_ready_dataset_split_is_used_as_given(parquet_dir: Path, tmp_path: Pat
         (0, 4, 6),  # checkpoint after step 4 of epoch 0 (10 batches an epoch), crash at 6
         (0, 13, 15),  # in epoch 1
         (2, 10, 12),  # on the last batch of epoch 0, with two workers
+        (0, None, 15),  # ModelCheckpoint's default: at the end of each epoch (step 10)
     ],
 )
 def test_resume_from_a_mid_epoch_checkpoint_repeats_and_loses_nothing(
-    parquet_dir: Path, tmp_path: Path, num_workers: int, save_every: int, crash_at: int
+    parquet_dir: Path, tmp_path: Path, num_workers: int, save_every: int | None, crash_at: int
 ) -> None:
     whole = IdRecorder()
     data = DuckStreamDataModule(parquet_dir, batch_size=32, seed=5, num_workers=num_workers)
@@ -133,15 +134,16 @@ def test_resume_from_a_mid_epoch_checkpoint_repeats_and_loses_nothing(
     checkpoints = tmp_path / "ckpt"
     first = IdRecorder(crash_at_step=crash_at)
     saver = ModelCheckpoint(dirpath=checkpoints, every_n_train_steps=save_every, save_top_k=-1)
+    saved_at = save_every or 10
     data = DuckStreamDataModule(parquet_dir, batch_size=32, seed=5, num_workers=num_workers)
     with pytest.raises(Interrupted):
         trainer(tmp_path / "first", max_epochs=3, callbacks=[saver], enable_checkpointing=True).fit(
             first, datamodule=data
         )
     (saved,) = sorted(checkpoints.glob("*.ckpt"))
-    assert f"step={save_every}" in saved.name
+    assert f"step={saved_at}" in saved.name
     state = torch.load(saved, weights_only=False)
-    assert state["DuckStreamDataModule"]["train"]["epoch"] == (save_every - 1) // 10
+    assert state["DuckStreamDataModule"]["train"]["epoch"] == (saved_at - 1) // 10
 
     second = IdRecorder()
     data = DuckStreamDataModule(parquet_dir, batch_size=32, seed=5, num_workers=num_workers)
@@ -149,7 +151,7 @@ def test_resume_from_a_mid_epoch_checkpoint_repeats_and_loses_nothing(
 
     # what the first run trained on up to the checkpoint, then what the resumed run trained on
     assert len(first.batches) == crash_at
-    assert first.batches[:save_every] + second.batches == whole.batches
+    assert first.batches[:saved_at] + second.batches == whole.batches
     assert len(whole.batches) == 30
     for epoch in range(3):
         assert sorted(whole.seen[epoch]) == list(range(ROWS))
