@@ -235,7 +235,8 @@ class CatalogCallback(L.Callback):
     At fit start it registers a run of ``experiment`` with the model's hyperparameters,
     ``config``, the seed, the world size and the snapshot of every ``LakeTable`` the
     :class:`DuckStreamDataModule` reads; after each training epoch it records the train
-    loader's statistics (rows, batches, rows/s, time waiting for data); at the end it marks the
+    loader's statistics (rows, batches, rows/s, time waiting for data; rank 0's loader, whose
+    share equals every other rank's); at the end it marks the
     run completed, or failed with the error. ``catalog`` is a :class:`LakehouseCatalog` or its
     DSN/path (opened here with ``catalog_options``, closed when fit ends). A catalog outage
     never stops training: see :class:`duckstream.tracking.RunTracker`.

@@ -25,15 +25,31 @@ from duckstream.errors import CatalogError, ConfigurationError, QueryError
 from duckstream.loader_stats import EpochStats, LoaderMeter, count_rows
 from duckstream.redact import get_logger, redact
 
-__all__ = ["RunTracker", "snapshots_of"]
+__all__ = ["RunTracker", "is_unreachable", "snapshots_of"]
 
 log = get_logger(__name__)
 
 T = TypeVar("T")
 
 # Failures that mean "the catalog is not reachable now" (PostgreSQL down, a network fault):
-# the write waits in the queue. Anything else is a mistake a retry cannot fix.
-_TRANSIENT: tuple[type[BaseException], ...] = (QueryError, duckdb.Error, OSError)
+# the write waits in the queue. Anything else is a refusal a retry cannot fix.
+_UNREACHABLE_TYPES: tuple[type[BaseException], ...] = (
+    OSError,
+    duckdb.IOException,
+    duckdb.ConnectionException,
+    duckdb.HTTPException,
+)
+_UNREACHABLE_MARKERS = ("io error", "ioexception", "connect", "timeout", "timed out", "server closed")
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the catalog could not be reached (worth retrying later)."""
+    if isinstance(exc, _UNREACHABLE_TYPES):
+        return True
+    if isinstance(exc, QueryError | duckdb.Error):
+        text = f"{exc} {getattr(exc, 'engine_message', '')}".lower()
+        return any(marker in text for marker in _UNREACHABLE_MARKERS)
+    return False
 
 
 def snapshots_of(sources: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
@@ -216,16 +232,23 @@ class RunTracker:
             try:
                 catalog = self._catalog()
                 result = write.apply(catalog, self._run_id)
-            except _TRANSIENT as exc:
-                self._note_outage(write, exc)
-                return False
-            except CatalogError as exc:
-                # Replaying a write that did reach the catalog before the connection broke
-                # (the run is already completed, say): nothing left to do for it.
-                log.warning("catalog refused to %s; dropping that write: %s", write.what, redact(str(exc)))
+            except Exception as exc:
+                if is_unreachable(exc):
+                    self._note_outage(write, exc)
+                    return False
+                # The catalog refused (e.g. a replayed write had reached it before the connection
+                # broke, so the run is already completed): a retry cannot help, and the run's
+                # record must never stop training.
+                log.warning(
+                    "could not %s; dropping that write: %s: %s",
+                    write.what,
+                    type(exc).__name__,
+                    redact(str(exc)),
+                )
+            else:
+                if isinstance(result, str):
+                    self._run_id = result
             self._queue.popleft()
-            if isinstance(result, str):
-                self._run_id = result
         if self._outage_since is not None:
             log.warning(
                 "the catalog is reachable again after %.1f s; the run's record is reconciled",
@@ -278,8 +301,8 @@ class RunTracker:
         if self._opened is not None:
             try:
                 self._opened.close()
-            except _TRANSIENT:
-                pass
+            except Exception as exc:  # a broken connection may fail to close; it is dropped anyway
+                log.info("closing the unreachable catalog failed: %s", redact(str(exc)))
             self._opened = None
 
     # -- resources -------------------------------------------------------------------------

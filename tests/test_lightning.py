@@ -237,3 +237,15 @@ def test_ddp_two_cpu_processes_each_read_their_exact_share(tmp_path: Path) -> No
     assert run.config["world_size"] == 2
     assert run.metrics is not None
     assert [(e["rows"], e["batches"]) for e in run.metrics["loader_epochs"]] == [(share, 10)] * 2
+
+
+def test_without_lightning_the_import_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+    import sys
+
+    from duckstream.errors import MissingDependencyError
+
+    monkeypatch.setitem(sys.modules, "lightning", None)  # imports as if it were not installed
+    monkeypatch.delitem(sys.modules, "duckstream.lightning")
+    with pytest.raises(MissingDependencyError, match=r"pip install 'duckstream\[lightning\]'"):
+        importlib.import_module("duckstream.lightning")

@@ -145,6 +145,24 @@ def test_run_metrics_updates_are_revisions_and_end_with_the_run(lake: LakehouseC
         lake.record_run_metrics(run.run_id, {"epoch": 3})
 
 
+def test_a_catalog_that_refuses_writes_never_stops_the_loop(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path, files = tmp_path / "ro.ducklake", tmp_path / "ro-files"
+    LakehouseCatalog(path, files).close()
+    with LakehouseCatalog(path, files, read_only=True) as catalog, caplog.at_level(logging.WARNING):
+        tracker = RunTracker(catalog, "refused", reconcile_timeout=60)
+        tracker.start()
+        tracker.record_epoch({"epoch": 0})
+        tracker.complete()
+        assert tracker.flush() is True  # nothing waits: a refusal is not an outage
+    assert (tracker.run_id, tracker.pending) == (None, 0)
+    dropped = [r.getMessage() for r in caplog.records if "dropping that write" in r.getMessage()]
+    assert len(dropped) == 3
+    assert "read-only" in dropped[0]
+    assert "was not registered" in dropped[1]
+
+
 # --------------------------------------------------------------------------- catalog outage
 
 
