@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from pathlib import Path
 from typing import Any
 
@@ -42,22 +43,33 @@ def _chunks(data: bytes) -> list[bytes]:
     return records
 
 
-def history(run_file: Path) -> list[dict[str, Any]]:
-    """Every ``run.log`` row of the offline run file, in order."""
+def _records(run_file: Path) -> list[Any]:
     from wandb.proto import wandb_internal_pb2
 
-    rows = []
+    records = []
     for raw in _chunks(run_file.read_bytes()):
         record = wandb_internal_pb2.Record()  # type: ignore[attr-defined]  # generated code
         record.ParseFromString(raw)
-        if record.WhichOneof("record_type") == "history":
-            rows.append(
-                {
-                    (item.key or "/".join(item.nested_key)): json.loads(item.value_json)
-                    for item in record.history.item
-                }
-            )
-    return rows
+        records.append(record)
+    return records
+
+
+def history(run_file: Path, *, wait_s: float = 30.0) -> list[dict[str, Any]]:
+    """Every ``run.log`` row of the offline run file, in order.
+
+    wandb's writer process may still be flushing when ``finish()`` returns, so this waits
+    (up to ``wait_s``) for the run's closing ``exit`` record before reading the rows.
+    """
+    deadline = time.monotonic() + wait_s
+    records = _records(run_file)
+    while not any(r.WhichOneof("record_type") == "exit" for r in records) and time.monotonic() < deadline:
+        time.sleep(0.2)
+        records = _records(run_file)
+    return [
+        {(item.key or "/".join(item.nested_key)): json.loads(item.value_json) for item in r.history.item}
+        for r in records
+        if r.WhichOneof("record_type") == "history"
+    ]
 
 
 def offline_run_files(wandb_dir: Path) -> list[Path]:
