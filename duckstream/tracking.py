@@ -211,12 +211,15 @@ class RunTracker:
     def measure(
         self, loader: Iterable[T], epoch: int, *, rows_of: Callable[[Any], int] = count_rows
     ) -> Iterator[T]:
-        """Iterate ``loader`` as the pass of ``epoch``; its statistics are recorded at the end."""
+        """Iterate ``loader`` as the pass of ``epoch``; its statistics are recorded when the pass
+        ends (also when the loop leaves it early, e.g. with ``break``)."""
         meter = LoaderMeter(rows_of)
-        yield from meter.measure(loader, epoch)
-        stats = meter.current()
-        if stats is not None:
-            self.record_epoch(stats)
+        try:
+            yield from meter.measure(loader, epoch)
+        finally:
+            stats = meter.current()
+            if stats is not None:
+                self.record_epoch(stats)
 
     # -- the queue -------------------------------------------------------------------------
 

@@ -117,6 +117,13 @@ def test_plain_loop_tracker_records_epochs_and_ends_with_the_loop(lake: Lakehous
     assert record.metrics is not None
     assert [(e["rows"], e["batches"]) for e in record.metrics["loader_epochs"]] == [(300, 3), (300, 3)]
 
+    with RunTracker(lake, "plain") as early:
+        for step, _ in enumerate(early.measure(loader, 0)):
+            if step == 1:
+                break  # leaving the pass early still records what it took
+    assert early.epochs[0]["rows"] == 200
+    assert early.epochs[0]["batches"] == 2
+
     with pytest.raises(ZeroDivisionError), RunTracker(lake, "plain") as failing:
         _ = 1 / 0
     assert failing.run_id is not None
