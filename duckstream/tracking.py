@@ -76,11 +76,15 @@ class RunTracker:
     ``catalog`` is a :class:`LakehouseCatalog` or its DSN/path (then opened here, with
     ``catalog_options`` such as ``data_path``, and closed by :meth:`close`). The run's
     ``snapshots`` name the table and snapshot of each ``LakeTable`` among ``sources`` (keyed
-    as there), plus any ``snapshots`` given. Call :meth:`start`
-    before training, :meth:`record_epoch` (or iterate through :meth:`measure`) after each epoch,
-    and :meth:`complete` or :meth:`fail` at the end; as a context manager it starts on entry and
-    completes, or fails with the exception, on exit. No method raises because the catalog is
-    down: writes wait and are replayed, in order, at the next write or :meth:`flush`.
+    as there), plus any ``snapshots`` given; its ``config`` holds ``config``, ``seed`` and
+    ``world_size``.
+
+    Call :meth:`start` before training, :meth:`record_epoch` (or iterate through
+    :meth:`measure`) after each epoch, and :meth:`complete` or :meth:`fail` at the end; as a
+    context manager it starts on entry and completes, or fails with the exception, on exit.
+    No method raises because the catalog is down or refuses: writes wait while it cannot be
+    reached and are replayed, in order, at the next write or :meth:`flush`; a refused write
+    is dropped with a warning.
     """
 
     def __init__(
