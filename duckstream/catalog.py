@@ -294,10 +294,36 @@ class LakehouseCatalog:
         """Mark ``run_id`` completed, with its final metrics."""
         return self._finish(run_id, "completed", metrics=metrics, error=None)
 
-    def fail_run(self, run_id: str, error: str | BaseException) -> Run:
-        """Mark ``run_id`` failed, with what went wrong."""
+    def fail_run(
+        self, run_id: str, error: str | BaseException, *, metrics: Mapping[str, Any] | None = None
+    ) -> Run:
+        """Mark ``run_id`` failed, with what went wrong (and the metrics gathered until then)."""
         text = redact(f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else str(error))
-        return self._finish(run_id, "failed", metrics=None, error=text)
+        return self._finish(run_id, "failed", metrics=metrics, error=text)
+
+    def record_run_metrics(self, run_id: str, metrics: Mapping[str, Any]) -> Run:
+        """Replace the metrics of running ``run_id`` (e.g. loader statistics after each epoch).
+
+        Appends a revision of the run's row (still ``running``); the newest one shows.
+        """
+        run = self.get_run(run_id)
+        if run.status != "running":
+            raise CatalogError(f"run {run_id!r} is already {run.status}; only a running run takes metrics")
+        self._append_run(
+            run_id=run_id,
+            experiment_id=run.experiment_id,
+            sim_index=run.sim_index,
+            status="running",
+            config=_json(run.config),
+            s3_prefix=run.s3_prefix,
+            snapshots=_json(run.snapshots),
+            metrics=_json(metrics),
+            error=None,
+            started_at=run.started_at,
+            finished_at=None,
+            revision=self._next_revision(run_id),
+        )
+        return self.get_run(run_id)
 
     def get_run(self, run_id: str) -> Run:
         """The run as ``simulation_runs`` shows it now."""
@@ -330,9 +356,16 @@ class LakehouseCatalog:
             error=error,
             started_at=run.started_at,
             finished_at="now",
-            revision=1,
+            revision=self._next_revision(run_id),
         )
         return self.get_run(run_id)
+
+    def _next_revision(self, run_id: str) -> int:
+        rows = self._run(
+            f"SELECT coalesce(max(revision), -1) + 1 FROM {self.alias}.simulation_run_log WHERE run_id = ?",
+            [run_id],
+        )
+        return int(rows[0][0])
 
     def _append_run(self, **row: Any) -> None:
         started = "now()" if row["started_at"] is None else "?"

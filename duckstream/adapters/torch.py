@@ -381,12 +381,15 @@ class DuckStreamLoader(DataLoader[Any]):
             raise ConfigurationError(f"batches_per_transfer must be at least 1, found {batches_per_transfer}")
         super().__init__(dataset, batch_size=None, num_workers=num_workers, collate_fn=_identity, **kwargs)
         dataset._num_workers = max(1, num_workers)
+        # A dataset built before torch.distributed started must still count this rank's share.
+        dataset._ranks = detect_ranks()
         self._batches_per_transfer = batches_per_transfer or _batches_per_transfer(dataset)
         self._chunk = 1  # batches per transfer of the current pass
         self._epoch = dataset.epoch
         self._consumed = 0
         self._resuming = False
         self._between_epochs = True
+        self._epoch_chosen = False  # set_epoch was called for the next pass
 
     @property
     def duck_dataset(self) -> DuckStreamDataset:
@@ -403,10 +406,11 @@ class DuckStreamLoader(DataLoader[Any]):
         if self._resuming:
             self._resuming = False
         else:
-            if not self._between_epochs:
+            if not self._between_epochs and not self._epoch_chosen:
                 # The last pass was left early (a step limit, a break): this one is the next epoch.
                 self._epoch = dataset.epoch + 1
             dataset.set_epoch(self._epoch)
+        self._epoch_chosen = False
         self._consumed = 0
         self._between_epochs = False
         ship = self.num_workers > 0 and dataset.batch_size is not None and dataset.transform is None
@@ -435,6 +439,17 @@ class DuckStreamLoader(DataLoader[Any]):
                 yield collate_batch(unpack(one, dataset.plan.schema, ring), dataset.output) if ship else one
         self._epoch = dataset.epoch + 1
         self._between_epochs = True
+
+    def set_epoch(self, epoch: int) -> None:
+        """Read ``epoch`` on the next pass; a loaded state of that same epoch keeps its progress,
+        a loaded state of another epoch is dropped (a trainer that counts epochs itself decides)."""
+        if epoch < 0:
+            raise ConfigurationError(f"epoch must be non-negative, found {epoch}")
+        if self._resuming and epoch == self.duck_dataset.epoch:
+            return
+        self._resuming = False
+        self._epoch = epoch
+        self._epoch_chosen = True
 
     def state_dict(self) -> dict[str, Any]:
         """What the training loop consumed, as a dataset state (loads into either)."""
