@@ -71,14 +71,19 @@ _EXTRAS = ["", "", " at night", " in the rain", " with a blue sky", " on a sunny
 def caption_table(images: int, *, seed: int = 0, start: int = 0) -> pa.Table:
     """``images`` COCO-style caption rows (image ids ``start`` onwards), deterministic per seed.
 
-    Splits follow Karpathy's proportions (train, restval, val, test); most images have 5
+    Splits follow Karpathy's proportions (train 70%, restval 20%, val and test 5% each, every
+    split present from 4 images on); most images have 5
     captions and some 6 or 7, as in COCO; captions vary in length so histograms have a shape.
     """
     if images < 1:
         raise ValueError(f"images must be at least 1, found {images}")
     rng = np.random.default_rng([seed, start, images])
-    split_names = np.array(["train", "restval", "val", "test"])
-    splits = [str(s) for s in split_names[rng.choice(4, size=images, p=[0.70, 0.20, 0.05, 0.05])]]
+    # Exact shares, every split present from 4 images on, in a seeded order.
+    held_out = [max(1, round(images * share)) if images >= 4 else 0 for share in (0.20, 0.05, 0.05)]
+    names = ["train"] * (images - sum(held_out))
+    for name, count in zip(("restval", "val", "test"), held_out, strict=True):
+        names += [name] * count
+    splits = [names[i] for i in rng.permutation(images)]
     counts = rng.choice([5, 6, 7], size=images, p=[0.88, 0.09, 0.03])
     first_sentid = np.concatenate([[0], np.cumsum(counts)[:-1]]) + 5 * start
     imgids = list(range(start, start + images))

@@ -140,7 +140,7 @@ def schema_section(lake: Lakehouse, run: Run) -> Section:
     )
     text = f"The lake table {CAPTIONS_TABLE!r} at snapshot {version}:\n{lake.render(columns)}"
     return Section(
-        "Schema",
+        "Schema of the lake table",
         text,
         {"columns": dict(zip(columns.column(0).to_pylist(), columns.column(1).to_pylist(), strict=True))},
     )
