@@ -126,8 +126,8 @@ def register_section(lake: Lakehouse) -> Section:
         ]
     )
     text = (
-        f"{lake.render(shown)}\nThe run trains on {table!r}: "
-        "later writes to the table never change what it streams."
+        f"{lake.render(shown)}\nThe run trains on catalog.table({CAPTIONS_TABLE!r}), pinned to snapshot "
+        f"{table.version}: later writes to the table never change what it streams."
     )
     return Section("Register an experiment and a run, pinned to a snapshot", text, {"run": run})
 
