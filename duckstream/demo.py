@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -13,6 +14,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from duckstream._optional import require
+from duckstream.errors import ConfigurationError
 from duckstream.walkthrough import Lakehouse, Section, WalkthroughSettings, render_section
 
 __all__ = [
@@ -180,17 +182,34 @@ def _caption(rng: np.random.Generator) -> str:
 LAKE_RENAMES = {"filename": "image_file"}
 
 
+def _prepare_dataset(settings: WalkthroughSettings) -> None:
+    """Save the walkthrough's dataset once; a folder made with other parameters is refused."""
+    wanted = {"images": settings.images, "seed": settings.seed}
+    marker = settings.directory / "walkthrough.json"
+    if marker.is_file():
+        made = json.loads(marker.read_text())
+        if made != wanted:
+            raise ConfigurationError(
+                f"{settings.directory} holds a walkthrough made with {made}, not {wanted}: "
+                "use another folder, or remove this one"
+            )
+    if not (settings.hf_dataset / "dataset_dict.json").is_file():
+        save_caption_dataset(
+            settings.hf_dataset, images=settings.images, seed=settings.seed, renames=LAKE_RENAMES
+        )
+    marker.write_text(json.dumps(wanted))
+
+
 def run_walkthrough(settings: WalkthroughSettings, *, echo: Callable[[str], None] = print) -> list[Section]:
     """Run every walkthrough section in order, printing each as it finishes; return them all."""
     from duckstream import walkthrough_data as data
     from duckstream import walkthrough_patterns as patterns
     from duckstream import walkthrough_reports as reports
 
+    for stack in ("datasets", "torch", "wandb"):
+        require(stack)  # fail now, naming the extra, rather than halfway through
     started = time.perf_counter()
-    if not (settings.hf_dataset / "dataset_dict.json").is_file():
-        save_caption_dataset(
-            settings.hf_dataset, images=settings.images, seed=settings.seed, renames=LAKE_RENAMES
-        )
+    _prepare_dataset(settings)
     sections: list[Section] = []
 
     def show(section: Section) -> Section:
