@@ -94,8 +94,11 @@ def wandb_metrics_section(lake: Lakehouse, run: Run, wandb_dir: Path) -> Section
                     "loader/epoch_rows": sum(rows),
                 },
                 step=len(rows),
+                commit=True,  # a step is otherwise written only when a later one begins
             )
             run_dir = Path(tracked.dir).parent
+            # What W&B recorded as the run's latest values, in its own JSON form.
+            summary = {key: _plain(tracked.summary[key]) for key in tracked.summary.keys()}  # noqa: SIM118 (no __iter__)
         finally:
             tracked.finish()
     shown = rows_table(
@@ -122,8 +125,17 @@ def wandb_metrics_section(lake: Lakehouse, run: Run, wandb_dir: Path) -> Section
             "rows_per_s": rows_per_s,
             "histogram": dict(zip(words.tolist(), counts.tolist(), strict=True)),
             "run_dir": run_dir,
+            "summary": summary,
         },
     )
+
+
+def _plain(value: Any) -> Any:
+    """A W&B summary value (nested summary dicts included) as plain Python data."""
+    # Looked up on the type: a summary dict answers unknown attributes with KeyError.
+    if callable(getattr(type(value), "keys", None)):
+        return {str(k): _plain(value[k]) for k in value.keys()}  # noqa: SIM118 (no __iter__)
+    return value
 
 
 def _profile_sql(source: str, columns: list[tuple[str, str]]) -> str:

@@ -126,6 +126,7 @@ def test_usage_errors_exit_2() -> None:
     assert "invalid choice" in result.stderr
 
 
+@pytest.mark.slow
 def test_demo_runs_the_walkthrough_and_a_rerun_writes_nothing_new(tmp_path: Path) -> None:
     code, text = run_cli("demo", "--dir", str(tmp_path / "demo"), "--images", "60")
     assert code == 0

@@ -198,6 +198,13 @@ def test_wandb_offline_run_holds_the_metrics(embedded: Walk, truth: list[dict[st
     assert facts["batches"] == -(-len(truth) // 128)
     assert facts["rows_per_s"] > 0
     assert facts["histogram"] == embedded.facts("caption length histogram")["histogram"]
+    summary = facts["summary"]
+    assert summary["loader/epoch_rows"] == len(truth)
+    assert summary["loader/epoch_rows_per_s"] == pytest.approx(facts["rows_per_s"])
+    histogram = summary["data/caption_words"]
+    assert histogram["_type"] == "histogram"
+    assert histogram["values"] == list(facts["histogram"].values())
+    assert len(histogram["bins"]) == len(facts["histogram"]) + 1
     run_dir = Path(facts["run_dir"])
     assert run_dir.is_relative_to(embedded.settings.directory)
     assert "offline-run" in run_dir.name
@@ -300,6 +307,7 @@ def test_tiers_stream_raw_lake_and_curated(embedded: Walk, truth: list[dict[str,
 # --------------------------------------------------------------------------- reruns, CLI, example
 
 
+@pytest.mark.slow
 def test_a_second_run_reuses_everything(tmp_path: Path) -> None:
     settings = WalkthroughSettings(tmp_path / "demo", images=60)
     first = walk(settings)
@@ -338,6 +346,7 @@ def test_the_example_script_runs_the_walkthrough(tmp_path: Path) -> None:
 
 
 @pytest.mark.services
+@pytest.mark.slow
 def test_walkthrough_on_postgres_and_s3(
     tmp_path: Path, s3_server: S3Service, s3_bucket: str, postgres_server: PostgresService, pg_database: str
 ) -> None:
