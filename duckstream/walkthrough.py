@@ -18,11 +18,21 @@ import pyarrow as pa
 
 from duckstream import engine
 from duckstream.catalog import LakehouseCatalog
+from duckstream.core.lake import CatalogLocation
 from duckstream.errors import ConfigurationError
 from duckstream.query import LakehouseQuery
 from duckstream.storage import S3Settings
 
-__all__ = ["CAPTIONS_TABLE", "Lakehouse", "Section", "WalkthroughSettings", "render_section"]
+__all__ = [
+    "CAPTIONS_TABLE",
+    "INGEST_SPLITS",
+    "Lakehouse",
+    "Section",
+    "WalkthroughSettings",
+    "render_section",
+    "rows_table",
+    "short",
+]
 
 # The DuckLake table the walkthrough ingests into, and the splits it ingests (the Hub's
 # yerevann/coco-karpathy names them so).
@@ -93,8 +103,6 @@ class WalkthroughSettings:
 
     def describe(self) -> str:
         """Where things live, without secrets (the DSN's password is never shown)."""
-        from duckstream.core.lake import CatalogLocation
-
         location = CatalogLocation.parse(self.catalog_location, self.lake_data)
         return f"{location!r}; raw Parquet at {self.raw_location}"
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from duckstream.catalog import Run
+from duckstream.engine import sql_literal
 from duckstream.query import LakehouseQuery
 from duckstream.walkthrough import CAPTIONS_TABLE, INGEST_SPLITS, Lakehouse, Section, rows_table, short
 from duckstream.walkthrough_data import CAPTION_ROWS, EXPERIMENT, ingest
@@ -33,7 +34,7 @@ def _pinned_version(run: Run) -> int:
 def _snapshots_changing(lake: Lakehouse, change: str) -> list[int]:
     """Snapshots whose ``change`` (e.g. tables_altered) names the captions table, oldest first."""
     table_id = lake.scalar(
-        f"SELECT table_id FROM ducklake_table_info({lake.catalog.alias!r}) WHERE table_name = ?",
+        f"SELECT table_id FROM ducklake_table_info({sql_literal(lake.catalog.alias)}) WHERE table_name = ?",
         [CAPTIONS_TABLE],
     )
     rows = lake.query(
