@@ -41,8 +41,8 @@ CAPTION_ROWS = f"""SELECT imgid, split, caption, len(string_split(caption, ' '))
 def ingest(lake: Lakehouse, split: str) -> SyncResult:
     """Sync one split of the saved dataset into raw Parquet and append it to the lake table."""
     settings = lake.settings
-    # Several files per split, several row groups per file: what the shard plan and the
-    # pushdown sections have something to work with.
+    # Several files per split and several row groups per file, so that the shard plan and the
+    # pushdown section have something to work with.
     sizes: dict[str, Any] = {"rows_per_file": max(64, settings.images // 4), "row_group_rows": 128}
     target: dict[str, Any]
     if settings.bucket is None:
