@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -53,14 +54,7 @@ def _build_parser() -> argparse.ArgumentParser:
     query.add_argument("--memory-limit", help="DuckDB memory limit, e.g. 4GB")
     _add_s3_options(query)
 
-    demo = commands.add_parser(
-        "demo",
-        help="build a small caption dataset and query it on the embedded lakehouse",
-    )
-    demo.add_argument(
-        "--dir", default="duckstream-demo", help="where the demo keeps its files (default ./duckstream-demo)"
-    )
-    demo.add_argument("--images", type=int, default=2_000, help="images in the generated dataset")
+    _add_demo_parser(commands)
 
     ingest = commands.add_parser(
         "ingest",
@@ -142,6 +136,41 @@ def _add_profile_parser(commands: argparse._SubParsersAction[argparse.ArgumentPa
     profile.add_argument("--markdown", type=Path, metavar="PATH", help="write a Markdown report")
     profile.add_argument("--json", type=Path, metavar="PATH", help="write the report as JSON")
     _add_s3_options(profile)
+
+
+def _add_demo_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    demo = commands.add_parser(
+        "demo",
+        help="the lakehouse walkthrough on COCO-style captions (no servers needed)",
+        description=(
+            "Generate a COCO-Karpathy-style caption dataset, ingest it into a DuckLake table, register "
+            "an experiment and a run, and print each step: schema, OLAP queries, streamed rows, shuffled "
+            "order, W&B offline metrics, a quality profile and the lakehouse patterns. By default "
+            "everything lives under --dir (a local catalog file and folders); --catalog and --bucket "
+            "move the catalog to PostgreSQL and the files to S3."
+        ),
+    )
+    demo.add_argument(
+        "--dir", default="duckstream-demo", help="where the demo keeps its files (default ./duckstream-demo)"
+    )
+    demo.add_argument("--images", type=int, default=2_000, help="images in the generated dataset")
+    demo.add_argument("--seed", type=int, default=0, help="seed of the generated dataset")
+    demo.add_argument(
+        "--catalog",
+        default=os.environ.get("DUCKSTREAM_CATALOG"),
+        metavar="DSN",
+        help="postgresql://user:password@host:port/db for the catalog (default $DUCKSTREAM_CATALOG, "
+        "else a catalog file under --dir)",
+    )
+    demo.add_argument("--bucket", help="S3 bucket for the ingested Parquet and the lake's files")
+    demo.add_argument(
+        "--prefix", default="duckstream-walkthrough", help="key prefix inside --bucket (default %(default)s)"
+    )
+    demo.add_argument(
+        "--s3-endpoint",
+        help="http://host:port, https://host:port or host:port (default $DUCKSTREAM_S3_ENDPOINT; "
+        "keys from $AWS_ACCESS_KEY_ID and $AWS_SECRET_ACCESS_KEY)",
+    )
 
 
 def _run_ingest(args: argparse.Namespace, out: TextIO) -> None:
@@ -337,9 +366,19 @@ def _write_report(path: Path, text: str) -> None:
 
 
 def _run_demo(args: argparse.Namespace, out: TextIO) -> None:
-    from duckstream.demo import run_demo
+    from duckstream.demo import run_walkthrough
+    from duckstream.walkthrough import WalkthroughSettings
 
-    run_demo(Path(args.dir), images=args.images, echo=lambda text: print(text, file=out))
+    settings = WalkthroughSettings(
+        Path(args.dir),
+        images=args.images,
+        seed=args.seed,
+        catalog=args.catalog or None,
+        bucket=args.bucket,
+        prefix=args.prefix,
+        s3_endpoint=args.s3_endpoint,
+    )
+    run_walkthrough(settings, echo=lambda text: print(text, file=out, flush=True))
 
 
 def _run_bench(args: argparse.Namespace, out: TextIO) -> int:

@@ -1,19 +1,30 @@
-"""The demo: a small COCO-style caption dataset, queried on the embedded default lakehouse."""
+"""The demo: a COCO-style caption dataset and the lakehouse walkthrough run on it, section by section."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import json
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from duckstream.engine import sql_literal
-from duckstream.query import LakehouseQuery
+from duckstream._optional import require
+from duckstream.errors import ConfigurationError
+from duckstream.walkthrough import Lakehouse, Section, WalkthroughSettings, render_section
 
-__all__ = ["CAPTION_SCHEMA", "make_caption_dataset", "run_demo"]
+__all__ = [
+    "CAPTION_SCHEMA",
+    "caption_table",
+    "make_caption_dataset",
+    "run_demo",
+    "run_walkthrough",
+    "save_caption_dataset",
+]
 
 # The shape of the COCO Karpathy captions split that our users train on.
 CAPTION_SCHEMA = pa.schema(
@@ -59,48 +70,99 @@ _PLACES = [
 _EXTRAS = ["", "", " at night", " in the rain", " with a blue sky", " on a sunny day"]
 
 
+def caption_table(images: int, *, seed: int = 0, start: int = 0) -> pa.Table:
+    """``images`` COCO-style caption rows (image ids ``start`` onwards), deterministic per seed.
+
+    Splits follow Karpathy's proportions (train 70%, restval 20%, val and test 5% each, every
+    split present from 4 images on); most images have 5
+    captions and some 6 or 7, as in COCO; captions vary in length so histograms have a shape.
+    """
+    if images < 1:
+        raise ValueError(f"images must be at least 1, found {images}")
+    rng = np.random.default_rng([seed, start, images])
+    # Exact shares, every split present from 4 images on, in a seeded order.
+    held_out = [max(1, round(images * share)) if images >= 4 else 0 for share in (0.20, 0.05, 0.05)]
+    names = ["train"] * (images - sum(held_out))
+    for name, count in zip(("restval", "val", "test"), held_out, strict=True):
+        names += [name] * count
+    splits = [names[i] for i in rng.permutation(images)]
+    counts = rng.choice([5, 6, 7], size=images, p=[0.88, 0.09, 0.03])
+    first_sentid = np.concatenate([[0], np.cumsum(counts)[:-1]]) + 5 * start
+    imgids = list(range(start, start + images))
+    cocoids = [100_000 + 7 * i for i in imgids]
+    rows = {
+        "filepath": ["val2014" if s in ("val", "test") else "train2014" for s in splits],
+        "sentids": [list(range(int(f), int(f) + int(n))) for f, n in zip(first_sentid, counts, strict=True)],
+        "filename": [f"COCO_2014_{c:012d}.jpg" for c in cocoids],
+        "imgid": imgids,
+        "split": splits,
+        "sentences": [[_caption(rng) for _ in range(int(n))] for n in counts],
+        "cocoid": cocoids,
+        "url": [f"http://images.cocodataset.org/2014/{c:012d}.jpg" for c in cocoids],
+    }
+    return pa.table(rows, schema=CAPTION_SCHEMA)
+
+
 def make_caption_dataset(
     directory: str | Path,
     *,
     images: int = 2_000,
     files: int = 4,
-    captions_per_image: int = 5,
     seed: int = 0,
     row_group_size: int = 256,
 ) -> list[Path]:
-    """Write ``images`` COCO-style caption rows into ``files`` Parquet files; return their paths.
-
-    Deterministic for a given seed. Splits follow Karpathy's proportions (train, restval,
-    val, test); captions vary in length so histograms have a shape.
-    """
-    if images < 1 or files < 1 or captions_per_image < 1:
-        raise ValueError("images, files and captions_per_image must be at least 1")
-    rng = np.random.default_rng([seed, images])
+    """Write ``images`` caption rows (:func:`caption_table`) into ``files`` Parquet files."""
+    if files < 1:
+        raise ValueError(f"files must be at least 1, found {files}")
+    table = caption_table(images, seed=seed)
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    split_names = np.array(["train", "restval", "val", "test"])
-    splits = split_names[rng.choice(4, size=images, p=[0.70, 0.20, 0.05, 0.05])]
     bounds = np.linspace(0, images, files + 1).astype(int)
     paths = []
     for index in range(files):
         lo, hi = int(bounds[index]), int(bounds[index + 1])
-        cocoids = [100_000 + 7 * i for i in range(lo, hi)]
-        rows = {
-            "filepath": ["val2014" if s in ("val", "test") else "train2014" for s in splits[lo:hi]],
-            "sentids": [
-                list(range(i * captions_per_image, (i + 1) * captions_per_image)) for i in range(lo, hi)
-            ],
-            "filename": [f"COCO_2014_{c:012d}.jpg" for c in cocoids],
-            "imgid": list(range(lo, hi)),
-            "split": [str(s) for s in splits[lo:hi]],
-            "sentences": [[_caption(rng) for _ in range(captions_per_image)] for _ in range(lo, hi)],
-            "cocoid": cocoids,
-            "url": [f"http://images.cocodataset.org/2014/{c:012d}.jpg" for c in cocoids],
-        }
         path = out / f"captions-{index:06d}.parquet"
-        pq.write_table(pa.table(rows, schema=CAPTION_SCHEMA), path, row_group_size=row_group_size)
+        pq.write_table(table.slice(lo, hi - lo), path, row_group_size=row_group_size)
         paths.append(path)
     return paths
+
+
+def save_caption_dataset(
+    directory: str | Path,
+    *,
+    images: int = 2_000,
+    seed: int = 0,
+    renames: Mapping[str, str] | None = None,
+) -> Path:
+    """Save the captions as a Hugging Face ``DatasetDict`` (``save_to_disk``), split like the Hub's
+    ``yerevann/coco-karpathy``: train (Karpathy's train and restval), validation (val), test.
+
+    ``renames`` maps column names to the names the saved dataset uses.
+    """
+    datasets = require("datasets")
+    table = caption_table(images, seed=seed)
+    if renames:
+        table = table.rename_columns([renames.get(name, name) for name in table.column_names])
+    features = datasets.Features.from_arrow_schema(table.schema)
+    groups = {"train": ("train", "restval"), "validation": ("val",), "test": ("test",)}
+    split_column = table.column("split")
+    parts = {
+        name: datasets.Dataset(
+            datasets.table.InMemoryTable(table.filter(pc.is_in(split_column, pa.array(members)))),
+            info=datasets.DatasetInfo(features=features),
+        )
+        for name, members in groups.items()
+    }
+    out = Path(directory)
+    # The demo prints tables; datasets' progress bars would interleave with them.
+    bars = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        datasets.DatasetDict(parts).save_to_disk(str(out))
+    finally:
+        if bars:
+            datasets.enable_progress_bars()
+    return out
 
 
 def _caption(rng: np.random.Generator) -> str:
@@ -114,54 +176,69 @@ def _caption(rng: np.random.Generator) -> str:
     return text[0].upper() + text[1:] + "."
 
 
-@dataclass(frozen=True)
-class DemoStep:
-    title: str
-    sql: str
+# A lake table column called `filename` hides DuckLake's virtual column of that name, which the
+# stream's planner reads to find each row's data file: until the planner no longer depends on
+# it, the walkthrough's lake tables call Karpathy's `filename` column `image_file`.
+LAKE_RENAMES = {"filename": "image_file"}
 
 
-def _steps(catalog: Path, lake_data: Path) -> list[DemoStep]:
-    return [
-        DemoStep(
-            "Schema of the Parquet files",
-            "SELECT column_name, column_type FROM (DESCRIBE SELECT * FROM source)",
-        ),
-        DemoStep(
-            "Images per split",
-            "SELECT split, count(*) AS images FROM source GROUP BY split ORDER BY images DESC",
-        ),
-        DemoStep(
-            "Caption length histogram (words per caption)",
-            """SELECT len(string_split(caption, ' ')) AS words, count(*) AS captions,
-                      repeat('#', (count(*) * 60 / max(count(*)) OVER ())::INT) AS bar
-               FROM (SELECT unnest(sentences) AS caption FROM source)
-               GROUP BY words ORDER BY words""",
-        ),
-        DemoStep(
-            "Most frequent words",
-            """SELECT lower(trim(word, '.')) AS word, count(*) AS n
-               FROM (SELECT unnest(string_split(caption, ' ')) AS word
-                     FROM (SELECT unnest(sentences) AS caption FROM source))
-               GROUP BY ALL ORDER BY n DESC, word LIMIT 8""",
-        ),
-        DemoStep(
-            "Filter pushdown: the WHERE clause runs inside the Parquet scan",
-            "EXPLAIN SELECT filename FROM source WHERE split = 'val' AND imgid < 500",
-        ),
-        DemoStep(
-            "The same data as a DuckLake table (catalog file + local folder)",
-            f"""ATTACH IF NOT EXISTS {sql_literal("ducklake:" + str(catalog))} AS lake
-                    (DATA_PATH {sql_literal(str(lake_data) + "/")});
-                CREATE TABLE IF NOT EXISTS lake.captions AS SELECT * FROM source;
-                SELECT split, count(*) AS images, sum(len(sentences)) AS captions
-                FROM lake.captions GROUP BY split ORDER BY split""",
-        ),
-        DemoStep(
-            "Lake snapshots (each commit is a version you can pin)",
-            """SELECT snapshot_id, snapshot_time::TIMESTAMP(0) AS at, changes
-               FROM lake.snapshots() ORDER BY snapshot_id""",
-        ),
-    ]
+def _prepare_dataset(settings: WalkthroughSettings) -> None:
+    """Save the walkthrough's dataset once; a folder made with other parameters is refused."""
+    wanted = {"images": settings.images, "seed": settings.seed}
+    marker = settings.directory / "walkthrough.json"
+    if marker.is_file():
+        made = json.loads(marker.read_text())
+        if made != wanted:
+            raise ConfigurationError(
+                f"{settings.directory} holds a walkthrough made with {made}, not {wanted}: "
+                "use another folder, or remove this one"
+            )
+    if not (settings.hf_dataset / "dataset_dict.json").is_file():
+        save_caption_dataset(
+            settings.hf_dataset, images=settings.images, seed=settings.seed, renames=LAKE_RENAMES
+        )
+    marker.write_text(json.dumps(wanted))
+
+
+def run_walkthrough(settings: WalkthroughSettings, *, echo: Callable[[str], None] = print) -> list[Section]:
+    """Run every walkthrough section in order, printing each as it finishes; return them all."""
+    from duckstream import walkthrough_data as data
+    from duckstream import walkthrough_patterns as patterns
+    from duckstream import walkthrough_reports as reports
+
+    for stack in ("datasets", "torch", "wandb"):
+        require(stack)  # fail now, naming the extra, rather than halfway through
+    started = time.perf_counter()
+    _prepare_dataset(settings)
+    sections: list[Section] = []
+
+    def show(section: Section) -> Section:
+        sections.append(section)
+        echo(render_section(len(sections), section))
+        return section
+
+    with Lakehouse(settings) as lake:
+        ingested = show(data.ingest_section(lake)).facts["results"]
+        raw_files = [f for result in ingested.values() for f in result.files]
+        run = show(data.register_section(lake)).facts["run"]
+        show(data.schema_section(lake, run))
+        show(data.caption_length_section(lake))
+        show(data.captions_per_image_section(lake))
+        show(data.top_words_section(lake))
+        show(data.stream_rows_section(lake, run))
+        show(data.shuffle_section(lake, run))
+        metrics = show(reports.wandb_metrics_section(lake, run, settings.directory / "wandb")).facts
+        show(reports.quality_section(lake, raw_files))
+        show(data.complete_run_section(lake, run, {"epoch_rows_per_s": round(metrics["rows_per_s"], 1)}))
+        show(patterns.schema_evolution_section(lake))
+        show(patterns.time_travel_section(lake, run))
+        show(patterns.cross_plane_join_section(lake))
+        show(patterns.pushdown_section(lake, raw_files))
+        show(patterns.idempotent_ingest_section(lake))
+        show(patterns.analytics_section(lake))
+        show(patterns.tiers_section(lake, raw_files))
+    echo(f"\nThe walkthrough ran {len(sections)} sections in {time.perf_counter() - started:.1f} s.")
+    return sections
 
 
 def run_demo(
@@ -169,26 +246,8 @@ def run_demo(
     *,
     images: int = 2_000,
     echo: Callable[[str], None] = print,
-) -> None:
-    """Build the demo dataset under ``directory`` (once) and print each step's result."""
-    root = Path(directory)
-    raw = root / "captions"
-    if not any(raw.glob("*.parquet")):
-        paths = make_caption_dataset(raw, images=images)
-        echo(f"Wrote {len(paths)} Parquet files with {images} images to {raw}")
-    else:
-        echo(f"Using the Parquet files already in {raw}")
-    (root / "lake").mkdir(parents=True, exist_ok=True)
-    with LakehouseQuery() as query:
-        query.register_source(raw)
-        for step in _steps(root / "catalog.ducklake", root / "lake"):
-            echo(f"\n== {step.title}")
-            result = query.execute(step.sql)
-            if step.sql.lstrip().upper().startswith("EXPLAIN"):
-                echo(_explain_text(result.fetchall()))
-            else:
-                echo(result.render())
-
-
-def _explain_text(rows: list[tuple[object, ...]]) -> str:
-    return "\n".join(str(row[-1]) for row in rows)
+    **lakehouse: Any,
+) -> list[Section]:
+    """The walkthrough under ``directory`` (embedded default), or on the lakehouse ``lakehouse``
+    names (``catalog=``, ``bucket=``, ``prefix=``, S3 keywords: see :class:`WalkthroughSettings`)."""
+    return run_walkthrough(WalkthroughSettings(Path(directory), images=images, **lakehouse), echo=echo)

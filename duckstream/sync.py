@@ -194,7 +194,9 @@ def _append(catalog: LakehouseCatalog, table: str, key: str, files: list[str]) -
     catalog._with_retries(
         "append the rows",
         lambda: catalog._run(
-            f"INSERT INTO {name} SELECT s.* FROM {scan} s ANTI JOIN {name} t ON t.{column} = s.{column}"
+            # BY NAME: a table that gained columns since (schema evolution) still takes the rows.
+            f"INSERT INTO {name} BY NAME SELECT s.* FROM {scan} s "
+            f"ANTI JOIN {name} t ON t.{column} = s.{column}"
         ),
     )
 

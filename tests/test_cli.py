@@ -3,6 +3,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -125,26 +126,39 @@ def test_usage_errors_exit_2() -> None:
     assert "invalid choice" in result.stderr
 
 
-def test_demo_builds_its_dataset_and_prints_each_step(tmp_path: Path) -> None:
-    code, text = run_cli("demo", "--dir", str(tmp_path / "demo"), "--images", "300")
+@pytest.mark.slow
+def test_demo_runs_the_walkthrough_and_a_rerun_writes_nothing_new(tmp_path: Path) -> None:
+    code, text = run_cli("demo", "--dir", str(tmp_path / "demo"), "--images", "60")
     assert code == 0
+    numbers = [int(n) for n in re.findall(r"^\s*(\d+)\. ", text, flags=re.M)]
+    assert numbers == list(range(1, 19))
     for title in (
-        "Schema of the Parquet files",
-        "Images per split",
-        "Caption length histogram",
-        "Filter pushdown",
-        "DuckLake table",
-        "Lake snapshots",
+        "Ingest",
+        "OLAP: caption length histogram",
+        "Stream 5 rows",
+        "W&B (offline)",
+        "Time travel",
     ):
         assert title in text
-    assert "split='val'" in text  # the pushed-down filter in the scan
-    assert "tables_created=[main.captions]" in text
+    assert "ran 18 sections" in text
     assert (tmp_path / "demo" / "catalog.ducklake").is_file()
-    # A second run reuses the files and the lake table instead of duplicating them.
-    code, again = run_cli("demo", "--dir", str(tmp_path / "demo"), "--images", "300")
+    assert sorted(p.name for p in (tmp_path / "demo" / "raw").glob("*.parquet"))[0] == "train-000000.parquet"
+    code, again = run_cli("demo", "--dir", str(tmp_path / "demo"), "--images", "60")
     assert code == 0
-    assert "Using the Parquet files already in" in again
-    assert again.count("tables_created") == 1
+    ingest = again.split(" 2. ")[0]
+    assert re.search(r"│ train\s+│\s+0 │", ingest)  # files written by the rerun's sync: none
+
+
+def test_demo_settings_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _ = run_cli("demo", "--dir", str(tmp_path), "--images", "5")
+    assert code == 1
+    assert "at least 20 images" in capsys.readouterr().err
+    code, _ = run_cli("demo", "--dir", str(tmp_path), "--catalog", "mysql://me:hunter2@db/x")
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "postgresql://" in err
+    assert "hunter2" not in err
+    assert not list(tmp_path.iterdir())  # refused before writing anything
 
 
 def test_console_script_is_installed() -> None:
