@@ -271,6 +271,37 @@ def test_pinned_table_streams_with_two_ranks_and_two_workers_through_the_loader(
     assert sorted(per_rank[0] + per_rank[1]) == list(range(1_000))
 
 
+def test_a_user_column_named_filename_streams_like_any_other(lake: Lake) -> None:
+    # COCO tables have a `filename` column, which hides DuckLake's virtual column of that name.
+    with lake.open() as cat:
+        cat.con.execute(
+            f"CREATE TABLE images AS SELECT imgid, 'COCO_' || imgid || '.jpg' AS filename "
+            f"FROM read_parquet('{lake.raw}')"
+        )
+        cat.con.execute(
+            "INSERT INTO images SELECT imgid + 1000, 'COCO_' || (imgid + 1000) || '.jpg' FROM images"
+        )
+        cat.con.execute("INSERT INTO images VALUES (5000, 'COCO_5000.jpg')")  # inlined
+        cat.con.execute("DELETE FROM images WHERE imgid BETWEEN 100 AND 149")
+        pinned = cat.table("images")
+        expected = Counter([*range(100), *range(150, 2_000), 5000])
+        for num_workers in (0, 2):
+            dataset = DuckStreamDataset(
+                pinned, "SELECT imgid, filename FROM source", batch_size=128, shuffle=True
+            )
+            rows = [
+                (i, name)
+                for batch in DuckStreamLoader(dataset, num_workers=num_workers)
+                for i, name in zip(batch["imgid"].tolist(), batch["filename"], strict=True)
+            ]
+            assert Counter(i for i, _ in rows) == expected
+            assert all(name == f"COCO_{i}.jpg" for i, name in rows)
+        filtered = stream_batches(pinned, "SELECT imgid FROM source WHERE filename LIKE 'COCO_1%.jpg'")
+        assert sorted(i for b in filtered for i in b.column("imgid").to_pylist()) == sorted(
+            i for i in expected if str(i).startswith("1")
+        )
+
+
 # --------------------------------------------------------------------------- run tracking
 
 

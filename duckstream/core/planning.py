@@ -232,6 +232,9 @@ class LakeAccess:
     attach: str = field(repr=False)  # may hold a PostgreSQL password
     scan: str
     postgres: bool
+    # DuckLake's `file_index` of each planned file, which workers filter on: unlike the
+    # virtual `filename` column, a user column cannot hide it (COCO tables have a `filename`).
+    file_indexes: tuple[int, ...] = ()
 
 
 def _prepare_lake(
@@ -256,19 +259,24 @@ def _prepare_lake(
     try:
         try:
             con.execute(f"CREATE OR REPLACE TEMP VIEW source AS SELECT * FROM {table.scan}")
+            source_schema = _result_schema(con, "SELECT * FROM source")
+            # A user column called `filename` hides DuckLake's virtual one: then files go by
+            # their index alone.
+            name = "NULL" if "filename" in source_schema.names else "any_value(filename)"
             layout = con.execute(
-                f"SELECT filename, file_row_number // {int(shard_rows)} AS chunk, count(*), "
-                f"min(file_row_number), max(file_row_number) FROM {table.scan} "
-                "GROUP BY ALL ORDER BY filename, chunk"
+                f"SELECT file_index, file_row_number // {int(shard_rows)} AS chunk, count(*), "
+                f"min(file_row_number), max(file_row_number), {name} FROM {table.scan} "
+                "GROUP BY file_index, chunk ORDER BY file_index, chunk"
             ).fetchall()
         except duckdb.Error as exc:
             raise _lake_error(exc, table) from None
-        files = list(dict.fromkeys(row[0] for row in layout))
-        _check_files_exist(files, table)
-        index = {name: i for i, name in enumerate(files)}
-        shards = [Shard(index[name], int(lo), int(hi) + 1) for name, _, _, lo, hi in layout]
+        names = {int(row[0]): row[5] for row in layout}
+        file_indexes = list(names)
+        files = [names[i] or f"{table.name} file {i}" for i in file_indexes]
+        _check_files_exist([n for n in names.values() if n is not None], table)
+        index = {file_index: i for i, file_index in enumerate(file_indexes)}
+        shards = [Shard(index[int(row[0])], int(row[3]), int(row[4]) + 1) for row in layout]
         visible = [int(row[2]) for row in layout]
-        source_schema = _result_schema(con, "SELECT * FROM source")
         query = sqlmod.name_the_source(sql, [table.name]) if sql else None
         shape = (
             sqlmod.analyse(con, query, source_schema.names)
@@ -285,7 +293,7 @@ def _prepare_lake(
             counts = visible
         else:
             assert query is not None
-            counts = _count_rows(con, query, [_lake_shard(table.scan, files, s) for s in shards])
+            counts = _count_rows(con, query, [_lake_shard(table.scan, file_indexes, s) for s in shards])
         attach = _worker_attach(con, table, cache_dir)
     finally:
         con.close()
@@ -300,13 +308,18 @@ def _prepare_lake(
         schema=schema,
         s3=table.s3,
         fingerprint=plan_fingerprint(files, shards, counts, f"{table.scan}|{query}"),
-        lake=LakeAccess(attach=attach, scan=table.scan, postgres=table.location.kind == "postgres"),
+        lake=LakeAccess(
+            attach=attach,
+            scan=table.scan,
+            postgres=table.location.kind == "postgres",
+            file_indexes=tuple(file_indexes),
+        ),
     )
 
 
-def _lake_shard(scan: str, files: Sequence[str], shard: Shard) -> str:
+def _lake_shard(scan: str, file_indexes: Sequence[int], shard: Shard) -> str:
     return (
-        f"SELECT * FROM {scan} WHERE filename = {engine.sql_literal(files[shard.file])} "
+        f"SELECT * FROM {scan} WHERE file_index = {int(file_indexes[shard.file])} "
         f"AND file_row_number BETWEEN {shard.start} AND {shard.stop - 1}"
     )
 

@@ -41,7 +41,7 @@ WHERE file_row_number BETWEEN getvariable('duckstream_first') AND getvariable('d
 _LAKE_SHARD_VIEW = """
 CREATE OR REPLACE TEMP VIEW source AS
 SELECT * FROM {scan}
-WHERE filename = getvariable('duckstream_file')
+WHERE file_index = getvariable('duckstream_file_index')
   AND file_row_number BETWEEN getvariable('duckstream_first') AND getvariable('duckstream_last')
 """
 
@@ -143,6 +143,7 @@ class ShardReader:
                 config={"enable_external_file_cache": False},
             )
             self._con.execute("SET VARIABLE duckstream_file = ''")
+            self._con.execute("SET VARIABLE duckstream_file_index = -1::BIGINT")
             self._con.execute("SET VARIABLE duckstream_first = 0")
             self._con.execute("SET VARIABLE duckstream_last = -1")
             if lake is None:
@@ -166,7 +167,11 @@ class ShardReader:
             first, last, skip = shard.start, shard.stop - 1, lo
         want = hi - lo
         try:
-            con.execute("SET VARIABLE duckstream_file = ?", [self._plan.files[shard.file]])
+            if self._plan.lake is not None:
+                file_index = int(self._plan.lake.file_indexes[shard.file])
+                con.execute(f"SET VARIABLE duckstream_file_index = {file_index}::BIGINT")
+            else:
+                con.execute("SET VARIABLE duckstream_file = ?", [self._plan.files[shard.file]])
             con.execute(f"SET VARIABLE duckstream_first = {int(first)}")
             con.execute(f"SET VARIABLE duckstream_last = {int(last)}")
             reader = con.sql(query).to_arrow_reader(self._batch_rows)
