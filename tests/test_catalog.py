@@ -4,6 +4,7 @@ run tracking, pinned tables as stream sources, and bad input."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -300,6 +301,22 @@ def test_a_user_column_named_filename_streams_like_any_other(lake: Lake) -> None
         assert sorted(i for b in filtered for i in b.column("imgid").to_pylist()) == sorted(
             i for i in expected if str(i).startswith("1")
         )
+
+
+def test_a_catalog_file_recreated_at_the_same_path_is_not_read_from_a_stale_copy(tmp_path: Path) -> None:
+    # Workers read a cached copy of a catalog file's metadata; a new catalog at the same path
+    # (same table, same snapshot number) must not be served the old copy.
+    cache = tmp_path / "cache"
+    for generation in range(2):
+        folder = tmp_path / "lake"
+        if folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir()
+        with LakehouseCatalog(folder / "lake.ducklake", folder / "files") as cat:
+            cat.con.execute(f"CREATE TABLE t AS SELECT range + {generation * 1000} AS id FROM range(300)")
+            dataset = DuckStreamDataset(cat.table("t"), batch_size=100, cache_dir=cache)
+            ids = sorted(i for b in DuckStreamLoader(dataset, num_workers=2) for i in b["id"].tolist())
+        assert ids == list(range(generation * 1000, generation * 1000 + 300))
 
 
 # --------------------------------------------------------------------------- run tracking

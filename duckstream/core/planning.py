@@ -366,14 +366,23 @@ def _worker_attach(
     if table.location.kind == "postgres":
         return table.location.attach_sql(table.alias, read_only=True)
     directory = _cache_directory(cache_dir)
-    key = hashlib.sha256(f"{table.location.target}|{table.version}".encode()).hexdigest()[:24]
+    # The times of the catalog's first snapshot and of this one tell a catalog recreated at the
+    # same path (a rerun demo, a test) from the one a cached copy was made of.
+    metadata = f"__ducklake_metadata_{table.alias}"
+    stamps = con.execute(
+        f"SELECT min(snapshot_time)::VARCHAR, max(snapshot_time) FILTER (snapshot_id = ?)::VARCHAR "
+        f"FROM {metadata}.ducklake_snapshot",
+        [table.version],
+    ).fetchone()
+    identity = f"{table.location.target}|{table.version}|{stamps}"
+    key = hashlib.sha256(identity.encode()).hexdigest()[:24]
     copy = directory / f"catalog-{key}.duckdb"
     if not copy.exists():
         partial = directory / f".catalog-{key}-{os.getpid()}.duckdb"
         alias = f"duckstream_copy_{os.getpid()}"
         try:
             con.execute(f"ATTACH {engine.sql_literal(str(partial))} AS {alias}")
-            con.execute(f"COPY FROM DATABASE __ducklake_metadata_{table.alias} TO {alias}")
+            con.execute(f"COPY FROM DATABASE {metadata} TO {alias}")
             con.execute(f"DETACH {alias}")
         except duckdb.Error as exc:
             partial.unlink(missing_ok=True)
