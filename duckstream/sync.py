@@ -184,10 +184,17 @@ def _copy(
     return uploaded
 
 
+# Where each appended row sits in the synced files: its file's place in the list, its row in it.
+_FILE, _ROW = "duckstream_file_index", "file_row_number"
+
+
 def _append(catalog: LakehouseCatalog, table: str, key: str, files: list[str]) -> None:
     """Add the rows of ``files`` to lake table ``table`` unless their ``key`` is there already."""
     name, column = quote_name(table), quote_name(key)
-    scan = f"read_parquet([{', '.join(sql_literal(f) for f in files)}])"
+    listed = f"[{', '.join(sql_literal(f) for f in files)}]"
+    scan = f"read_parquet({listed})"
+    # Named apart from any column of the data (COCO rows have a `filename`).
+    ordered = f"(SELECT *, file_index AS {_FILE} FROM read_parquet({listed}, file_row_number = true))"
     catalog._with_retries(
         "create the table", lambda: catalog._run(f"CREATE TABLE IF NOT EXISTS {name} AS FROM {scan} LIMIT 0")
     )
@@ -195,8 +202,9 @@ def _append(catalog: LakehouseCatalog, table: str, key: str, files: list[str]) -
         "append the rows",
         lambda: catalog._run(
             # BY NAME: a table that gained columns since (schema evolution) still takes the rows.
-            f"INSERT INTO {name} BY NAME SELECT s.* FROM {scan} s "
-            f"ANTI JOIN {name} t ON t.{column} = s.{column}"
+            # ORDER BY the rows' place in the files: the table keeps the dataset's order.
+            f"INSERT INTO {name} BY NAME SELECT s.* EXCLUDE ({_FILE}, {_ROW}) FROM {ordered} s "
+            f"ANTI JOIN {name} t ON t.{column} = s.{column} ORDER BY s.{_FILE}, s.{_ROW}"
         ),
     )
 

@@ -16,6 +16,7 @@ import pytest
 
 from duckstream.devservices import S3Service
 from duckstream.errors import ConfigurationError, SyncError
+from duckstream.stream import stream_batches
 from duckstream.sync import sync_from_hf
 
 datasets = pytest.importorskip("datasets")
@@ -276,13 +277,22 @@ def test_append_into_a_lake_table_adds_each_key_once(saved: Path, tmp_path: Path
         again = sync_from_hf(
             saved, "train", dest=tmp_path / "a", max_samples=1_000, catalog=cat, table="captions", key="imgid"
         )
+        # the table gained a column since: appends still match columns by name
+        cat.con.execute("ALTER TABLE captions ADD COLUMN quality DOUBLE")
         more = sync_from_hf(
             saved, "train", dest=tmp_path / "b", max_samples=1_500, catalog=cat, table="captions", key="imgid"
         )
         rows = cat.con.execute("SELECT count(*), count(DISTINCT imgid), max(imgid) FROM captions").fetchall()
         kinds = cat.con.execute("SELECT column_name, column_type FROM (DESCRIBE captions)").fetchall()
+        stored = [
+            i
+            for batch in stream_batches(cat.table("captions"), "SELECT imgid FROM source")
+            for i in batch.column("imgid").to_pylist()
+        ]
+        source = [row["imgid"] for row in datasets.load_from_disk(str(saved))["train"].select(range(1_500))]
     assert (first.files_uploaded, again.files_uploaded, more.rows_total) == (1, 0, 1_500)
     assert rows == [(1_500, 1_500, 1_499)]
+    assert stored == source  # storage order is the dataset's order
     assert ("sentences", "VARCHAR[]") in kinds
     with pytest.raises(ConfigurationError, match="together"):
         sync_from_hf(saved, "val", dest=tmp_path / "c", table="captions")
