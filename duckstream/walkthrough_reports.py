@@ -144,7 +144,8 @@ def wandb_metrics_section(lake: Lakehouse, run: Run, wandb_dir: Path) -> Section
     text = (
         f"One shuffled epoch of the pinned table through DuckStreamLoader(DuckStreamDataset("
         f"batch_size={BATCH_SIZE})), timed by a LoaderMeter; wait_seconds is the time the loop spent "
-        f"waiting for data (here the loop trains nothing, so it does little else). Sent with log_metrics(run, loader_metrics(stats) | column_statistics(...)) "
+        "waiting for data (here the loop trains nothing, so it does little else).\n"
+        "Sent with log_metrics(run, loader_metrics(stats) | column_statistics(...)) "
         f"to W&B offline:\n{lake.render(shown)}\n"
         f"Recorded on run {run.run_id[:8]} in the catalog as metrics.loader_epochs.\n"
         f"Offline run: {run_dir} (upload later with `wandb sync`)."
