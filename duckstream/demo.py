@@ -228,8 +228,9 @@ def run_walkthrough(settings: WalkthroughSettings, *, echo: Callable[[str], None
         show(data.stream_rows_section(lake, run))
         show(data.shuffle_section(lake, run))
         metrics = show(reports.wandb_metrics_section(lake, run, settings.directory / "wandb")).facts
-        show(reports.quality_section(lake, raw_files))
-        show(data.complete_run_section(lake, run, {"epoch_rows_per_s": round(metrics["rows_per_s"], 1)}))
+        show(reports.quality_section(lake, run))
+        final = {**metrics["run_metrics"], "epoch_rows_per_s": round(metrics["rows_per_s"], 1)}
+        show(data.complete_run_section(lake, run, final))
         show(patterns.schema_evolution_section(lake))
         show(patterns.time_travel_section(lake, run))
         show(patterns.cross_plane_join_section(lake))

@@ -19,8 +19,10 @@ Each section is one function of the package (``duckstream.walkthrough_data``,
  2. an experiment and a run registered in the catalog, pinned to the table's snapshot
  3. the schema, then OLAP queries: 4. caption-length histogram, 5. captions per image, 6. word counts
  7. five rows streamed by ``DuckStreamDataset(batch_size=None)``; 8. shuffled vs plain order
- 9. loader rows/s and the caption-length histogram logged to W&B offline
-10. a per-column quality profile of the raw Parquet tier; 11. the run completed with its metrics
+ 9. one epoch's loader statistics (``LoaderMeter``: rows, batches, rows/s, waiting time) recorded on
+    the run and, with caption statistics and a histogram, logged to W&B offline (``duckstream.metrics``)
+10. ``duckstream.quality.profile`` of the pinned table, with a key and checks (one fails on purpose),
+    and its HTML report; 11. the run completed with its metrics
 12-18. the lakehouse patterns: schema evolution, time travel, a join of runs with data, pushdown
     into the Parquet scan, idempotent ingest, analytics, and streamable raw/lake/curated tiers
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from duckstream.cli import main
+from duckstream.demo import caption_table
 from duckstream.devservices import S3Service
 from tests.conftest import upload_dir
 
@@ -141,6 +142,11 @@ def test_demo_runs_the_walkthrough_and_a_rerun_writes_nothing_new(tmp_path: Path
     ):
         assert title in text
     assert "ran 18 sections" in text
+    streamed = re.search(r"│ loader/rows\s+│ (\d+)\s+│", text)  # the loader's statistics, measured
+    assert streamed is not None
+    assert int(streamed.group(1)) == sum(s != "test" for s in caption_table(60).column("split").to_pylist())
+    assert "checks: 5 passed, 1 failed" in text  # the quality profile's checks
+    assert (tmp_path / "demo" / "quality" / "captions.html").is_file()
     assert (tmp_path / "demo" / "catalog.ducklake").is_file()
     assert sorted(p.name for p in (tmp_path / "demo" / "raw").glob("*.parquet"))[0] == "train-000000.parquet"
     code, again = run_cli("demo", "--dir", str(tmp_path / "demo"), "--images", "60")

@@ -24,6 +24,8 @@ from duckstream.errors import ConfigurationError
 from duckstream.walkthrough import Section, WalkthroughSettings
 from duckstream.walkthrough_data import STOP_WORDS
 from duckstream.walkthrough_patterns import CURATED_TABLE, EVOLVED_COLUMN
+from duckstream.walkthrough_reports import BATCH_SIZE, QUALITY_CHECKS
+from tests.wandb_records import history, offline_run_files
 
 pytest.importorskip("torch")
 pytest.importorskip("datasets")
@@ -138,6 +140,7 @@ def test_the_run_is_registered_pinned_and_completed(embedded: Walk) -> None:
     assert done.run_id == run.run_id
     assert done.status == "completed"
     assert done.metrics["epoch_rows_per_s"] > 0
+    assert done.metrics["loader_epochs"][0]["rows"] > 0
     assert done.snapshots == run.snapshots
 
 
@@ -192,15 +195,48 @@ def test_shuffled_orders_are_seeded_permutations(embedded: Walk, truth: list[dic
     assert sorted(shuffled) == sorted(next_epoch) == sorted(plain)
 
 
+def test_loader_statistics_are_the_epoch_the_loader_streamed(
+    embedded: Walk, truth: list[dict[str, Any]]
+) -> None:
+    facts = embedded.facts("W&B (offline)")
+    stats = facts["stats"]
+    assert (stats.epoch, stats.rows, stats.batches) == (0, len(truth), -(-len(truth) // BATCH_SIZE))
+    assert facts["rows"] == len(truth)
+    assert facts["rows_per_s"] == stats.rows_per_second > 0
+    assert 0 < stats.wait_seconds <= stats.seconds
+    assert facts["wait_seconds"] == stats.wait_seconds
+    # Recorded on the walkthrough's own run while it runs, then kept when it completes.
+    run = embedded.facts("Register an experiment and a run")["run"]
+    recorded = facts["recorded_run"]
+    assert (recorded.run_id, recorded.status) == (run.run_id, "running")
+    assert recorded.metrics == {"loader_epochs": [stats.as_dict()]} == facts["run_metrics"]
+    done = embedded.facts("Complete the run")["run"]
+    assert done.metrics["loader_epochs"] == [stats.as_dict()]
+    assert done.metrics["epoch_rows_per_s"] == round(stats.rows_per_second, 1)
+
+
 def test_wandb_offline_run_holds_the_metrics(embedded: Walk, truth: list[dict[str, Any]]) -> None:
     facts = embedded.facts("W&B (offline)")
-    assert facts["rows"] == len(truth)
-    assert facts["batches"] == -(-len(truth) // 128)
-    assert facts["rows_per_s"] > 0
+    stats = facts["stats"]
+    words = [words_of(c) for c in captions(truth)]
+    chars = [len(c) for c in captions(truth)]
+    expected = {
+        "loader/rows": len(truth),
+        "loader/batches": stats.batches,
+        "loader/rows_per_second": pytest.approx(stats.rows_per_second, rel=1e-3),
+        "loader/seconds": pytest.approx(stats.seconds, abs=1e-5),
+        "loader/wait_seconds": pytest.approx(stats.wait_seconds, abs=1e-5),
+        "loader/wait_fraction": pytest.approx(stats.wait_fraction, abs=1e-5),
+        "data/captions": len(words),
+        "data/caption_words_mean": pytest.approx(sum(words) / len(words)),
+        "data/caption_words_min": min(words),
+        "data/caption_words_max": max(words),
+        "data/caption_chars_mean": pytest.approx(sum(chars) / len(chars)),
+    }
+    assert facts["logged"] == expected
     assert facts["histogram"] == embedded.facts("caption length histogram")["histogram"]
     summary = facts["summary"]
-    assert summary["loader/epoch_rows"] == len(truth)
-    assert summary["loader/epoch_rows_per_s"] == pytest.approx(facts["rows_per_s"])
+    assert {key: summary[key] for key in expected} == expected
     histogram = summary["data/caption_words"]
     assert histogram["_type"] == "histogram"
     assert histogram["values"] == list(facts["histogram"].values())
@@ -208,21 +244,63 @@ def test_wandb_offline_run_holds_the_metrics(embedded: Walk, truth: list[dict[st
     run_dir = Path(facts["run_dir"])
     assert run_dir.is_relative_to(embedded.settings.directory)
     assert "offline-run" in run_dir.name
-    assert any(p.suffix == ".wandb" and p.stat().st_size > 0 for p in run_dir.iterdir())
+    # What the offline run file holds: one step (the epoch) with every metric and the histogram.
+    run_files = [f for f in offline_run_files(embedded.settings.directory / "wandb") if f.parent == run_dir]
+    assert len(run_files) == 1
+    rows = history(run_files[0])
+    assert len(rows) == 1
+    assert rows[0]["_step"] == stats.epoch
+    assert {key: rows[0][key] for key in expected} == expected
+    # The histogram's fields are nested keys there.
+    assert rows[0]["data/caption_words/_type"] == "histogram"
+    assert rows[0]["data/caption_words/values"] == list(facts["histogram"].values())
 
 
-def test_quality_profile_counts_nulls_and_distinct_values(
-    embedded: Walk, truth: list[dict[str, Any]]
-) -> None:
+def test_quality_profile_of_the_pinned_table(embedded: Walk, truth: list[dict[str, Any]]) -> None:
     facts = embedded.facts("Quality profile")
-    assert facts["total_rows"] == len(truth)
-    assert facts["total_columns"] == 8
-    assert set(facts["null_counts"].values()) == {0}
-    distinct = facts["distinct_counts"]
-    assert distinct["imgid"] == len(truth)
-    assert distinct["split"] == len({r["split"] for r in truth})
-    assert distinct["filepath"] == len({r["filepath"] for r in truth})
-    assert [r["imgid"] for r in facts["sample_rows"]] == sorted(r["imgid"] for r in truth)[:3]
+    report = facts["report"]
+    names = [LAKE_RENAMES.get(n, n) for n in caption_table(1).schema.names]
+    lake_rows = [{LAKE_RENAMES.get(k, k): v for k, v in r.items()} for r in truth]
+    run = embedded.facts("Register an experiment and a run")["run"]
+    assert report.source == f"lake table captions at snapshot {run.snapshots['captions']}"
+    assert report.total_rows == len(truth)
+    assert report.total_columns == len(names)
+    assert report.null_counts == {n: sum(r[n] is None for r in lake_rows) for n in names}
+
+    def distinct(name: str) -> int:
+        return len({tuple(v) if isinstance(v, list) else v for r in lake_rows if (v := r[name]) is not None})
+
+    assert report.distinct_counts == {n: distinct(n) for n in names}
+    ids = [r["imgid"] for r in truth]
+    assert report.key == ["imgid"]
+    assert report.duplicate_count == len(ids) - len(set(ids))
+    sizes = [len(r["sentences"]) for r in truth]
+    sentences = report.column("sentences").length
+    assert (sentences.min, sentences.max) == (min(sizes), max(sizes))
+    assert (report.column("imgid").min, report.column("imgid").max) == (min(ids), max(ids))
+    assert len(report.sample_rows) == 5
+    assert all(row["imgid"] in set(ids) for row in report.sample_rows)
+    results = {c.check: (c.passed, c.offending) for c in report.checks}
+    not_five = sum(n != 5 for n in sizes)
+    assert not_five > 0  # the generated data has images with 6 or 7 captions, as COCO does
+    assert results == {
+        "not_null:imgid": (True, 0),
+        "unique:imgid": (True, 0),
+        "values:split:train,val,test,restval": (True, 0),
+        "length:sentences:1:10": (True, 0),
+        "rows:1:": (True, 0),
+        "length:sentences:5:5": (False, not_five),
+    }
+    assert list(results) == list(QUALITY_CHECKS)
+    text = embedded.sections["Quality profile"].text
+    assert f"FAIL  length:sentences:5:5  ({not_five:,} offending)" in text
+    assert "key imgid: 0 duplicate rows" in text
+    html = Path(facts["html"])
+    assert html.is_relative_to(embedded.settings.directory)
+    page = html.read_text(encoding="utf-8")
+    assert "<h1>Data quality: lake table captions" in page
+    assert "length:sentences:5:5" in page
+    assert str(html) in text
 
 
 def test_schema_evolution_keeps_the_old_snapshot_readable(
@@ -368,7 +446,9 @@ def test_walkthrough_on_postgres_and_s3(
     listed = s3_server.boto3_client().list_objects_v2(Bucket=s3_bucket, Prefix="walk/lake/")
     assert listed.get("KeyCount", 0) > 0  # the lake's data files are on S3 too
     assert result.facts("Time travel")["pinned_rows"] == len(truth)
-    assert result.facts("Quality profile")["total_rows"] == len(truth)
+    quality = result.facts("Quality profile")["report"]
+    assert quality.total_rows == len(truth)
+    assert [c.check for c in quality.checks if not c.passed] == ["length:sentences:5:5"]
     assert list(result.facts("Streamable tiers")["rows"].values())[:2] == [len(truth), len(truth)]
     assert [r.files_uploaded for r in result.facts("Idempotent ingest")["again"].values()] == [0, 0]
     assert result.facts("Complete the run")["run"].status == "completed"
