@@ -176,12 +176,6 @@ def _caption(rng: np.random.Generator) -> str:
     return text[0].upper() + text[1:] + "."
 
 
-# A lake table column called `filename` hides DuckLake's virtual column of that name, which the
-# stream's planner reads to find each row's data file: until the planner no longer depends on
-# it, the walkthrough's lake tables call Karpathy's `filename` column `image_file`.
-LAKE_RENAMES = {"filename": "image_file"}
-
-
 def _prepare_dataset(settings: WalkthroughSettings) -> None:
     """Save the walkthrough's dataset once; a folder made with other parameters is refused."""
     wanted = {"images": settings.images, "seed": settings.seed}
@@ -194,9 +188,7 @@ def _prepare_dataset(settings: WalkthroughSettings) -> None:
                 "use another folder, or remove this one"
             )
     if not (settings.hf_dataset / "dataset_dict.json").is_file():
-        save_caption_dataset(
-            settings.hf_dataset, images=settings.images, seed=settings.seed, renames=LAKE_RENAMES
-        )
+        save_caption_dataset(settings.hf_dataset, images=settings.images, seed=settings.seed)
     marker.write_text(json.dumps(wanted))
 
 

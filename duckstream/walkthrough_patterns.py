@@ -160,7 +160,7 @@ def _plan(query: LakehouseQuery, sql: str) -> str:
 def pushdown_section(lake: Lakehouse, raw_files: list[str]) -> Section:
     with lake.query_engine() as query:
         query.register_source(raw_files)
-        sql = "SELECT image_file FROM source WHERE imgid BETWEEN 100 AND 199 AND split = 'restval'"
+        sql = "SELECT filename FROM source WHERE imgid BETWEEN 100 AND 199 AND split = 'restval'"
         plan = _plan(query, sql)
         scanned = query.execute(
             """SELECT count(*) AS row_groups, count(*) FILTER (WHERE stats_min_value::BIGINT <= 199

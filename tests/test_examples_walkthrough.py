@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from duckstream.catalog import LakehouseCatalog
-from duckstream.demo import LAKE_RENAMES, caption_table, run_walkthrough
+from duckstream.demo import caption_table, run_walkthrough
 from duckstream.devservices import PostgresService, S3Service
 from duckstream.errors import ConfigurationError
 from duckstream.walkthrough import Section, WalkthroughSettings
@@ -97,13 +97,13 @@ def captions(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def storage_order(walked: Walk, where: str = "TRUE") -> list[int]:
-    """imgid of the run's pinned table where ``where`` holds: data files in path order, rows in
+    """imgid of the run's pinned table where ``where`` holds: data files in the catalog's order, rows in
     file order (the order an unshuffled stream promises)."""
     run = walked.facts("Register an experiment and a run")["run"]
     settings = walked.settings
     scan = f"captions AT (VERSION => {int(run.snapshots['captions'])})"
     with LakehouseCatalog(settings.catalog_location, settings.lake_data, read_only=True) as cat:
-        rows = cat.con.execute(f"SELECT imgid FROM {scan} WHERE {where} ORDER BY filename, file_row_number")
+        rows = cat.con.execute(f"SELECT imgid FROM {scan} WHERE {where} ORDER BY file_index, file_row_number")
         return [int(row[0]) for row in rows.fetchall()]
 
 
@@ -146,7 +146,7 @@ def test_the_run_is_registered_pinned_and_completed(embedded: Walk) -> None:
 
 def test_schema_is_the_karpathy_schema(embedded: Walk) -> None:
     columns = embedded.facts("Schema of the lake table")["columns"]
-    expected = [LAKE_RENAMES.get(n, n) for n in caption_table(1).schema.names]
+    expected = caption_table(1).schema.names
     assert list(columns) == expected
     assert columns["sentences"] == "VARCHAR[]"
     assert columns["imgid"] == "BIGINT"
@@ -259,8 +259,8 @@ def test_wandb_offline_run_holds_the_metrics(embedded: Walk, truth: list[dict[st
 def test_quality_profile_of_the_pinned_table(embedded: Walk, truth: list[dict[str, Any]]) -> None:
     facts = embedded.facts("Quality profile")
     report = facts["report"]
-    names = [LAKE_RENAMES.get(n, n) for n in caption_table(1).schema.names]
-    lake_rows = [{LAKE_RENAMES.get(k, k): v for k, v in r.items()} for r in truth]
+    names = caption_table(1).schema.names
+    lake_rows = truth
     run = embedded.facts("Register an experiment and a run")["run"]
     assert report.source == f"lake table captions at snapshot {run.snapshots['captions']}"
     assert report.total_rows == len(truth)
@@ -343,7 +343,7 @@ def test_pushdown_plan_shows_projection_and_filters(embedded: Walk, truth: list[
     facts = embedded.facts("Pushdown")
     plan = facts["plan"]
     scan = plan[plan.index("READ_PARQUET") :]
-    assert "image_file" in scan
+    assert "filename" in scan
     assert "sentences" not in scan
     assert "imgid>=100" in scan
     assert "split='restval'" in scan
