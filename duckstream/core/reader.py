@@ -142,7 +142,10 @@ class ShardReader:
                 # One pass over each file: caching it only costs memory.
                 config={"enable_external_file_cache": False},
             )
-            self._con.execute("SET VARIABLE duckstream_file = ''")
+            # The view binds at creation: it must name a real file of the plan (an empty name
+            # would glob the working directory).
+            first_file = self._plan.files[0] if self._plan.files and lake is None else ""
+            self._con.execute("SET VARIABLE duckstream_file = ?", [first_file])
             self._con.execute("SET VARIABLE duckstream_file_index = -1::BIGINT")
             self._con.execute("SET VARIABLE duckstream_first = 0")
             self._con.execute("SET VARIABLE duckstream_last = -1")

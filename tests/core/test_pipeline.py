@@ -151,6 +151,17 @@ def test_row_local_sql_filters_and_computes_per_shard(ten_files: Path) -> None:
     assert rows == [{"id": i, "twice": 2 * i} for i in range(0, 20_000, 1000)]
 
 
+def test_sql_reads_are_not_disturbed_by_parquet_files_in_the_working_directory(
+    ten_files: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "broken.parquet").write_bytes(b"not parquet at all")
+    monkeypatch.chdir(tmp_path)
+    batches = stream_batches(ten_files, "SELECT id * 2 AS twice FROM source WHERE id % 2 = 0")
+    assert sorted(i for b in batches for i in b.column("twice").to_pylist()) == [
+        2 * i for i in range(20_000) if i % 2 == 0
+    ]
+
+
 def test_the_source_may_be_named_by_its_uri(ten_files: Path) -> None:
     sql = f"SELECT id FROM read_parquet('{ten_files}') WHERE id < 3"
     assert ids_of(ten_files, sql=sql) == [0, 1, 2]
