@@ -192,27 +192,20 @@ class DuckStreamDataset(IterableDataset[Any]):
                 )
             self._load_slot_state(state)
             return
-        epoch, stages = read_state(
-            state,
-            fingerprint=self.plan.fingerprint,
-            seed=self.seed,
-            shuffle=self.shuffle,
-            even=self.even,
-        )
+        epoch, stages = self._read_state(state)
         self._epoch, self._done, self._consumed, self._finished = epoch, stages, 0, False
         self._publish()
+
+    def _read_state(self, state: Mapping[str, Any]) -> tuple[int, list[Stage]]:
+        return read_state(
+            state, fingerprint=self.plan.fingerprint, seed=self.seed, shuffle=self.shuffle, even=self.even
+        )
 
     def _load_slot_state(self, state: Mapping[str, Any]) -> None:
         # In a worker torchdata restores: continue this very worker's role, and only for the
         # next pass; the shared epoch belongs to the main process.
         prior_state, worker, stage = read_slot_state(state)
-        epoch, prior = read_state(
-            prior_state,
-            fingerprint=self.plan.fingerprint,
-            seed=self.seed,
-            shuffle=self.shuffle,
-            even=self.even,
-        )
+        epoch, prior = self._read_state(prior_state)
         self._slot_resume = (epoch, prior, stage, worker)
 
     # -- iteration -------------------------------------------------------------------------
