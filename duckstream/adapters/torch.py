@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from duckstream.adapters.collate import OUTPUTS, Output, collate_batch, collate_rows
 from duckstream.adapters.torchdata import is_stateful_loader_state, merge_stateful_loader_state
-from duckstream.adapters.transport import Ring, pack, unpack
+from duckstream.adapters.transport import Ring, pack, ring_capacity, ring_fits, unpack
 from duckstream.core.options import ReadOptions
 from duckstream.core.partition import Even, rank_rows, worker_rows
 from duckstream.core.pipeline import SlotStart, locate_slot, read_slot
@@ -412,9 +412,18 @@ class DuckStreamLoader(DataLoader[Any]):
             self._chunk = self._batches_per_transfer if ship else 1
         if ship and fresh_workers:
             # New workers start with this pass: they get a fresh ring (or this one, emptied).
-            if dataset._ring is None or dataset._ring.workers != self.num_workers:
-                dataset._ring = Ring(self.num_workers)
-            dataset._ring.reset()
+            batch_bytes = dataset.plan.row_bytes * (dataset.batch_size or 1)
+            capacity = ring_capacity(batch_bytes * self._chunk)
+            ring_wanted = ring_fits(self.num_workers, capacity)
+            if not ring_wanted:
+                dataset._ring = None
+            elif dataset._ring is None or (dataset._ring.workers, dataset._ring.capacity) != (
+                self.num_workers,
+                capacity,
+            ):
+                dataset._ring = Ring(self.num_workers, capacity)
+            if dataset._ring is not None:
+                dataset._ring.reset()
         ring = dataset._ring
         if self.num_workers == 0:
             # In-process the dataset counts for itself; folding its progress keeps one truth.

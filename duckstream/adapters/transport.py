@@ -9,24 +9,47 @@ writes each message there and sends only where it lies (:class:`RingSlot`); the 
 copies the message out and marks the ring read up to its end. A worker never waits for room:
 when its ring is full (the training loop holds back many batches, or a message is larger than
 a quarter of the ring), the message travels the old way, as bytes when small and as a shared
-tensor when large.
+tensor when large. The loader makes no rings where /dev/shm has little room.
 """
 
 from __future__ import annotations
 
+import os
 from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
 import torch
 
-__all__ = ["Ring", "RingSlot", "pack", "unpack"]
+__all__ = ["Ring", "RingSlot", "pack", "ring_capacity", "ring_fits", "unpack"]
 
 # Above this size a shared-memory segment costs less than copying through the pipe (measured
 # here: 60 KiB caption batches were 2x faster as bytes, 2.5 MiB image batches faster shared).
 SHARED_MEMORY_BYTES = 1024 * 1024
-# Per worker: room for a few batches of 10 KiB images (2.5 MiB each at batch size 256).
-DEFAULT_RING_BYTES = 16 * 1024 * 1024
+# Per worker: room for four transfers (DataLoader keeps two in flight per worker, the loop
+# holds one), between 1 and 16 MiB.
+MIN_RING_BYTES = 1024 * 1024
+MAX_RING_BYTES = 16 * 1024 * 1024
+SHARED_MEMORY_DIR = "/dev/shm"
+
+
+def ring_capacity(transfer_bytes: int) -> int:
+    """Bytes of one worker's ring for transfers of about ``transfer_bytes``."""
+    return max(MIN_RING_BYTES, min(MAX_RING_BYTES, 4 * transfer_bytes))
+
+
+def ring_fits(workers: int, capacity: int) -> bool:
+    """Whether the rings leave most of the shared-memory file system free.
+
+    Containers often mount a small /dev/shm (Docker: 64 MiB), and a process that touches
+    shared memory beyond it dies of SIGBUS: without room, workers send batches the plain way.
+    """
+    try:
+        stats = os.statvfs(SHARED_MEMORY_DIR)
+    except OSError:
+        return True  # no such mount (macOS): shared memory lives elsewhere
+    return workers * capacity <= stats.f_bavail * stats.f_frsize // 2
+
 
 _WRITTEN, _RELEASED = 0, 1
 
@@ -48,8 +71,8 @@ class Ring:
     the main process up to where it read, so no lock is needed.
     """
 
-    def __init__(self, workers: int, capacity: int | None = None) -> None:
-        self.capacity = capacity or DEFAULT_RING_BYTES
+    def __init__(self, workers: int, capacity: int = MAX_RING_BYTES) -> None:
+        self.capacity = capacity
         self.data = torch.empty(workers, self.capacity, dtype=torch.uint8)
         self.data.share_memory_()  # type: ignore[no-untyped-call]
         self.positions = torch.zeros(workers, 2, dtype=torch.int64)

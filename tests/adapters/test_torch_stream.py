@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from duckstream.adapters import transport
+from duckstream.adapters import torch as torch_adapter
 from duckstream.errors import ConfigurationError, StateError
 from duckstream.stream import DuckStreamDataset, DuckStreamLoader
 from tests.adapters.resume_check import as_rank, assert_resumes, ids_in, run_world
@@ -285,13 +285,24 @@ def test_batches_from_workers_stay_intact_while_the_loop_holds_them(
     # Workers hand batches over through a shared ring that they reuse: holding every batch of
     # the epoch must not let later ones overwrite earlier ones. A ring of a few batches wraps
     # around and fills up within the epoch.
-    monkeypatch.setattr(transport, "DEFAULT_RING_BYTES", 8 * 1024)
+    monkeypatch.setattr(torch_adapter, "ring_capacity", lambda transfer_bytes: 8 * 1024)
     loader = DuckStreamLoader(make_dataset(source, output="arrow", shuffle_buffer=60), num_workers=2)
     held = list(loader)
     ids = [i for batch in held for i in batch.column("id").to_pylist()]
     assert sorted(ids) == list(range(ROWS))
     for batch in held:  # every row still carries its own values
         assert batch.column("value").to_pylist() == [i * 0.5 for i in batch.column("id").to_pylist()]
+
+
+def test_without_room_for_rings_workers_send_batches_the_plain_way(
+    source: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(torch_adapter, "ring_fits", lambda workers, capacity: False)
+    dataset = make_dataset(source)
+    assert sorted(i for item in DuckStreamLoader(dataset, num_workers=2) for i in ids_in(item)) == list(
+        range(ROWS)
+    )
+    assert dataset._ring is None
 
 
 @pytest.mark.parametrize("persistent", [False, True])

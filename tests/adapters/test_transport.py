@@ -4,7 +4,15 @@ import pyarrow as pa
 import pytest
 import torch
 
-from duckstream.adapters.transport import SHARED_MEMORY_BYTES, Ring, RingSlot, pack, unpack
+from duckstream.adapters.transport import (
+    SHARED_MEMORY_BYTES,
+    Ring,
+    RingSlot,
+    pack,
+    ring_capacity,
+    ring_fits,
+    unpack,
+)
 from tests.conftest import numbers_table
 
 
@@ -82,3 +90,11 @@ def test_messages_larger_than_a_quarter_ring_skip_it() -> None:
     assert batch.serialize().size > 1024
     assert isinstance(pack(batch, ring), bytes)
     assert ring.positions.tolist() == [[0, 0]]
+
+
+def test_rings_are_sized_to_the_transfers_and_to_the_room_in_shared_memory() -> None:
+    assert ring_capacity(10) == 1024 * 1024
+    assert ring_capacity(2 * 1024 * 1024) == 8 * 1024 * 1024
+    assert ring_capacity(1 << 30) == 16 * 1024 * 1024
+    assert ring_fits(2, 1024)
+    assert not ring_fits(1, 1 << 50)
