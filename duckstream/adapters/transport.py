@@ -52,6 +52,7 @@ def ring_fits(workers: int, capacity: int) -> bool:
 
 
 _WRITTEN, _RELEASED = 0, 1
+_SLACK = 64  # bytes reserved beyond the computed message size (alignment padding)
 
 
 class RingSlot(NamedTuple):
@@ -78,6 +79,7 @@ class Ring:
         self.positions = torch.zeros(workers, 2, dtype=torch.int64)
         self.positions.share_memory_()  # type: ignore[no-untyped-call]
         self._views: tuple[np.ndarray, np.ndarray] | None = None
+        self._schema_bytes: dict[pa.Schema, int] = {}
 
     def _arrays(self) -> tuple[np.ndarray, np.ndarray]:
         # Indexing a tensor costs microseconds a call; numpy views of the same memory do not.
@@ -86,7 +88,7 @@ class Ring:
         return self._views
 
     def __getstate__(self) -> dict[str, object]:
-        return {**self.__dict__, "_views": None}  # views belong to one process
+        return {**self.__dict__, "_views": None, "_schema_bytes": {}}  # views belong to one process
 
     @property
     def workers(self) -> int:
@@ -96,9 +98,16 @@ class Ring:
         """Forget every message: call only while no worker runs."""
         self._arrays()[1][:] = 0
 
-    def write(self, worker: int, message: pa.Buffer) -> RingSlot | None:
-        """Put ``message`` in ``worker``'s ring, or ``None`` when it does not fit now."""
-        size = message.size
+    def room_for(self, batch: pa.RecordBatch) -> int:
+        """Bytes ``batch`` takes in a ring: its schema and batch messages, and some slack."""
+        schema_bytes = self._schema_bytes.get(batch.schema)
+        if schema_bytes is None:
+            schema_bytes = self._schema_bytes[batch.schema] = batch.schema.serialize().size
+        return int(pa.ipc.get_record_batch_size(batch)) + schema_bytes + _SLACK
+
+    def write(self, worker: int, batch: pa.RecordBatch) -> RingSlot | None:
+        """Write ``batch`` as an IPC stream into ``worker``'s ring, or ``None`` when it does not fit now."""
+        size = self.room_for(batch)
         if size > self.capacity // 4:
             return None
         data, positions = self._arrays()
@@ -109,27 +118,31 @@ class Ring:
         if end - int(positions[worker, _RELEASED]) > self.capacity:
             return None
         offset = start % self.capacity
-        data[worker, offset : offset + size] = np.frombuffer(message, dtype=np.uint8)
+        # Serialised in place: no message buffer to allocate and copy.
+        sink = pa.FixedSizeBufferWriter(pa.py_buffer(data[worker, offset : offset + size]))
+        with pa.ipc.new_stream(sink, batch.schema) as writer:
+            writer.write_batch(batch)
         positions[worker, _WRITTEN] = end
-        return RingSlot(worker, offset, size, end)
+        return RingSlot(worker, offset, sink.tell(), end)
 
-    def read(self, slot: RingSlot) -> bytes:
-        """A copy of the message at ``slot`` (the caller may keep it); frees its room."""
+    def read(self, slot: RingSlot) -> pa.RecordBatch:
+        """The batch at ``slot``, copied out (the caller may keep it); frees its room."""
         data, positions = self._arrays()
-        message = data[slot.worker, slot.offset : slot.offset + slot.size].tobytes()
+        copy = pa.allocate_buffer(slot.size)  # from Arrow's pool, whose memory is reused warm
+        np.frombuffer(copy, dtype=np.uint8)[:] = data[slot.worker, slot.offset : slot.offset + slot.size]
         # Messages of one worker are read in the order written: reading this one frees the
         # room of any before it that were dropped unread (an epoch left early).
         positions[slot.worker, _RELEASED] = slot.end
-        return message
+        return pa.ipc.open_stream(copy).read_next_batch()
 
 
 def pack(batch: pa.RecordBatch, ring: Ring | None = None, worker: int = 0) -> RingSlot | bytes | torch.Tensor:
     """``batch`` as an IPC message (schema not included): in ``ring``, or bytes, or a shared tensor."""
-    message = batch.serialize()
     if ring is not None:
-        slot = ring.write(worker, message)
+        slot = ring.write(worker, batch)
         if slot is not None:
             return slot
+    message = batch.serialize()
     if message.size < SHARED_MEMORY_BYTES:
         small: bytes = message.to_pybytes()
         return small
@@ -146,7 +159,7 @@ def unpack(
     if isinstance(packed, RingSlot):
         if ring is None:
             raise ValueError("a ring message needs the ring it was written to")
-        packed = ring.read(packed)
+        return ring.read(packed)
     # The buffer keeps the bytes or the tensor's memory alive as long as the batch.
     data = pa.py_buffer(packed if isinstance(packed, bytes) else packed.numpy())
     batch: pa.RecordBatch = pa.ipc.read_record_batch(data, schema)
