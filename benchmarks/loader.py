@@ -15,7 +15,7 @@ from duckstream.errors import ConfigurationError
 
 from .datasets import DatasetSpec, PresetName, ensure_dataset, preset
 from .epoch import LoaderName
-from .memory import run_sampled
+from .memory import SampledRun, run_sampled
 
 __all__ = [
     "BenchConfig",
@@ -148,7 +148,11 @@ def run_bench(config: BenchConfig, *, echo: Callable[[str], None] = print) -> li
 
 
 def _measure(config: BenchConfig, base: Measurement, spec: DatasetSpec, source: Path) -> Measurement:
-    """Run ``base``'s configuration in a fresh process under the sampler; fill in its figures."""
+    """Run ``base``'s configuration in fresh processes; fill in its figures.
+
+    It runs twice: once timed and left alone, once under the memory sampler for the peak,
+    since sampling a tree of large processes takes CPU the timed run should not lose.
+    """
     command = [
         sys.executable,
         "-m",
@@ -161,16 +165,15 @@ def _measure(config: BenchConfig, base: Measurement, spec: DatasetSpec, source: 
         f"--seed={config.seed}",
         f"--repeat={config.repeat}",
     ]
-    run = run_sampled(command, timeout=config.timeout)
-    if run.timed_out:
-        return replace(base, error=f"no result within {config.timeout} s")
-    if run.returncode != 0:
-        lines = run.stderr.strip().splitlines() or [f"exit status {run.returncode}"]
-        return replace(base, error=lines[-1])
-    try:
-        figures = json.loads(run.stdout.strip().splitlines()[-1])
-    except (IndexError, ValueError):
-        return replace(base, error=f"expected a JSON line on stdout, found {run.stdout[-200:]!r}")
+    timed = run_sampled(command, timeout=config.timeout, sample=False)
+    failure = _failure(config, timed)
+    if failure is not None:
+        return replace(base, error=failure)
+    sampled = run_sampled(command, timeout=config.timeout)
+    failure = _failure(config, sampled)
+    if failure is not None:
+        return replace(base, error=failure)
+    figures = json.loads(timed.stdout.strip().splitlines()[-1])
     return replace(
         base,
         rows_read=figures["rows"],
@@ -179,8 +182,22 @@ def _measure(config: BenchConfig, base: Measurement, spec: DatasetSpec, source: 
         warm_seconds=figures["warm_seconds"],
         first_batch_seconds=figures["first_batch_seconds"],
         start_rss_bytes=figures["start_rss_bytes"],
-        peak_rss_bytes=run.peak_rss_bytes,
+        peak_rss_bytes=sampled.peak_rss_bytes,
     )
+
+
+def _failure(config: BenchConfig, run: SampledRun) -> str | None:
+    """Why ``run`` gave no figures, or None."""
+    if run.timed_out:
+        return f"no result within {config.timeout} s"
+    if run.returncode != 0:
+        lines = run.stderr.strip().splitlines() or [f"exit status {run.returncode}"]
+        return lines[-1]
+    try:
+        json.loads(run.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        return f"expected a JSON line on stdout, found {run.stdout[-200:]!r}"
+    return None
 
 
 def _describe(spec: DatasetSpec, source: Path) -> str:

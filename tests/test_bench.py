@@ -93,6 +93,12 @@ def test_sampler_counts_the_memory_of_a_grandchild() -> None:
     assert run.peak_rss_bytes >= 150 << 20
 
 
+def test_an_unsampled_run_only_waits_for_the_command() -> None:
+    run = run_sampled([sys.executable, "-c", "print('done')"], sample=False)
+
+    assert (run.returncode, run.stdout.strip(), run.samples, run.peak_rss_bytes) == (0, "done", 0, 0)
+
+
 def test_sampler_stops_a_command_that_runs_past_its_timeout() -> None:
     run = run_sampled([sys.executable, "-c", "import time; time.sleep(60)"], timeout=0.5)
 
