@@ -326,3 +326,20 @@ def test_hf_comparison_runs_and_prints_ratios(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "ratio as_iterable_dataset / datasets streaming, shuffle=True" in result.stdout
+
+
+@pytest.mark.slow
+def test_cpu_breakdown_prints_the_main_process_and_each_worker(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "duckstream.benchmarks.cpu", "--rows", "3000", "--epochs", "1"]
+    result = subprocess.run(
+        [*command, "--workers", "0,2", "--cache-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = [line.split() for line in result.stdout.splitlines()[2:]]
+    assert [row[0] for row in rows] == ["0", "2"]
+    assert rows[0][3] == "-"
+    assert len(rows[1][3].split("/")) == 2  # one figure per worker
+    assert all(float(row[4]) > 0 for row in rows)
