@@ -45,7 +45,7 @@ class Stage:
     chunk: int = 1  # items per DataLoader transfer: the round robin serves a chunk per turn
 
     def same_setup(self, other: Stage) -> bool:
-        """Read under the same world, workers, batching and buffer (progress aside)."""
+        """Read under the same world, workers, batching, buffer and transfers (progress aside)."""
         return replace(self, consumed=0) == replace(other, consumed=0)
 
 

@@ -5,7 +5,7 @@
     {"version": 1, "fingerprint": "<plan hash>", "seed": 0, "shuffle": true, "even": "pad",
      "epoch": 3, "stages": [{"world_size": 2, "num_workers": 4, "batch_size": 32,
                              "drop_last": false, "shuffle_buffer": 8192, "consumed": 120,
-                           "chunk": 4}]}
+                             "chunk": 4}]}
 
 ``stages`` lists the stretches of the current epoch read so far (one per resume), so its size
 grows with the number of resumptions, never with the data.
