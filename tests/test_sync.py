@@ -290,9 +290,20 @@ def test_append_into_a_lake_table_adds_each_key_once(saved: Path, tmp_path: Path
             for i in batch.column("imgid").to_pylist()
         ]
         source = [row["imgid"] for row in datasets.load_from_disk(str(saved))["train"].select(range(1_500))]
+        # 20 files appended at once: DuckDB's parallel insert reorders them unless told not to
+        sync_from_hf(
+            saved, "train", dest=tmp_path / "d", rows_per_file=150, catalog=cat, table="many", key="imgid"
+        )
+        many = [
+            i
+            for batch in stream_batches(cat.table("many"), "SELECT imgid FROM source")
+            for i in batch.column("imgid").to_pylist()
+        ]
+        everything = [row["imgid"] for row in datasets.load_from_disk(str(saved))["train"]]
     assert (first.files_uploaded, again.files_uploaded, more.rows_total) == (1, 0, 1_500)
     assert rows == [(1_500, 1_500, 1_499)]
     assert stored == source  # storage order is the dataset's order
+    assert many == everything
     assert ("sentences", "VARCHAR[]") in kinds
     with pytest.raises(ConfigurationError, match="together"):
         sync_from_hf(saved, "val", dest=tmp_path / "c", table="captions")
