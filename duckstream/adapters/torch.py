@@ -102,7 +102,7 @@ class DuckStreamDataset(IterableDataset[Any]):
         self._ring: Ring | None = None  # where workers put those batches, made by the loader
         # Inside a DataLoader worker: the slot it reads and the items it yielded in the current
         # stage, which torchdata's StatefulDataLoader asks each worker for.
-        self._slot: tuple[int, list[Stage], Stage, SlotStart] | None = None
+        self._slot: tuple[int, Stage, SlotStart] | None = None
         self._slot_yielded = 0
         self._slot_resume: tuple[int, list[Stage], Stage, int] | None = None
 
@@ -154,10 +154,12 @@ class DuckStreamDataset(IterableDataset[Any]):
         into this dataset or a DuckStreamLoader as a whole.
         """
         if get_worker_info() is not None and self._slot is not None:
-            epoch, prior, stage, start = self._slot
+            epoch, stage, start = self._slot
             items = start.items + self._slot_yielded
             return slot_state(
-                self._state_of(epoch, prior), worker=start.world.worker, stage=replace(stage, consumed=items)
+                self._state_of(epoch, list(start.prior)),
+                worker=start.world.worker,
+                stage=replace(stage, consumed=items),
             )
         return self._state(self._consumed)
 
@@ -239,12 +241,6 @@ class DuckStreamDataset(IterableDataset[Any]):
                 self._consumed = 0
         item_rows, drop = self._item_rows()
         current = replace(self._stage(0), world_size=world.world_size, num_workers=world.num_workers)
-        if slot_items is not None and not done[-1].same_setup(current):
-            raise StateError(
-                f"a StatefulDataLoader state resumes under the setup it was saved with ({done[-1]}), "
-                f"found {current}; to change the world size or worker count, load it into the "
-                "dataset or a DuckStreamLoader first"
-            )
         start = locate_slot(
             self.plan.num_rows,
             world=world,
@@ -256,8 +252,7 @@ class DuckStreamDataset(IterableDataset[Any]):
             current=current,
             slot_items=slot_items,
         )
-        continuing = bool(done) and done[-1].same_setup(current)
-        self._slot = (epoch, done[:-1] if continuing else done, current, start)
+        self._slot = (epoch, current, start)
         self._slot_yielded = 0
         batches = read_slot(
             self.plan,

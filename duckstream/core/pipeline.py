@@ -26,7 +26,7 @@ from duckstream.core.resume import (
 )
 from duckstream.core.shuffle import window_permutation
 from duckstream.core.world import World
-from duckstream.errors import ConfigurationError
+from duckstream.errors import ConfigurationError, StateError
 
 __all__ = ["SlotStart", "locate_slot", "read_slot", "rebatch", "shuffled_batches", "windows"]
 
@@ -36,10 +36,15 @@ class SlotStart:
     """Where one slot's read of an epoch begins, after the stages already done."""
 
     sequence: np.ndarray  # positions still owed at the start of the current stage
-    stage_index: int  # the current stage's number in the epoch (it seeds the shuffle windows)
+    prior: tuple[Stage, ...]  # the stages of the epoch before the current one
     world: World  # the slot read: a resumed worker may continue another worker's role
     emitted: int  # rows of this slot's span emitted before the read starts
     items: int  # items of this slot the training loop already took in the current stage
+
+    @property
+    def stage_index(self) -> int:
+        """The current stage's number in the epoch (it seeds the shuffle windows)."""
+        return len(self.prior)
 
 
 def locate_slot(
@@ -63,20 +68,24 @@ def locate_slot(
     """
     continuing = bool(done) and done[-1].same_setup(current)
     if slot_items is not None and not continuing:
-        raise ConfigurationError("a worker's own progress only continues a stage of the same setup")
-    prior = done[:-1] if continuing else done
+        raise StateError(
+            f"a worker's own progress (a StatefulDataLoader state) resumes under the setup it was "
+            f"saved with ({done[-1] if done else None}), found {current}; to change the world size "
+            "or worker count, load it into the dataset or a DuckStreamLoader first"
+        )
+    prior = tuple(done[:-1] if continuing else done)
     sequence = stage_sequence(num_rows, prior, seed=seed, epoch=epoch, shuffle=shuffle, even=even)
     if not continuing:
-        return SlotStart(sequence, len(prior), world, 0, 0)
+        return SlotStart(sequence, prior, world, 0, 0)
     stage = done[-1]
     if slot_items is not None:
         role, items = slot_items
         world = replace(world, worker=role)
         rows = partition(sequence, world, even).rows
-        return SlotStart(sequence, len(prior), world, min(items * stage.batch_size, rows), items)
+        return SlotStart(sequence, prior, world, min(items * stage.batch_size, rows), items)
     world = continuation(sequence, stage, world, even)
     emitted = rows_emitted(sequence, stage, world, even)
-    return SlotStart(sequence, len(prior), world, emitted, -(-emitted // stage.batch_size))
+    return SlotStart(sequence, prior, world, emitted, -(-emitted // stage.batch_size))
 
 
 def read_slot(
