@@ -14,7 +14,6 @@ import uuid
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from functools import partial
-from types import TracebackType
 from typing import Any, Literal, TypeVar
 
 import duckdb
@@ -22,6 +21,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from duckstream import engine
+from duckstream._closing import ClosesOnExit
 from duckstream.core.lake import CatalogLocation, LakeTable
 from duckstream.errors import CatalogError, ConfigurationError, DuckstreamError
 from duckstream.redact import get_logger, redact
@@ -85,7 +85,7 @@ class Run(BaseModel):
     finished_at: datetime | None
 
 
-class LakehouseCatalog:
+class LakehouseCatalog(ClosesOnExit):
     """A DuckLake catalog attached to a DuckDB connection, with experiments and runs.
 
     ``dsn_or_path`` is ``postgresql://user:password@host:port/db`` or a local catalog file (the
@@ -189,14 +189,6 @@ class LakehouseCatalog:
         if self._con is not None:
             self._con.close()
             self._con = None
-
-    def __enter__(self) -> LakehouseCatalog:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         state = "closed" if self._con is None else "open"

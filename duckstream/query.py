@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import duckdb
 import pyarrow as pa
 
 from duckstream import engine
+from duckstream._closing import ClosesOnExit
 from duckstream.core.source import SourceLike, parquet_patterns, read_parquet_sql
 from duckstream.errors import ConfigurationError, DuckstreamError
 from duckstream.storage import S3Settings
@@ -93,7 +93,7 @@ class QueryResult:
         return f"QueryResult(columns={self.columns!r})"
 
 
-class LakehouseQuery:
+class LakehouseQuery(ClosesOnExit):
     """A DuckDB session for SQL over the lakehouse's Parquet files, local or on S3.
 
     S3 keywords default from the environment (``DUCKSTREAM_S3_ENDPOINT``, ``AWS_ACCESS_KEY_ID``,
@@ -157,17 +157,6 @@ class LakehouseQuery:
         if self._con is not None:
             self._con.close()
             self._con = None
-
-    def __enter__(self) -> LakehouseQuery:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         state = "closed" if self._con is None else "open"

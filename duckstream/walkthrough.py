@@ -10,13 +10,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import duckdb
 import pyarrow as pa
 
 from duckstream import engine
+from duckstream._closing import ClosesOnExit
 from duckstream.catalog import LakehouseCatalog
 from duckstream.core.lake import CatalogLocation
 from duckstream.errors import ConfigurationError
@@ -124,7 +124,7 @@ def render_section(number: int, section: Section) -> str:
     return f"\n{rule}\n{number:2d}. {section.title}\n{rule}\n{section.text}"
 
 
-class Lakehouse:
+class Lakehouse(ClosesOnExit):
     """The walkthrough's open lakehouse: its catalog, settings and a way to show results."""
 
     def __init__(self, settings: WalkthroughSettings) -> None:
@@ -183,14 +183,6 @@ class Lakehouse:
 
     def close(self) -> None:
         self.catalog.close()
-
-    def __enter__(self) -> Lakehouse:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
 
 def rows_table(rows: Sequence[Mapping[str, Any]]) -> pa.Table:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from types import TracebackType
 
+from duckstream._closing import ClosesOnExit
 from duckstream.core.planning import Source
 from duckstream.errors import ConfigurationError, DuckstreamError
 from duckstream.quality.profiling import DEFAULT_EXACT_THRESHOLD
@@ -21,7 +21,7 @@ from duckstream.storage import S3Settings
 __all__ = ["LakehouseDeps"]
 
 
-class LakehouseDeps:
+class LakehouseDeps(ClosesOnExit):
     """Named sources and S3 settings for the quality agent; opens its engine on first use.
 
     ``sources`` maps a name (the view the SQL tool sees) to a source: Parquet paths, globs,
@@ -113,14 +113,6 @@ class LakehouseDeps:
             self._session.close()
             self._session = None
         self._closed = True
-
-    def __enter__(self) -> LakehouseDeps:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"LakehouseDeps(sources={self.describe()!r}, s3={self.s3!r})"

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
-from types import TracebackType
 from typing import Any
 
 import duckdb
 from pydantic import BaseModel
 
 from duckstream import engine
+from duckstream._closing import ClosesOnExit
 from duckstream.core.planning import Source
 from duckstream.errors import ConfigurationError, QueryError, RefusedStatementError
 from duckstream.quality.sources import SourceAccess, open_source, quote_identifier
@@ -55,7 +55,7 @@ def source_accesses(sources: Mapping[str, Source], s3: S3Settings) -> dict[str, 
     return accesses
 
 
-class ReadOnlySession:
+class ReadOnlySession(ClosesOnExit):
     """SQL over named sources that cannot write, change settings or read anything else.
 
     ``engine`` is the locked :class:`LakehouseQuery`; :meth:`run` is the guarded way in.
@@ -164,14 +164,6 @@ class ReadOnlySession:
     def close(self) -> None:
         self.engine.close()
         self._parser.close()
-
-    def __enter__(self) -> ReadOnlySession:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
 
 def _lock_down(con: duckdb.DuckDBPyConnection, accesses: Mapping[str, SourceAccess]) -> None:
