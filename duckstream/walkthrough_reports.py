@@ -9,14 +9,12 @@ the pinned table with :func:`duckstream.quality.profile`, key and declarative ch
 from __future__ import annotations
 
 import importlib.util
-import os
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from duckstream._environ import environment
 from duckstream._optional import require
 from duckstream.catalog import Run
 from duckstream.core.lake import LakeTable
@@ -47,21 +45,6 @@ QUALITY_CHECKS = (
     "rows:1:",
     "length:sentences:5:5",
 )
-
-
-@contextmanager
-def _environment(values: Mapping[str, str]) -> Iterator[None]:
-    """Set environment variables for the block only (W&B reads several of them at init)."""
-    saved = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def _pinned(lake: Lakehouse, run: Run) -> LakeTable:
@@ -111,7 +94,7 @@ def wandb_metrics_section(lake: Lakehouse, run: Run, wandb_dir: Path) -> Section
     edges = np.append(words, words[-1] + 1).astype(np.float64) - 0.5
     wandb_dir.mkdir(parents=True, exist_ok=True)
     offline = {"WANDB_MODE": "offline", "WANDB_DIR": str(wandb_dir), "WANDB_SILENT": "true"}
-    with _environment(offline):
+    with environment(offline):
         tracked = wandb.init(
             project=WANDB_PROJECT,
             dir=str(wandb_dir),

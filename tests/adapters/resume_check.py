@@ -7,27 +7,17 @@ state and checks that together the two runs read every row, nothing twice beyond
 
 from __future__ import annotations
 
-import os
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
+from duckstream._environ import environment
 from duckstream.stream import DuckStreamDataset, DuckStreamLoader
 
 
-@contextmanager
-def as_rank(rank: int, world_size: int) -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in ("RANK", "WORLD_SIZE")}
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size))
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+def as_rank(rank: int, world_size: int) -> AbstractContextManager[None]:
+    return environment({"RANK": str(rank), "WORLD_SIZE": str(world_size)})
 
 
 def ids_in(item: Any) -> list[int]:
