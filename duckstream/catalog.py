@@ -298,24 +298,7 @@ class LakehouseCatalog(ClosesOnExit):
 
         Appends a revision of the run's row (still ``running``); the newest one shows.
         """
-        run = self.get_run(run_id)
-        if run.status != "running":
-            raise CatalogError(f"run {run_id!r} is already {run.status}; only a running run takes metrics")
-        self._append_run(
-            run_id=run_id,
-            experiment_id=run.experiment_id,
-            sim_index=run.sim_index,
-            status="running",
-            config=_json(run.config),
-            s3_prefix=run.s3_prefix,
-            snapshots=_json(run.snapshots),
-            metrics=_json(metrics),
-            error=None,
-            started_at=run.started_at,
-            finished_at=None,
-            revision=self._next_revision(run_id),
-        )
-        return self.get_run(run_id)
+        return self._revise(run_id, "running", metrics=metrics, error=None, action="takes metrics")
 
     def get_run(self, run_id: str) -> Run:
         """The run as ``simulation_runs`` shows it now."""
@@ -333,9 +316,21 @@ class LakehouseCatalog(ClosesOnExit):
     def _finish(
         self, run_id: str, status: RunStatus, *, metrics: Mapping[str, Any] | None, error: str | None
     ) -> Run:
+        return self._revise(run_id, status, metrics=metrics, error=error, action="can end")
+
+    def _revise(
+        self,
+        run_id: str,
+        status: RunStatus,
+        *,
+        metrics: Mapping[str, Any] | None,
+        error: str | None,
+        action: str,
+    ) -> Run:
+        """Append the next revision of running ``run_id``: ``status``, ``metrics`` and ``error``."""
         run = self.get_run(run_id)
         if run.status != "running":
-            raise CatalogError(f"run {run_id!r} is already {run.status}; only a running run can end")
+            raise CatalogError(f"run {run_id!r} is already {run.status}; only a running run {action}")
         self._append_run(
             run_id=run_id,
             experiment_id=run.experiment_id,
@@ -347,7 +342,7 @@ class LakehouseCatalog(ClosesOnExit):
             metrics=_json(metrics),
             error=error,
             started_at=run.started_at,
-            finished_at="now",
+            finished_at=None if status == "running" else "now",
             revision=self._next_revision(run_id),
         )
         return self.get_run(run_id)
