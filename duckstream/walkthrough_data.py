@@ -5,6 +5,8 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
+import pyarrow as pa
+
 from duckstream.catalog import Run
 from duckstream.sync import SyncResult, sync_from_hf
 from duckstream.walkthrough import (
@@ -142,7 +144,7 @@ def schema_section(lake: Lakehouse, run: Run) -> Section:
     return Section(
         "Schema of the lake table",
         text,
-        {"columns": dict(zip(columns.column(0).to_pylist(), columns.column(1).to_pylist(), strict=True))},
+        {"columns": _pairs(columns)},
     )
 
 
@@ -155,11 +157,7 @@ def caption_length_section(lake: Lakehouse) -> Section:
     return Section(
         "OLAP: caption length histogram (words per caption)",
         lake.render(histogram),
-        {
-            "histogram": dict(
-                zip(histogram.column(0).to_pylist(), histogram.column(1).to_pylist(), strict=True)
-            )
-        },
+        {"histogram": _pairs(histogram)},
     )
 
 
@@ -172,11 +170,7 @@ def captions_per_image_section(lake: Lakehouse) -> Section:
     return Section(
         "OLAP: captions per image",
         lake.render(per_image),
-        {
-            "images_by_count": dict(
-                zip(per_image.column(0).to_pylist(), per_image.column(1).to_pylist(), strict=True)
-            )
-        },
+        {"images_by_count": _pairs(per_image)},
     )
 
 
@@ -199,7 +193,7 @@ def top_words_section(lake: Lakehouse) -> Section:
         "OLAP: word counts",
         text + lake.render(words),
         {
-            "top": dict(zip(words.column(0).to_pylist(), words.column(1).to_pylist(), strict=True)),
+            "top": _pairs(words),
             "words": total,
             "vocabulary": vocabulary,
         },
@@ -273,3 +267,8 @@ def complete_run_section(lake: Lakehouse, run: Run, metrics: dict[str, Any]) -> 
         [run.run_id],
     )
     return Section("Complete the run with its metrics", lake.render(runs), {"run": done})
+
+
+def _pairs(table: pa.Table) -> dict[Any, Any]:
+    """A two-column result as {first column: second column}."""
+    return dict(zip(table.column(0).to_pylist(), table.column(1).to_pylist(), strict=True))

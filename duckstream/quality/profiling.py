@@ -165,15 +165,7 @@ def _profile(
         fields = ", ".join(f"k{i}: {quote_identifier(k)}" for i, k in enumerate(keys))
         items.append(f"count(*) - count(DISTINCT {{{fields}}}) AS key_duplicates")
     items += [f"{expr} AS check_{i}" for i, expr in enumerate(check_exprs)]
-    pass_sql = f"SELECT {', '.join(items)} FROM {scan}"
-    try:
-        cursor = con.execute(pass_sql)
-        names_out = [d[0] for d in cursor.description or ()]
-        row = cursor.fetchone()
-    except duckdb.Error as exc:
-        raise engine.query_error(exc, pass_sql, s3=s3) from None
-    assert row is not None
-    values = dict(zip(names_out, row, strict=True))
+    values = _one_row(con, f"SELECT {', '.join(items)} FROM {scan}", s3)
     total_rows = int(values["total"])
 
     counted = _count_top_values(con, scan, s3, cols, values) if exact else {}
@@ -252,6 +244,20 @@ def _aggregates(col: _Column, exact: bool) -> list[str]:
     return items
 
 
+def _one_row(
+    con: duckdb.DuckDBPyConnection, sql: str, s3: S3Settings, params: Sequence[Any] | None = None
+) -> dict[str, Any]:
+    """The one row of an aggregate query, by column name; errors name the statement."""
+    try:
+        cursor = con.execute(sql, list(params or ()))
+        names = [d[0] for d in cursor.description or ()]
+        row = cursor.fetchone()
+    except duckdb.Error as exc:
+        raise engine.query_error(exc, sql, s3=s3) from None
+    assert row is not None  # an aggregate without GROUP BY always returns one row
+    return dict(zip(names, row, strict=True))
+
+
 def _count_top_values(
     con: duckdb.DuckDBPyConnection,
     scan: str,
@@ -271,15 +277,7 @@ def _count_top_values(
             wanted.setdefault(col.name, []).append((alias, value))
     if not items:
         return {}
-    sql = f"SELECT {', '.join(items)} FROM {scan}"
-    try:
-        cursor = con.execute(sql, params)
-        names = [d[0] for d in cursor.description or ()]
-        row = cursor.fetchone()
-    except duckdb.Error as exc:
-        raise engine.query_error(exc, sql, s3=s3) from None
-    assert row is not None
-    counts = dict(zip(names, row, strict=True))
+    counts = _one_row(con, f"SELECT {', '.join(items)} FROM {scan}", s3, params)
     # Most frequent first; ties in the order approx_top_k gave (stable sort).
     return {
         name: sorted(((value, int(counts[alias])) for alias, value in pairs), key=lambda p: -p[1])
