@@ -6,16 +6,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
 import pyarrow as pa
 
+from duckstream.core.gather import Window
 from duckstream.core.order import epoch_order
 from duckstream.core.partition import Even, partition
 from duckstream.core.planning import StreamPlan
 from duckstream.core.ranges import slice_ranges
+from duckstream.core.read_ahead import read_ahead
 from duckstream.core.reader import ShardReader, default_threads
 from duckstream.core.resume import (
     Stage,
@@ -132,15 +134,22 @@ def read_slot(
     begin = first_window * shuffle_buffer if shuffle else emitted
     order = epoch_order(len(plan.shards), seed=seed, epoch=epoch, shuffle=shuffle)
     # Read batches stay near 4 MiB even when a shuffle window is larger (wide rows): pyarrow
-    # decodes 64 MiB batches of 10 KiB images about half as fast, more than the one copy that
-    # joins a window's batches costs.
-    reader = ShardReader(plan, threads=threads or default_threads(world.num_workers))
+    # decodes 64 MiB batches of 10 KiB images about half as fast.
+    threads = threads or default_threads(world.num_workers)
+    # With two threads or more, one reads ahead: it decodes the next window while this one is
+    # gathered (or the training step runs); the reader gets the rest.
+    ahead = threads > 1
+    reader = ShardReader(plan, threads=threads - 1 if ahead else threads)
+    batches: Iterable[pa.RecordBatch] = ()
     try:
-        batches: Iterable[pa.RecordBatch] = (
+        batches = (
             batch
             for shard, lo, hi in _pieces(slice_ranges(span.ranges, begin, span.rows), order, plan.counts)
             for batch in reader.read(plan.shards[shard], lo, hi)
         )
+        if ahead:
+            rows_ahead = shuffle_buffer if shuffle else batch_size
+            batches = read_ahead(batches, depth=max(2, -(-rows_ahead // reader.batch_rows)))
         if not shuffle:
             yield from rebatch(batches, batch_size, drop_last)
             return
@@ -155,6 +164,8 @@ def read_slot(
             schema=plan.schema,
         )
     finally:
+        if isinstance(batches, Generator):
+            batches.close()  # the read-ahead thread stops before its reader closes
         reader.close()
 
 
@@ -217,32 +228,25 @@ def shuffled_batches(
     """
     carry: pa.RecordBatch | None = None
     for index, pieces in enumerate(windows(batches, buffer, schema), start=first_window):
-        # One contiguous copy per window: take() on a many-chunk table would concatenate the
-        # chunks again for every batch gathered from it.
-        window = pieces.combine_chunks()
+        window = Window(pieces)
         order = window_permutation(window.num_rows, key, index, True)[skip:]
         skip = 0
         position = 0
         if carry is not None:
             need = batch_size - carry.num_rows
-            carry = pa.concat_batches([carry, _gather(window, order[:need], schema)])
+            carry = pa.concat_batches([carry, window.gather(order[:need])])
             position = need
             if carry.num_rows < batch_size:
                 continue
             yield carry
             carry = None
         while len(order) - position >= batch_size:
-            yield _gather(window, order[position : position + batch_size], schema)
+            yield window.gather(order[position : position + batch_size])
             position += batch_size
         if position < len(order):
-            carry = _gather(window, order[position:], schema)
+            carry = window.gather(order[position:])
     if carry is not None and carry.num_rows and not drop_last:
         yield carry
-
-
-def _gather(window: pa.Table, rows: np.ndarray, schema: pa.Schema) -> pa.RecordBatch:
-    taken = window.take(rows).combine_chunks().to_batches()
-    return taken[0] if taken else pa.RecordBatch.from_pylist([], schema=schema)
 
 
 def rebatch(batches: Iterable[pa.RecordBatch], size: int, drop_last: bool) -> Iterator[pa.RecordBatch]:

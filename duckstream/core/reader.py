@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 __all__ = ["ShardReader", "default_threads", "read_batch_rows"]
 
 _READ_BATCH_BYTES = 4 * 1024 * 1024
+_READ_BUFFER_BYTES = 1024 * 1024
 
 
 def read_batch_rows(row_bytes: int) -> int:
@@ -74,6 +75,11 @@ class ShardReader:
         self._parquet: tuple[str, pq.ParquetFile] | None = None
         self._filesystem: Any = None
 
+    @property
+    def batch_rows(self) -> int:
+        """Rows per read batch (the last of a shard's range may be shorter)."""
+        return self._batch_rows
+
     def read(self, shard: Shard, lo: int, hi: int) -> Iterator[pa.RecordBatch]:
         if hi <= lo:
             return iter(())
@@ -122,7 +128,12 @@ class ShardReader:
             else:
                 handle = path
             # Coalesced range reads pay off on object stores; locally they only delay the first rows.
-            self._parquet = (path, pq.ParquetFile(handle, pre_buffer=is_remote(path)))
+            # Local pages stream through a small buffer: read whole, a column chunk of a large row
+            # group (80 MB of images at 8,192 rows) would set the peak memory.
+            self._parquet = (
+                path,
+                pq.ParquetFile(handle, pre_buffer=is_remote(path), buffer_size=_READ_BUFFER_BYTES),
+            )
         return self._parquet[1]
 
     # -- DuckDB ----------------------------------------------------------------------------

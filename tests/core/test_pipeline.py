@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+import threading
 from collections import Counter
 from pathlib import Path
 
@@ -54,6 +55,7 @@ def read_all(source: object, world_size: int, num_workers: int, **kw: object) ->
     epoch=st.integers(0, 5),
     even=st.sampled_from(["pad", "drop"]),
     shuffle=st.booleans(),
+    threads=st.sampled_from([1, 2]),  # 2: a thread reads ahead
 )
 def test_every_row_once_and_equal_ranks_on_real_files(
     sizes: list[int],
@@ -64,6 +66,7 @@ def test_every_row_once_and_equal_ranks_on_real_files(
     epoch: int,
     even: Even,
     shuffle: bool,
+    threads: int,
 ) -> None:
     total = sum(sizes)
     with tempfile.TemporaryDirectory() as tmp:
@@ -80,6 +83,7 @@ def test_every_row_once_and_equal_ranks_on_real_files(
             shuffle=shuffle,
             batch_size=7,
             shuffle_buffer=13,
+            threads=threads,
         )
     per_rank = [
         sum(len(s) for s in slots[r * num_workers : (r + 1) * num_workers]) for r in range(world_size)
@@ -289,3 +293,19 @@ def test_sql_that_ignores_the_source_is_refused(ten_files: Path) -> None:
 def test_sql_that_changes_on_every_read_is_refused(ten_files: Path, sql: str) -> None:
     with pytest.raises(ConfigurationError, match=r"gives other rows on every read.*hash\(id\)"):
         stream_batches(ten_files, sql)
+
+
+def test_reading_ahead_changes_nothing_but_speed(ten_files: Path) -> None:
+    # threads=1 reads in the consuming thread; 2 and 4 put one thread to read ahead.
+    orders = [ids_of(ten_files, shuffle=True, seed=5, batch_size=100, threads=n) for n in (1, 2, 4)]
+    assert orders[0] == orders[1] == orders[2]
+    assert sorted(orders[0]) == list(range(20_000))
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_a_stream_left_early_stops_its_read_ahead_thread(ten_files: Path, shuffle: bool) -> None:
+    stream = stream_batches(ten_files, shuffle=shuffle, batch_size=10, shuffle_buffer=1_000, threads=2)
+    next(stream)
+    assert any(t.name == "duckstream-read-ahead" for t in threading.enumerate())
+    stream.close()  # type: ignore[attr-defined]
+    assert not any(t.name == "duckstream-read-ahead" for t in threading.enumerate())

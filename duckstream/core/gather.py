@@ -1,0 +1,111 @@
+"""Batches gathered from a shuffle window in any row order, copying each value once.
+
+``Table.take`` needs one contiguous array per column, so a window of read batches would be
+joined (one copy) before every value is copied again into its output batch. Variable-length
+columns skip the join: each read batch's values are seen as 16-byte views (Arrow's
+binary-view layout points into the read batch's own data buffer), the views are gathered with
+numpy, and the one copy of the values is the cast back to the column's type. For a window of
+10 KiB images that is one copy of the bytes instead of two.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+__all__ = ["Window"]
+
+_VIEW_TYPES = {
+    pa.binary(): pa.binary_view(),
+    pa.large_binary(): pa.binary_view(),
+    pa.string(): pa.string_view(),
+    pa.large_string(): pa.string_view(),
+    pa.binary_view(): pa.binary_view(),
+    pa.string_view(): pa.string_view(),
+}
+
+
+class Window:
+    """The rows of one shuffle window, from which batches are gathered by row index."""
+
+    def __init__(self, rows: pa.Table) -> None:
+        self.num_rows = rows.num_rows
+        self._schema = rows.schema
+        self._columns = [_column(rows.column(index)) for index in range(rows.num_columns)]
+
+    def gather(self, rows: np.ndarray) -> pa.RecordBatch:
+        """The window's rows at the indices ``rows``, in that order, as one batch."""
+        return pa.RecordBatch.from_arrays(
+            [column.gather(rows) for column in self._columns], schema=self._schema
+        )
+
+
+class _Column:
+    def gather(self, rows: np.ndarray) -> pa.Array:
+        raise NotImplementedError
+
+
+def _column(values: pa.ChunkedArray) -> _Column:
+    if values.type in _VIEW_TYPES:
+        return _Views(values)
+    if pa.types.is_struct(values.type):
+        return _Struct(values)
+    return _Taken(values)
+
+
+def _validity(values: pa.Array | pa.ChunkedArray) -> np.ndarray | None:
+    """Which rows are valid, or None when all are."""
+    if values.null_count == 0:
+        return None
+    return np.asarray(values.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+
+
+class _Taken(_Column):
+    """Any other column: joined once, then taken from."""
+
+    def __init__(self, values: pa.ChunkedArray) -> None:
+        self._values = values.combine_chunks()
+
+    def gather(self, rows: np.ndarray) -> pa.Array:
+        return self._values.take(rows)
+
+
+class _Views(_Column):
+    """A binary or string column, gathered as views into the read batches' buffers."""
+
+    def __init__(self, values: pa.ChunkedArray) -> None:
+        self._type = values.type
+        self._view_type = _VIEW_TYPES[values.type]
+        joined = pa.concat_arrays([chunk.cast(self._view_type) for chunk in values.chunks])
+        buffers = joined.buffers()
+        # Each view is 16 bytes: length and inline prefix, then buffer index and offset.
+        self._views = np.frombuffer(buffers[1], dtype=np.int64).reshape(-1, 2)[: len(joined)]
+        self._data = buffers[2:]
+        self._valid = _validity(joined)
+
+    def gather(self, rows: np.ndarray) -> pa.Array:
+        views = self._views[rows]
+        validity = None
+        if self._valid is not None:
+            valid = self._valid[rows]
+            views[~valid] = 0  # a null's view must still be a valid (empty) view
+            validity = pa.array(valid, type=pa.bool_()).buffers()[1]
+        gathered = pa.Array.from_buffers(
+            self._view_type, len(rows), [validity, pa.py_buffer(views), *self._data]
+        )
+        return gathered if self._type == self._view_type else gathered.cast(self._type)
+
+
+class _Struct(_Column):
+    """A struct column (such as an image's ``{bytes, path}``), gathered field by field."""
+
+    def __init__(self, values: pa.ChunkedArray) -> None:
+        self._type = values.type
+        self._fields = [_column(child) for child in values.flatten()]
+        self._valid = _validity(values)
+
+    def gather(self, rows: np.ndarray) -> pa.Array:
+        mask = None if self._valid is None else pa.array(~self._valid[rows], type=pa.bool_())
+        return pa.StructArray.from_arrays(
+            [field.gather(rows) for field in self._fields], fields=list(self._type), mask=mask
+        )

@@ -1,0 +1,88 @@
+"""Gathering batches from a shuffle window: the same rows as ``take``, one copy of the values."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from duckstream.core.gather import Window
+
+IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+TYPES: dict[str, pa.DataType] = {
+    "id": pa.int64(),
+    "blob": pa.binary(),
+    "text": pa.string(),
+    "large_blob": pa.large_binary(),
+    "large_text": pa.large_string(),
+    "text_view": pa.string_view(),
+    "captions": pa.list_(pa.string()),
+    "image": IMAGE,
+}
+
+
+def row(index: int, width: int, null: bool) -> dict[str, Any]:
+    # Values both short (inline in a view, up to 12 bytes) and long (in a data buffer).
+    text = None if null else f"{index}-" + "x" * (index * width % 40)
+    blob = None if null else bytes([index % 256]) * (index * width % 40)
+    return {
+        "id": index,
+        "blob": blob,
+        "text": text,
+        "large_blob": blob,
+        "large_text": text,
+        "text_view": text,
+        "captions": None if null else [text, "a"],
+        "image": None if null else {"bytes": blob, "path": None if index % 3 else text},
+    }
+
+
+@st.composite
+def windows(draw: st.DrawFn) -> tuple[pa.Table, np.ndarray]:
+    """A window made of slices of several read batches, and row indices to gather."""
+    width = draw(st.integers(1, 7))
+    nulls = draw(st.sets(st.integers(0, 59)))
+    sizes = draw(st.lists(st.integers(0, 12), min_size=1, max_size=5))
+    schema = pa.schema(TYPES)
+    batches = []
+    start = 0
+    for size in sizes:
+        cut = draw(st.integers(0, 3))  # read batches reach a window as slices
+        rows = [row(i, width, i in nulls) for i in range(start, start + size + cut)]
+        batches.append(pa.RecordBatch.from_pylist(rows, schema=schema).slice(cut))
+        start += size + cut
+    table = pa.Table.from_batches(batches, schema=schema)
+    if table.num_rows == 0:
+        return table, np.empty(0, dtype=np.int64)
+    indices = draw(st.lists(st.integers(0, table.num_rows - 1), max_size=2 * table.num_rows))
+    return table, np.asarray(indices, dtype=np.int64)
+
+
+@settings(max_examples=150, deadline=None)
+@given(windows())
+def test_gather_returns_the_rows_take_returns(case: tuple[pa.Table, np.ndarray]) -> None:
+    table, indices = case
+    gathered = Window(table).gather(indices)
+    gathered.validate(full=True)
+    assert gathered.schema == table.schema
+    assert gathered.num_rows == len(indices)
+    expected = [table.slice(int(i), 1).to_pylist()[0] for i in indices]
+    assert gathered.to_pylist() == expected
+
+
+def test_a_gathered_batch_owns_its_values() -> None:
+    """The one copy: a batch stays valid after its window and read batches are gone."""
+    rows = [{"blob": bytes([i]) * 1000} for i in range(50)]
+    table = pa.Table.from_pylist(rows)
+    window = Window(table)
+    gathered = window.gather(np.array([49, 0, 7], dtype=np.int64))
+    read_buffer = table.column("blob").chunk(0).buffers()[2]
+    out_buffer = gathered.column("blob").buffers()[2]
+    assert out_buffer is not None
+    assert read_buffer is not None
+    assert not (read_buffer.address <= out_buffer.address < read_buffer.address + read_buffer.size)
+    del window, table
+    assert gathered.column("blob").to_pylist() == [bytes([i]) * 1000 for i in (49, 0, 7)]

@@ -1,0 +1,71 @@
+"""Reading ahead in a thread: same items, same order, bounded, errors raised where they happened."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from duckstream.core.read_ahead import read_ahead
+
+
+def alive() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "duckstream-read-ahead"]
+
+
+@settings(max_examples=50, deadline=None)
+@given(items=st.lists(st.integers()), depth=st.integers(1, 5))
+def test_items_arrive_in_order(items: list[int], depth: int) -> None:
+    assert list(read_ahead(items, depth)) == items
+    assert not alive()
+
+
+@pytest.mark.parametrize("depth", [1, 3])
+def test_the_producer_runs_at_most_depth_items_ahead(depth: int) -> None:
+    produced: list[int] = []
+
+    def source() -> Iterator[int]:
+        for i in range(20):
+            produced.append(i)
+            yield i
+
+    stream = read_ahead(source(), depth)
+    for taken in range(1, 6):
+        next(stream)
+        time.sleep(0.05)  # let the producer fill the queue
+        # the queue holds `depth`; the producer may hold one more it cannot put yet
+        assert taken <= len(produced) <= taken + depth + 1
+    stream.close()
+
+
+def test_an_error_is_raised_at_the_item_where_it_happened() -> None:
+    def source() -> Iterator[int]:
+        yield 1
+        yield 2
+        raise ValueError("bad file part-3.parquet")
+
+    stream = read_ahead(source(), 4)
+    assert [next(stream), next(stream)] == [1, 2]
+    with pytest.raises(ValueError, match=r"part-3\.parquet"):
+        next(stream)
+    assert not alive()
+
+
+def test_stopping_early_stops_the_thread_and_closes_the_source() -> None:
+    closed = threading.Event()
+
+    def source() -> Iterator[int]:
+        try:
+            yield from range(1_000)
+        finally:
+            closed.set()
+
+    stream = read_ahead(source(), 2)
+    assert next(stream) == 0
+    stream.close()
+    assert closed.is_set()
+    assert not alive()
