@@ -48,7 +48,7 @@ class _Column:
 def _column(values: pa.ChunkedArray) -> _Column:
     if values.type in _VIEW_TYPES:
         return _Views(values)
-    if pa.types.is_struct(values.type):
+    if pa.types.is_struct(values.type) and values.type.num_fields:
         return _Struct(values)
     return _Taken(values)
 
@@ -76,7 +76,7 @@ class _Views(_Column):
     def __init__(self, values: pa.ChunkedArray) -> None:
         self._type = values.type
         self._view_type = _VIEW_TYPES[values.type]
-        joined = pa.concat_arrays([chunk.cast(self._view_type) for chunk in values.chunks])
+        joined = values.cast(self._view_type).combine_chunks()
         buffers = joined.buffers()
         # Each view is 16 bytes: length and inline prefix, then buffer index and offset.
         self._views = np.frombuffer(buffers[1], dtype=np.int64).reshape(-1, 2)[: len(joined)]
