@@ -136,9 +136,10 @@ def read_slot(
     # Read batches stay near 4 MiB even when a shuffle window is larger (wide rows): pyarrow
     # decodes 64 MiB batches of 10 KiB images about half as fast.
     threads = threads or default_threads(world.num_workers)
-    # With two threads or more, one reads ahead: it decodes the next window while this one is
-    # gathered (or the training step runs); the reader gets the rest.
-    ahead = threads > 1
+    # Straight Parquet decodes in the thread that asks for a batch: with two threads or more,
+    # one reads ahead, decoding the next window while this one is gathered (or the training
+    # step runs). DuckDB's queries are faster with every thread of their own (measured here).
+    ahead = threads > 1 and plan.columns is not None
     reader = ShardReader(plan, threads=threads - 1 if ahead else threads)
     batches: Iterable[pa.RecordBatch] = ()
     try:

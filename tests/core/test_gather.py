@@ -9,7 +9,7 @@ import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from duckstream.core.gather import Window
+from duckstream.core.gather import VIEW_MIN_BYTES, Window
 
 IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 TYPES: dict[str, pa.DataType] = {
@@ -24,10 +24,11 @@ TYPES: dict[str, pa.DataType] = {
 }
 
 
-def row(index: int, width: int, null: bool) -> dict[str, Any]:
-    # Values both short (inline in a view, up to 12 bytes) and long (in a data buffer).
-    text = None if null else f"{index}-" + "x" * (index * width % 40)
-    blob = None if null else bytes([index % 256]) * (index * width % 40)
+def row(index: int, width: int, scale: int, null: bool) -> dict[str, Any]:
+    # Values both short (inline in a view, up to 12 bytes) and long (in a data buffer); with a
+    # large scale the window's values are wide enough to be gathered as views.
+    text = None if null else f"{index}-" + "x" * (index * width % 40 * scale)
+    blob = None if null else bytes([index % 256]) * (index * width % 40 * scale)
     return {
         "id": index,
         "blob": blob,
@@ -44,6 +45,7 @@ def row(index: int, width: int, null: bool) -> dict[str, Any]:
 def windows(draw: st.DrawFn) -> tuple[pa.Table, np.ndarray]:
     """A window made of slices of several read batches, and row indices to gather."""
     width = draw(st.integers(1, 7))
+    scale = draw(st.sampled_from([1, 100]))
     nulls = draw(st.sets(st.integers(0, 59)))
     sizes = draw(st.lists(st.integers(0, 12), min_size=1, max_size=5))
     schema = pa.schema(TYPES)
@@ -51,7 +53,7 @@ def windows(draw: st.DrawFn) -> tuple[pa.Table, np.ndarray]:
     start = 0
     for size in sizes:
         cut = draw(st.integers(0, 3))  # read batches reach a window as slices
-        rows = [row(i, width, i in nulls) for i in range(start, start + size + cut)]
+        rows = [row(i, width, scale, i in nulls) for i in range(start, start + size + cut)]
         batches.append(pa.RecordBatch.from_pylist(rows, schema=schema).slice(cut))
         start += size + cut
     table = pa.Table.from_batches(batches, schema=schema)
@@ -86,3 +88,12 @@ def test_a_gathered_batch_owns_its_values() -> None:
     assert not (read_buffer.address <= out_buffer.address < read_buffer.address + read_buffer.size)
     del window, table
     assert gathered.column("blob").to_pylist() == [bytes([i]) * 1000 for i in (49, 0, 7)]
+
+
+def test_wide_values_are_gathered_as_views_and_short_ones_taken() -> None:
+    wide = "x" * VIEW_MIN_BYTES
+    table = pa.table(
+        {"wide": [wide] * 10, "short": ["abc"] * 10, "view": pa.array(["a"] * 10, pa.string_view())}
+    )
+    kinds = [type(column).__name__ for column in Window(table)._columns]
+    assert kinds == ["_Views", "_Taken", "_Views"]
