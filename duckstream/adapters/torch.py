@@ -337,6 +337,10 @@ def _batches_per_transfer(dataset: DuckStreamDataset) -> int:
     return max(1, min(_MAX_BATCHES_PER_TRANSFER, _TRANSFER_BYTES // batch_bytes))
 
 
+def _pinned(batch: dict[str, Any]) -> dict[str, Any]:
+    return {name: v.pin_memory() if isinstance(v, torch.Tensor) else v for name, v in batch.items()}
+
+
 class DuckStreamLoader(DataLoader[Any]):
     """A DataLoader for a :class:`DuckStreamDataset`: each pass is the next epoch.
 
@@ -430,10 +434,17 @@ class DuckStreamLoader(DataLoader[Any]):
             iterator = super().__iter__()
         finally:
             dataset._ship_arrow, dataset._chunk = False, 1
+        # DataLoader pins what workers send (here: where a batch lies), not the tensors collated
+        # from it; those are pinned here, as DataLoader would with pin_memory=True.
+        pin = ship and dataset.output == "torch" and bool(getattr(iterator, "_pin_memory", False))
         for item in iterator:
             for one in item if self._chunk > 1 else (item,):
                 self._consumed += 1
-                yield collate_batch(unpack(one, dataset.plan.schema, ring), dataset.output) if ship else one
+                if not ship:
+                    yield one
+                    continue
+                batch = collate_batch(unpack(one, dataset.plan.schema, ring), dataset.output)
+                yield _pinned(batch) if pin else batch
         self._epoch = dataset.epoch + 1
         self._between_epochs = True
 

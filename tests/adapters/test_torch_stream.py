@@ -315,3 +315,18 @@ def test_a_pass_left_early_still_moves_to_the_next_epoch(source: Path, persisten
             break
     epochs = [[i for item in loader for i in ids_in(item)] for _ in range(2)]
     assert epochs == expected[1:]
+
+
+def test_pin_memory_without_an_accelerator_still_reads_everything(source: Path) -> None:
+    loader = DuckStreamLoader(make_dataset(source), num_workers=2, pin_memory=True)
+    with pytest.warns(UserWarning, match="pin_memory"):
+        ids = [i for batch in loader for i in ids_in(batch)]
+    assert sorted(ids) == list(range(ROWS))
+
+
+@pytest.mark.skipif(not torch.accelerator.is_available(), reason="pinned memory needs an accelerator")
+def test_pin_memory_pins_the_tensors_collated_from_workers(source: Path) -> None:
+    loader = DuckStreamLoader(make_dataset(source), num_workers=2, pin_memory=True)
+    batches = list(loader)
+    assert all(b["id"].is_pinned() and b["vector"].is_pinned() for b in batches)
+    assert sorted(int(i) for b in batches for i in b["id"]) == list(range(ROWS))
