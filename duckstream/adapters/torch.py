@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from duckstream.adapters.collate import OUTPUTS, Output, collate_batch, collate_rows
 from duckstream.adapters.torchdata import is_stateful_loader_state, merge_stateful_loader_state
-from duckstream.adapters.transport import Ring, pack, ring_capacity, ring_fits, unpack
+from duckstream.adapters.transport import Ring, pack, ring_capacity, ring_fits, unpack_item
 from duckstream.core.options import ReadOptions
 from duckstream.core.partition import Even, rank_rows, worker_rows
 from duckstream.core.pipeline import SlotStart, locate_slot, read_slot
@@ -443,7 +443,7 @@ class DuckStreamLoader(DataLoader[Any]):
                 if not ship:
                     yield one
                     continue
-                batch = collate_batch(unpack(one, dataset.plan.schema, ring), dataset.output)
+                batch = unpack_item(one, dataset.plan.schema, dataset.output, ring)
                 yield _pinned(batch) if pin else batch
         self._epoch = dataset.epoch + 1
         self._between_epochs = True

@@ -6,7 +6,9 @@ moves 60 KiB in several blocking reads, a segment is created, mapped and unmappe
 
 So each worker owns a ring in one shared-memory tensor made before the workers start: it
 writes each message there and sends only where it lies (:class:`RingSlot`); the main process
-copies the message out and marks the ring read up to its end. A worker never waits for room:
+copies the message out (Arrow output, which the loop may keep), or collates it where it lies
+and copies only the arrays that still point into the ring, then marks the ring read up to the
+message's end. A worker never waits for room:
 when its ring is full (the training loop holds back many batches, or a message is larger than
 a quarter of the ring), the message travels the old way, as bytes when small and as a shared
 tensor when large. The loader makes no rings where /dev/shm has little room.
@@ -15,13 +17,15 @@ tensor when large. The loader makes no rings where /dev/shm has little room.
 from __future__ import annotations
 
 import os
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
 import torch
 
-__all__ = ["Ring", "RingSlot", "pack", "ring_capacity", "ring_fits", "unpack"]
+from duckstream.adapters.collate import Output, collate_batch
+
+__all__ = ["Ring", "RingSlot", "pack", "ring_capacity", "ring_fits", "unpack", "unpack_item"]
 
 # Above this size a shared-memory segment costs less than copying through the pipe (measured
 # here: 60 KiB caption batches were 2x faster as bytes, 2.5 MiB image batches faster shared).
@@ -35,7 +39,8 @@ SHARED_MEMORY_DIR = "/dev/shm"
 
 def ring_capacity(transfer_bytes: int) -> int:
     """Bytes of one worker's ring for transfers of about ``transfer_bytes``."""
-    return max(MIN_RING_BYTES, min(MAX_RING_BYTES, 8 * transfer_bytes))
+    capacity = max(MIN_RING_BYTES, min(MAX_RING_BYTES, 8 * transfer_bytes))
+    return -(-capacity // 4096) * 4096
 
 
 def ring_fits(workers: int, capacity: int) -> bool:
@@ -53,6 +58,7 @@ def ring_fits(workers: int, capacity: int) -> bool:
 
 _WRITTEN, _RELEASED = 0, 1
 _SLACK = 64  # bytes reserved beyond the computed message size (alignment padding)
+_ALIGNMENT = 64
 
 
 class RingSlot(NamedTuple):
@@ -73,7 +79,7 @@ class Ring:
     """
 
     def __init__(self, workers: int, capacity: int = MAX_RING_BYTES) -> None:
-        self.capacity = capacity
+        self.capacity = -(-capacity // _ALIGNMENT) * _ALIGNMENT  # each worker's ring starts aligned
         self.data = torch.empty(workers, self.capacity, dtype=torch.uint8)
         self.data.share_memory_()  # type: ignore[no-untyped-call]
         self.positions = torch.zeros(workers, 2, dtype=torch.int64)
@@ -103,7 +109,10 @@ class Ring:
         schema_bytes = self._schema_bytes.get(batch.schema)
         if schema_bytes is None:
             schema_bytes = self._schema_bytes[batch.schema] = batch.schema.serialize().size
-        return int(pa.ipc.get_record_batch_size(batch)) + schema_bytes + _SLACK
+        size = int(pa.ipc.get_record_batch_size(batch)) + schema_bytes + _SLACK
+        # Whole multiples of 64 bytes, so that every message starts aligned, as Arrow's own
+        # buffers do: arrays read in place are then aligned for numpy and torch.
+        return -(-size // _ALIGNMENT) * _ALIGNMENT
 
     def write(self, worker: int, batch: pa.RecordBatch) -> RingSlot | None:
         """Write ``batch`` as an IPC stream into ``worker``'s ring, or ``None`` when it does not fit now."""
@@ -127,13 +136,28 @@ class Ring:
 
     def read(self, slot: RingSlot) -> pa.RecordBatch:
         """The batch at ``slot``, copied out (the caller may keep it); frees its room."""
-        data, positions = self._arrays()
+        data, _ = self._arrays()
         copy = pa.allocate_buffer(slot.size)  # from Arrow's pool, whose memory is reused warm
         np.frombuffer(copy, dtype=np.uint8)[:] = data[slot.worker, slot.offset : slot.offset + slot.size]
-        # Messages of one worker are read in the order written: reading this one frees the
-        # room of any before it that were dropped unread (an epoch left early).
-        positions[slot.worker, _RELEASED] = slot.end
+        self.release(slot)
         return pa.ipc.open_stream(copy).read_next_batch()
+
+    def borrow(self, slot: RingSlot) -> pa.RecordBatch:
+        """The batch at ``slot``, in the ring itself: valid only until :meth:`release`."""
+        data, _ = self._arrays()
+        message = pa.py_buffer(data[slot.worker, slot.offset : slot.offset + slot.size])
+        return pa.ipc.open_stream(message).read_next_batch()
+
+    def release(self, slot: RingSlot) -> None:
+        """Give the room of ``slot`` back to its worker."""
+        # Messages of one worker are read in the order written: releasing this one frees the
+        # room of any before it that were dropped unread (an epoch left early).
+        self._arrays()[1][slot.worker, _RELEASED] = slot.end
+
+    def holds(self, address: int) -> bool:
+        """Whether memory at ``address`` lies in the rings (a value borrowed from them)."""
+        start = int(self.data.data_ptr())
+        return start <= address < start + self.data.numel()
 
 
 def pack(batch: pa.RecordBatch, ring: Ring | None = None, worker: int = 0) -> RingSlot | bytes | torch.Tensor:
@@ -164,3 +188,31 @@ def unpack(
     data = pa.py_buffer(packed if isinstance(packed, bytes) else packed.numpy())
     batch: pa.RecordBatch = pa.ipc.read_record_batch(data, schema)
     return batch
+
+
+def unpack_item(
+    packed: RingSlot | bytes | torch.Tensor, schema: pa.Schema, output: Output, ring: Ring | None = None
+) -> Any:
+    """The item :func:`~duckstream.adapters.collate.collate_batch` makes of the batch :func:`pack` made.
+
+    Other outputs than Arrow copy strings, bytes and lists into Python objects anyway: a ring
+    message is then collated where it lies, and only the arrays still pointing into the ring
+    are copied, not the whole message.
+    """
+    if output == "arrow" or ring is None or not isinstance(packed, RingSlot):
+        return collate_batch(unpack(packed, schema, ring), output)
+    try:
+        item = collate_batch(ring.borrow(packed), output)
+        if isinstance(item, dict):
+            item = {name: _owned(value, ring) for name, value in item.items()}
+        return item
+    finally:
+        ring.release(packed)
+
+
+def _owned(value: Any, ring: Ring) -> Any:
+    if isinstance(value, torch.Tensor) and ring.holds(value.data_ptr()):
+        return value.clone()
+    if isinstance(value, np.ndarray) and ring.holds(value.ctypes.data):
+        return value.copy()
+    return value

@@ -279,19 +279,28 @@ def test_persistent_workers_resume_then_move_on(source: Path) -> None:
         resumed.load_state_dict(state)
 
 
+@pytest.mark.parametrize("output", ["arrow", "torch", "numpy", "python"])
 def test_batches_from_workers_stay_intact_while_the_loop_holds_them(
-    source: Path, monkeypatch: pytest.MonkeyPatch
+    source: Path, monkeypatch: pytest.MonkeyPatch, output: str
 ) -> None:
     # Workers hand batches over through a shared ring that they reuse: holding every batch of
-    # the epoch must not let later ones overwrite earlier ones. A ring of a few batches wraps
-    # around and fills up within the epoch.
+    # the epoch must not let later ones overwrite earlier ones, whether the batch was copied out
+    # (Arrow) or collated where it lay. A ring of a few batches wraps around within the epoch.
     monkeypatch.setattr(torch_adapter, "ring_capacity", lambda transfer_bytes: 8 * 1024)
-    loader = DuckStreamLoader(make_dataset(source, output="arrow", shuffle_buffer=60), num_workers=2)
-    held = list(loader)
-    ids = [i for batch in held for i in batch.column("id").to_pylist()]
+    loader = DuckStreamLoader(make_dataset(source, output=output, shuffle_buffer=60), num_workers=2)
+    held = list(loader)  # every item of the epoch, looked at only once all have arrived
+    columns = [
+        item.to_pydict()
+        if output == "arrow"
+        else {name: list(item[name]) for name in ("id", "value", "label")}
+        for item in held
+    ]
+    ids = [int(i) for column in columns for i in column["id"]]
     assert sorted(ids) == list(range(ROWS))
-    for batch in held:  # every row still carries its own values
-        assert batch.column("value").to_pylist() == [i * 0.5 for i in batch.column("id").to_pylist()]
+    for column in columns:  # every row still carries its own values
+        row_ids = [int(i) for i in column["id"]]
+        assert [float(v) for v in column["value"]] == [i * 0.5 for i in row_ids]
+        assert column["label"] == [f"even-{i}" if i % 2 == 0 else f"odd-{i}" for i in row_ids]
 
 
 def test_without_room_for_rings_workers_send_batches_the_plain_way(

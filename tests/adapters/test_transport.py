@@ -12,6 +12,7 @@ from duckstream.adapters.transport import (
     ring_capacity,
     ring_fits,
     unpack,
+    unpack_item,
 )
 from tests.conftest import numbers_table
 
@@ -102,3 +103,34 @@ def test_rings_are_sized_to_the_transfers_and_to_the_room_in_shared_memory() -> 
     assert ring_capacity(1 << 30) == 16 * 1024 * 1024
     assert ring_fits(2, 1024)
     assert not ring_fits(1, 1 << 50)
+
+
+@pytest.mark.parametrize("output", ["torch", "numpy", "python", "arrow"])
+def test_items_collated_from_a_ring_message_outlive_the_reuse_of_its_room(output: str) -> None:
+    ring = Ring(1, 64 * 1024)
+    batch = numbers_table(0, 50).to_batches()[0]
+    slot = ring.write(0, batch)
+    assert isinstance(slot, RingSlot)
+    item = unpack_item(slot, batch.schema, output, ring)  # type: ignore[arg-type]
+    assert int(ring.positions[0, 1]) == slot.end  # the room is free again
+    other = numbers_table(1_000, 1_050).to_batches()[0]
+    for _ in range(40):  # the ring wraps around several times over the first message
+        again = ring.write(0, other)
+        assert again is not None
+        ring.release(again)
+    values = item.to_pydict() if output == "arrow" else item
+    assert [int(i) for i in values["id"]] == list(range(50))
+    assert [float(v) for v in values["value"]] == [i * 0.5 for i in range(50)]
+    assert [[float(x) for x in v] for v in values["vector"]] == [[i, i + 1, i + 2] for i in range(50)]
+
+
+def test_messages_start_aligned_in_rings_of_any_size() -> None:
+    ring = Ring(3, 100_003)
+    batch = numbers_table(0, 7).to_batches()[0]
+    for worker in range(3):
+        for _ in range(30):  # wraps around
+            slot = ring.write(worker, batch)
+            assert slot is not None
+            assert (ring.data[worker, slot.offset :].data_ptr()) % 64 == 0
+            ring.release(slot)
+    assert ring_capacity(123_457) % 4096 == 0
