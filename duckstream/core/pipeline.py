@@ -27,6 +27,7 @@ from duckstream.core.resume import (
     window_key,
 )
 from duckstream.core.shuffle import window_permutation
+from duckstream.core.source import is_remote
 from duckstream.core.world import World
 from duckstream.errors import ConfigurationError, StateError
 
@@ -138,9 +139,11 @@ def read_slot(
     threads = threads or default_threads(world.num_workers)
     # Straight Parquet decodes in the thread that asks for a batch: with two threads or more,
     # one reads ahead, decoding the next window while this one is gathered (or the training
-    # step runs). DuckDB's queries are faster with every thread of their own (measured here).
-    ahead = threads > 1 and plan.columns is not None
-    reader = ShardReader(plan, threads=threads - 1 if ahead else threads)
+    # step runs). From an object store it always does, since that thread mostly waits on the
+    # network. DuckDB's queries are faster with every thread of their own (measured here).
+    remote = any(is_remote(path) for path in plan.files)
+    ahead = plan.columns is not None and (threads > 1 or remote)
+    reader = ShardReader(plan, threads=threads - 1 if ahead and threads > 1 else threads)
     batches: Iterable[pa.RecordBatch] = ()
     try:
         batches = (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -108,3 +109,21 @@ def test_wrong_keys_fail_in_the_main_process_without_secrets(s3_server: S3Servic
 def test_missing_prefix_is_named(s3_server: S3Service, s3_bucket: str) -> None:
     with pytest.raises(SourceError, match=f"s3://{s3_bucket}/nothing"):
         stream_batches(f"s3://{s3_bucket}/nothing", **keys(s3_server))
+
+
+def test_one_thread_still_reads_ahead_from_an_object_store(
+    s3_server: S3Service, s3_bucket: str, tmp_path: Path
+) -> None:
+    for index in range(10):  # more read batches than the read-ahead queue holds
+        pq.write_table(numbers_table(index * 100, (index + 1) * 100), tmp_path / f"part-{index}.parquet")
+    upload_dir(s3_server.boto3_client(), s3_bucket, "many", tmp_path)
+
+    def read_ahead_threads() -> int:
+        return sum(t.name == "duckstream-read-ahead" for t in threading.enumerate())
+
+    stream = stream_batches(f"s3://{s3_bucket}/many", batch_size=10, threads=1, **keys(s3_server))
+    ids = next(stream).column("id").to_pylist()
+    assert read_ahead_threads() == 1  # the network waits overlap the consumer's work
+    ids += [i for batch in stream for i in batch.column("id").to_pylist()]
+    assert ids == list(range(1_000))
+    assert read_ahead_threads() == 0
