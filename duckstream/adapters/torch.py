@@ -410,19 +410,12 @@ class DuckStreamLoader(DataLoader[Any]):
         if fresh_workers:
             self._chunk = self._batches_per_transfer if ship else 1
         if ship and fresh_workers:
-            # New workers start with this pass: they get a fresh ring (or this one, emptied).
+            # New workers start with this pass and get a ring of their own: the workers of a
+            # pass left early may still be finishing a batch, which they write to their ring.
             batch_bytes = dataset.plan.row_bytes * (dataset.batch_size or 1)
             capacity = ring_capacity(batch_bytes * self._chunk)
-            ring_wanted = ring_fits(self.num_workers, capacity)
-            if not ring_wanted:
-                dataset._ring = None
-            elif dataset._ring is None or (dataset._ring.workers, dataset._ring.capacity) != (
-                self.num_workers,
-                capacity,
-            ):
-                dataset._ring = Ring(self.num_workers, capacity)
-            if dataset._ring is not None:
-                dataset._ring.reset()
+            fits = ring_fits(self.num_workers, capacity)
+            dataset._ring = Ring(self.num_workers, capacity) if fits else None
         ring = dataset._ring
         if self.num_workers == 0:
             # In-process the dataset counts for itself; folding its progress keeps one truth.

@@ -73,7 +73,7 @@ class RingSlot(NamedTuple):
 class Ring:
     """One ring buffer per worker in shared memory, with its write and release positions.
 
-    Positions only grow (bytes written since the ring was reset); a position modulo the
+    Positions only grow (bytes written since the ring was made); a position modulo the
     capacity is an offset. Each side writes one position: the worker where it wrote up to,
     the main process up to where it read, so no lock is needed.
     """
@@ -99,10 +99,6 @@ class Ring:
     @property
     def workers(self) -> int:
         return int(self.data.shape[0])
-
-    def reset(self) -> None:
-        """Forget every message: call only while no worker runs."""
-        self._arrays()[1][:] = 0
 
     def room_for(self, batch: pa.RecordBatch) -> int:
         """Bytes ``batch`` takes in a ring: its schema and batch messages, and some slack."""

@@ -339,3 +339,15 @@ def test_pin_memory_pins_the_tensors_collated_from_workers(source: Path) -> None
     batches = list(loader)
     assert all(b["id"].is_pinned() and b["vector"].is_pinned() for b in batches)
     assert sorted(int(i) for b in batches for i in b["id"]) == list(range(ROWS))
+
+
+def test_a_new_pass_writes_to_a_ring_of_its_own_while_an_earlier_one_runs(source: Path) -> None:
+    plain = DuckStreamLoader(make_dataset(source), num_workers=2)
+    expected = [[i for item in plain for i in ids_in(item)] for _ in range(2)]
+    loader = DuckStreamLoader(make_dataset(source), num_workers=2)
+    earlier = iter(loader)
+    next(earlier)  # its workers stay alive, with batches in flight, as long as it is held
+    earlier_ring = loader.duck_dataset._ring
+    assert [i for item in loader for i in ids_in(item)] == expected[1]
+    assert loader.duck_dataset._ring is not earlier_ring
+    del earlier
