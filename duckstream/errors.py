@@ -7,8 +7,9 @@
     ├── MissingDependencyError (ImportError)
     │                                    an optional package is absent; names the pip extra
     ├── ExtensionError                   a DuckDB extension could not be loaded
-    ├── SourceError                      a source names no readable Parquet files, or files
-    │                                    whose schemas conflict; names the file and column
+    ├── SourceError                      a source names no readable Parquet files, files
+    │                                    whose schemas conflict, or a file whose data cannot be
+    │                                    read; names the file and column
     ├── StateError                       a saved loader state does not fit this dataset
     ├── CatalogError                     a lakehouse catalog refused: no such table, snapshot,
     │                                    run or experiment, or its files are gone

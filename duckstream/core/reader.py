@@ -13,6 +13,8 @@ import pyarrow.parquet as pq
 from duckstream import engine
 from duckstream.core.plan import Shard
 from duckstream.core.source import is_remote
+from duckstream.errors import SourceError
+from duckstream.redact import redact
 from duckstream.storage import pyarrow_s3
 
 if TYPE_CHECKING:
@@ -116,8 +118,15 @@ class ShardReader:
             columns=list(self._plan.columns or ()),
             use_threads=self._threads > 1,
         )
-        for piece in _rows(batches, first - offset, stop - first):
-            yield self._typed(piece)
+        try:
+            for piece in _rows(batches, first - offset, stop - first):
+                yield self._typed(piece)
+        except (OSError, pa.ArrowException) as exc:
+            # Footers were read when planning; a damaged data page only shows here.
+            raise SourceError(
+                f"cannot read rows {first}..{stop - 1} of {self._plan.files[file]}: {redact(str(exc))}; "
+                "the file is damaged, or changed since the stream was planned"
+            ) from None
 
     def _parquet_file(self, path: str) -> pq.ParquetFile:
         if self._parquet is None or self._parquet[0] != path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tempfile
 import threading
 from collections import Counter
@@ -263,6 +264,20 @@ def test_corrupt_or_truncated_file_is_named(tmp_path: Path, damage: str) -> None
     bad.write_bytes(b"not a parquet file at all" if damage == "garbage" else data[: len(data) // 2])
     with pytest.raises(SourceError, match=str(bad)):
         stream_batches(tmp_path)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_damaged_data_page_is_named_when_it_is_read(tmp_path: Path, threads: int) -> None:
+    # The footer is intact, so planning succeeds; the damage shows only when the page is read.
+    table = pa.table({"id": list(range(5_000)), "text": [f"row {i} " + "x" * 40 for i in range(5_000)]})
+    bad = tmp_path / "part-000.parquet"
+    pq.write_table(table, bad, compression="snappy")
+    data = bytearray(bad.read_bytes())
+    data[1_000:9_000] = b"\xab" * 8_000
+    bad.write_bytes(bytes(data))
+    stream = stream_batches(tmp_path, threads=threads)
+    with pytest.raises(SourceError, match=rf"cannot read rows 0\.\.4999 of {re.escape(str(bad))}: .*damaged"):
+        next(stream)
 
 
 def test_conflicting_schemas_name_file_and_column(tmp_path: Path) -> None:
