@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -17,7 +17,7 @@ from duckstream.core.order import epoch_order
 from duckstream.core.partition import Even, partition
 from duckstream.core.planning import StreamPlan
 from duckstream.core.ranges import slice_ranges
-from duckstream.core.read_ahead import read_ahead
+from duckstream.core.read_ahead import read_ahead_each
 from duckstream.core.reader import ShardReader, default_threads
 from duckstream.core.resume import (
     Stage,
@@ -31,7 +31,17 @@ from duckstream.core.source import is_remote
 from duckstream.core.world import World
 from duckstream.errors import ConfigurationError, StateError
 
-__all__ = ["SlotStart", "locate_slot", "read_slot", "rebatch", "shuffled_batches", "windows"]
+__all__ = [
+    "MAX_READ_AHEAD_LANES",
+    "SlotStart",
+    "locate_slot",
+    "read_slot",
+    "rebatch",
+    "shuffled_batches",
+    "windows",
+]
+
+MAX_READ_AHEAD_LANES = 4
 
 
 @dataclass(frozen=True)
@@ -137,23 +147,27 @@ def read_slot(
     # Read batches stay near 4 MiB even when a shuffle window is larger (wide rows): pyarrow
     # decodes 64 MiB batches of 10 KiB images about half as fast.
     threads = threads or default_threads(world.num_workers)
-    # Straight Parquet decodes in the thread that asks for a batch: with two threads or more,
-    # one reads ahead, decoding the next window while this one is gathered (or the training
-    # step runs). From an object store it always does, since that thread mostly waits on the
-    # network. DuckDB's queries are faster with every thread of their own (measured here).
+    # Straight Parquet decodes in the thread that asks for a batch. With two threads or more,
+    # threads of their own (up to 4, each with a reader) decode the next pieces while this one
+    # gathers (or the training step runs). From an object store one does even with one thread,
+    # since it mostly waits on the network. DuckDB's queries are faster with every thread of
+    # their own (measured here).
     remote = any(is_remote(path) for path in plan.files)
     ahead = plan.columns is not None and (threads > 1 or remote)
-    reader = ShardReader(plan, threads=threads - 1 if ahead and threads > 1 else threads)
+    lanes = min(MAX_READ_AHEAD_LANES, threads) if ahead else 0
+    readers = [ShardReader(plan, threads=1) for _ in range(lanes)] or [ShardReader(plan, threads=threads)]
+    pieces = _pieces(slice_ranges(span.ranges, begin, span.rows), order, plan.counts)
     batches: Iterable[pa.RecordBatch] = ()
     try:
-        batches = (
-            batch
-            for shard, lo, hi in _pieces(slice_ranges(span.ranges, begin, span.rows), order, plan.counts)
-            for batch in reader.read(plan.shards[shard], lo, hi)
-        )
-        if ahead:
+        if lanes:
             rows_ahead = shuffle_buffer if shuffle else batch_size
-            batches = read_ahead(batches, depth=max(2, -(-rows_ahead // reader.batch_rows)))
+            depth = max(2, -(-rows_ahead // readers[0].batch_rows))
+            sources = (_piece_source(readers, plan, *piece) for piece in pieces)
+            batches = read_ahead_each(sources, lanes=lanes, depth=depth)
+        else:
+            batches = (
+                batch for shard, lo, hi in pieces for batch in readers[0].read(plan.shards[shard], lo, hi)
+            )
         if not shuffle:
             yield from rebatch(batches, batch_size, drop_last)
             return
@@ -169,8 +183,16 @@ def read_slot(
         )
     finally:
         if isinstance(batches, Generator):
-            batches.close()  # the read-ahead thread stops before its reader closes
-        reader.close()
+            batches.close()  # read-ahead threads stop before their readers close
+        for reader in readers:
+            reader.close()
+
+
+def _piece_source(
+    readers: Sequence[ShardReader], plan: StreamPlan, shard: int, lo: int, hi: int
+) -> Callable[[int], Iterator[pa.RecordBatch]]:
+    """Rows ``lo..hi`` of a shard, read by the reader of the lane that calls."""
+    return lambda lane: readers[lane].read(plan.shards[shard], lo, hi)
 
 
 def _pieces(ranges: np.ndarray, order: np.ndarray, counts: Sequence[int]) -> Iterator[tuple[int, int, int]]:

@@ -1,22 +1,25 @@
-"""Reading ahead in a background thread, so that decoding overlaps what consumes the batches.
+"""Reading ahead in background threads, so that decoding overlaps what consumes the batches.
 
 Parquet decoding and Arrow's copies release the GIL: while the consumer gathers shuffled
-batches (or the training step runs), the thread decodes the next ones.
+batches (or the training step runs), threads decode the next ones, in order.
 """
 
 from __future__ import annotations
 
+import itertools
 import queue
 import threading
-from collections.abc import Generator, Iterable
-from typing import TypeVar
+from collections import deque
+from collections.abc import Callable, Generator, Iterable, Iterator
+from typing import Generic, TypeVar
 
-__all__ = ["read_ahead"]
+__all__ = ["read_ahead", "read_ahead_each"]
 
 T = TypeVar("T")
 
 # How often a producer blocked on a full queue looks whether the consumer has gone.
 _POLL_SECONDS = 0.05
+THREAD_NAME = "duckstream-read-ahead"
 
 
 class _End:
@@ -28,48 +31,86 @@ class _Failed:
         self.error = error
 
 
-def read_ahead(items: Iterable[T], depth: int) -> Generator[T, None, None]:
-    """``items`` in order, produced by a thread that runs up to ``depth`` items ahead.
+class _Producer(Generic[T]):
+    """A thread, started at once, that puts ``items`` into a queue of ``depth``."""
 
-    An error raised while producing is raised here, at the item where it happened. When the
-    consumer stops early, the thread stops after the item it is producing.
-    """
-    ready: queue.Queue[T | _End | _Failed] = queue.Queue(maxsize=max(1, depth))
-    stop = threading.Event()
+    def __init__(self, items: Iterable[T], depth: int) -> None:
+        self._ready: queue.Queue[T | _End | _Failed] = queue.Queue(maxsize=max(1, depth))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._produce, args=(items,), name=THREAD_NAME, daemon=True)
+        self._thread.start()
 
-    def put(item: T | _End | _Failed) -> bool:
-        while not stop.is_set():
+    def _put(self, item: T | _End | _Failed) -> bool:
+        while not self._stop.is_set():
             try:
-                ready.put(item, timeout=_POLL_SECONDS)
+                self._ready.put(item, timeout=_POLL_SECONDS)
                 return True
             except queue.Full:
                 continue
         return False
 
-    def produce() -> None:
+    def _produce(self, items: Iterable[T]) -> None:
         source = iter(items)
         try:
             for item in source:
-                if not put(item):
+                if not self._put(item):
                     return
-            put(_End())
+            self._put(_End())
         except BaseException as error:  # handed to the consumer, which raises it
-            put(_Failed(error))
+            self._put(_Failed(error))
         finally:
             close = getattr(source, "close", None)
             if close is not None:
                 close()
 
-    thread = threading.Thread(target=produce, name="duckstream-read-ahead", daemon=True)
-    thread.start()
-    try:
+    def __iter__(self) -> Iterator[T]:
         while True:
-            item = ready.get()
+            item = self._ready.get()
             if isinstance(item, _End):
                 return
             if isinstance(item, _Failed):
                 raise item.error
             yield item
+
+    def stop(self) -> None:
+        """Stop after the item being produced (if any) and wait for the thread."""
+        self._stop.set()
+        self._thread.join()
+
+
+def read_ahead_each(
+    sources: Iterable[Callable[[int], Iterable[T]]], *, lanes: int, depth: int
+) -> Generator[T, None, None]:
+    """The items of each source in turn, each source produced by a thread of its own.
+
+    Up to ``lanes`` sources run at once, each up to ``depth`` items ahead of the consumer. A
+    source is called with its lane (``0 .. lanes - 1``): no two sources that run at the same
+    time share a lane, so each lane can have a reader of its own. An error raised while
+    producing is raised here, at the item where it happened. When the consumer stops early,
+    every thread stops after the item it is producing.
+    """
+    pending = iter(sources)
+    lane_of_next = itertools.cycle(range(max(1, lanes)))
+    running: deque[_Producer[T]] = deque()
+
+    def start_next() -> None:
+        source = next(pending, None)
+        if source is not None:
+            running.append(_Producer(source(next(lane_of_next)), depth))
+
+    try:
+        for _ in range(max(1, lanes)):
+            start_next()
+        while running:
+            yield from running[0]
+            # Sources end in the order they started: the lane just freed is the next in turn.
+            running.popleft().stop()
+            start_next()
     finally:
-        stop.set()
-        thread.join()
+        for producer in running:
+            producer.stop()
+
+
+def read_ahead(items: Iterable[T], depth: int) -> Generator[T, None, None]:
+    """``items`` in order, produced by one thread that runs up to ``depth`` items ahead."""
+    return read_ahead_each([lambda lane: items], lanes=1, depth=depth)

@@ -56,7 +56,7 @@ def read_all(source: object, world_size: int, num_workers: int, **kw: object) ->
     epoch=st.integers(0, 5),
     even=st.sampled_from(["pad", "drop"]),
     shuffle=st.booleans(),
-    threads=st.sampled_from([1, 2]),  # 2: a thread reads ahead
+    threads=st.sampled_from([1, 2, 3]),  # 2 and 3: threads read ahead
 )
 def test_every_row_once_and_equal_ranks_on_real_files(
     sizes: list[int],

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from duckstream.core.read_ahead import read_ahead
+from duckstream.core.read_ahead import read_ahead, read_ahead_each
 
 
 def alive() -> list[threading.Thread]:
@@ -68,4 +68,53 @@ def test_stopping_early_stops_the_thread_and_closes_the_source() -> None:
     assert next(stream) == 0
     stream.close()
     assert closed.is_set()
+    assert not alive()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    sources=st.lists(st.lists(st.integers(), max_size=6), max_size=6),
+    lanes=st.integers(1, 4),
+    depth=st.integers(1, 3),
+)
+def test_sources_arrive_whole_and_in_order(sources: list[list[int]], lanes: int, depth: int) -> None:
+    active: set[int] = set()
+    most = 0
+    lock = threading.Lock()
+
+    def source(items: list[int], lane: int) -> Iterator[int]:
+        nonlocal most
+        with lock:
+            assert lane not in active  # sources running at once never share a lane
+            active.add(lane)
+            most = max(most, len(active))
+        try:
+            yield from items
+        finally:
+            with lock:
+                active.discard(lane)
+
+    made = [lambda lane, items=items: source(items, lane) for items in sources]
+    assert list(read_ahead_each(made, lanes=lanes, depth=depth)) == [i for s in sources for i in s]
+    assert most <= lanes
+    assert not alive()
+
+
+def test_an_error_in_a_later_source_comes_after_the_items_before_it() -> None:
+    def broken(lane: int) -> Iterator[int]:
+        yield 3
+        raise OSError("cannot read part-7.parquet")
+
+    stream = read_ahead_each([lambda lane: iter([1, 2]), broken, lambda lane: iter([4])], lanes=3, depth=1)
+    assert [next(stream), next(stream), next(stream)] == [1, 2, 3]
+    with pytest.raises(OSError, match=r"part-7\.parquet"):
+        next(stream)
+    assert not alive()
+
+
+def test_stopping_early_stops_every_lane() -> None:
+    stream = read_ahead_each([lambda lane: iter(range(100))] * 5, lanes=3, depth=2)
+    assert next(stream) == 0
+    assert len(alive()) == 3
+    stream.close()
     assert not alive()
