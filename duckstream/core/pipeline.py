@@ -160,8 +160,8 @@ def read_slot(
     batches: Iterable[pa.RecordBatch] = ()
     try:
         if lanes:
-            rows_ahead = shuffle_buffer if shuffle else batch_size
-            depth = max(2, -(-rows_ahead // readers[0].batch_rows))
+            # Each lane may run a window ahead: while one window is gathered, the next decodes.
+            depth = max(2, -(-shuffle_buffer // readers[0].batch_rows))
             sources = (_piece_source(readers, plan, *piece) for piece in pieces)
             batches = read_ahead_each(sources, lanes=lanes, depth=depth)
         else:
