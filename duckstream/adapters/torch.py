@@ -7,13 +7,14 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
 from typing import Any
 
+import pyarrow as pa
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from duckstream.adapters.collate import OUTPUTS, Output, collate_batch, collate_rows
 from duckstream.adapters.torchdata import is_stateful_loader_state, merge_stateful_loader_state
-from duckstream.adapters.transport import Ring, pack, ring_capacity, ring_fits, unpack_item
+from duckstream.adapters.transport import Ring, pack, ring_capacity, ring_fits, unpack, unpack_item
 from duckstream.core.options import ReadOptions
 from duckstream.core.partition import Even, rank_rows, worker_rows
 from duckstream.core.pipeline import SlotStart, locate_slot, read_slot
@@ -269,6 +270,8 @@ class DuckStreamDataset(IterableDataset[Any]):
             threads=self.threads,
             start=start,
         )
+        if info is not None and self._ship_arrow and self.batch_size is None:
+            return self._row_transfers(batches, start.items, info.id)
         items = self._items(batches)
         if info is not None:
             counted = self._worker_counted(items)
@@ -289,6 +292,31 @@ class DuckStreamDataset(IterableDataset[Any]):
             else:
                 item = collate_batch(batch, self.output)
                 yield item if transform is None else transform(item)
+
+    def _row_transfers(
+        self, batches: Iterator[pa.RecordBatch], items_before: int, worker: int
+    ) -> Iterator[Any]:
+        # Rows travel as Arrow batches of `chunk` rows, made into rows by the loader. As with
+        # batches, the first transfer of a resumed worker finishes the one the loop was inside.
+        size = self._chunk - items_before % self._chunk
+        held: list[pa.RecordBatch] = []
+        rows = 0
+        for batch in batches:
+            while batch.num_rows:
+                piece = batch.slice(0, size - rows)
+                held.append(piece)
+                rows += piece.num_rows
+                batch = batch.slice(piece.num_rows)
+                if rows == size:
+                    yield self._row_transfer(held, worker)
+                    held, rows, size = [], 0, self._chunk
+        if rows:
+            yield self._row_transfer(held, worker)
+
+    def _row_transfer(self, pieces: list[pa.RecordBatch], worker: int) -> Any:
+        transfer = pieces[0] if len(pieces) == 1 else pa.concat_batches(pieces)
+        self._slot_yielded += transfer.num_rows
+        return pack(transfer, self._ring, worker)
 
     def _chunked(self, items: Iterator[Any], items_before: int) -> Iterator[list[Any]]:
         # Transfers hold `chunk` items counted from the start of the slot's stage, so a resumed
@@ -333,8 +361,16 @@ _MAX_BATCHES_PER_TRANSFER = 16
 
 
 def _batches_per_transfer(dataset: DuckStreamDataset) -> int:
-    batch_bytes = max(1, dataset.plan.row_bytes * (dataset.batch_size or 1))
+    if dataset.batch_size is None:  # rows: about 1 MiB of them, at most a read batch
+        return max(1, min(_ROW_MODE_READ, _TRANSFER_BYTES // max(1, dataset.plan.row_bytes)))
+    batch_bytes = max(1, dataset.plan.row_bytes * dataset.batch_size)
     return max(1, min(_MAX_BATCHES_PER_TRANSFER, _TRANSFER_BYTES // batch_bytes))
+
+
+def _accelerator_pins() -> bool:
+    # As DataLoader decides: pinned memory needs an accelerator, and MPS has none.
+    accelerator = torch.accelerator.current_accelerator() if torch.accelerator.is_available() else None
+    return accelerator is not None and accelerator.type != "mps"
 
 
 def _pinned(batch: dict[str, Any]) -> dict[str, Any]:
@@ -356,7 +392,8 @@ class DuckStreamLoader(DataLoader[Any]):
         batches_per_transfer: int | None = None,
         **kwargs: Any,
     ) -> None:
-        """``batches_per_transfer``: batches a worker hands over at once (default: about 1 MiB)."""
+        """``batches_per_transfer``: batches (rows, when the dataset yields rows) a worker hands
+        over at once (default: about 1 MiB)."""
         if not isinstance(dataset, DuckStreamDataset):
             raise ConfigurationError(
                 f"DuckStreamLoader reads a DuckStreamDataset, found {type(dataset).__name__}"
@@ -405,7 +442,7 @@ class DuckStreamLoader(DataLoader[Any]):
         self._epoch_chosen = False
         self._consumed = 0
         self._between_epochs = False
-        ship = self.num_workers > 0 and dataset.batch_size is not None and dataset.transform is None
+        ship = self.num_workers > 0 and dataset.transform is None
         fresh_workers = not (self.persistent_workers and self._iterator is not None)
         if fresh_workers:
             self._chunk = self._batches_per_transfer if ship else 1
@@ -423,14 +460,28 @@ class DuckStreamLoader(DataLoader[Any]):
         # Workers copy the dataset when they start (in super().__iter__): they ship Arrow
         # batches in transfers of `chunk`; the dataset itself goes back to plain items.
         dataset._ship_arrow, dataset._chunk = ship, self._chunk
+        iterator: Iterator[Any]
         try:
-            iterator = super().__iter__()
+            # In-process, DataLoader would only hand over each item (about 10 us a row); the
+            # dataset's own iterator is the same stream.
+            iterator = super().__iter__() if self.num_workers else iter(dataset)
         finally:
             dataset._ship_arrow, dataset._chunk = False, 1
         # DataLoader pins what workers send (here: where a batch lies), not the tensors collated
-        # from it; those are pinned here, as DataLoader would with pin_memory=True.
-        pin = ship and dataset.output == "torch" and bool(getattr(iterator, "_pin_memory", False))
+        # from it: those, and items read in-process, are pinned here, as DataLoader would.
+        pin = (
+            (ship or not self.num_workers)
+            and dataset.output == "torch"
+            and self.pin_memory
+            and _accelerator_pins()
+        )
+        rows = ship and dataset.batch_size is None
         for item in iterator:
+            if rows:  # a transfer of rows: copied out, since each row may view its batch
+                for row in collate_rows(unpack(item, dataset.plan.schema, ring), dataset.output):
+                    self._consumed += 1
+                    yield _pinned(row) if pin else row
+                continue
             for one in item if self._chunk > 1 else (item,):
                 self._consumed += 1
                 if not ship:

@@ -23,7 +23,8 @@ def as_rank(rank: int, world_size: int) -> AbstractContextManager[None]:
 def ids_in(item: Any) -> list[int]:
     if isinstance(item, dict):
         value = item["id"]
-        return [int(v) for v in value.tolist()] if hasattr(value, "tolist") else [int(value)]
+        listed = value.tolist() if hasattr(value, "tolist") else value  # a 0-d tensor lists as a scalar
+        return [int(v) for v in listed] if isinstance(listed, list) else [int(listed)]
     raise TypeError(type(item))
 
 

@@ -351,3 +351,47 @@ def test_a_new_pass_writes_to_a_ring_of_its_own_while_an_earlier_one_runs(source
     assert [i for item in loader for i in ids_in(item)] == expected[1]
     assert loader.duck_dataset._ring is not earlier_ring
     del earlier
+
+
+@pytest.mark.parametrize(("num_workers", "transfer"), [(2, 1), (2, 7), (3, 50), (2, None)])
+@pytest.mark.parametrize("take", [1, 101])
+def test_rows_from_workers_resume_exactly_as_the_uninterrupted_run(
+    source: Path, num_workers: int, transfer: int | None, take: int
+) -> None:
+    # Rows travel between processes as Arrow batches of `transfer` rows, made into rows by the loader.
+    def make() -> DuckStreamDataset:
+        return make_dataset(source, batch_size=None)
+
+    options: dict[str, Any] = {"batches_per_transfer": transfer}
+    full, _ = run_world(make, 2, num_workers, take=None, **options)
+    head, state = run_world(make, 2, num_workers, take=take, **options)
+    assert state["stages"][0]["chunk"] == (transfer or 1_024)
+    tail, _ = run_world(make, 2, num_workers, take=None, state=state, **options)
+    for rank in range(2):
+        assert head[rank] + tail[rank] == full[rank]
+    assert sorted(i for ids in full for i in ids) == list(range(ROWS))
+
+
+@pytest.mark.parametrize("output", ["torch", "numpy", "python", "arrow"])
+def test_rows_from_workers_are_the_rows_read_in_process(source: Path, output: str) -> None:
+    def rows(num_workers: int) -> dict[int, Any]:
+        loader = DuckStreamLoader(
+            make_dataset(source, batch_size=None, output=output), num_workers=num_workers
+        )
+        items = list(loader)
+        if output == "arrow":
+            items = [item.to_pylist()[0] for item in items]
+        return {int(item["id"]): item for item in items}
+
+    in_process, from_workers = rows(0), rows(2)
+    assert sorted(from_workers) == list(range(ROWS))
+    for key, row in from_workers.items():
+        expected = in_process[key]
+        assert type(row["id"]) is type(expected["id"])
+        assert float(row["value"]) == key * 0.5 == float(expected["value"])
+        assert row["label"] == expected["label"]
+        assert (
+            [float(x) for x in row["vector"]]
+            == [float(x) for x in expected["vector"]]
+            == [key, key + 1, key + 2]
+        )
