@@ -11,6 +11,7 @@ import pyarrow as pa
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data._utils.pin_memory import pin_memory
 
 from duckstream.adapters.collate import OUTPUTS, Output, collate_batch, collate_rows
 from duckstream.adapters.torchdata import is_stateful_loader_state, merge_stateful_loader_state
@@ -485,7 +486,8 @@ class DuckStreamLoader(DataLoader[Any]):
             for one in item if self._chunk > 1 else (item,):
                 self._consumed += 1
                 if not ship:
-                    yield one
+                    # In-process items may be anything a transform returns: pinned as DataLoader does.
+                    yield pin_memory(one) if pin else one  # type: ignore[no-untyped-call]
                     continue
                 batch = unpack_item(one, dataset.plan.schema, dataset.output, ring)
                 yield _pinned(batch) if pin else batch

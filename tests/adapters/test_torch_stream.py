@@ -395,3 +395,16 @@ def test_rows_from_workers_are_the_rows_read_in_process(source: Path, output: st
             == [float(x) for x in expected["vector"]]
             == [key, key + 1, key + 2]
         )
+
+
+@pytest.mark.skipif(not torch.accelerator.is_available(), reason="pinned memory needs an accelerator")
+@pytest.mark.parametrize("batch_size", [16, None])
+def test_pin_memory_pins_what_is_read_in_process(source: Path, batch_size: int | None) -> None:
+    loader = DuckStreamLoader(make_dataset(source, batch_size=batch_size), num_workers=0, pin_memory=True)
+    items = list(loader)
+    assert all(item["id"].is_pinned() for item in items)
+
+
+def test_pin_memory_in_process_without_an_accelerator_still_reads_everything(source: Path) -> None:
+    loader = DuckStreamLoader(make_dataset(source, batch_size=None), num_workers=0, pin_memory=True)
+    assert sorted(i for item in loader for i in ids_in(item)) == list(range(ROWS))
