@@ -18,7 +18,7 @@ from duckstream.adapters.torchdata import is_stateful_loader_state, merge_statef
 from duckstream.adapters.transport import Ring, pack, ring_capacity, ring_fits, unpack, unpack_item
 from duckstream.core.options import ReadOptions
 from duckstream.core.partition import Even, rank_rows, worker_rows
-from duckstream.core.pipeline import SlotStart, locate_slot, read_slot
+from duckstream.core.pipeline import SlotStart, locate_slot, read_slot, rebatch
 from duckstream.core.planning import Source, StreamPlan, prepare
 from duckstream.core.resume import Stage, fold, worker_items
 from duckstream.core.shuffle import default_shuffle_buffer
@@ -299,25 +299,10 @@ class DuckStreamDataset(IterableDataset[Any]):
     ) -> Iterator[Any]:
         # Rows travel as Arrow batches of `chunk` rows, made into rows by the loader. As with
         # batches, the first transfer of a resumed worker finishes the one the loop was inside.
-        size = self._chunk - items_before % self._chunk
-        held: list[pa.RecordBatch] = []
-        rows = 0
-        for batch in batches:
-            while batch.num_rows:
-                piece = batch.slice(0, size - rows)
-                held.append(piece)
-                rows += piece.num_rows
-                batch = batch.slice(piece.num_rows)
-                if rows == size:
-                    yield self._row_transfer(held, worker)
-                    held, rows, size = [], 0, self._chunk
-        if rows:
-            yield self._row_transfer(held, worker)
-
-    def _row_transfer(self, pieces: list[pa.RecordBatch], worker: int) -> Any:
-        transfer = pieces[0] if len(pieces) == 1 else pa.concat_batches(pieces)
-        self._slot_yielded += transfer.num_rows
-        return pack(transfer, self._ring, worker)
+        first = self._chunk - items_before % self._chunk
+        for transfer in rebatch(batches, self._chunk, drop_last=False, first=first):
+            self._slot_yielded += transfer.num_rows
+            yield pack(transfer, self._ring, worker)
 
     def _chunked(self, items: Iterator[Any], items_before: int) -> Iterator[list[Any]]:
         # Transfers hold `chunk` items counted from the start of the slot's stage, so a resumed
@@ -375,6 +360,8 @@ def _accelerator_pins() -> bool:
 
 
 def _pinned(batch: dict[str, Any]) -> dict[str, Any]:
+    # Our own collated items hold tensors at the top level only; torch's pin_memory would also
+    # walk every string of every list column.
     return {name: v.pin_memory() if isinstance(v, torch.Tensor) else v for name, v in batch.items()}
 
 

@@ -27,7 +27,6 @@ from duckstream.core.resume import (
     window_key,
 )
 from duckstream.core.shuffle import window_permutation
-from duckstream.core.source import is_remote
 from duckstream.core.world import World
 from duckstream.errors import ConfigurationError, StateError
 
@@ -152,8 +151,7 @@ def read_slot(
     # gathers (or the training step runs). From an object store one does even with one thread,
     # since it mostly waits on the network. DuckDB's queries are faster with every thread of
     # their own (measured here).
-    remote = any(is_remote(path) for path in plan.files)
-    ahead = plan.columns is not None and (threads > 1 or remote)
+    ahead = plan.columns is not None and (threads > 1 or plan.remote)
     lanes = min(MAX_READ_AHEAD_LANES, threads) if ahead else 0
     readers = [ShardReader(plan, threads=1) for _ in range(lanes)] or [ShardReader(plan, threads=threads)]
     pieces = _pieces(slice_ranges(span.ranges, begin, span.rows), order, plan.counts)
@@ -275,28 +273,31 @@ def shuffled_batches(
         yield carry
 
 
-def rebatch(batches: Iterable[pa.RecordBatch], size: int, drop_last: bool) -> Iterator[pa.RecordBatch]:
-    """Batches of exactly ``size`` rows; the last one short unless dropped.
+def rebatch(
+    batches: Iterable[pa.RecordBatch], size: int, drop_last: bool, *, first: int | None = None
+) -> Iterator[pa.RecordBatch]:
+    """Batches of exactly ``size`` rows (the first of ``first`` rows, if given); the last one
+    short unless dropped.
 
     Batches inside one read batch are zero-copy slices; only a batch that straddles two read
     batches is copied.
     """
     if size < 1:
         raise ConfigurationError(f"batch_size must be at least 1, found {size}")
+    want = size if first is None else first
     carry: pa.RecordBatch | None = None
     for batch in batches:
-        if carry is not None:
-            head = batch.slice(0, size - carry.num_rows)
-            carry = pa.concat_batches([carry, head])
-            batch = batch.slice(head.num_rows)
-            if carry.num_rows < size:
-                continue
-            yield carry
-            carry = None
-        full = batch.num_rows // size
-        for index in range(full):
-            yield batch.slice(index * size, size)
-        if batch.num_rows > full * size:
-            carry = batch.slice(full * size)
+        while batch.num_rows:
+            if carry is None and batch.num_rows >= want:
+                out, batch = batch.slice(0, want), batch.slice(want)
+            else:
+                head = batch.slice(0, want - (carry.num_rows if carry is not None else 0))
+                carry = head if carry is None else pa.concat_batches([carry, head])
+                batch = batch.slice(head.num_rows)
+                if carry.num_rows < want:
+                    continue
+                out, carry = carry, None
+            yield out
+            want = size
     if carry is not None and not drop_last:
         yield carry

@@ -63,6 +63,11 @@ class StreamPlan:
     def num_rows(self) -> int:
         return sum(self.counts)
 
+    @property
+    def remote(self) -> bool:
+        """Whether any data file lies in an object store."""
+        return any(is_remote(path) for path in self.files)
+
 
 def prepare(
     source: Source,

@@ -13,7 +13,7 @@ from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import Generic, TypeVar
 
-__all__ = ["read_ahead", "read_ahead_each"]
+__all__ = ["read_ahead_each"]
 
 T = TypeVar("T")
 
@@ -109,8 +109,3 @@ def read_ahead_each(
     finally:
         for producer in running:
             producer.stop()
-
-
-def read_ahead(items: Iterable[T], depth: int) -> Generator[T, None, None]:
-    """``items`` in order, produced by one thread that runs up to ``depth`` items ahead."""
-    return read_ahead_each([lambda lane: items], lanes=1, depth=depth)

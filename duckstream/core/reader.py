@@ -151,7 +151,7 @@ class ShardReader:
         if self._con is None:
             lake = self._plan.lake
             extensions: list[str] = []
-            if lake is not None or any(is_remote(f) for f in self._plan.files):
+            if lake is not None or self._plan.remote:
                 extensions.append("httpfs")
             if lake is not None:
                 extensions += ["ducklake", "postgres_scanner"] if lake.postgres else ["ducklake"]

@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from duckstream.core.partition import Even
+from duckstream.core.pipeline import rebatch
 from duckstream.core.world import World
 from duckstream.errors import ConfigurationError, QueryError, SourceError
 from duckstream.stream import stream_batches
@@ -324,3 +325,31 @@ def test_a_stream_left_early_stops_its_read_ahead_thread(ten_files: Path, shuffl
     assert any(t.name == "duckstream-read-ahead" for t in threading.enumerate())
     stream.close()  # type: ignore[attr-defined]
     assert not any(t.name == "duckstream-read-ahead" for t in threading.enumerate())
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    read_sizes=st.lists(st.integers(0, 30), max_size=8),
+    size=st.integers(1, 12),
+    first=st.one_of(st.none(), st.integers(1, 12)),
+    drop_last=st.booleans(),
+)
+def test_rebatch_cuts_the_rows_into_batches_of_the_asked_sizes(
+    read_sizes: list[int], size: int, first: int | None, drop_last: bool
+) -> None:
+    starts = np.cumsum([0, *read_sizes])
+    reads = [pa.record_batch({"id": list(range(a, a + n))}) for a, n in zip(starts, read_sizes, strict=False)]
+    out = list(rebatch(reads, size, drop_last, first=first))
+    ids = [i for batch in out for i in batch.column("id").to_pylist()]
+    total = int(starts[-1])
+    wanted = [first or size] + [size] * total  # the sizes asked for, in order
+    full = []
+    rows = 0
+    for want in wanted:
+        if rows + want > total:
+            break
+        full.append(want)
+        rows += want
+    tail = [] if drop_last or rows == total else [total - rows]
+    assert [batch.num_rows for batch in out] == full + tail
+    assert ids == list(range(len(ids)))

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterable, Iterator
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from duckstream.core.read_ahead import read_ahead, read_ahead_each
+from duckstream.core.read_ahead import read_ahead_each
+
+
+def read_ahead(items: Iterable[int], depth: int) -> Generator[int, None, None]:
+    """One source, in one lane."""
+    return read_ahead_each([lambda lane: items], lanes=1, depth=depth)
 
 
 def alive() -> list[threading.Thread]:
