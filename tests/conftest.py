@@ -77,6 +77,14 @@ def numbers_table(start: int, stop: int) -> pa.Table:
     )
 
 
+def write_wide_file(path: Path, start: int, rows: int) -> None:
+    """Rows ``start..start+rows-1`` with a 20 KB blob each, in one row group: a read of it takes
+    several read batches of about 4 MiB, more than a read-ahead queue of 2 holds."""
+    blobs = pa.array([bytes(20_000)] * rows, pa.binary())
+    table = pa.table({"id": pa.array(range(start, start + rows), pa.int64()), "blob": blobs})
+    pq.write_table(table, path, use_dictionary=False)  # plain pages: 20 KB a row, uncompressed
+
+
 @pytest.fixture
 def parquet_dir(tmp_path: Path) -> Path:
     """Three Parquet files of 100 rows each (ids 0..299), row groups of 25, in ``tmp_path/data``."""

@@ -20,7 +20,7 @@ from duckstream.core.pipeline import rebatch
 from duckstream.core.world import World
 from duckstream.errors import ConfigurationError, QueryError, SourceError
 from duckstream.stream import stream_batches
-from tests.conftest import numbers_table
+from tests.conftest import numbers_table, write_wide_file
 
 
 def write_files(directory: Path, sizes: list[int], row_group: int) -> None:
@@ -319,8 +319,12 @@ def test_reading_ahead_changes_nothing_but_speed(ten_files: Path) -> None:
 
 
 @pytest.mark.parametrize("shuffle", [False, True])
-def test_a_stream_left_early_stops_its_read_ahead_thread(ten_files: Path, shuffle: bool) -> None:
-    stream = stream_batches(ten_files, shuffle=shuffle, batch_size=10, shuffle_buffer=1_000, threads=2)
+def test_a_stream_left_early_stops_its_read_ahead_thread(tmp_path: Path, shuffle: bool) -> None:
+    for index in range(2):
+        write_wide_file(tmp_path / f"part-{index}.parquet", index * 600, 600)
+    # A window of 64 rows is read ahead 2 read batches deep: a lane cannot finish its file
+    # while the consumer holds only the first batch.
+    stream = stream_batches(tmp_path, shuffle=shuffle, batch_size=10, shuffle_buffer=64, threads=2)
     next(stream)
     assert any(t.name == "duckstream-read-ahead" for t in threading.enumerate())
     stream.close()  # type: ignore[attr-defined]

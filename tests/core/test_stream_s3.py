@@ -15,7 +15,7 @@ from duckstream.devservices import S3Service
 from duckstream.errors import S3AccessError, SourceError
 from duckstream.stream import DuckStreamDataset, DuckStreamLoader, stream_batches
 from tests.adapters.resume_check import ids_in
-from tests.conftest import numbers_table, upload_dir
+from tests.conftest import numbers_table, upload_dir, write_wide_file
 
 pytestmark = pytest.mark.services
 
@@ -114,16 +114,18 @@ def test_missing_prefix_is_named(s3_server: S3Service, s3_bucket: str) -> None:
 def test_one_thread_still_reads_ahead_from_an_object_store(
     s3_server: S3Service, s3_bucket: str, tmp_path: Path
 ) -> None:
-    for index in range(10):  # more read batches than the read-ahead queue holds
-        pq.write_table(numbers_table(index * 100, (index + 1) * 100), tmp_path / f"part-{index}.parquet")
+    for index in range(2):  # each file takes more read batches than the read-ahead queue holds
+        write_wide_file(tmp_path / f"part-{index}.parquet", index * 600, 600)
     upload_dir(s3_server.boto3_client(), s3_bucket, "many", tmp_path)
 
     def read_ahead_threads() -> int:
         return sum(t.name == "duckstream-read-ahead" for t in threading.enumerate())
 
-    stream = stream_batches(f"s3://{s3_bucket}/many", batch_size=10, threads=1, **keys(s3_server))
+    stream = stream_batches(
+        f"s3://{s3_bucket}/many", batch_size=10, shuffle_buffer=64, threads=1, **keys(s3_server)
+    )
     ids = next(stream).column("id").to_pylist()
     assert read_ahead_threads() == 1  # the network waits overlap the consumer's work
     ids += [i for batch in stream for i in batch.column("id").to_pylist()]
-    assert ids == list(range(1_000))
+    assert ids == list(range(1_200))
     assert read_ahead_threads() == 0
