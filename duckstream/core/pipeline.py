@@ -151,7 +151,7 @@ def read_slot(
     # gathers (or the training step runs). From an object store one does even with one thread,
     # since it mostly waits on the network. DuckDB's queries are faster with every thread of
     # their own (measured here).
-    ahead = plan.columns is not None and (threads > 1 or plan.remote)
+    ahead = plan.decodes and (threads > 1 or plan.remote)
     lanes = min(MAX_READ_AHEAD_LANES, threads) if ahead else 0
     readers = [ShardReader(plan, threads=1) for _ in range(lanes)] or [ShardReader(plan, threads=threads)]
     pieces = _pieces(slice_ranges(span.ranges, begin, span.rows), order, plan.counts)

@@ -7,7 +7,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["DEFAULT_SHARD_ROWS", "Shard", "plan_fingerprint", "plan_shards"]
+__all__ = ["DEFAULT_SHARD_ROWS", "Shard", "plan_fingerprint", "plan_shards", "skip_empty_groups"]
 
 # Shards are the unit of shard-order shuffling and of one read query. Small row groups merge
 # up to this size; large row groups are never cut, since a sub-range still decodes them whole.
@@ -48,6 +48,45 @@ def plan_shards(row_groups: Sequence[Sequence[int]], *, target_rows: int = DEFAU
         if stop > start:
             shards.append(Shard(file, start, stop))
     return shards
+
+
+def skip_empty_groups(
+    row_groups: Sequence[Sequence[int]],
+    group_counts: Sequence[Sequence[int]],
+    *,
+    target_rows: int = DEFAULT_SHARD_ROWS,
+) -> tuple[list[Shard], list[int]]:
+    """Shards over only the row groups that yield rows, and the rows each shard yields.
+
+    ``group_counts[f][g]`` is what row group ``g`` of file ``f`` yields through a filter; a
+    group yielding nothing is never read, and shards end on either side of it. Merging and
+    ``target_rows`` are as in :func:`plan_shards` (counted in stored rows: that is what is read).
+    """
+    shards: list[Shard] = []
+    counts: list[int] = []
+    for file, (groups, yields) in enumerate(zip(row_groups, group_counts, strict=True)):
+        if len(groups) != len(yields):
+            raise ValueError(f"file {file} has {len(groups)} row groups but {len(yields)} counts")
+        start = stop = 0
+        count = 0
+        for rows, found in zip(groups, yields, strict=True):
+            if found < 0 or (found and rows == 0):
+                raise ValueError(f"file {file}: a row group of {rows} rows cannot yield {found}")
+            cut = stop > start and (found == 0 or stop - start + rows > target_rows)
+            if cut:
+                shards.append(Shard(file, start, stop))
+                counts.append(count)
+                count = 0
+                start = stop
+            if found == 0:
+                start = stop = stop + rows
+                continue
+            stop += rows
+            count += found
+        if stop > start:
+            shards.append(Shard(file, start, stop))
+            counts.append(count)
+    return shards, counts
 
 
 def plan_fingerprint(

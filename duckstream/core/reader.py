@@ -7,10 +7,13 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from duckstream import engine
+from duckstream.core.batch_sql import BatchSQL
+from duckstream.core.lake_files import deleted_positions
 from duckstream.core.plan import Shard
 from duckstream.core.source import is_remote
 from duckstream.errors import SourceError
@@ -24,6 +27,8 @@ __all__ = ["ShardReader", "default_threads", "read_batch_rows"]
 
 _READ_BATCH_BYTES = 4 * 1024 * 1024
 _READ_BUFFER_BYTES = 1024 * 1024
+_NONE_DELETED = np.empty(0, dtype=np.int64)
+_MAX_DELETED_RUNS = 16
 
 
 def read_batch_rows(row_bytes: int) -> int:
@@ -65,8 +70,10 @@ def default_threads(readers: int) -> int:
 class ShardReader:
     """Reads rows ``lo..hi`` of a shard's output; opens its connection on first use.
 
-    Plain projections (``SELECT a, b FROM source``) skip SQL and read Parquet with pyarrow,
-    which exports Arrow faster; every other row-local query runs in DuckDB on one shard.
+    pyarrow decodes the Parquet files (it exports Arrow faster than DuckDB). Plain projections
+    (``SELECT a, b FROM source``) need nothing more; other row-local queries run in DuckDB over
+    the decoded batches (:mod:`duckstream.core.batch_sql`). Only what pyarrow cannot read alone
+    (a lake table's inlined rows, say) runs in DuckDB on one shard.
     """
 
     def __init__(self, plan: StreamPlan, *, threads: int, batch_rows: int | None = None) -> None:
@@ -74,8 +81,10 @@ class ShardReader:
         self._threads = threads
         self._batch_rows = batch_rows or read_batch_rows(plan.row_bytes)
         self._con: duckdb.DuckDBPyConnection | None = None
-        self._parquet: tuple[str, pq.ParquetFile] | None = None
+        self._parquet: dict[int, tuple[str, pq.ParquetFile]] = {}
         self._filesystem: Any = None
+        self._sql = BatchSQL(plan.batch, plan.schema) if plan.batch is not None else None
+        self._deleted: dict[int, np.ndarray] = {}
 
     @property
     def batch_rows(self) -> int:
@@ -85,15 +94,21 @@ class ShardReader:
     def read(self, shard: Shard, lo: int, hi: int) -> Iterator[pa.RecordBatch]:
         if hi <= lo:
             return iter(())
+        if not self._plan.decoded(shard.file):
+            return self._read_sql(shard, lo, hi)
         if self._plan.columns is not None:
-            return self._read_parquet(shard.file, shard.start + lo, shard.start + hi)
-        return self._read_sql(shard, lo, hi)
+            first, stop = self._file_rows(shard, lo, hi)
+            return self._read_parquet(shard.file, self._plan.columns, first, stop)
+        assert self._sql is not None
+        return self._read_batch_sql(self._sql, shard, lo, hi)
 
     def close(self) -> None:
         if self._con is not None:
             self._con.close()
             self._con = None
-        self._parquet = None
+        if self._sql is not None:
+            self._sql.close()
+        self._parquet = {}
 
     def _typed(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         # DuckDB and Parquet lose fixed-size lists; the plan's schema has them back.
@@ -101,8 +116,66 @@ class ShardReader:
 
     # -- straight Parquet ------------------------------------------------------------------
 
-    def _read_parquet(self, file: int, first: int, stop: int) -> Iterator[pa.RecordBatch]:
-        parquet = self._parquet_file(self._plan.files[file])
+    def _read_batch_sql(self, sql: BatchSQL, shard: Shard, lo: int, hi: int) -> Iterator[pa.RecordBatch]:
+        batch = self._plan.batch
+        assert batch is not None
+        # Without a filter or UNNEST output row k is input row k: read only lo..hi. Otherwise
+        # output row lo is found by running the shard from its start.
+        if self._plan.narrow:
+            (first, stop), skip = self._file_rows(shard, lo, hi), 0
+        else:
+            first, stop, skip = shard.start, shard.stop, lo
+        read = self._read_parquet(
+            shard.file, batch.reads, first, stop, typed=False, batch_rows=self._plan.sql_batch_rows
+        )
+        wide = (
+            self._read_parquet(shard.file, batch.wide, first, stop, typed=False, second=True)
+            if batch.wide
+            else None
+        )
+        outputs = sql.apply(read, wide, batch_rows=self._batch_rows)
+        try:
+            yield from _rows(outputs, skip, hi - lo)
+        finally:
+            outputs.close()  # stops both decoders now, not when collected
+
+    def _file_rows(self, shard: Shard, lo: int, hi: int) -> tuple[int, int]:
+        """The file rows holding the shard's rows ``lo..hi`` (deleted rows of a lake file
+        are not the shard's: they lie between)."""
+        deleted = self._deleted_rows(shard.file)
+        if not len(deleted):
+            return shard.start + lo, shard.start + hi
+        inside = deleted[(deleted >= shard.start) & (deleted < shard.stop)]
+        kept = np.setdiff1d(np.arange(shard.start, shard.stop, dtype=np.int64), inside, assume_unique=True)
+        return int(kept[lo]), int(kept[hi - 1]) + 1
+
+    def _deleted_rows(self, file: int) -> np.ndarray:
+        lake = self._plan.lake
+        if lake is None or lake.deletes[file] is None:
+            return _NONE_DELETED
+        if file not in self._deleted:
+            delete_file = lake.deletes[file]
+            assert delete_file is not None
+            self._deleted[file] = deleted_positions(delete_file, self._plan.files[file], self._plan.s3)
+        return self._deleted[file]
+
+    def _read_parquet(
+        self,
+        file: int,
+        columns: Iterable[str],
+        first: int,
+        stop: int,
+        *,
+        typed: bool = True,
+        batch_rows: int | None = None,
+        second: bool = False,
+    ) -> Iterator[pa.RecordBatch]:
+        """Rows ``first..stop`` of ``columns``; ``second`` reads through a handle of its own,
+        for a second stream over the same rows."""
+        parquet = self._parquet_file(self._plan.files[file], 1 if second else 0)
+        columns = list(columns)
+        stored = self._plan.lake.stored_names(file) if self._plan.lake is not None else {}
+        deleted = self._deleted_rows(file)
         groups: list[int] = []
         offset = 0
         group_start = 0
@@ -113,14 +186,19 @@ class ShardReader:
                 groups.append(index)
             group_start += rows
         batches = parquet.iter_batches(
-            batch_size=self._batch_rows,
+            batch_size=batch_rows or self._batch_rows,
             row_groups=groups,
-            columns=list(self._plan.columns or ()),
+            columns=[stored.get(c, c) for c in columns],
             use_threads=self._threads > 1,
         )
+        row = first
         try:
             for piece in _rows(batches, first - offset, stop - first):
-                yield self._typed(piece)
+                if stored:
+                    piece = piece.rename_columns(columns)
+                for kept in _without(piece, row, deleted):
+                    yield self._typed(kept) if typed else kept
+                row += piece.num_rows
         except (OSError, pa.ArrowException) as exc:
             # Footers were read when planning; a damaged data page only shows here.
             raise SourceError(
@@ -128,22 +206,27 @@ class ShardReader:
                 "the file is damaged, or changed since the stream was planned"
             ) from None
 
-    def _parquet_file(self, path: str) -> pq.ParquetFile:
-        if self._parquet is None or self._parquet[0] != path:
-            if is_remote(path):
-                if self._filesystem is None:
-                    self._filesystem = pyarrow_s3(self._plan.s3)
-                handle = self._filesystem.open_input_file(path.split("://", 1)[1])
-            else:
-                handle = path
-            # Coalesced range reads pay off on object stores; locally they only delay the first rows.
-            # Local pages stream through a small buffer: read whole, a column chunk of a large row
-            # group (80 MB of images at 8,192 rows) would set the peak memory.
-            self._parquet = (
-                path,
-                pq.ParquetFile(handle, pre_buffer=is_remote(path), buffer_size=_READ_BUFFER_BYTES),
-            )
-        return self._parquet[1]
+    def _parquet_file(self, path: str, slot: int = 0) -> pq.ParquetFile:
+        held = self._parquet.get(slot)
+        if held is not None and held[0] == path:
+            return held[1]
+        other = self._parquet.get(1 - slot)
+        # A second handle on the same file reuses the footer already parsed.
+        metadata = other[1].metadata if other is not None and other[0] == path else None
+        if is_remote(path):
+            if self._filesystem is None:
+                self._filesystem = pyarrow_s3(self._plan.s3)
+            handle = self._filesystem.open_input_file(path.split("://", 1)[1])
+        else:
+            handle = path
+        # Coalesced range reads pay off on object stores; locally they only delay the first rows.
+        # Local pages stream through a small buffer: read whole, a column chunk of a large row
+        # group (80 MB of images at 8,192 rows) would set the peak memory.
+        parquet = pq.ParquetFile(
+            handle, metadata=metadata, pre_buffer=is_remote(path), buffer_size=_READ_BUFFER_BYTES
+        )
+        self._parquet[slot] = (path, parquet)
+        return parquet
 
     # -- DuckDB ----------------------------------------------------------------------------
 
@@ -182,9 +265,9 @@ class ShardReader:
     def _read_sql(self, shard: Shard, lo: int, hi: int) -> Iterator[pa.RecordBatch]:
         con = self._connection()
         query = self._plan.query or "SELECT * FROM source"
-        # One output row per file row: narrow the file range itself. Otherwise (WHERE, UNNEST)
-        # run the shard and keep output rows lo..hi.
-        if self._plan.narrow:
+        # One output row per file row: narrow the file range itself. Otherwise (WHERE, UNNEST,
+        # or a lake file, whose deleted rows leave gaps) run the shard and keep rows lo..hi.
+        if self._plan.narrow and self._plan.lake is None:
             first, last, skip = shard.start + lo, shard.start + hi - 1, 0
         else:
             first, last, skip = shard.start, shard.stop - 1, lo
@@ -202,6 +285,28 @@ class ShardReader:
                 yield self._typed(piece)
         except duckdb.Error as exc:
             raise engine.query_error(exc, query, s3=self._plan.s3) from None
+
+
+def _without(batch: pa.RecordBatch, first: int, deleted: np.ndarray) -> Iterator[pa.RecordBatch]:
+    """``batch`` (file rows ``first..``) less the ``deleted`` rows, as zero-copy slices."""
+    if not len(deleted):
+        yield batch
+        return
+    lo, hi = np.searchsorted(deleted, [first, first + batch.num_rows])
+    if hi - lo > _MAX_DELETED_RUNS:
+        # Dense deletes: one filtered copy beats many tiny slices.
+        keep = np.ones(batch.num_rows, dtype=bool)
+        keep[deleted[lo:hi] - first] = False
+        yield batch.filter(pa.array(keep))
+        return
+    start = 0
+    for position in deleted[lo:hi]:
+        end = int(position) - first
+        if end > start:
+            yield batch.slice(start, end - start)
+        start = end + 1
+    if start < batch.num_rows:
+        yield batch.slice(start)
 
 
 def _rows(batches: Iterable[pa.RecordBatch], skip: int, want: int) -> Iterator[pa.RecordBatch]:

@@ -90,6 +90,7 @@ class FileMeta:
     row_groups: tuple[int, ...]
     schema: pa.Schema
     data_bytes: int = 0  # uncompressed size of the row groups, for sizing buffers
+    column_bytes: tuple[tuple[str, int], ...] = ()  # the same per top-level column
 
     @property
     def rows(self) -> int:
@@ -130,7 +131,14 @@ def read_metadata(files: Sequence[str], s3: S3Settings, *, threads: int = 16) ->
             ) from None
         groups = tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
         size = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
-        return FileMeta(path, groups, schema, size)
+        columns: dict[str, int] = {}
+        for i in range(meta.num_row_groups):
+            group = meta.row_group(i)
+            for j in range(group.num_columns):
+                chunk = group.column(j)
+                name = chunk.path_in_schema.split(".", 1)[0]
+                columns[name] = columns.get(name, 0) + chunk.total_uncompressed_size
+        return FileMeta(path, groups, schema, size, tuple(columns.items()))
 
     if not remote or len(files) == 1:
         return [one(f) for f in files]

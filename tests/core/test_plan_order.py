@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from duckstream.core.order import epoch_order
-from duckstream.core.plan import Shard, plan_fingerprint, plan_shards
+from duckstream.core.plan import Shard, plan_fingerprint, plan_shards, skip_empty_groups
 
 row_group_lists = st.lists(st.lists(st.integers(0, 300), max_size=6), min_size=1, max_size=8)
 
@@ -83,3 +83,42 @@ def test_epoch_order_is_pinned_across_machines() -> None:
     # numpy's PCG64 and permutation are stable across platforms and releases; pinning one value
     # makes a change of algorithm visible instead of silently reshuffling users' runs.
     assert epoch_order(8, seed=0, epoch=0, shuffle=True).tolist() == [5, 0, 1, 4, 2, 6, 3, 7]
+
+
+@given(
+    data=st.lists(
+        st.lists(st.tuples(st.integers(0, 60), st.integers(0, 3)), max_size=8), min_size=1, max_size=4
+    ),
+    target=st.integers(1, 150),
+)
+def test_skipping_empty_groups_reads_exactly_the_groups_that_yield(
+    data: list[list[tuple[int, int]]], target: int
+) -> None:
+    # A group yields 0 rows, or (when it has rows) up to 3 per row: filters and UNNEST.
+    row_groups = [[rows for rows, _ in file] for file in data]
+    yields = [[factor * rows for rows, factor in file] for file in data]
+    shards, counts = skip_empty_groups(row_groups, yields, target_rows=target)
+    assert sum(counts) == sum(map(sum, yields))  # every yielded row is in some shard
+    assert all(count > 0 for count in counts)
+    read: set[tuple[int, int]] = set()
+    for shard in shards:
+        starts = np.cumsum([0, *row_groups[shard.file]])
+        first = int(np.searchsorted(starts, shard.start))
+        last = int(np.searchsorted(starts, shard.stop))
+        assert starts[first] == shard.start and starts[last] == shard.stop  # whole row groups
+        inside = range(first, last)
+        assert all(yields[shard.file][g] for g in inside if row_groups[shard.file][g])
+        if shard.rows > target:  # merged within the target, or one row group alone
+            assert not any(shard.start < b < shard.stop for b in starts)
+        read.update((shard.file, g) for g in inside)
+    wanted = {(f, g) for f, file in enumerate(yields) for g, found in enumerate(file) if found}
+    assert wanted <= read  # shards hold every group that yields
+    assert shards == sorted(shards)  # storage order, no overlap
+    assert all(a.file != b.file or a.stop <= b.start for a, b in zip(shards, shards[1:], strict=False))
+
+
+def test_skipping_empty_groups_refuses_counts_that_cannot_be() -> None:
+    with pytest.raises(ValueError, match="2 row groups but 1 counts"):
+        skip_empty_groups([[5, 5]], [[1]])
+    with pytest.raises(ValueError, match="cannot yield"):
+        skip_empty_groups([[0]], [[3]])

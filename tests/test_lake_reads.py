@@ -1,0 +1,221 @@
+"""Pinned lake tables read straight from their Parquet files where DuckLake allows it: at every
+snapshot of a table's history (deletes, inlined rows, renames, added files, compaction, added
+columns) the stream is exactly the catalog's own scan, on the embedded and PostgreSQL + S3 lakes."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from duckstream.catalog import LakehouseCatalog
+from duckstream.core.planning import prepare
+from duckstream.core.world import World
+from duckstream.devservices import PostgresService, S3Service
+from duckstream.errors import CatalogError
+from duckstream.stream import DuckStreamDataset, DuckStreamLoader, stream_batches
+from tests.conftest import upload_dir
+
+QUERIES = [
+    None,
+    "SELECT imgid, split FROM source",
+    "SELECT imgid * 2 AS twice, * FROM source WHERE imgid % 3 = 1",
+    "SELECT imgid, UNNEST([1, 2]) AS k FROM source WHERE imgid < 400",
+]
+
+
+@dataclass
+class Lake:
+    open: Callable[[], LakehouseCatalog]
+    extra: str  # a Parquet file outside the lake, to add to a table
+
+
+def captions(start: int, stop: int) -> pa.Table:
+    ids = list(range(start, stop))
+    return pa.table(
+        {
+            "imgid": pa.array(ids, pa.int64()),
+            "split": pa.array(["val" if i % 10 == 0 else "train" for i in ids], pa.string()),
+            "caption": pa.array([" ".join(["word"] * (3 + i % 9)) for i in ids], pa.string()),
+        }
+    )
+
+
+@pytest.fixture(params=["embedded", "postgres-s3"])
+def lake(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Lake]:
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    # Added after the table's `caption` became `text`: its names are the table's then.
+    pq.write_table(captions(5000, 5040).rename_columns(["imgid", "split", "text"]), raw / "extra.parquet")
+    if request.param == "embedded":
+        yield Lake(
+            lambda: LakehouseCatalog(tmp_path / "lake.ducklake", tmp_path / "files"),
+            str(raw / "extra.parquet"),
+        )
+        return
+    s3: S3Service = request.getfixturevalue("s3_server")
+    bucket: str = request.getfixturevalue("s3_bucket")
+    pg: PostgresService = request.getfixturevalue("postgres_server")
+    database: str = request.getfixturevalue("pg_database")
+    upload_dir(s3.boto3_client(), bucket, "raw", raw)
+    yield Lake(
+        lambda: LakehouseCatalog(
+            pg.dsn(database), f"s3://{bucket}/lake", s3.endpoint, s3.access_key, s3.secret_key
+        ),
+        f"s3://{bucket}/raw/extra.parquet",
+    )
+
+
+def history(cat: LakehouseCatalog, extra: str) -> list[tuple[str, int]]:
+    """Write a table through the changes DuckLake can make; each step's snapshot."""
+    con = cat.con
+    steps = [
+        ("create", "CREATE TABLE t AS SELECT * FROM captions_src"),
+        (
+            "insert a file",
+            "INSERT INTO t SELECT imgid + 1000, split, caption FROM captions_src WHERE imgid < 300",
+        ),
+        ("insert inlined rows", "INSERT INTO t VALUES (7000, 'train', 'inlined'), (7001, 'val', 'inlined')"),
+        ("delete a few rows", "DELETE FROM t WHERE imgid % 97 = 0"),
+        ("delete a range", "DELETE FROM t WHERE imgid BETWEEN 600 AND 700"),
+        ("rename a column", "ALTER TABLE t RENAME COLUMN caption TO text"),
+        (
+            "insert after the rename",
+            "INSERT INTO t SELECT imgid + 2000, split, caption FROM captions_src WHERE imgid < 200",
+        ),
+        ("add a file from outside", f"CALL ducklake_add_data_files('lake', 't', '{extra}')"),
+        ("compact", "CALL ducklake_merge_adjacent_files('lake')"),
+        ("add a column", "ALTER TABLE t ADD COLUMN quality DOUBLE"),
+        (
+            "insert with it",
+            "INSERT INTO t SELECT imgid + 3000, split, caption, 0.5 FROM captions_src WHERE imgid < 100",
+        ),
+    ]
+    con.register("captions_src", captions(0, 1000))
+    snapshots = []
+    for name, sql in steps:
+        con.execute(sql)
+        snapshots.append((name, cat.table("t").version))
+    con.unregister("captions_src")
+    return snapshots
+
+
+def catalog_rows(cat: LakehouseCatalog, version: int, sql: str | None) -> list[dict[str, object]]:
+    query = (sql or "SELECT * FROM source").replace("FROM source", f"FROM t AT (VERSION => {version})")
+    return cat.con.execute(query).to_arrow_table().to_pylist()  # type: ignore[no-any-return]
+
+
+def streamed(source: object, sql: str | None, **kw: object) -> list[dict[str, object]]:
+    return [row for batch in stream_batches(source, sql, **kw) for row in batch.to_pylist()]  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+def test_every_snapshot_streams_what_the_catalog_scans_in_its_order(lake: Lake) -> None:
+    with lake.open() as cat:
+        snapshots = history(cat, lake.extra)
+        seen_direct = seen_catalog = seen_deletes = seen_renames = False
+        for step, version in snapshots:
+            table = cat.table("t", version=version)
+            for sql in QUERIES:
+                assert streamed(table, sql, batch_size=64) == catalog_rows(cat, version, sql), (step, sql)
+            plan = prepare(table, None, s3=table.s3)
+            assert plan.lake is not None
+            seen_direct |= any(plan.lake.direct)
+            seen_catalog |= not all(plan.lake.direct)
+            seen_deletes |= any(
+                d is not None for d, on in zip(plan.lake.deletes, plan.lake.direct, strict=True) if on
+            )
+            seen_renames |= any(r for r, on in zip(plan.lake.renames, plan.lake.direct, strict=True) if on)
+        # The history took every path: files read directly (with deletes, under old column
+        # names) and files only the catalog's scan reads right (inlined rows, compaction).
+        assert seen_direct
+        assert seen_catalog
+        assert seen_deletes
+        assert seen_renames
+
+
+def test_plain_files_of_a_table_are_read_directly(lake: Lake) -> None:
+    with lake.open() as cat:
+        cat.con.register("captions_src", captions(0, 1000))
+        cat.con.execute("CREATE TABLE t AS SELECT * FROM captions_src")
+        cat.con.execute("INSERT INTO t SELECT imgid + 1000, split, caption FROM captions_src")
+        cat.con.execute("DELETE FROM t WHERE imgid % 10 = 3")
+        cat.con.unregister("captions_src")
+        table = cat.table("t")
+        plan = prepare(table, "SELECT imgid, caption FROM source", s3=table.s3)
+        assert plan.lake is not None
+        assert all(plan.lake.direct)
+        assert plan.columns == ("imgid", "caption")
+        assert all(plan.lake.deletes)
+        assert plan.num_rows == 1800
+        seen: Counter[int] = Counter()
+        for rank in range(2):
+            for worker in range(3):
+                for row in streamed(
+                    table,
+                    "SELECT imgid FROM source",
+                    world=World(rank, 2, worker, 3),
+                    shuffle=True,
+                    even="drop",
+                ):
+                    seen[int(row["imgid"])] += 1  # type: ignore[call-overload]
+        assert seen == Counter(i for i in range(2000) if i % 10 != 3)
+
+
+def test_a_filtered_table_counts_in_one_pass_and_skips_empty_row_groups(lake: Lake) -> None:
+    with lake.open() as cat:
+        cat.con.register("captions_src", captions(0, 1000))
+        cat.con.execute("CREATE TABLE t AS SELECT * FROM captions_src ORDER BY imgid")
+        cat.con.unregister("captions_src")
+        table = cat.table("t")
+        everything = prepare(table, None, s3=table.s3)
+        few = prepare(table, "SELECT imgid FROM source WHERE imgid >= 990", s3=table.s3)
+        assert few.num_rows == 10
+        assert sum(s.rows for s in few.shards) <= sum(s.rows for s in everything.shards)
+        assert [r["imgid"] for r in streamed(table, "SELECT imgid FROM source WHERE imgid >= 990")] == list(
+            range(990, 1000)
+        )
+
+
+def test_resume_through_the_loader_on_a_table_with_deletes(lake: Lake) -> None:
+    with lake.open() as cat:
+        cat.con.register("captions_src", captions(0, 1000))
+        cat.con.execute("CREATE TABLE t AS SELECT * FROM captions_src")
+        cat.con.execute("DELETE FROM t WHERE imgid % 7 = 0")
+        cat.con.unregister("captions_src")
+        table = cat.table("t")
+        dataset = DuckStreamDataset(
+            table, sql="SELECT imgid FROM source", batch_size=32, shuffle=True, seed=3, output="arrow"
+        )
+        loader = DuckStreamLoader(dataset)
+        first: list[int] = []
+        for index, batch in enumerate(loader):
+            first.extend(batch.column("imgid").to_pylist())
+            if index == 9:
+                break
+        state = loader.state_dict()
+        again = DuckStreamLoader(
+            DuckStreamDataset(
+                table, sql="SELECT imgid FROM source", batch_size=32, shuffle=True, seed=3, output="arrow"
+            )
+        )
+        again.load_state_dict(state)
+        rest = [i for batch in again for i in batch.column("imgid").to_pylist()]
+        assert Counter(first + rest) == Counter(i for i in range(1000) if i % 7)
+
+
+def test_a_data_file_gone_from_under_a_snapshot_is_named(tmp_path: Path) -> None:
+    with LakehouseCatalog(tmp_path / "lake.ducklake", tmp_path / "files") as cat:
+        cat.con.register("captions_src", captions(0, 100))
+        cat.con.execute("CREATE TABLE t AS SELECT * FROM captions_src")
+        cat.con.unregister("captions_src")
+        table = cat.table("t")
+        for path in (tmp_path / "files").rglob("*.parquet"):
+            path.unlink()
+        with pytest.raises(CatalogError, match="no longer exist"):
+            streamed(table, "SELECT imgid FROM source")
