@@ -16,6 +16,8 @@ are decoded apart in batches of a few MiB, so that wide values never pile up.
 from __future__ import annotations
 
 import json
+import os
+import threading
 from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +28,7 @@ import pyarrow as pa
 
 from duckstream import engine
 
-__all__ = ["BatchQuery", "BatchSQL", "POSITION", "output_schema", "split_query"]
+__all__ = ["BatchQuery", "BatchSQL", "output_schema", "split_query"]
 
 SOURCE = "source"
 # The column DuckDB sees that numbers the rows of its input.
@@ -195,7 +197,7 @@ class BatchSQL:
 
     def close(self) -> None:
         if self._con is not None:
-            self._con.close()
+            _release(self._con)
             self._con = None
 
     def apply(
@@ -204,14 +206,17 @@ class BatchSQL:
         wide: Iterable[pa.RecordBatch] | None,
         *,
         batch_rows: int,
+        group_rows: int,
     ) -> Generator[pa.RecordBatch, None, None]:
         """The query's output over the same rows decoded twice: the columns DuckDB reads
-        (``read``, in large batches) and the :attr:`BatchQuery.wide` ones (``wide``).
+        (``read``) and the :attr:`BatchQuery.wide` ones (``wide``).
 
-        Output batches hold at most ``batch_rows`` rows of input, or follow ``wide``'s batches.
+        DuckDB runs once per ``group_rows`` rows of ``read`` (decoders stop at each row group,
+        which may be smaller). Output batches hold at most ``batch_rows`` rows of input, or
+        follow ``wide``'s batches.
         """
         pieces = _Pieces(iter(wide)) if wide is not None else None
-        for batch in read:
+        for batch in _grouped(read, group_rows):
             result = self._duckdb(batch)
             yield from self._split(batch, result, pieces, batch_rows)
         if pieces is not None and pieces.pending():
@@ -219,8 +224,7 @@ class BatchSQL:
 
     def _connection(self) -> duckdb.DuckDBPyConnection:
         if self._con is None:
-            # One thread: readers run side by side already.
-            self._con = engine.connect(extensions=(), threads=1)
+            self._con = _acquire()
         return self._con
 
     def _duckdb(self, batch: pa.RecordBatch) -> pa.RecordBatch:
@@ -299,6 +303,46 @@ class BatchSQL:
             first = int(local[0]) - start
             columns.append(values.slice(first, rows) if contiguous else values.take(pa.array(local - start)))
         return pa.RecordBatch.from_arrays(columns, schema=self._schema)
+
+
+# Connections of this process not in use: each epoch's readers take one instead of opening
+# their own (about 10 ms a reader). Keyed by process, since a forked worker must not use its
+# parent's connections.
+_IDLE: dict[int, list[duckdb.DuckDBPyConnection]] = {}
+_IDLE_LOCK = threading.Lock()
+_MAX_IDLE = 8
+
+
+def _acquire() -> duckdb.DuckDBPyConnection:
+    with _IDLE_LOCK:
+        idle = _IDLE.get(os.getpid())
+        if idle:
+            return idle.pop()
+    # One thread: readers run side by side already.
+    return engine.connect(extensions=(), threads=1)
+
+
+def _release(con: duckdb.DuckDBPyConnection) -> None:
+    with _IDLE_LOCK:
+        idle = _IDLE.setdefault(os.getpid(), [])
+        if len(idle) < _MAX_IDLE:
+            idle.append(con)
+            return
+    con.close()
+
+
+def _grouped(batches: Iterable[pa.RecordBatch], rows: int) -> Iterator[pa.RecordBatch]:
+    """Consecutive batches joined into batches of at least ``rows`` rows (the last may be short)."""
+    held: list[pa.RecordBatch] = []
+    count = 0
+    for batch in batches:
+        held.append(batch)
+        count += batch.num_rows
+        if count >= rows:
+            yield held[0] if len(held) == 1 else pa.concat_batches(held)
+            held, count = [], 0
+    if held:
+        yield held[0] if len(held) == 1 else pa.concat_batches(held)
 
 
 class _Pieces:

@@ -133,7 +133,7 @@ class ShardReader:
             if batch.wide
             else None
         )
-        outputs = sql.apply(read, wide, batch_rows=self._batch_rows)
+        outputs = sql.apply(read, wide, batch_rows=self._batch_rows, group_rows=self._plan.sql_batch_rows)
         try:
             yield from _rows(outputs, skip, hi - lo)
         finally:

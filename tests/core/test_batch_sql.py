@@ -179,7 +179,9 @@ def test_errors_in_the_query_name_the_statement_before_any_read(tmp_path: Path) 
 def test_duckdb_takes_fewer_rows_at_once_when_it_reads_wide_values(tmp_path: Path) -> None:
     ids = list(range(200))
     pq.write_table(
-        pa.table({"id": pa.array(ids, pa.int64()), "img": pa.array([os.urandom(40_000) for _ in ids], pa.binary())}),
+        pa.table(
+            {"id": pa.array(ids, pa.int64()), "img": pa.array([os.urandom(40_000) for _ in ids], pa.binary())}
+        ),
         tmp_path / "wide.parquet",
     )
     narrow = prepare(str(tmp_path), "SELECT id + 1 AS next, img FROM source", s3=S3Settings())
