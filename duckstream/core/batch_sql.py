@@ -27,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 
 from duckstream import engine
+from duckstream.core.gather import take_views, viewable
 
 __all__ = ["BatchQuery", "BatchSQL", "output_schema", "split_query"]
 
@@ -301,8 +302,17 @@ class BatchSQL:
             source, start = (batch, 0) if piece is None or column in self._query.reads else (piece, offset)
             values = source.column(column)
             first = int(local[0]) - start
-            columns.append(values.slice(first, rows) if contiguous else values.take(pa.array(local - start)))
-        return pa.RecordBatch.from_arrays(columns, schema=self._schema)
+            if contiguous:
+                columns.append(values.slice(first, rows))
+            elif viewable(values):
+                # Wide values a filter selected are not copied here: the shuffle window
+                # copies them once, into the batches it gathers.
+                columns.append(take_views(values, local - start))
+            else:
+                columns.append(values.take(pa.array(local - start)))
+        if all(c.type == f.type for c, f in zip(columns, self._schema, strict=True)):
+            return pa.RecordBatch.from_arrays(columns, schema=self._schema)
+        return pa.RecordBatch.from_arrays(columns, names=self._schema.names)
 
 
 # Connections of this process not in use: each epoch's readers take one instead of opening

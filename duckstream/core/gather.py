@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-__all__ = ["VIEW_MIN_BYTES", "Window"]
+__all__ = ["VIEW_MIN_BYTES", "Window", "take_views", "viewable"]
 
 # Measured here (per row): views gather 10 KiB values in half the time of join + take, 1 KiB
 # values about as fast, 256-byte values in 1.3 times the time and 64 bytes or less in 1.8 times.
@@ -30,13 +30,34 @@ _VIEW_TYPES = {
 }
 
 
-class Window:
-    """The rows of one shuffle window, from which batches are gathered by row index."""
+def viewable(values: pa.Array) -> bool:
+    """Whether ``values`` is gathered as views: binary or string values wide enough, or a
+    view type already (``take`` has no kernel for those)."""
+    if values.type not in _VIEW_TYPES:
+        return False
+    wide = values.nbytes >= VIEW_MIN_BYTES * max(1, len(values))
+    return wide or _VIEW_TYPES[values.type] == values.type
 
-    def __init__(self, rows: pa.Table) -> None:
+
+def take_views(values: pa.Array, rows: np.ndarray) -> pa.Array:
+    """``values`` at ``rows`` as a view array pointing into ``values``' own data: no value is
+    copied (a filter's selection, gathered once more by the shuffle window)."""
+    return _Views(pa.chunked_array([values])).gather(rows, cast=False)
+
+
+class Window:
+    """The rows of one shuffle window, from which batches are gathered by row index.
+
+    ``schema`` is the type of the batches gathered, where ``rows`` holds view types in its
+    place (columns that :func:`take_views` selected).
+    """
+
+    def __init__(self, rows: pa.Table, schema: pa.Schema | None = None) -> None:
         self.num_rows = rows.num_rows
-        self._schema = rows.schema
-        self._columns = [_column(rows.column(index)) for index in range(rows.num_columns)]
+        self._schema = schema or rows.schema
+        self._columns = [
+            _column(rows.column(index), self._schema.field(index).type) for index in range(rows.num_columns)
+        ]
 
     def gather(self, rows: np.ndarray) -> pa.RecordBatch:
         """The window's rows at the indices ``rows``, in that order, as one batch."""
@@ -50,14 +71,11 @@ class _Column:
         raise NotImplementedError
 
 
-def _column(values: pa.ChunkedArray) -> _Column:
-    if values.type in _VIEW_TYPES:
-        wide = values.nbytes >= VIEW_MIN_BYTES * max(1, len(values))
-        # Views are the only way to gather a view type: take has no kernel for them.
-        if wide or _VIEW_TYPES[values.type] == values.type:
-            return _Views(values)
+def _column(values: pa.ChunkedArray, target: pa.DataType) -> _Column:
+    if viewable(values):
+        return _Views(values, target)
     if pa.types.is_struct(values.type) and values.type.num_fields:
-        return _Struct(values)
+        return _Struct(values, target)
     return _Taken(values)
 
 
@@ -81,8 +99,8 @@ class _Taken(_Column):
 class _Views(_Column):
     """A binary or string column, gathered as views into the read batches' buffers."""
 
-    def __init__(self, values: pa.ChunkedArray) -> None:
-        self._type = values.type
+    def __init__(self, values: pa.ChunkedArray, target: pa.DataType | None = None) -> None:
+        self._type = target or values.type
         self._view_type = _VIEW_TYPES[values.type]
         joined = values.cast(self._view_type).combine_chunks()
         buffers = joined.buffers()
@@ -91,7 +109,7 @@ class _Views(_Column):
         self._data = buffers[2:]
         self._valid = _validity(joined)
 
-    def gather(self, rows: np.ndarray) -> pa.Array:
+    def gather(self, rows: np.ndarray, *, cast: bool = True) -> pa.Array:
         views = self._views[rows]
         validity = None
         if self._valid is not None:
@@ -101,15 +119,15 @@ class _Views(_Column):
         gathered = pa.Array.from_buffers(
             self._view_type, len(rows), [validity, pa.py_buffer(views), *self._data]
         )
-        return gathered if self._type == self._view_type else gathered.cast(self._type)
+        return gathered if not cast or self._type == self._view_type else gathered.cast(self._type)
 
 
 class _Struct(_Column):
     """A struct column (such as an image's ``{bytes, path}``), gathered field by field."""
 
-    def __init__(self, values: pa.ChunkedArray) -> None:
-        self._type = values.type
-        self._fields = [_column(child) for child in values.flatten()]
+    def __init__(self, values: pa.ChunkedArray, target: pa.DataType) -> None:
+        self._type = target
+        self._fields = [_column(child, target.field(i).type) for i, child in enumerate(values.flatten())]
         self._valid = _validity(values)
 
     def gather(self, rows: np.ndarray) -> pa.Array:

@@ -167,7 +167,7 @@ def read_slot(
                 batch for shard, lo, hi in pieces for batch in readers[0].read(plan.shards[shard], lo, hi)
             )
         if not shuffle:
-            yield from rebatch(batches, batch_size, drop_last)
+            yield from rebatch(_as_schema(batches, plan.schema), batch_size, drop_last)
             return
         yield from shuffled_batches(
             batches,
@@ -218,7 +218,11 @@ def _pieces(ranges: np.ndarray, order: np.ndarray, counts: Sequence[int]) -> Ite
 
 
 def windows(batches: Iterable[pa.RecordBatch], buffer: int, schema: pa.Schema) -> Iterator[pa.Table]:
-    """Consecutive windows of ``buffer`` rows (the last one shorter), without copying."""
+    """Consecutive windows of ``buffer`` rows (the last one shorter), without copying.
+
+    A column that arrives as views in some batches (a filter's selection of wide values) is
+    views throughout its window: seeing the others' values as views copies nothing.
+    """
     held: list[pa.RecordBatch] = []
     rows = 0
     for batch in batches:
@@ -228,10 +232,28 @@ def windows(batches: Iterable[pa.RecordBatch], buffer: int, schema: pa.Schema) -
             rows += take
             batch = batch.slice(take)
             if rows == buffer:
-                yield pa.Table.from_batches(held, schema=schema)
+                yield _joined(held, schema)
                 held, rows = [], 0
     if rows:
-        yield pa.Table.from_batches(held, schema=schema)
+        yield _joined(held, schema)
+
+
+def _joined(batches: Sequence[pa.RecordBatch], schema: pa.Schema) -> pa.Table:
+    if all(batch.schema == schema for batch in batches):
+        return pa.Table.from_batches(batches, schema=schema)
+    fields = list(schema)
+    for batch in batches:
+        for index, field in enumerate(batch.schema):
+            if field.type != schema.field(index).type:
+                fields[index] = fields[index].with_type(field.type)
+    joined = pa.schema(fields)
+    return pa.Table.from_batches([batch.cast(joined) for batch in batches], schema=joined)
+
+
+def _as_schema(batches: Iterable[pa.RecordBatch], schema: pa.Schema) -> Iterator[pa.RecordBatch]:
+    """The batches with ``schema``'s types (views a filter selected become values again)."""
+    for batch in batches:
+        yield batch if batch.schema == schema else batch.cast(schema)
 
 
 def shuffled_batches(
@@ -252,7 +274,7 @@ def shuffled_batches(
     """
     carry: pa.RecordBatch | None = None
     for index, pieces in enumerate(windows(batches, buffer, schema), start=first_window):
-        window = Window(pieces)
+        window = Window(pieces, schema)
         order = window_permutation(window.num_rows, key, index, True)[skip:]
         skip = 0
         position = 0

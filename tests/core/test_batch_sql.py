@@ -191,3 +191,22 @@ def test_duckdb_takes_fewer_rows_at_once_when_it_reads_wide_values(tmp_path: Pat
     assert [
         r["size"] for r in streamed_rows(str(tmp_path), "SELECT octet_length(img) AS size FROM source")
     ] == [40_000] * 200
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_wide_values_a_filter_selects_arrive_whole_and_in_their_own_type(
+    tmp_path: Path, shuffle: bool
+) -> None:
+    ids = list(range(300))
+    images = [os.urandom(1_000 + i) for i in ids]
+    pq.write_table(
+        pa.table({"id": pa.array(ids, pa.int64()), "img": pa.array(images, pa.binary())}),
+        tmp_path / "images.parquet",
+        row_group_size=70,
+    )
+    sql = "SELECT img, id FROM source WHERE id % 3 = 0 OR id > 280"
+    batches = list(stream_batches(str(tmp_path), sql, batch_size=16, shuffle=shuffle, shuffle_buffer=50))
+    assert all(b.schema == pa.schema([("img", pa.binary()), ("id", pa.int64())]) for b in batches)
+    rows = [(r["id"], r["img"]) for b in batches for r in b.to_pylist()]
+    want = [(i, images[i]) for i in ids if i % 3 == 0 or i > 280]
+    assert (sorted(rows) if shuffle else rows) == want

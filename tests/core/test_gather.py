@@ -9,7 +9,8 @@ import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from duckstream.core.gather import VIEW_MIN_BYTES, Window
+from duckstream.core.gather import VIEW_MIN_BYTES, Window, take_views, viewable
+from duckstream.core.pipeline import windows as windows_of
 
 IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 TYPES: dict[str, pa.DataType] = {
@@ -97,3 +98,46 @@ def test_wide_values_are_gathered_as_views_and_short_ones_taken() -> None:
     )
     kinds = [type(column).__name__ for column in Window(table)._columns]
     assert kinds == ["_Views", "_Taken", "_Views"]
+
+
+@settings(max_examples=80, deadline=None)
+@given(windows(), st.data())
+def test_views_a_filter_took_gather_into_the_plain_types(
+    case: tuple[pa.Table, np.ndarray], data: st.DataObject
+) -> None:
+    """A filter's selection as views, then a window over it: the rows and types of two takes."""
+    table, _ = case
+    schema = table.schema
+    batches = []
+    for batch in table.to_batches():
+        picked = np.asarray(
+            data.draw(st.lists(st.integers(0, max(0, batch.num_rows - 1)), max_size=8)), dtype=np.int64
+        )
+        if not batch.num_rows:
+            continue
+        columns = [
+            take_views(column, picked) if viewable(column) else column.take(picked)
+            for column in batch.columns
+        ]
+        batches.append(pa.RecordBatch.from_arrays(columns, names=schema.names))
+        batches[-1].validate(full=True)
+    expected_rows = [r for b in batches for r in b.to_pylist()]
+    if not expected_rows:
+        return
+    # The window joins batches of plain and of view types as the stream does.
+    (selected,) = windows_of(batches, 10_000, schema)
+    order = np.asarray(data.draw(st.permutations(range(len(expected_rows)))), dtype=np.int64)
+    gathered = Window(selected, schema).gather(order)
+    gathered.validate(full=True)
+    assert gathered.schema == schema  # views are gone: the plain types again
+    assert gathered.to_pylist() == [expected_rows[i] for i in order]
+
+
+def test_taking_views_copies_no_value() -> None:
+    values = pa.array([bytes([i]) * 1000 for i in range(20)], pa.binary())
+    taken = take_views(values, np.array([19, 3, 3], dtype=np.int64))
+    assert taken.type == pa.binary_view()
+    assert taken.buffers()[2].address == values.buffers()[2].address  # the same bytes
+    assert taken.to_pylist() == [bytes([19]) * 1000, bytes([3]) * 1000, bytes([3]) * 1000]
+    assert viewable(values)
+    assert not viewable(pa.array([b"short"] * 20))
