@@ -35,8 +35,8 @@ def viewable(values: pa.Array) -> bool:
     view type already (``take`` has no kernel for those)."""
     if values.type not in _VIEW_TYPES:
         return False
-    wide = values.nbytes >= VIEW_MIN_BYTES * max(1, len(values))
-    return wide or _VIEW_TYPES[values.type] == values.type
+    wide: bool = values.nbytes >= VIEW_MIN_BYTES * max(1, len(values))
+    return wide or bool(_VIEW_TYPES[values.type] == values.type)
 
 
 def take_views(values: pa.Array, rows: np.ndarray) -> pa.Array:
