@@ -268,7 +268,8 @@ def test_corrupt_or_truncated_file_is_named(tmp_path: Path, damage: str) -> None
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_a_damaged_data_page_is_named_when_it_is_read(tmp_path: Path, threads: int) -> None:
+@pytest.mark.parametrize("sql", [None, "SELECT upper(text) AS shout, id FROM source"])
+def test_a_damaged_data_page_is_named_when_it_is_read(tmp_path: Path, threads: int, sql: str | None) -> None:
     # The footer is intact, so planning succeeds; the damage shows only when the page is read.
     table = pa.table({"id": list(range(5_000)), "text": [f"row {i} " + "x" * 40 for i in range(5_000)]})
     bad = tmp_path / "part-000.parquet"
@@ -276,7 +277,7 @@ def test_a_damaged_data_page_is_named_when_it_is_read(tmp_path: Path, threads: i
     data = bytearray(bad.read_bytes())
     data[1_000:9_000] = b"\xab" * 8_000
     bad.write_bytes(bytes(data))
-    stream = stream_batches(tmp_path, threads=threads)
+    stream = stream_batches(tmp_path, sql, threads=threads)
     with pytest.raises(SourceError, match=rf"cannot read rows 0\.\.4999 of {re.escape(str(bad))}: .*damaged"):
         next(stream)
 
