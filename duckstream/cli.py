@@ -7,7 +7,7 @@ import csv
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TextIO
 
@@ -196,9 +196,12 @@ def _run_ingest(args: argparse.Namespace, out: TextIO) -> None:
     )
 
 
-# The benchmark's loaders (duckstream.benchmarks.epoch.LoaderName), named here so that parsing the
-# command line imports nothing from the harness.
+# The benchmark's loaders (duckstream.benchmarks.epoch.LoaderName), read paths
+# (duckstream.benchmarks.paths.PathGroup) and lake catalog kinds (.LakeCatalogKind), named here
+# so that parsing the command line imports nothing from the harness.
 _BENCH_LOADERS = ("pyarrow", "pyarrow-python", "duckstream", "duckstream-arrow")
+_BENCH_PATHS = ("plain", "expr", "filter", "lake", "s3", "s3-delay")
+_BENCH_LAKE_CATALOGS = ("duckdb", "postgres")
 
 
 def _add_bench_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -207,8 +210,10 @@ def _add_bench_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
         help="measure the data loader against plain pyarrow scans (prints figures, asserts nothing)",
         description=(
             "Generate COCO-caption-like Parquet datasets (cached by their parameters) and, for each "
-            "configuration in a fresh process, measure rows/s of a full shuffled epoch, time to first "
-            "batch and peak memory of the whole process tree, next to plain pyarrow scans of the same files."
+            "read path (plain columns, an expression, filters, a DuckLake table, S3, S3 with latency) "
+            "and each configuration in a fresh process, measure rows/s of full shuffled epochs, time "
+            "to first batch, bytes read and peak memory of the whole process tree, next to plain "
+            "pyarrow scans of the same files."
         ),
     )
     bench.add_argument(
@@ -218,8 +223,20 @@ def _add_bench_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
         help="captions (id + 5 captions, 200,000 rows), images (+ 10 KiB image, 50,000 rows), or all",
     )
     bench.add_argument(
+        "--path",
+        type=_choice_list("read paths", _BENCH_PATHS),
+        default="all",
+        metavar="NAME[,NAME...]",
+        help=(
+            "read paths: plain (SELECT the columns), expr (captions[1]), filter (id %% 2 = 0, and a 1%% "
+            "filter: filter1pct), lake (a DuckLake table over the same files), s3 (the files on a "
+            "local SeaweedFS), s3-delay (the same through a proxy adding --s3-delay-ms a request), "
+            "a comma-separated list of them, or all (default)"
+        ),
+    )
+    bench.add_argument(
         "--loader",
-        type=_loaders,
+        type=_choice_list("loaders", _BENCH_LOADERS),
         default="all",
         metavar="NAME[,NAME...]",
         help=(
@@ -235,17 +252,37 @@ def _add_bench_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
         metavar="N[,N...]",
         help="DataLoader worker counts for duckstream and duckstream-arrow (default 0,2)",
     )
+    bench.add_argument(
+        "--lake-catalog",
+        type=_choice_list("lake catalogs", _BENCH_LAKE_CATALOGS),
+        default="all",
+        metavar="KIND[,KIND...]",
+        help=(
+            "where the lake path's catalog lives: duckdb (a file; path lake), postgres (a throwaway "
+            "cluster; path lake-pg), or all (default; lake-pg says skipped where PostgreSQL is missing)"
+        ),
+    )
+    bench.add_argument(
+        "--s3-delay-ms",
+        type=float,
+        default=20.0,
+        help="milliseconds the s3-delay path's proxy adds to each request (default 20)",
+    )
     bench.add_argument("--rows", type=int, help="rows in every preset's dataset (overrides the preset)")
     bench.add_argument(
         "--scale",
         type=int,
         default=4,
         help=(
-            "also measure peak memory of pyarrow and duckstream at 0 workers on this many times the "
-            "rows (default 4; 1: off)"
+            "also measure peak memory of pyarrow and duckstream at 0 workers on the plain path on this "
+            "many times the rows (default 4; 1: off)"
         ),
     )
-    bench.add_argument("--quick", action="store_true", help="small datasets (4,000 and 1,000 rows)")
+    bench.add_argument(
+        "--quick",
+        action="store_true",
+        help="small datasets (4,000 and 1,000 rows), one sampled run per configuration",
+    )
     bench.add_argument("--batch-size", type=int, default=256, help="rows per batch (default 256)")
     bench.add_argument("--seed", type=int, default=0, help="seed of the data and of the shuffle")
     bench.add_argument(
@@ -259,7 +296,12 @@ def _add_bench_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
     bench.add_argument(
         "--cache-dir", type=Path, help="where datasets are kept (default <tmp>/duckstream-bench)"
     )
-    bench.add_argument("--timeout", type=float, help="seconds allowed per configuration (default none)")
+    bench.add_argument(
+        "--timeout",
+        type=float,
+        default=300.0,
+        help="seconds allowed per configuration, after which it counts as failed (default 300)",
+    )
     bench.add_argument("--json", type=Path, metavar="PATH", help="also write every figure to PATH as JSON")
 
 
@@ -270,17 +312,21 @@ def _counts(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected counts like 0,2, found {text!r}") from None
 
 
-def _loaders(text: str) -> tuple[str, ...]:
-    names = [part.strip() for part in text.split(",")]
-    if names == ["all"]:
-        return _BENCH_LOADERS
-    unknown = [name for name in names if name not in _BENCH_LOADERS]
-    if unknown:
-        raise argparse.ArgumentTypeError(
-            f"expected all or loaders among {', '.join(_BENCH_LOADERS)}, found {text!r}"
-        )
-    # The table's order, whatever the order given; a name given twice is measured once.
-    return tuple(name for name in _BENCH_LOADERS if name in names)
+def _choice_list(what: str, choices: tuple[str, ...]) -> Callable[[str], tuple[str, ...]]:
+    """A parser of ``all`` or a comma-separated list of ``choices``, returned in the choices' order."""
+
+    def parse(text: str) -> tuple[str, ...]:
+        names = [part.strip() for part in text.split(",")]
+        if names == ["all"]:
+            return choices
+        if any(name not in choices for name in names):
+            raise argparse.ArgumentTypeError(
+                f"expected all or {what} among {', '.join(choices)}, found {text!r}"
+            )
+        # The table's order, whatever the order given; a name given twice is measured once.
+        return tuple(name for name in choices if name in names)
+
+    return parse
 
 
 def _run_query(args: argparse.Namespace, out: TextIO) -> None:
@@ -382,19 +428,23 @@ def _run_demo(args: argparse.Namespace, out: TextIO) -> None:
 
 
 def _run_bench(args: argparse.Namespace, out: TextIO) -> int:
-    from duckstream.benchmarks.loader import BenchConfig, report, run_bench, write_json
+    from duckstream.benchmarks.loader import BenchConfig, run_bench
+    from duckstream.benchmarks.report import report, write_json
 
     config = BenchConfig(
         presets=("captions", "images") if args.preset == "all" else (args.preset,),
+        paths=args.path,
         loaders=args.loader,
         workers=args.workers,
+        lake_catalogs=args.lake_catalog,
+        s3_delay_ms=args.s3_delay_ms,
         rows=args.rows,
         scale=args.scale,
         quick=args.quick,
         batch_size=args.batch_size,
         seed=args.seed,
         cache_dir=args.cache_dir,
-        timeout=args.timeout,
+        timeout=args.timeout or None,
         repeat=args.repeat if args.repeat is not None else (1 if args.quick else 3),
     )
     measurements = run_bench(config, echo=lambda text: print(text, file=out, flush=True))

@@ -1,10 +1,15 @@
 from __future__ import annotations
 
+import http.client
+import http.server
 import importlib
 import json
+import os
 import pkgutil
 import subprocess
 import sys
+import threading
+import time
 import tomllib
 from pathlib import Path
 from typing import get_args
@@ -13,9 +18,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from duckstream.benchmarks.datasets import DatasetSpec, ensure_dataset, make_dataset, preset
+from duckstream.benchmarks.delay_proxy import DelayProxy
 from duckstream.benchmarks.epoch import LoaderName, to_python
-from duckstream.benchmarks.loader import BenchConfig, Measurement, ratio_lines, ratios
+from duckstream.benchmarks.loader import BenchConfig, Measurement
 from duckstream.benchmarks.memory import run_sampled
+from duckstream.benchmarks.paths import PathName, expand, path_sql, read_path
+from duckstream.benchmarks.readbytes import read_chars, tree_read_chars
+from duckstream.benchmarks.report import format_table, ratio_lines, ratios
+from duckstream.benchmarks.services import BenchServices, Unavailable
 
 import duckstream
 from duckstream.cli import _build_parser, main
@@ -28,9 +38,21 @@ def read_dir(directory: Path) -> pa.Table:
     return pa.concat_tables(pq.read_table(path) for path in sorted(directory.glob("*.parquet")))
 
 
-def run_bench_cli(*argv: str) -> subprocess.CompletedProcess[str]:
+def run_bench_cli(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-m", "duckstream.cli", "bench", *argv]
-    return subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, check=False, env=env)
+
+
+def table_rows(stdout: str) -> list[str]:
+    """The table's lines, header and rule left out."""
+    lines = stdout.splitlines()
+    header = lines.index(next(line for line in lines if line.startswith("preset ")))
+    body = []
+    for line in lines[header + 2 :]:
+        if not line.strip():
+            break
+        body.append(line)
+    return body
 
 
 def test_generator_writes_the_schema_rows_files_and_row_groups_asked_for(tmp_path: Path) -> None:
@@ -193,9 +215,9 @@ def test_ratios_pair_each_duckstream_loader_with_its_like_for_like_scan() -> Non
         ("duckstream-arrow", "pyarrow", 2, 1.0, 2.0),
     ]
     assert ratio_lines(measurements) == [
-        "captions: duckstream-arrow (Arrow batches) / pyarrow: "
+        "captions plain: duckstream-arrow / pyarrow: "
         "0.50 warm (0.50 cold) at 0 workers, 1.00 warm (2.00 cold) at 2 workers",
-        "captions: duckstream (torch: tensors, Python lists) / pyarrow-python: "
+        "captions plain: duckstream / pyarrow-python: "
         "0.50 warm (0.50 cold) at 0 workers, 4.00 warm (2.00 cold) at 2 workers",
     ]
 
@@ -211,18 +233,239 @@ def test_ratios_leave_out_a_pair_whose_baseline_failed_or_is_missing() -> None:
     assert ratio_lines(measurements) == []
 
 
+def test_ratios_judge_each_path_by_its_floor_its_duckstream_baseline_and_its_bytes() -> None:
+    measurements = [
+        measured("pyarrow", None, 1.0),
+        measured("pyarrow-python", None, 2.0),
+        measured("duckstream-arrow", 0, 2.0, read_bytes=1_000, warm_read_bytes=800),
+        measured("duckstream", 0, 4.0),
+        # expr delivers other columns than the floor scans: no Python-objects pair.
+        measured("duckstream-arrow", 0, 2.0, path="expr"),
+        measured("duckstream", 0, 4.0, path="expr"),
+        # A filter counts the rows of the source: 1,000 in 4 s whatever it delivers.
+        measured(
+            "duckstream-arrow",
+            0,
+            4.0,
+            path="filter1pct",
+            rows_read=10,
+            warm_rows_read=10,
+            read_bytes=100,
+            warm_read_bytes=20,
+        ),
+        measured("duckstream-arrow", 0, 2.5, path="lake"),
+        measured("duckstream-arrow", 0, 1.0, path="s3"),
+        measured("pyarrow", None, 0.5, path="s3"),
+        measured("duckstream-arrow", 0, 4.0, path="s3-delay"),
+        measured("pyarrow", None, 2.0, path="s3-delay"),
+    ]
+
+    assert [
+        (r.path, r.loader, r.baseline_path, r.baseline, r.measure, r.value, r.target)
+        for r in ratios(measurements)
+    ] == [
+        ("plain", "duckstream-arrow", "plain", "pyarrow", "rows/s", 0.5, None),
+        ("plain", "duckstream", "plain", "pyarrow-python", "rows/s", 0.5, None),
+        ("expr", "duckstream-arrow", "plain", "pyarrow", "rows/s", 0.5, None),
+        ("filter1pct", "duckstream-arrow", "plain", "pyarrow", "rows/s", 0.25, None),
+        ("filter1pct", "duckstream-arrow", "plain", "duckstream-arrow", "bytes read", 0.025, None),
+        ("lake", "duckstream-arrow", "plain", "pyarrow", "rows/s", 0.4, None),
+        ("lake", "duckstream-arrow", "plain", "duckstream-arrow", "rows/s", 0.8, 0.9),
+        ("s3", "duckstream-arrow", "s3", "pyarrow", "rows/s", 0.5, None),
+        ("s3-delay", "duckstream-arrow", "s3-delay", "pyarrow", "rows/s", 0.5, None),
+        ("s3-delay", "duckstream-arrow", "s3", "duckstream-arrow", "rows/s", 0.25, 0.7),
+    ]
+    lines = ratio_lines(measurements)
+    assert (
+        "captions filter1pct: bytes read vs plain, duckstream-arrow: 0.03 warm (0.10 cold) at 0 workers"
+        in lines
+    )
+    assert (
+        "captions lake: duckstream-arrow / plain duckstream-arrow: 0.80 warm (0.80 cold) at 0 workers "
+        "(target >= 0.90)"
+    ) in lines
+    assert (
+        "captions s3-delay: duckstream-arrow / s3 duckstream-arrow: 0.25 warm (0.25 cold) at 0 workers "
+        "(target >= 0.70)"
+    ) in lines
+
+
+def test_table_says_why_a_configuration_has_no_figures() -> None:
+    measurements = [
+        measured("pyarrow", None, 0.5, path="s3"),
+        measured("duckstream-arrow", 0, 1.0, path="filter", rows_read=500, warm_rows_read=500),
+        Measurement(
+            preset="captions",
+            scale=1,
+            rows=1_000,
+            path="lake-pg",
+            loader="duckstream",
+            workers=0,
+            skipped="PostgreSQL did not start: initdb not found",
+        ),
+        Measurement(
+            preset="captions",
+            scale=1,
+            rows=1_000,
+            path="expr",
+            loader="duckstream",
+            workers=2,
+            error="x" * 300,
+        ),
+    ]
+    lines = format_table(measurements).splitlines()
+
+    assert lines[0].split()[:6] == ["preset", "scale", "rows", "path", "loader", "workers"]
+    assert lines[2].split()[3] == "s3"
+    assert lines[2].split()[10] == "-"  # bytes through sockets are not counted
+    assert lines[3].split()[7] == "1,000"  # a filter counts the rows it scanned
+    assert lines[4].split()[6:] == [
+        "skipped:",
+        "PostgreSQL",
+        "did",
+        "not",
+        "start:",
+        "initdb",
+        "not",
+        "found",
+    ]
+    assert lines[5].split()[6] == "failed:"
+    assert lines[5].endswith("...")
+    assert len(lines[5]) < 200
+
+
+@pytest.mark.parametrize(
+    ("name", "sql"),
+    [
+        ("plain", "SELECT id, captions, image FROM source"),
+        ("expr", "SELECT id, captions[1] AS caption, image FROM source"),
+        ("filter", "SELECT id, captions, image FROM source WHERE id % 2 = 0"),
+        ("filter1pct", "SELECT id, captions, image FROM source WHERE id < 500"),
+        ("lake", "SELECT id, captions, image FROM source"),
+        ("s3-delay", "SELECT id, captions, image FROM source"),
+    ],
+)
+def test_each_path_runs_its_own_query(name: PathName, sql: str) -> None:
+    assert path_sql(read_path(name), ("id", "captions", "image"), 50_000) == sql
+
+
+def test_paths_bring_their_floors_and_their_baselines() -> None:
+    def plan(*groups: str, catalogs: tuple[str, ...] = ("duckdb", "postgres")) -> list[tuple[str, bool]]:
+        return [(p.name, asked) for p, asked in expand(groups, catalogs)]
+
+    assert plan("expr") == [("plain", False), ("expr", True)]  # plain's scans only: expr's floor
+    assert plan("filter") == [("plain", True), ("filter", True), ("filter1pct", True)]
+    assert plan("lake", catalogs=("duckdb",)) == [("plain", True), ("lake", True)]
+    assert plan("lake") == [("plain", True), ("lake", True), ("lake-pg", True)]
+    assert plan("s3-delay") == [("s3", True), ("s3-delay", True)]
+
+
+def test_bench_path_and_lake_catalog_options_take_all_or_lists() -> None:
+    def parsed(*argv: str) -> tuple[object, object]:
+        args = _build_parser().parse_args(["bench", *argv])
+        return args.path, args.lake_catalog
+
+    everything = ("plain", "expr", "filter", "lake", "s3", "s3-delay")
+    assert parsed() == (everything, ("duckdb", "postgres"))
+    assert parsed("--path", "s3-delay,plain", "--lake-catalog", "duckdb") == (
+        ("plain", "s3-delay"),
+        ("duckdb",),
+    )
+    assert BenchConfig().paths == everything  # the CLI's names are the harness's names
+    with pytest.raises(ConfigurationError, match="paths must be among"):
+        BenchConfig(paths=("plain", "hdfs"))
+
+
+def test_bench_path_option_refuses_an_unknown_name(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["bench", "--path", "plain,hdfs"])
+
+    assert "expected all or read paths among plain, expr" in capsys.readouterr().err
+
+
+def test_read_chars_counts_what_a_process_and_its_children_read(tmp_path: Path) -> None:
+    data = tmp_path / "data.bin"
+    data.write_bytes(bytes(3 << 20))
+    before = read_chars(os.getpid())
+    assert data.read_bytes()
+    assert read_chars(os.getpid()) - before >= 3 << 20
+
+    reader = f"import sys, time; open({str(data)!r}, 'rb').read(); print('read', flush=True); time.sleep(30)"
+    child = subprocess.Popen([sys.executable, "-c", reader], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline() == "read\n"
+        assert tree_read_chars(os.getpid()) - read_chars(os.getpid()) >= 3 << 20
+    finally:
+        child.kill()
+        child.wait()
+
+
+class _Echo(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as S3 clients talk
+
+    def do_GET(self) -> None:
+        body = self.path.encode() * 10_000
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_delay_proxy_holds_back_each_request_on_a_kept_alive_connection() -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Echo)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with DelayProxy(f"127.0.0.1:{server.server_address[1]}", delay=0.1) as proxy:
+            host, port = proxy.endpoint.split(":")
+            connection = http.client.HTTPConnection(host, int(port), timeout=10)
+            started = time.perf_counter()
+            bodies = []
+            for path in ("/a", "/bb", "/ccc"):
+                connection.request("GET", path)
+                bodies.append(connection.getresponse().read())
+            elapsed = time.perf_counter() - started
+            connection.close()
+
+            assert bodies == [b"/a" * 10_000, b"/bb" * 10_000, b"/ccc" * 10_000]  # intact
+            assert 0.3 <= elapsed < 1.5  # three requests, each 0.1 s late, one after another
+            assert proxy.requests == 3
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_server_that_cannot_start_makes_its_paths_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DUCKSTREAM_PG_BIN", "/nonexistent/bin")
+    with BenchServices(s3_delay=0.0, echo=lambda _: None) as services:
+        with pytest.raises(Unavailable, match="PostgreSQL did not start") as first:
+            services.postgres()
+        with pytest.raises(Unavailable) as second:  # not tried again
+            services.postgres()
+    assert str(second.value) == str(first.value)
+
+
 def test_bench_quick_pyarrow_python_at_scale_1_prints_the_table(tmp_path: Path) -> None:
     result = run_bench_cli(
-        "--quick", "--loader", "pyarrow-python", "--scale", "1", "--cache-dir", str(tmp_path)
+        "--quick",
+        "--path",
+        "plain",
+        "--loader",
+        "pyarrow-python",
+        "--scale",
+        "1",
+        "--cache-dir",
+        str(tmp_path),
     )
 
     assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
-    header = lines.index(next(line for line in lines if line.startswith("preset")))
-    rows = [line.split() for line in lines[header + 2 : header + 4]]
-    assert [row[:5] for row in rows] == [
-        ["captions", "1x", "4,000", "pyarrow-python", "-"],
-        ["images", "1x", "1,000", "pyarrow-python", "-"],
+    rows = [line.split() for line in table_rows(result.stdout)]
+    assert [row[:6] for row in rows] == [
+        ["captions", "1x", "4,000", "plain", "pyarrow-python", "-"],
+        ["images", "1x", "1,000", "plain", "pyarrow-python", "-"],
     ]
     assert "peak memory as the data grows" not in result.stdout
     assert "ratios" not in result.stdout  # nothing to compare it with
@@ -231,35 +474,44 @@ def test_bench_quick_pyarrow_python_at_scale_1_prints_the_table(tmp_path: Path) 
 def test_bench_quick_pyarrow_scans_print_the_table_and_write_json(tmp_path: Path) -> None:
     report = tmp_path / "bench.json"
     result = run_bench_cli(
-        "--quick", "--loader", "pyarrow,pyarrow-python", "--cache-dir", str(tmp_path), "--json", str(report)
+        "--quick",
+        "--path",
+        "plain",
+        "--loader",
+        "pyarrow,pyarrow-python",
+        "--cache-dir",
+        str(tmp_path),
+        "--json",
+        str(report),
     )
 
     assert result.returncode == 0, result.stderr
     header = next(line for line in result.stdout.splitlines() if line.startswith("preset"))
-    for column in ("cold rows/s", "warm rows/s", "1st batch ms", "peak MB"):
+    for column in ("path", "cold rows/s", "warm rows/s", "1st batch ms", "read MB", "peak MB"):
         assert column in header
     assert "peak memory as the data grows" in result.stdout
     measurements = json.loads(report.read_text())["measurements"]
     # pyarrow-python is measured at 1x only; the scaled runs are pyarrow's and duckstream's.
-    assert [(m["preset"], m["scale"], m["rows"], m["loader"]) for m in measurements] == [
-        ("captions", 1, 4_000, "pyarrow"),
-        ("captions", 1, 4_000, "pyarrow-python"),
-        ("captions", 4, 16_000, "pyarrow"),
-        ("images", 1, 1_000, "pyarrow"),
-        ("images", 1, 1_000, "pyarrow-python"),
-        ("images", 4, 4_000, "pyarrow"),
+    assert [(m["preset"], m["scale"], m["rows"], m["path"], m["loader"]) for m in measurements] == [
+        ("captions", 1, 4_000, "plain", "pyarrow"),
+        ("captions", 1, 4_000, "plain", "pyarrow-python"),
+        ("captions", 4, 16_000, "plain", "pyarrow"),
+        ("images", 1, 1_000, "plain", "pyarrow"),
+        ("images", 1, 1_000, "plain", "pyarrow-python"),
+        ("images", 4, 4_000, "plain", "pyarrow"),
     ]
     for m in measurements:
         assert m["workers"] is None
         assert m["error"] is None
         assert m["rows_read"] == m["rows"]
         assert m["peak_rss_bytes"] > 0
+        assert m["warm_read_bytes"] > 0  # the Parquet files, read through the page cache
 
 
 @pytest.mark.slow
 def test_bench_quick_every_loader_reads_every_row_and_prints_the_ratios(tmp_path: Path) -> None:
     report = tmp_path / "bench.json"
-    result = run_bench_cli("--quick", "--cache-dir", str(tmp_path), "--json", str(report))
+    result = run_bench_cli("--quick", "--path", "plain", "--cache-dir", str(tmp_path), "--json", str(report))
 
     assert result.returncode == 0, result.stdout + result.stderr
     document = json.loads(report.read_text())
@@ -279,13 +531,75 @@ def test_bench_quick_every_loader_reads_every_row_and_prints_the_ratios(tmp_path
         assert m["rows_read"] == m["rows"], m
         assert m["warm_rows_read"] == m["rows"], m
     assert len(document["ratios"]) == 8  # 2 presets x 2 pairs x 2 worker counts
-    assert "ratios of rows/s at 1x" in result.stdout
-    for pair in (
-        "duckstream-arrow (Arrow batches) / pyarrow:",
-        "duckstream (torch: tensors, Python lists) / ",
-    ):
-        assert f"captions: {pair}" in result.stdout
-        assert f"images: {pair}" in result.stdout
+    assert "ratios at 1x" in result.stdout
+    for pair in ("duckstream-arrow / pyarrow:", "duckstream / pyarrow-python:"):
+        assert f"captions plain: {pair}" in result.stdout
+        assert f"images plain: {pair}" in result.stdout
+
+
+@pytest.mark.slow
+def test_bench_quick_every_path_gives_figures_or_a_stated_skip(tmp_path: Path) -> None:
+    report = tmp_path / "bench.json"
+    result = run_bench_cli(
+        "--quick",
+        "--path",
+        "all",
+        "--preset",
+        "captions",
+        "--loader",
+        "pyarrow,duckstream-arrow",
+        "--workers",
+        "0",
+        "--cache-dir",
+        str(tmp_path),
+        "--json",
+        str(report),
+    )
+
+    rows = [line.split() for line in table_rows(result.stdout)]
+    named = {row[3] for row in rows}
+    assert named == set(get_args(PathName)), result.stdout
+    for row in rows:
+        # A figure (cold s) or a stated skip; a failure is a finding, and fails here.
+        assert row[6] == "skipped:" or float(row[6]) > 0, f"{' '.join(row)}\n{result.stdout}"
+    assert result.returncode == 0, result.stdout + result.stderr
+    measurements = json.loads(report.read_text())["measurements"]
+    delivered = {m["path"]: m["rows_read"] for m in measurements if m["loader"] == "duckstream-arrow"}
+    assert delivered["plain"] == delivered["expr"] == 4_000
+    assert delivered["filter"] == 2_000
+    assert delivered["filter1pct"] == 40
+    for name in ("lake", "lake-pg", "s3", "s3-delay"):
+        assert delivered[name] in (4_000, None), name  # None: skipped, as the table says
+    assert "captions filter1pct: bytes read vs plain, duckstream-arrow:" in result.stdout
+    assert "captions lake: duckstream-arrow / plain duckstream-arrow:" in result.stdout
+
+
+@pytest.mark.slow
+def test_bench_says_lake_pg_is_skipped_where_postgres_cannot_start(tmp_path: Path) -> None:
+    result = run_bench_cli(
+        "--quick",
+        "--path",
+        "lake",
+        "--lake-catalog",
+        "postgres",
+        "--preset",
+        "captions",
+        "--loader",
+        "duckstream-arrow",
+        "--workers",
+        "0",
+        "--cache-dir",
+        str(tmp_path),
+        env={**os.environ, "DUCKSTREAM_PG_BIN": "/nonexistent/bin"},
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = {row.split()[3]: row for row in table_rows(result.stdout)}
+    assert sorted(rows) == ["lake-pg", "plain"]
+    assert "skipped: PostgreSQL did not start" in rows["lake-pg"]
+    assert (
+        "skipped: captions 1x lake-pg duckstream-arrow workers=0: PostgreSQL did not start" in result.stdout
+    )
 
 
 def test_pyproject_packages_every_subpackage_and_the_mapped_benchmarks() -> None:
