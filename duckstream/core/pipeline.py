@@ -146,20 +146,23 @@ def read_slot(
     # Read batches stay near 4 MiB even when a shuffle window is larger (wide rows): pyarrow
     # decodes 64 MiB batches of 10 KiB images about half as fast.
     threads = threads or default_threads(world.num_workers)
-    # Straight Parquet decodes in the thread that asks for a batch. With two threads or more,
-    # threads of their own (up to 4, each with a reader) decode the next pieces while this one
-    # gathers (or the training step runs). From an object store one does even with one thread,
-    # since it mostly waits on the network. DuckDB's queries are faster with every thread of
-    # their own (measured here).
+    # pyarrow decodes in the thread that asks for a batch. With two threads or more, threads
+    # of their own (up to 4, each with a reader) decode the next pieces while this one gathers
+    # (or the training step runs). From an object store the lanes mostly wait on it: all 4 run
+    # whatever the cores, so that their requests overlap. Queries DuckDB runs over the files
+    # themselves are faster with every thread of their own (measured here).
     ahead = plan.decodes and (threads > 1 or plan.remote)
-    lanes = min(MAX_READ_AHEAD_LANES, threads) if ahead else 0
+    lanes = (MAX_READ_AHEAD_LANES if plan.remote else min(MAX_READ_AHEAD_LANES, threads)) if ahead else 0
     readers = [ShardReader(plan, threads=1) for _ in range(lanes)] or [ShardReader(plan, threads=threads)]
     pieces = _pieces(slice_ranges(span.ranges, begin, span.rows), order, plan.counts)
     batches: Iterable[pa.RecordBatch] = ()
     try:
         if lanes:
             # Each lane may run a window ahead: while one window is gathered, the next decodes.
-            depth = max(2, -(-shuffle_buffer // readers[0].batch_rows))
+            # Lanes beyond the threads only overlap waiting: together they hold what the
+            # threads' lanes would, so memory does not grow with them.
+            window = -(-shuffle_buffer // readers[0].batch_rows)
+            depth = max(2, -(-window * min(lanes, threads) // lanes))
             sources = (_piece_source(readers, plan, *piece) for piece in pieces)
             batches = read_ahead_each(sources, lanes=lanes, depth=depth)
         else:

@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from duckstream import engine
+from duckstream.core import remote_files
 from duckstream.core.batch_sql import BatchSQL
 from duckstream.core.lake_files import deleted_positions
 from duckstream.core.plan import Shard
@@ -216,7 +217,8 @@ class ShardReader:
         if is_remote(path):
             if self._filesystem is None:
                 self._filesystem = pyarrow_s3(self._plan.s3)
-            handle = self._filesystem.open_input_file(path.split("://", 1)[1])
+            handle = remote_files.open_remote(path, self._filesystem)
+            metadata = metadata or remote_files.footer(path)
         else:
             handle = path
         # Coalesced range reads pay off on object stores; locally they only delay the first rows.

@@ -13,6 +13,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from duckstream.core import remote_files
 from duckstream.engine import query_error, sql_literal
 from duckstream.errors import SourceError
 from duckstream.redact import redact
@@ -124,6 +125,8 @@ def read_metadata(files: Sequence[str], s3: S3Settings, *, threads: int = 16) ->
         try:
             meta = pq.read_metadata(location, filesystem=filesystem if is_remote(path) else None)
             schema = meta.schema.to_arrow_schema()
+            if is_remote(path):
+                remote_files.remember_footer(path, meta)
         except (OSError, pa.ArrowException) as exc:
             raise SourceError(
                 f"cannot read the Parquet footer of {path}: {redact(str(exc))}; "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import threading
 from collections import Counter
 from pathlib import Path
@@ -10,9 +11,12 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
+from duckstream.core import remote_files
+from duckstream.core.planning import prepare
 from duckstream.core.world import World
 from duckstream.devservices import S3Service
 from duckstream.errors import S3AccessError, SourceError
+from duckstream.storage import S3Settings, pyarrow_s3
 from duckstream.stream import DuckStreamDataset, DuckStreamLoader, stream_batches
 from tests.adapters.resume_check import ids_in
 from tests.conftest import numbers_table, upload_dir, write_wide_file
@@ -125,7 +129,35 @@ def test_one_thread_still_reads_ahead_from_an_object_store(
         f"s3://{s3_bucket}/many", batch_size=10, shuffle_buffer=64, threads=1, **keys(s3_server)
     )
     ids = next(stream).column("id").to_pylist()
-    assert read_ahead_threads() == 1  # the network waits overlap the consumer's work
+    # One lane a file (up to 4): their waits on the store overlap each other and the consumer.
+    assert read_ahead_threads() == 2
     ids += [i for batch in stream for i in batch.column("id").to_pylist()]
     assert ids == list(range(1_200))
     assert read_ahead_threads() == 0
+
+
+def _opened_anew(path: str, settings: S3Settings, parent: int, out: Any) -> None:
+    out.put(id(remote_files.open_remote(path, pyarrow_s3(settings))) != parent)
+
+
+def test_remote_files_open_once_per_process_with_the_footer_planning_read(
+    s3_server: S3Service, s3_bucket: str, tmp_path: Path
+) -> None:
+    write_wide_file(tmp_path / "part-0.parquet", 0, 50)
+    upload_dir(s3_server.boto3_client(), s3_bucket, "once", tmp_path)
+    path = f"s3://{s3_bucket}/once/part-0.parquet"
+    settings = s3_server.settings()
+    prepare(path, None, s3=settings)
+    assert remote_files.footer(path) is not None  # planning's footer, kept for the readers
+    handle = remote_files.open_remote(path, pyarrow_s3(settings))
+    assert remote_files.open_remote(path, pyarrow_s3(settings)) is handle
+    # A forked worker must not use its parent's S3 client: it opens its own.
+    context = multiprocessing.get_context("fork")
+    out = context.Queue()
+    child = context.Process(target=_opened_anew, args=(path, settings, id(handle), out))
+    child.start()
+    child.join(timeout=60)
+    assert out.get(timeout=10) is True
+    assert [r["id"] for b in stream_batches(path, **keys(s3_server)) for r in b.to_pylist()] == list(
+        range(50)
+    )
