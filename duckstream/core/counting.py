@@ -33,6 +33,13 @@ def counting_query(con: duckdb.DuckDBPyConnection, query: str) -> str | None:
     Only a single ``SELECT ... FROM source`` can be reduced (select items that do not unnest
     cannot change the row count); None for any other shape.
     """
+    try:
+        return _reduce(con, query)
+    except duckdb.Error:
+        return None  # a statement DuckDB cannot write back from its tree: count shard by shard
+
+
+def _reduce(con: duckdb.DuckDBPyConnection, query: str) -> str | None:
     row = con.execute("SELECT json_serialize_sql(?)", [query]).fetchone()
     assert row is not None
     tree: dict[str, Any] = json.loads(row[0])
