@@ -15,7 +15,6 @@ are decoded apart in batches of a few MiB, so that wide values never pile up.
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 from collections.abc import Generator, Iterable, Iterator, Sequence
@@ -27,11 +26,12 @@ import numpy as np
 import pyarrow as pa
 
 from duckstream import engine
+from duckstream.core import sql as sqlmod
 from duckstream.core.gather import take_views, viewable
 
 __all__ = ["BatchQuery", "BatchSQL", "output_schema", "split_query"]
 
-SOURCE = "source"
+SOURCE = sqlmod.SOURCE
 # The column DuckDB sees that numbers the rows of its input.
 POSITION = "__duckstream_position"
 
@@ -66,9 +66,9 @@ def split_query(
     A single ``SELECT ... FROM source [WHERE ...]`` has its bare column references moved out
     of DuckDB; any other row-local shape runs whole in DuckDB, still on pyarrow's batches.
     """
-    tree = _parse(con, query)
+    tree = sqlmod.parse(con, query)
     names = {name.lower(): name for name in source_schema.names}
-    select = _single_select(tree)
+    select = sqlmod.single_select(tree)
     if select is None:
         return BatchQuery(query, _referenced(tree, names, source_schema.names), (), keeps_rows, query)
     aliases = {SOURCE, str(select["from_table"].get("alias") or "").lower()} - {""}
@@ -87,7 +87,7 @@ def split_query(
         *computed,
         {"class": "COLUMN_REF", "type": "COLUMN_REF", "alias": "", "column_names": [POSITION]},
     ]
-    sql = _unparse(con, tree)
+    sql = sqlmod.unparse(con, tree)
     reads = tuple(c for c in _referenced(tree, names, source_schema.names) if c != POSITION)
     return BatchQuery(sql, reads, tuple(passed), keeps_rows, query)
 
@@ -109,40 +109,6 @@ def output_schema(query: str, batch: BatchQuery, source_schema: pa.Schema) -> pa
             for field, column in zip(result, batch.passed, strict=True)
         ]
     )
-
-
-def _parse(con: duckdb.DuckDBPyConnection, query: str) -> dict[str, Any]:
-    try:
-        row = con.execute("SELECT json_serialize_sql(?)", [query]).fetchone()
-    except duckdb.Error as exc:
-        raise engine.query_error(exc, query) from None
-    assert row is not None
-    tree: dict[str, Any] = json.loads(row[0])
-    return tree
-
-
-def _unparse(con: duckdb.DuckDBPyConnection, tree: dict[str, Any]) -> str:
-    row = con.execute("SELECT json_deserialize_sql(?)", [json.dumps(tree)]).fetchone()
-    assert row is not None
-    return str(row[0])
-
-
-def _single_select(tree: dict[str, Any]) -> dict[str, Any] | None:
-    """The statement's SELECT node when it is one plain SELECT over ``source`` itself."""
-    statements = tree.get("statements", [])
-    if tree.get("error") or len(statements) != 1:
-        return None
-    select: dict[str, Any] = statements[0]["node"]
-    if select.get("type") != "SELECT_NODE" or select.get("cte_map", {}).get("map"):
-        return None
-    if select.get("modifiers") or select.get("group_expressions") or select.get("having"):
-        return None
-    table = select.get("from_table", {})
-    if table.get("type") != "BASE_TABLE" or table.get("table_name", "").lower() != SOURCE:
-        return None
-    if table.get("schema_name") or table.get("catalog_name") or table.get("sample"):
-        return None
-    return select
 
 
 def _passed_columns(

@@ -8,7 +8,6 @@ with the ranges' first rows counts them per range.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from duckstream import engine
+from duckstream.core import sql as sqlmod
 
 __all__ = ["FILE", "ROW", "count_per_range", "counting_query"]
 
@@ -40,22 +40,12 @@ def counting_query(con: duckdb.DuckDBPyConnection, query: str) -> str | None:
 
 
 def _reduce(con: duckdb.DuckDBPyConnection, query: str) -> str | None:
-    row = con.execute("SELECT json_serialize_sql(?)", [query]).fetchone()
-    assert row is not None
-    tree: dict[str, Any] = json.loads(row[0])
-    statements = tree.get("statements", [])
-    if tree.get("error") or len(statements) != 1:
+    tree = sqlmod.parse(con, query)
+    select = sqlmod.single_select(tree)
+    if select is None:
         return None
-    select = statements[0]["node"]
-    if select.get("type") != "SELECT_NODE" or select.get("cte_map", {}).get("map"):
-        return None
-    table = select.get("from_table", {})
-    if table.get("type") != "BASE_TABLE" or table.get("table_name", "").lower() != "source":
-        return None
-    if select.get("modifiers") or select.get("group_expressions") or select.get("having"):
-        return None
-    alias = table.get("alias") or "source"
-    kept = [item for item in select["select_list"] if _calls(item) & _CARDINALITY_FUNCTIONS]
+    alias = select["from_table"].get("alias") or sqlmod.SOURCE
+    kept = [item for item in select["select_list"] if _changes_cardinality(item)]
     select["select_list"] = [
         *kept,
         *(
@@ -63,9 +53,7 @@ def _reduce(con: duckdb.DuckDBPyConnection, query: str) -> str | None:
             for name in (FILE, ROW)
         ),
     ]
-    row = con.execute("SELECT json_deserialize_sql(?)", [json.dumps(tree)]).fetchone()
-    assert row is not None
-    return str(row[0])
+    return sqlmod.unparse(con, tree)
 
 
 def count_per_range(
@@ -108,18 +96,6 @@ def count_per_range(
     return counts
 
 
-def _calls(tree: Any) -> set[str]:
-    """Names of the functions an expression calls (UNNEST is an operator of its own)."""
-    found: set[str] = set()
-    stack = [tree]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            if item.get("class") == "FUNCTION" and isinstance(item.get("function_name"), str):
-                found.add(item["function_name"].lower())
-            if item.get("type") == "OPERATOR_UNNEST" or item.get("class") == "UNNEST":
-                found.add("unnest")
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-    return found
+def _changes_cardinality(item: dict[str, Any]) -> bool:
+    """Whether a select-list item can change how many rows the query yields."""
+    return bool(sqlmod.called_functions(item) & _CARDINALITY_FUNCTIONS)

@@ -13,7 +13,7 @@ from duckstream.errors import ConfigurationError
 from duckstream.redact import MASK, register_secret
 from duckstream.storage import S3Settings
 
-__all__ = ["CatalogLocation", "LakeTable", "quote_name"]
+__all__ = ["CatalogLocation", "LakeAccess", "LakeTable", "quote_name"]
 
 
 @dataclass(frozen=True)
@@ -132,3 +132,24 @@ class LakeTable:
 
     def __repr__(self) -> str:
         return f"LakeTable({self.name!r}, version={self.version}, catalog={self.location!r})"
+
+
+@dataclass(frozen=True)
+class LakeAccess:
+    """How a worker reads a pinned lake table: attach the catalog read-only, scan at a snapshot."""
+
+    attach: str = field(repr=False)  # may hold a PostgreSQL password
+    scan: str
+    postgres: bool
+    # DuckLake's `file_index` of each planned file, which workers filter on: unlike the
+    # virtual `filename` column, a user column cannot hide it (COCO tables have a `filename`).
+    file_indexes: tuple[int, ...] = ()
+    # Per planned file: read straight from Parquet (see core.lake_files), its delete file, and
+    # the names it stores table columns under where they differ.
+    direct: tuple[bool, ...] = ()
+    deletes: tuple[str | None, ...] = ()
+    renames: tuple[tuple[tuple[str, str], ...], ...] = ()
+
+    def stored_names(self, file: int) -> dict[str, str]:
+        """table column -> the name file ``file`` stores it under, where they differ."""
+        return dict(self.renames[file]) if self.renames else {}

@@ -19,7 +19,15 @@ import duckdb
 from duckstream import engine
 from duckstream.errors import ConfigurationError
 
-__all__ = ["QueryShape", "analyse", "name_the_source"]
+__all__ = [
+    "QueryShape",
+    "analyse",
+    "called_functions",
+    "name_the_source",
+    "parse",
+    "single_select",
+    "unparse",
+]
 
 SOURCE = "source"
 
@@ -76,7 +84,7 @@ def analyse(con: duckdb.DuckDBPyConnection, sql: str, source_columns: Sequence[s
         tree = json.loads(con.execute("SELECT json_serialize_sql(?)", [sql]).fetchone()[0])  # type: ignore[index]
     except duckdb.Error as exc:
         raise engine.query_error(exc, sql) from None
-    volatile = sorted(_functions(tree) & _VOLATILE)
+    volatile = sorted(called_functions(tree) & _VOLATILE)
     if volatile:
         raise ConfigurationError(
             f"the SQL calls {', '.join(f + '()' for f in volatile)}, which gives other rows on every "
@@ -97,8 +105,8 @@ def analyse(con: duckdb.DuckDBPyConnection, sql: str, source_columns: Sequence[s
     )
 
 
-def _functions(tree: Any) -> set[str]:
-    """Names of every function the parsed statement calls."""
+def called_functions(tree: Any) -> set[str]:
+    """Names of every function a parsed statement (or a part of one) calls."""
     found: set[str] = set()
     stack = [tree]
     while stack:
@@ -110,6 +118,46 @@ def _functions(tree: Any) -> set[str]:
         elif isinstance(item, list):
             stack.extend(item)
     return found
+
+
+def parse(con: duckdb.DuckDBPyConnection, query: str) -> dict[str, Any]:
+    """DuckDB's parse tree of ``query`` (``json_serialize_sql``), to rewrite and write back."""
+    try:
+        row = con.execute("SELECT json_serialize_sql(?)", [query]).fetchone()
+    except duckdb.Error as exc:
+        raise engine.query_error(exc, query) from None
+    assert row is not None
+    tree: dict[str, Any] = json.loads(row[0])
+    return tree
+
+
+def unparse(con: duckdb.DuckDBPyConnection, tree: dict[str, Any]) -> str:
+    """SQL text of a parse tree from :func:`parse`; raises ``duckdb.Error`` where DuckDB cannot."""
+    row = con.execute("SELECT json_deserialize_sql(?)", [json.dumps(tree)]).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def single_select(tree: dict[str, Any]) -> dict[str, Any] | None:
+    """The SELECT node of a tree that is one plain ``SELECT ... FROM source [WHERE ...]``.
+
+    Only that shape is rewritten (its select list split, or reduced for counting): any other
+    row-local statement runs as written.
+    """
+    statements = _statements(tree)
+    if len(statements) != 1:
+        return None
+    select = statements[0]
+    if select.get("type") != "SELECT_NODE" or select.get("cte_map", {}).get("map"):
+        return None
+    if select.get("modifiers") or select.get("group_expressions") or select.get("having"):
+        return None
+    table = select.get("from_table", {})
+    if table.get("type") != "BASE_TABLE" or table.get("table_name", "").lower() != SOURCE:
+        return None
+    if table.get("schema_name") or table.get("catalog_name") or table.get("sample"):
+        return None
+    return select
 
 
 def _walk(nodes: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:

@@ -83,7 +83,7 @@ def open_source(
 def _open_lake(table: LakeTable, elsewhere: bool) -> Iterator[tuple[duckdb.DuckDBPyConnection, SourceAccess]]:
     # Imported here: planning's worker attach (a copy of a file catalog, or PostgreSQL read-only)
     # is exactly what another connection beside an open catalog needs.
-    from duckstream.core.planning import _worker_attach
+    from duckstream.core.lake_planning import worker_attach
 
     owned = table.catalog is None or table.catalog._con is None
     if owned:
@@ -104,7 +104,7 @@ def _open_lake(table: LakeTable, elsewhere: bool) -> Iterator[tuple[duckdb.DuckD
             raise ConfigurationError(
                 f"cannot read {describe_source(table)}: {str(exc).splitlines()[0]}"
             ) from None
-        setup = (_worker_attach(con, table, None),) if elsewhere else ()
+        setup = (worker_attach(con, table, None),) if elsewhere else ()
         paths = _lake_files(con, table) if elsewhere else ()
         yield (
             con,
