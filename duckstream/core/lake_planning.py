@@ -79,11 +79,7 @@ def prepare_lake(
         files = [names[i] or f"{table.name} file {i}" for i in file_indexes]
         _check_files_exist([n for n in names.values() if n is not None], table)
         query = sqlmod.name_the_source(sql, [table.name]) if sql else None
-        shape = (
-            sqlmod.analyse(con, query, source_schema.names)
-            if query
-            else sqlmod.QueryShape(True, True, tuple(source_schema.names), False)
-        )
+        shape = sqlmod.shape_of(con, query, source_schema.names)
         if not shape.row_local:
             assert query is not None
             key_parts: list[object] = [repr(table), layout]

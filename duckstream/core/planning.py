@@ -136,11 +136,7 @@ def prepare(
         listed = ", ".join(engine.sql_literal(f) for f in files)
         con.execute(f"CREATE VIEW source AS SELECT * FROM read_parquet([{listed}])")
         query = sqlmod.name_the_source(sql, [*spellings, *patterns]) if sql else None
-        shape = (
-            sqlmod.analyse(con, query, source_schema.names)
-            if query
-            else sqlmod.QueryShape(True, True, tuple(source_schema.names), False)
-        )
+        shape = sqlmod.shape_of(con, query, source_schema.names)
         if not shape.row_local:
             assert query is not None
             result = materialise(con, query, files, metas, shape.ordered, cache_dir)

@@ -73,6 +73,13 @@ def name_the_source(sql: str, spellings: Sequence[str]) -> str:
     return sql
 
 
+def shape_of(con: duckdb.DuckDBPyConnection, sql: str | None, source_columns: Sequence[str]) -> QueryShape:
+    """:func:`analyse`'s answer, or for no SQL at all every source column as it is."""
+    if sql is None:
+        return QueryShape(row_local=True, keeps_rows=True, columns=tuple(source_columns), ordered=False)
+    return analyse(con, sql, source_columns)
+
+
 def analyse(con: duckdb.DuckDBPyConnection, sql: str, source_columns: Sequence[str]) -> QueryShape:
     """Bind ``sql`` against the ``source`` view of ``con`` and classify it.
 
