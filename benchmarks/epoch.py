@@ -173,11 +173,12 @@ def duckstream_epochs(
     """``repeat`` shuffled epochs through one ``DuckStreamLoader``, as a training run reads them.
 
     ``source`` is a local folder, an ``s3://`` glob (S3 settings from the environment, passed
-    as the S3 keywords) or a DuckLake table, opened read-only before the clock starts, as a
-    training script opens its catalog once. The first (cold) epoch is timed from constructing
-    the dataset: it pays for planning and starting the workers. Later epochs reuse the plan
-    and, with workers, the persistent worker processes. ``output="torch"`` collates each batch
-    to tensors and Python lists; ``output="arrow"`` yields the ``pyarrow.RecordBatch`` itself.
+    as the S3 keywords) or a DuckLake table (its catalog given the same keywords, for files on
+    S3), opened read-only before the clock starts, as a training script opens its catalog once.
+    The first (cold) epoch is timed from constructing the dataset: it pays for planning and
+    starting the workers. Later epochs reuse the plan and, with workers, the persistent worker
+    processes. ``output="torch"`` collates each batch to tensors and Python lists;
+    ``output="arrow"`` yields the ``pyarrow.RecordBatch`` itself.
     """
     from duckstream.catalog import LakehouseCatalog
     from duckstream.storage import S3Settings
@@ -192,7 +193,8 @@ def duckstream_epochs(
     }
     catalog = None
     if isinstance(source, LakeSource):
-        catalog = LakehouseCatalog(source.catalog, data_path=source.data_path, read_only=True)
+        # The S3 keywords reach the table's files on S3 (lake-s3); a local lake ignores them.
+        catalog = LakehouseCatalog(source.catalog, source.data_path, **keywords, read_only=True)
         readable: Any = catalog.table(source.table)
     else:
         readable = source

@@ -2,7 +2,8 @@
 
 ``ducklake_add_data_files`` registers existing Parquet files with a table (DuckLake reads them
 where they lie and never deletes them), so the lake path reads byte for byte what the plain
-path reads: any gap between the two is what going through the catalog costs, nothing else.
+path reads (and ``lake-s3`` what the S3 path reads): any gap between the two is what going
+through the catalog costs, nothing else.
 """
 
 from __future__ import annotations
@@ -48,11 +49,16 @@ def ensure_file_lake(source: Path) -> LakeLocation:
     return location
 
 
-def add_files(con: duckdb.DuckDBPyConnection, source: Path) -> None:
-    """Create table ``bench`` in the lake attached as ``lake`` and register ``source``'s files with it."""
-    files = sorted(str(path) for path in source.glob("*.parquet"))
-    if not files:
+def add_files(con: duckdb.DuckDBPyConnection, source: Path, *, uri: str | None = None) -> None:
+    """Create table ``bench`` in the lake attached as ``lake`` and register ``source``'s files with it.
+
+    With ``uri`` (``s3://bucket/prefix``, where they were uploaded), the objects of the same
+    names there instead: the table then reads what the S3 path reads.
+    """
+    names = sorted(path.name for path in source.glob("*.parquet"))
+    if not names:
         raise FileNotFoundError(f"no Parquet files in {source}")
+    files = [f"{uri or source}/{name}" for name in names]
     con.execute(
         f"CREATE TABLE lake.{LAKE_TABLE} AS SELECT * FROM read_parquet({sql_literal(files[0])}) LIMIT 0"
     )

@@ -229,9 +229,10 @@ def _add_bench_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
         metavar="NAME[,NAME...]",
         help=(
             "read paths: plain (SELECT the columns), expr (captions[1]), filter (id %% 2 = 0, and a 1%% "
-            "filter: filter1pct), lake (a DuckLake table over the same files), s3 (the files on a "
-            "local SeaweedFS), s3-delay (the same through a proxy adding --s3-delay-ms a request), "
-            "a comma-separated list of them, or all (default)"
+            "filter: filter1pct), lake (a DuckLake table over the same files, and with a PostgreSQL "
+            "catalog one over their S3 objects: lake-s3), s3 (the files on a local SeaweedFS), "
+            "s3-delay (the same through a proxy adding --s3-delay-ms a request), a comma-separated "
+            "list of them, or all (default)"
         ),
     )
     bench.add_argument(
@@ -259,7 +260,8 @@ def _add_bench_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
         metavar="KIND[,KIND...]",
         help=(
             "where the lake path's catalog lives: duckdb (a file; path lake), postgres (a throwaway "
-            "cluster; path lake-pg), or all (default; lake-pg says skipped where PostgreSQL is missing)"
+            "cluster; paths lake-pg and, over the S3 objects, lake-s3), or all (default; lake-pg and "
+            "lake-s3 say skipped where PostgreSQL is missing)"
         ),
     )
     bench.add_argument(

@@ -258,6 +258,8 @@ def test_ratios_judge_each_path_by_its_floor_its_duckstream_baseline_and_its_byt
         measured("pyarrow", None, 0.5, path="s3"),
         measured("duckstream-arrow", 0, 4.0, path="s3-delay"),
         measured("pyarrow", None, 2.0, path="s3-delay"),
+        # The lake over the S3 objects is judged by the s3 path, not the local one.
+        measured("duckstream-arrow", 0, 2.0, path="lake-s3"),
     ]
 
     assert [
@@ -274,6 +276,8 @@ def test_ratios_judge_each_path_by_its_floor_its_duckstream_baseline_and_its_byt
         ("s3", "duckstream-arrow", "s3", "pyarrow", "rows/s", 0.5, None),
         ("s3-delay", "duckstream-arrow", "s3-delay", "pyarrow", "rows/s", 0.5, None),
         ("s3-delay", "duckstream-arrow", "s3", "duckstream-arrow", "rows/s", 0.25, 0.7),
+        ("lake-s3", "duckstream-arrow", "s3", "pyarrow", "rows/s", 0.25, None),
+        ("lake-s3", "duckstream-arrow", "s3", "duckstream-arrow", "rows/s", 0.5, 0.9),
     ]
     lines = ratio_lines(measurements)
     assert (
@@ -288,6 +292,11 @@ def test_ratios_judge_each_path_by_its_floor_its_duckstream_baseline_and_its_byt
         "captions s3-delay: duckstream-arrow / s3 duckstream-arrow: 0.25 warm (0.25 cold) at 0 workers "
         "(target >= 0.70)"
     ) in lines
+    assert [line for line in lines if line.startswith("captions lake-s3")] == [
+        "captions lake-s3: duckstream-arrow / s3 pyarrow: 0.25 warm (0.25 cold) at 0 workers",
+        "captions lake-s3: duckstream-arrow / s3 duckstream-arrow: 0.50 warm (0.50 cold) at 0 workers "
+        "(target >= 0.90)",
+    ]
 
 
 def test_table_says_why_a_configuration_has_no_figures() -> None:
@@ -342,6 +351,7 @@ def test_table_says_why_a_configuration_has_no_figures() -> None:
         ("filter", "SELECT id, captions, image FROM source WHERE id % 2 = 0"),
         ("filter1pct", "SELECT id, captions, image FROM source WHERE id < 500"),
         ("lake", "SELECT id, captions, image FROM source"),
+        ("lake-s3", "SELECT id, captions, image FROM source"),
         ("s3-delay", "SELECT id, captions, image FROM source"),
     ],
 )
@@ -356,7 +366,20 @@ def test_paths_bring_their_floors_and_their_baselines() -> None:
     assert plan("expr") == [("plain", False), ("expr", True)]  # plain's scans only: expr's floor
     assert plan("filter") == [("plain", True), ("filter", True), ("filter1pct", True)]
     assert plan("lake", catalogs=("duckdb",)) == [("plain", True), ("lake", True)]
-    assert plan("lake") == [("plain", True), ("lake", True), ("lake-pg", True)]
+    # With PostgreSQL, lake also brings the table over the S3 objects, and s3: its floor and baseline.
+    assert plan("lake", catalogs=("postgres",)) == [
+        ("plain", True),
+        ("lake-pg", True),
+        ("s3", True),
+        ("lake-s3", True),
+    ]
+    assert plan("lake") == [
+        ("plain", True),
+        ("lake", True),
+        ("lake-pg", True),
+        ("s3", True),
+        ("lake-s3", True),
+    ]
     assert plan("s3-delay") == [("s3", True), ("s3-delay", True)]
 
 
@@ -568,14 +591,16 @@ def test_bench_quick_every_path_gives_figures_or_a_stated_skip(tmp_path: Path) -
     assert delivered["plain"] == delivered["expr"] == 4_000
     assert delivered["filter"] == 2_000
     assert delivered["filter1pct"] == 40
-    for name in ("lake", "lake-pg", "s3", "s3-delay"):
+    for name in ("lake", "lake-pg", "s3", "lake-s3", "s3-delay"):
         assert delivered[name] in (4_000, None), name  # None: skipped, as the table says
     assert "captions filter1pct: bytes read vs plain, duckstream-arrow:" in result.stdout
     assert "captions lake: duckstream-arrow / plain duckstream-arrow:" in result.stdout
+    if delivered["lake-s3"] is not None:
+        assert "captions lake-s3: duckstream-arrow / s3 duckstream-arrow:" in result.stdout
 
 
 @pytest.mark.slow
-def test_bench_says_lake_pg_is_skipped_where_postgres_cannot_start(tmp_path: Path) -> None:
+def test_bench_says_the_postgres_lakes_are_skipped_where_postgres_cannot_start(tmp_path: Path) -> None:
     result = run_bench_cli(
         "--quick",
         "--path",
@@ -595,11 +620,13 @@ def test_bench_says_lake_pg_is_skipped_where_postgres_cannot_start(tmp_path: Pat
 
     assert result.returncode == 0, result.stdout + result.stderr
     rows = {row.split()[3]: row for row in table_rows(result.stdout)}
-    assert sorted(rows) == ["lake-pg", "plain"]
-    assert "skipped: PostgreSQL did not start" in rows["lake-pg"]
-    assert (
-        "skipped: captions 1x lake-pg duckstream-arrow workers=0: PostgreSQL did not start" in result.stdout
-    )
+    assert sorted(rows) == ["lake-pg", "lake-s3", "plain", "s3"]  # s3: lake-s3's floor and baseline
+    for name in ("lake-pg", "lake-s3"):
+        assert "skipped: PostgreSQL did not start" in rows[name]
+        assert (
+            f"skipped: captions 1x {name} duckstream-arrow workers=0: PostgreSQL did not start"
+            in result.stdout
+        )
 
 
 def test_pyproject_packages_every_subpackage_and_the_mapped_benchmarks() -> None:
