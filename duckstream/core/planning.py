@@ -192,7 +192,7 @@ def batch_query(
     try:
         batch = split_query(con, query, source_schema, keeps_rows=keeps_rows)
         return batch, output_schema(query, batch, source_schema)
-    except (duckdb.Error, pa.ArrowException):
+    except (duckdb.Error, pa.ArrowException, ValueError):
         return None, result_schema(con, query)
 
 
