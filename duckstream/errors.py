@@ -10,6 +10,8 @@
     ├── SourceError                      a source names no readable Parquet files, files
     │                                    whose schemas conflict, or a file whose data cannot be
     │                                    read; names the file and column
+    │   └── StoreUnavailableError        the object store did not answer for an object within
+    │                                    the retry deadline; names the object and the wait
     ├── StateError                       a saved loader state does not fit this dataset
     ├── CatalogError                     a lakehouse catalog refused: no such table, snapshot,
     │                                    run or experiment, or its files are gone
@@ -40,6 +42,7 @@ __all__ = [
     "ServiceError",
     "SourceError",
     "StateError",
+    "StoreUnavailableError",
     "SyncError",
 ]
 
@@ -62,6 +65,11 @@ class ExtensionError(DuckstreamError):
 
 class SourceError(DuckstreamError):
     """A source does not resolve to readable Parquet files."""
+
+
+class StoreUnavailableError(SourceError):
+    """The object store did not answer for an object (outage, reset connections, 5xx answers)
+    until the retry deadline (``DUCKSTREAM_S3_RETRY_SECONDS``) passed."""
 
 
 class CatalogError(DuckstreamError):

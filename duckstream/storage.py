@@ -18,6 +18,9 @@ ENV_ACCESS_KEY = "AWS_ACCESS_KEY_ID"
 ENV_SECRET_KEY = "AWS_SECRET_ACCESS_KEY"
 ENV_SESSION_TOKEN = "AWS_SESSION_TOKEN"
 ENV_REGIONS = ("DUCKSTREAM_S3_REGION", "AWS_REGION", "AWS_DEFAULT_REGION")
+ENV_RETRY_SECONDS = "DUCKSTREAM_S3_RETRY_SECONDS"
+# How long reads wait out an object store that does not answer before giving up.
+DEFAULT_RETRY_SECONDS = 300.0
 # DuckDB signs requests for a region; S3-compatible stores accept any, but one must be set.
 DEFAULT_REGION = "us-east-1"
 
@@ -28,6 +31,8 @@ class S3Settings:
 
     ``endpoint`` is ``host[:port]`` without scheme (None: AWS itself); ``use_ssl`` says whether
     to speak https. Keys are kept out of ``repr`` and registered for redaction everywhere.
+    ``retry_seconds``: how long a read waits out a store that does not answer (an outage, a
+    reset connection, a 5xx), retrying with backoff, before it fails.
     """
 
     endpoint: str | None = None
@@ -37,8 +42,13 @@ class S3Settings:
     access_key: str | None = field(default=None, repr=False)
     secret_key: str | None = field(default=None, repr=False)
     session_token: str | None = field(default=None, repr=False)
+    retry_seconds: float = DEFAULT_RETRY_SECONDS
 
     def __post_init__(self) -> None:
+        if not self.retry_seconds >= 0:
+            raise ConfigurationError(
+                f"the S3 retry deadline must be 0 seconds or more, found {self.retry_seconds!r}"
+            )
         for secret in (self.access_key, self.secret_key, self.session_token):
             register_secret(secret)
         if (self.access_key is None) != (self.secret_key is None):
@@ -79,6 +89,7 @@ class S3Settings:
         secret_key = secret_key or env.get(ENV_SECRET_KEY) or None
         token = env.get(ENV_SESSION_TOKEN) or None
         region = region or next((env[n] for n in ENV_REGIONS if env.get(n)), DEFAULT_REGION)
+        retry = _retry_seconds(env.get(ENV_RETRY_SECONDS))
         if endpoint is None:
             return cls(
                 endpoint=None,
@@ -88,6 +99,7 @@ class S3Settings:
                 access_key=access_key,
                 secret_key=secret_key,
                 session_token=token,
+                retry_seconds=retry,
             )
         host, scheme_ssl = _split_endpoint(endpoint)
         if scheme_ssl is not None and use_ssl is not None and scheme_ssl != use_ssl:
@@ -104,6 +116,7 @@ class S3Settings:
             access_key=access_key,
             secret_key=secret_key,
             session_token=token,
+            retry_seconds=retry,
         )
 
     @property
@@ -150,6 +163,15 @@ def pyarrow_s3(s3: S3Settings) -> Any:
     if s3.access_key is not None:
         kwargs.update(access_key=s3.access_key, secret_key=s3.secret_key, session_token=s3.session_token)
     return fs.S3FileSystem(**kwargs)
+
+
+def _retry_seconds(text: str | None) -> float:
+    if not text:
+        return DEFAULT_RETRY_SECONDS
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigurationError(f"{ENV_RETRY_SECONDS} must be a number of seconds, found {text!r}") from None
 
 
 def _split_endpoint(endpoint: str) -> tuple[str, bool | None]:

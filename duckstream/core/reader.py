@@ -16,6 +16,7 @@ from duckstream.core import remote_files
 from duckstream.core.batch_sql import BatchSQL
 from duckstream.core.lake_files import deleted_positions
 from duckstream.core.plan import Shard
+from duckstream.core.retry import Backoff, transient
 from duckstream.core.source import is_remote
 from duckstream.errors import SourceError
 from duckstream.redact import redact
@@ -172,11 +173,50 @@ class ShardReader:
         second: bool = False,
     ) -> Iterator[pa.RecordBatch]:
         """Rows ``first..stop`` of ``columns``; ``second`` reads through a handle of its own,
-        for a second stream over the same rows."""
-        parquet = self._parquet_file(self._plan.files[file], 1 if second else 0)
+        for a second stream over the same rows.
+
+        An object store that does not answer is waited out: the read starts again from the
+        first row not yet handed on (see :mod:`duckstream.core.retry`).
+        """
+        path = self._plan.files[file]
         columns = list(columns)
         stored = self._plan.lake.stored_names(file) if self._plan.lake is not None else {}
         deleted = self._deleted_rows(file)
+        backoff = Backoff(self._plan.s3.retry_seconds)
+        row = first
+        while row < stop:
+            try:
+                parquet = self._parquet_file(path, 1 if second else 0)
+                for piece in self._decode(
+                    parquet, file, [stored.get(c, c) for c in columns], row, stop, batch_rows
+                ):
+                    if stored:
+                        piece = piece.rename_columns(columns)
+                    for kept in _without(piece, row, deleted):
+                        yield self._typed(kept) if typed else kept
+                    row += piece.num_rows
+                    backoff.progressed()
+                return
+            except (OSError, pa.ArrowException) as exc:
+                if not (is_remote(path) and transient(exc)):
+                    # Footers were read when planning; a damaged data page only shows here.
+                    raise SourceError(
+                        f"cannot read rows {first}..{stop - 1} of {path}: {redact(str(exc))}; "
+                        "the file is damaged, or changed since the stream was planned"
+                    ) from None
+                self._forget(path)
+                backoff.wait(exc, path)
+
+    def _decode(
+        self,
+        parquet: pq.ParquetFile,
+        file: int,
+        columns: list[str],
+        first: int,
+        stop: int,
+        batch_rows: int | None,
+    ) -> Iterator[pa.RecordBatch]:
+        """Rows ``first..stop`` of the file's ``columns`` (as the file names them)."""
         groups: list[int] = []
         offset = 0
         group_start = 0
@@ -189,23 +229,15 @@ class ShardReader:
         batches = parquet.iter_batches(
             batch_size=batch_rows or self._batch_rows,
             row_groups=groups,
-            columns=[stored.get(c, c) for c in columns],
+            columns=columns,
             use_threads=self._threads > 1,
         )
-        row = first
-        try:
-            for piece in _rows(batches, first - offset, stop - first):
-                if stored:
-                    piece = piece.rename_columns(columns)
-                for kept in _without(piece, row, deleted):
-                    yield self._typed(kept) if typed else kept
-                row += piece.num_rows
-        except (OSError, pa.ArrowException) as exc:
-            # Footers were read when planning; a damaged data page only shows here.
-            raise SourceError(
-                f"cannot read rows {first}..{stop - 1} of {self._plan.files[file]}: {redact(str(exc))}; "
-                "the file is damaged, or changed since the stream was planned"
-            ) from None
+        return _rows(batches, first - offset, stop - first)
+
+    def _forget(self, path: str) -> None:
+        """Drop every open handle on ``path``: after a failure the next try opens it anew."""
+        self._parquet = {slot: held for slot, held in self._parquet.items() if held[0] != path}
+        remote_files.forget(path)
 
     def _parquet_file(self, path: str, slot: int = 0) -> pq.ParquetFile:
         held = self._parquet.get(slot)

@@ -17,7 +17,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-__all__ = ["footer", "open_remote", "remember_footer"]
+__all__ = ["footer", "forget", "open_remote", "remember_footer"]
 
 # Footers are a few KiB each; handles hold no connection, only the object's size.
 _MAX_FOOTERS = 8_192
@@ -61,3 +61,9 @@ def open_remote(path: str, filesystem: Any) -> Any:
         while len(_handles) > _MAX_HANDLES:
             _handles.popitem(last=False)
     return handle
+
+
+def forget(path: str) -> None:
+    """Drop this process's handle on ``path`` (it failed): the next read opens it anew."""
+    with _lock:
+        _handles.pop((os.getpid(), path), None)

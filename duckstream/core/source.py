@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from duckstream.core import remote_files
+from duckstream.core.retry import Backoff, transient
 from duckstream.engine import query_error, sql_literal
 from duckstream.errors import SourceError
 from duckstream.redact import redact
@@ -121,32 +122,40 @@ def read_metadata(files: Sequence[str], s3: S3Settings, *, threads: int = 16) ->
     filesystem = pyarrow_s3(s3) if remote else None
 
     def one(path: str) -> FileMeta:
-        location = path.split("://", 1)[1] if is_remote(path) else path
-        try:
-            meta = pq.read_metadata(location, filesystem=filesystem if is_remote(path) else None)
-            schema = meta.schema.to_arrow_schema()
-            if is_remote(path):
-                remote_files.remember_footer(path, meta)
-        except (OSError, pa.ArrowException) as exc:
-            raise SourceError(
-                f"cannot read the Parquet footer of {path}: {redact(str(exc))}; "
-                "the file is missing, truncated or not Parquet"
-            ) from None
-        groups = tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
-        size = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
-        columns: dict[str, int] = {}
-        for i in range(meta.num_row_groups):
-            group = meta.row_group(i)
-            for j in range(group.num_columns):
-                chunk = group.column(j)
-                name = chunk.path_in_schema.split(".", 1)[0]
-                columns[name] = columns.get(name, 0) + chunk.total_uncompressed_size
-        return FileMeta(path, groups, schema, size, tuple(columns.items()))
+        backoff = Backoff(s3.retry_seconds)
+        while True:
+            try:
+                return _footer(path, filesystem)
+            except (OSError, pa.ArrowException) as exc:
+                if not (is_remote(path) and transient(exc)):
+                    raise SourceError(
+                        f"cannot read the Parquet footer of {path}: {redact(str(exc))}; "
+                        "the file is missing, truncated or not Parquet"
+                    ) from None
+                backoff.wait(exc, path)
 
     if not remote or len(files) == 1:
         return [one(f) for f in files]
     with ThreadPoolExecutor(max_workers=threads) as pool:
         return list(pool.map(one, files))
+
+
+def _footer(path: str, filesystem: object) -> FileMeta:
+    location = path.split("://", 1)[1] if is_remote(path) else path
+    meta = pq.read_metadata(location, filesystem=filesystem if is_remote(path) else None)
+    schema = meta.schema.to_arrow_schema()
+    if is_remote(path):
+        remote_files.remember_footer(path, meta)
+    groups = tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
+    size = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+    columns: dict[str, int] = {}
+    for i in range(meta.num_row_groups):
+        group = meta.row_group(i)
+        for j in range(group.num_columns):
+            chunk = group.column(j)
+            name = chunk.path_in_schema.split(".", 1)[0]
+            columns[name] = columns.get(name, 0) + chunk.total_uncompressed_size
+    return FileMeta(path, groups, schema, size, tuple(columns.items()))
 
 
 def check_schemas(metas: Sequence[FileMeta]) -> pa.Schema:

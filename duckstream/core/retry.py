@@ -1,0 +1,92 @@
+"""Waiting out an object store that does not answer: which failures pass, backoff, deadline.
+
+Object stores blink (a restarted server, reset connections, 503 Slow Down); a training run of
+days must not die of it. A read that fails so is retried from the first row it has not yet
+handed on, never repeating or losing one, with backoff up to the settings' deadline; past it
+one :class:`~duckstream.errors.StoreUnavailableError` names the object and the wait.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+
+from duckstream.errors import StoreUnavailableError
+from duckstream.redact import redact
+from duckstream.storage import ENV_RETRY_SECONDS
+
+__all__ = ["Backoff", "transient"]
+
+# What AWS's SDK (behind pyarrow's S3 filesystem) and HTTP say when the store, not the request,
+# is at fault.
+_TRANSIENT = (
+    "network_connection",
+    "couldn't connect",
+    "could not connect",
+    "connection refused",
+    "connection reset",
+    "connection was reset",
+    "broken pipe",
+    "timed out",
+    "timeout",
+    "curlcode: 7",
+    "curlcode: 28",
+    "curlcode: 52",
+    "curlcode: 56",
+    "slow down",
+    "slowdown",
+    "serviceunavailable",
+    "service unavailable",
+    "internalerror",
+    "internal_failure",
+    "please try again",
+    "service_unavailable",
+    "throttling",
+    "unable to connect",
+    "empty reply",
+)
+_FIRST_DELAY = 0.1
+_MAX_DELAY = 5.0
+
+
+# A 5xx answer: the store's fault, not the request's.
+_SERVER_STATUS = re.compile(r"(http status|response code)\D{0,3}5\d\d")
+
+
+def transient(error: BaseException) -> bool:
+    """Whether ``error`` says the store did not answer (worth waiting out), not that the
+    request is wrong (a missing object, no permission, a damaged file)."""
+    text = str(error).lower()
+    return any(marker in text for marker in _TRANSIENT) or bool(_SERVER_STATUS.search(text))
+
+
+class Backoff:
+    """Delays between retries of one read, doubling up to 5 s, within ``deadline`` seconds of
+    the first failure since the read last made progress."""
+
+    def __init__(self, deadline: float, *, sleep: Callable[[float], None] = time.sleep) -> None:
+        self._deadline = deadline
+        self._sleep = sleep
+        self._since: float | None = None
+        self._delay = _FIRST_DELAY
+
+    def progressed(self) -> None:
+        """The read moved on: a later failure gets the whole deadline again."""
+        self._since = None
+        self._delay = _FIRST_DELAY
+
+    def wait(self, error: BaseException, what: str) -> None:
+        """Sleep before the next try, or raise once the deadline has passed."""
+        now = time.monotonic()
+        if self._since is None:
+            self._since = now
+        waited = now - self._since
+        if waited + self._delay > self._deadline:
+            raise StoreUnavailableError(
+                f"the object store did not answer for {what} for {waited:.0f} s, past the retry "
+                f"deadline of {self._deadline:g} s ({ENV_RETRY_SECONDS}): "
+                f"{redact(str(error)).splitlines()[0] if str(error) else type(error).__name__}"
+            ) from None
+        self._sleep(self._delay)
+        self._delay = min(_MAX_DELAY, self._delay * 2)

@@ -1,0 +1,101 @@
+"""An object store that stops answering mid-epoch: reads wait it out and hand on every row once,
+or, past the retry deadline, fail with one documented error naming the object. The store is a
+real SeaweedFS, stopped and started again on the same port and data."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from duckstream.core.retry import Backoff, transient
+from duckstream.devservices import S3Service, SeaweedFS, free_port
+from duckstream.errors import DuckstreamError, StoreUnavailableError
+from duckstream.storage import ENV_RETRY_SECONDS
+from duckstream.stream import stream_batches
+from tests.conftest import upload_dir, write_wide_file
+
+FILES = 16
+ROWS = 60
+
+
+@pytest.fixture
+def own_store(tmp_path: Path) -> Iterator[tuple[SeaweedFS, S3Service, str]]:
+    """A SeaweedFS of this test's own (it is stopped mid-test), holding FILES files."""
+    server = SeaweedFS(s3_port=free_port(below=55536), data_dir=tmp_path / "store")
+    service = server.start()
+    try:
+        client = service.boto3_client()
+        client.create_bucket(Bucket="blink")
+        local = tmp_path / "files"
+        local.mkdir()
+        for index in range(FILES):
+            write_wide_file(local / f"part-{index:03d}.parquet", index * ROWS, ROWS)
+        upload_dir(client, "blink", "data", local)
+        yield server, service, "s3://blink/data"
+    finally:
+        server.stop()
+
+
+def keys(s3: S3Service) -> dict[str, Any]:
+    return {"s3_endpoint": s3.endpoint, "s3_access_key": s3.access_key, "s3_secret_key": s3.secret_key}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sql", [None, "SELECT id, octet_length(blob) AS size, blob FROM source"])
+def test_a_store_that_blinks_mid_epoch_is_waited_out_with_every_row_once(
+    own_store: tuple[SeaweedFS, S3Service, str], sql: str | None
+) -> None:
+    server, service, source = own_store
+    stream = stream_batches(source, sql, batch_size=20, threads=1, **keys(service))
+    ids = next(stream).column("id").to_pylist()
+    server.stop()  # about 3 s without a store, while the read-ahead lanes want the next files
+    restart = threading.Timer(3.0, server.start)
+    restart.start()
+    try:
+        ids += [i for batch in stream for i in batch.column("id").to_pylist()]
+    finally:
+        restart.join()
+    assert ids == list(range(FILES * ROWS))
+
+
+@pytest.mark.slow
+def test_past_the_deadline_one_documented_error_names_the_object(
+    own_store: tuple[SeaweedFS, S3Service, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server, service, source = own_store
+    monkeypatch.setenv(ENV_RETRY_SECONDS, "2")
+    stream = stream_batches(source, batch_size=20, threads=1, **keys(service))
+    next(stream)
+    server.stop()
+    started = time.monotonic()
+    with pytest.raises(
+        StoreUnavailableError, match=r"s3://blink/data/part-\d+\.parquet .*retry deadline of 2 s"
+    ):
+        for _ in stream:
+            pass
+    assert time.monotonic() - started < 30
+    assert issubclass(StoreUnavailableError, DuckstreamError)
+
+
+def test_backoff_doubles_and_gives_up_at_the_deadline() -> None:
+    slept: list[float] = []
+    backoff = Backoff(1.0, sleep=slept.append)
+    error = OSError("AWS Error NETWORK_CONNECTION during HeadObject operation: curlCode: 7")
+    assert transient(error)
+    assert transient(OSError("AWS Error UNKNOWN (HTTP status 500) during HeadObject operation"))
+    assert not transient(OSError("AWS Error UNKNOWN (HTTP status 404) during HeadObject operation"))
+    assert not transient(OSError("AWS Error ACCESS_DENIED during HeadObject operation"))
+    for _ in range(4):
+        backoff.wait(error, "s3://b/k")
+    assert slept == [0.1, 0.2, 0.4, 0.8]
+    backoff.progressed()  # progress gives the whole deadline back
+    backoff.wait(error, "s3://b/k")
+    assert slept[-1] == 0.1
+    stuck = Backoff(0.0, sleep=slept.append)
+    with pytest.raises(StoreUnavailableError, match="s3://b/k"):
+        stuck.wait(error, "s3://b/k")
