@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from duckstream.core.lake import LakeTable
+from duckstream.core.retry import Backoff, transient
 from duckstream.core.source import FileMeta, is_remote, read_metadata
 from duckstream.errors import SourceError
 from duckstream.redact import redact
@@ -156,12 +157,17 @@ def deleted_positions(delete_file: str, data_file: str, s3: S3Settings) -> np.nd
     """Sorted row numbers of ``data_file`` that ``delete_file`` deletes."""
     filesystem = pyarrow_s3(s3) if is_remote(delete_file) else None
     location = delete_file.split("://", 1)[1] if is_remote(delete_file) else delete_file
-    try:
-        table = pq.read_table(location, columns=["file_path", "pos"], filesystem=filesystem)
-    except (OSError, pa.ArrowException) as exc:
-        raise SourceError(
-            f"cannot read the delete file {delete_file} of {data_file}: {redact(str(exc))}"
-        ) from None
+    backoff = Backoff(s3.retry_seconds)
+    while True:
+        try:
+            table = pq.read_table(location, columns=["file_path", "pos"], filesystem=filesystem)
+            break
+        except (OSError, pa.ArrowException) as exc:
+            if not (is_remote(delete_file) and transient(exc)):
+                raise SourceError(
+                    f"cannot read the delete file {delete_file} of {data_file}: {redact(str(exc))}"
+                ) from None
+            backoff.wait(exc, delete_file)
     # DuckLake writes one delete file per data file (the catalog pairs them); should one ever
     # hold several, only this file's rows count.
     if pc.count_distinct(table["file_path"]).as_py() > 1:

@@ -12,8 +12,10 @@ from typing import Any
 
 import pytest
 
+from duckstream.catalog import LakehouseCatalog
+from duckstream.core.planning import prepare
 from duckstream.core.retry import Backoff, transient
-from duckstream.devservices import S3Service, SeaweedFS, free_port
+from duckstream.devservices import PostgresService, S3Service, SeaweedFS, free_port
 from duckstream.errors import DuckstreamError, StoreUnavailableError
 from duckstream.storage import ENV_RETRY_SECONDS
 from duckstream.stream import stream_batches
@@ -99,3 +101,39 @@ def test_backoff_doubles_and_gives_up_at_the_deadline() -> None:
     stuck = Backoff(0.0, sleep=slept.append)
     with pytest.raises(StoreUnavailableError, match="s3://b/k"):
         stuck.wait(error, "s3://b/k")
+
+
+@pytest.mark.slow
+def test_a_lake_table_with_deletes_on_a_blinking_store_is_waited_out(
+    own_store: tuple[SeaweedFS, S3Service, str], postgres_server: PostgresService, pg_database: str
+) -> None:
+    server, service, source = own_store
+    with LakehouseCatalog(
+        postgres_server.dsn(pg_database),
+        "s3://blink/lake",
+        service.endpoint,
+        service.access_key,
+        service.secret_key,
+    ) as catalog:
+        catalog.con.execute(f"CREATE TABLE t AS SELECT * FROM read_parquet('{source}/part-000.parquet')")
+        for index in range(1, FILES):  # a data file each, and a delete file each
+            catalog.con.execute(
+                f"INSERT INTO t SELECT * FROM read_parquet('{source}/part-{index:03d}.parquet')"
+            )
+        # Enough deletes a file to be written as delete files (a few are kept in the catalog).
+        catalog.con.execute("DELETE FROM t WHERE id % 3 = 0")
+        table = catalog.table("t")
+        plan = prepare(table, "SELECT id FROM source", s3=table.s3)
+        assert plan.lake is not None
+        assert all(plan.lake.direct)  # pyarrow reads every file, and its delete file
+        assert all(plan.lake.deletes)
+        stream = stream_batches(table, "SELECT id FROM source", batch_size=20, threads=1, **keys(service))
+        ids = next(stream).column("id").to_pylist()
+        server.stop()
+        restart = threading.Timer(3.0, server.start)
+        restart.start()
+        try:
+            ids += [i for batch in stream for i in batch.column("id").to_pylist()]
+        finally:
+            restart.join()
+    assert ids == [i for i in range(FILES * ROWS) if i % 3]
