@@ -219,3 +219,27 @@ def test_a_data_file_gone_from_under_a_snapshot_is_named(tmp_path: Path) -> None
             path.unlink()
         with pytest.raises(CatalogError, match="no longer exist"):
             streamed(table, "SELECT imgid FROM source")
+
+
+def test_deletes_the_catalog_keeps_itself_are_applied_to_files_read_directly(lake: Lake) -> None:
+    with lake.open() as cat:
+        cat.con.register("captions_src", captions(0, 400))
+        cat.con.execute("CREATE TABLE t AS SELECT * FROM captions_src WHERE imgid < 200")
+        cat.con.execute("INSERT INTO t SELECT * FROM captions_src WHERE imgid >= 200")
+        cat.con.unregister("captions_src")
+        cat.con.execute("DELETE FROM t WHERE imgid IN (3, 77, 250)")  # a few: kept in the catalog
+        pinned = cat.table("t")
+        cat.con.execute("DELETE FROM t WHERE imgid = 5")  # later: not the pinned snapshot's
+        plan = prepare(pinned, "SELECT imgid, caption FROM source", s3=pinned.s3)
+        assert plan.lake is not None
+        assert all(plan.lake.direct)
+        assert sorted(p for positions in plan.lake.inlined_deletes for p in positions) == [3, 50, 77]
+        for sql in (
+            None,
+            "SELECT imgid, caption FROM source",
+            "SELECT imgid FROM source WHERE imgid % 2 = 1",
+        ):
+            assert streamed(pinned, sql, batch_size=32) == catalog_rows(cat, pinned.version, sql)
+        assert [r["imgid"] for r in streamed(pinned, "SELECT imgid FROM source")] == [
+            i for i in range(400) if i not in (3, 77, 250)
+        ]

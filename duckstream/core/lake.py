@@ -149,6 +149,7 @@ class LakeAccess:
     direct: tuple[bool, ...] = ()
     deletes: tuple[str | None, ...] = ()
     renames: tuple[tuple[tuple[str, str], ...], ...] = ()
+    inlined_deletes: tuple[tuple[int, ...], ...] = ()  # rows deleted that the catalog keeps
 
     def stored_names(self, file: int) -> dict[str, str]:
         """table column -> the name file ``file`` stores it under, where they differ."""

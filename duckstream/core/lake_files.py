@@ -12,7 +12,8 @@ since the file was written -- stay on the catalog's own scan.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 import duckdb
 import numpy as np
@@ -27,7 +28,7 @@ from duckstream.errors import SourceError
 from duckstream.redact import redact
 from duckstream.storage import S3Settings, pyarrow_s3
 
-__all__ = ["DirectFile", "deleted_positions", "direct_files"]
+__all__ = ["DirectFile", "all_deleted", "deleted_positions", "direct_files"]
 
 _FIELD_ID = b"PARQUET:field_id"
 
@@ -40,6 +41,17 @@ class DirectFile:
     delete_file: str | None
     # table column -> the name the file stores it under, where the two differ
     renames: tuple[tuple[str, str], ...]
+    # rows deleted at the snapshot that the catalog keeps itself (a few deletes are inlined)
+    inlined_deletes: tuple[int, ...] = ()
+
+
+class _CatalogFile(NamedTuple):
+    """A data file as the catalog's own table lists it."""
+
+    path: str  # relative to the table's data path, or whole
+    data_file_id: int
+    mapping_id: int | None  # the name mapping of a file added from outside
+    partial_max: int | None  # a compacted file: the latest snapshot whose rows it holds
 
 
 def direct_files(
@@ -71,11 +83,15 @@ def direct_files(
     if table_id is None:
         return [None] * len(listed)
     alive = f"begin_snapshot <= {version} AND (end_snapshot IS NULL OR end_snapshot > {version})"
-    files = con.execute(
-        f"SELECT path, mapping_id, partial_max FROM {metadata}.ducklake_data_file "
-        f"WHERE table_id = ? AND {alive}",
-        [table_id[0]],
-    ).fetchall()
+    files = [
+        _CatalogFile(str(path), int(file_id), mapping_id, partial_max)
+        for path, file_id, mapping_id, partial_max in con.execute(
+            f"SELECT path, data_file_id, mapping_id, partial_max FROM {metadata}.ducklake_data_file "
+            f"WHERE table_id = ? AND {alive}",
+            [table_id[0]],
+        ).fetchall()
+    ]
+    inlined = _inlined_deletes(con, metadata, int(table_id[0]), version)
     columns = dict(
         con.execute(
             f"SELECT column_id, column_name FROM {metadata}.ducklake_column "
@@ -94,7 +110,7 @@ def direct_files(
     wanted: list[str] = []
     for data_file, _, encrypted in listed:
         about = _about(data_file, files)
-        if encrypted or about is None or (about[1] is not None and about[1] > version):
+        if encrypted or about is None or (about.partial_max is not None and about.partial_max > version):
             continue  # encrypted, unknown, or holding rows of later snapshots
         wanted.append(data_file)
     metas = {m.path: m for m in read_metadata(wanted, table.s3)} if wanted else {}
@@ -107,24 +123,39 @@ def direct_files(
             continue
         names = (
             _by_field_id(meta.schema, columns)
-            if about[0] is None
-            else {columns[c]: n for c, n in mappings.get(about[0], {}).items() if c in columns}
+            if about.mapping_id is None
+            else {columns[c]: n for c, n in mappings.get(int(about.mapping_id), {}).items() if c in columns}
         )
-        found.append(_direct(meta, delete_file, names, schema))
+        direct = _direct(meta, delete_file, names, schema)
+        if direct is not None and about.data_file_id in inlined:
+            direct = replace(direct, inlined_deletes=tuple(sorted(inlined[about.data_file_id])))
+        found.append(direct)
     return found
 
 
-def _about(
-    data_file: str, files: Sequence[tuple[str, int | None, int | None]]
-) -> tuple[int | None, int | None] | None:
-    """(mapping id, latest snapshot held) of a listed file, from the catalog's file rows."""
-    for path, mapping_id, partial_max in files:
-        if data_file == path or data_file.endswith("/" + path.lstrip("/")):
-            return (
-                None if mapping_id is None else int(mapping_id),
-                None if partial_max is None else int(partial_max),
-            )
+def _about(data_file: str, files: Sequence[_CatalogFile]) -> _CatalogFile | None:
+    """The catalog's row for a listed file."""
+    for file in files:
+        if data_file == file.path or data_file.endswith("/" + file.path.lstrip("/")):
+            return file
     return None
+
+
+def _inlined_deletes(
+    con: duckdb.DuckDBPyConnection, metadata: str, table_id: int, version: int
+) -> dict[int, set[int]]:
+    """data file id -> its rows deleted by the snapshot that the catalog holds itself."""
+    try:
+        rows = con.execute(
+            f"SELECT file_id, row_id FROM {metadata}.ducklake_inlined_delete_{table_id} "
+            f"WHERE begin_snapshot <= {version}"
+        ).fetchall()
+    except duckdb.CatalogException:
+        return {}  # the table never had an inlined delete
+    found: dict[int, set[int]] = {}
+    for file_id, row in rows:
+        found.setdefault(int(file_id), set()).add(int(row))
+    return found
 
 
 def _by_field_id(file_schema: pa.Schema, columns: dict[int, str]) -> dict[str, str]:
@@ -175,3 +206,14 @@ def deleted_positions(delete_file: str, data_file: str, s3: S3Settings) -> np.nd
     else:
         mine = table
     return np.unique(mine["pos"].to_numpy(zero_copy_only=False).astype(np.int64))
+
+
+def all_deleted(
+    delete_file: str | None, inlined: Sequence[int], data_file: str, s3: S3Settings
+) -> np.ndarray:
+    """Sorted row numbers of ``data_file`` deleted at the snapshot: its delete file's and
+    those the catalog keeps itself."""
+    parts = [np.asarray(inlined, dtype=np.int64)]
+    if delete_file is not None:
+        parts.append(deleted_positions(delete_file, data_file, s3))
+    return np.unique(np.concatenate(parts))

@@ -22,7 +22,7 @@ from duckstream.core import sql as sqlmod
 from duckstream.core.batch_sql import BatchQuery, output_schema
 from duckstream.core.counting import FILE, ROW, count_per_range, counting_query
 from duckstream.core.lake import LakeAccess, LakeTable
-from duckstream.core.lake_files import DirectFile, deleted_positions, direct_files
+from duckstream.core.lake_files import DirectFile, all_deleted, direct_files
 from duckstream.core.plan import Shard, plan_fingerprint, skip_empty_groups
 from duckstream.core.planning import (
     StreamPlan,
@@ -124,6 +124,7 @@ def prepare_lake(
             direct=tuple(decodes and d is not None for d in direct),
             deletes=tuple(d.delete_file if d is not None else None for d in direct),
             renames=tuple(d.renames if d is not None else () for d in direct),
+            inlined_deletes=tuple(d.inlined_deletes if d is not None else () for d in direct),
         ),
         row_bytes=row_bytes([d.meta for d in direct if d is not None]),
         batch=batch,
@@ -156,11 +157,7 @@ def _direct_layout(
         if candidate is None or named[file_index] not in (None, candidate.meta.path):
             found.append(None)
             continue
-        deleted = (
-            deleted_positions(candidate.delete_file, candidate.meta.path, table.s3)
-            if candidate.delete_file
-            else np.empty(0, dtype=np.int64)
-        )
+        deleted = all_deleted(candidate.delete_file, candidate.inlined_deletes, candidate.meta.path, table.s3)
         ok = candidate.meta.rows - len(deleted) == visible[file_index]
         found.append((candidate, deleted) if ok else None)
     return found

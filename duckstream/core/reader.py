@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 from duckstream import engine
 from duckstream.core import remote_files
 from duckstream.core.batch_sql import BatchSQL
-from duckstream.core.lake_files import deleted_positions
+from duckstream.core.lake_files import all_deleted
 from duckstream.core.plan import Shard
 from duckstream.core.retry import Backoff, transient
 from duckstream.core.source import is_remote
@@ -153,12 +153,15 @@ class ShardReader:
 
     def _deleted_rows(self, file: int) -> np.ndarray:
         lake = self._plan.lake
-        if lake is None or lake.deletes[file] is None:
+        if lake is None:
+            return _NONE_DELETED
+        inlined = lake.inlined_deletes[file] if lake.inlined_deletes else ()
+        if lake.deletes[file] is None and not inlined:
             return _NONE_DELETED
         if file not in self._deleted:
-            delete_file = lake.deletes[file]
-            assert delete_file is not None
-            self._deleted[file] = deleted_positions(delete_file, self._plan.files[file], self._plan.s3)
+            self._deleted[file] = all_deleted(
+                lake.deletes[file], inlined, self._plan.files[file], self._plan.s3
+            )
         return self._deleted[file]
 
     def _read_parquet(
