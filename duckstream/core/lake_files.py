@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from duckstream.core.lake import LakeTable
-from duckstream.core.retry import Backoff, transient
+from duckstream.core.retry import read_whole
 from duckstream.core.source import FileMeta, is_remote, read_metadata
 from duckstream.errors import SourceError
 from duckstream.redact import redact
@@ -107,9 +107,12 @@ def direct_files(
         "WHERE parent_column IS NULL"
     ).fetchall():
         mappings.setdefault(int(mapping_id), {})[int(column_id)] = str(source_name)
+    by_name: dict[str, list[_CatalogFile]] = {}
+    for file in files:
+        by_name.setdefault(file.path.rsplit("/", 1)[-1], []).append(file)
     wanted: list[str] = []
     for data_file, _, encrypted in listed:
-        about = _about(data_file, files)
+        about = _about(data_file, by_name)
         if encrypted or about is None or (about.partial_max is not None and about.partial_max > version):
             continue  # encrypted, unknown, or holding rows of later snapshots
         wanted.append(data_file)
@@ -117,7 +120,7 @@ def direct_files(
     found: list[DirectFile | None] = []
     for data_file, delete_file, _ in listed:
         meta = metas.get(data_file)
-        about = _about(data_file, files)
+        about = _about(data_file, by_name)
         if meta is None or about is None:
             found.append(None)
             continue
@@ -133,9 +136,11 @@ def direct_files(
     return found
 
 
-def _about(data_file: str, files: Sequence[_CatalogFile]) -> _CatalogFile | None:
-    """The catalog's row for a listed file."""
-    for file in files:
+def _about(data_file: str, by_name: dict[str, list[_CatalogFile]]) -> _CatalogFile | None:
+    """The catalog's row for a listed file (``by_name``: the rows by file name; the catalog
+    holds paths relative to the table's folder, or whole). One lookup a file: a table may
+    have hundreds of thousands."""
+    for file in by_name.get(data_file.rsplit("/", 1)[-1], ()):
         if data_file == file.path or data_file.endswith("/" + file.path.lstrip("/")):
             return file
     return None
@@ -188,17 +193,15 @@ def deleted_positions(delete_file: str, data_file: str, s3: S3Settings) -> np.nd
     """Sorted row numbers of ``data_file`` that ``delete_file`` deletes."""
     filesystem = pyarrow_s3(s3) if is_remote(delete_file) else None
     location = delete_file.split("://", 1)[1] if is_remote(delete_file) else delete_file
-    backoff = Backoff(s3.retry_seconds)
-    while True:
-        try:
-            table = pq.read_table(location, columns=["file_path", "pos"], filesystem=filesystem)
-            break
-        except (OSError, pa.ArrowException) as exc:
-            if not (is_remote(delete_file) and transient(exc)):
-                raise SourceError(
-                    f"cannot read the delete file {delete_file} of {data_file}: {redact(str(exc))}"
-                ) from None
-            backoff.wait(exc, delete_file)
+    table = read_whole(
+        lambda: pq.read_table(location, columns=["file_path", "pos"], filesystem=filesystem),
+        what=delete_file,
+        remote=is_remote(delete_file),
+        deadline=s3.retry_seconds,
+        failed=lambda exc: SourceError(
+            f"cannot read the delete file {delete_file} of {data_file}: {redact(str(exc))}"
+        ),
+    )
     # DuckLake writes one delete file per data file (the catalog pairs them); should one ever
     # hold several, only this file's rows count.
     if pc.count_distinct(table["file_path"]).as_py() > 1:

@@ -11,12 +11,17 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
+from typing import TypeVar
+
+from pyarrow import ArrowException
 
 from duckstream.errors import StoreUnavailableError
 from duckstream.redact import redact
 from duckstream.storage import ENV_RETRY_SECONDS
 
-__all__ = ["Backoff", "transient"]
+T = TypeVar("T")
+
+__all__ = ["Backoff", "read_whole", "transient"]
 
 # What AWS's SDK (behind pyarrow's S3 filesystem) and HTTP say when the store, not the request,
 # is at fault.
@@ -90,3 +95,23 @@ class Backoff:
             ) from None
         self._sleep(self._delay)
         self._delay = min(_MAX_DELAY, self._delay * 2)
+
+
+def read_whole(
+    read: Callable[[], T],
+    *,
+    what: str,
+    remote: bool,
+    deadline: float,
+    failed: Callable[[Exception], Exception],
+) -> T:
+    """``read()`` (one request's worth: a footer, a delete file), tried again while the store
+    does not answer; any other failure becomes ``failed(error)``."""
+    backoff = Backoff(deadline)
+    while True:
+        try:
+            return read()
+        except (OSError, ArrowException) as exc:
+            if not (remote and transient(exc)):
+                raise failed(exc) from None
+            backoff.wait(exc, what)

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from duckstream.core import remote_files
-from duckstream.core.retry import Backoff, transient
+from duckstream.core.retry import read_whole
 from duckstream.engine import query_error, sql_literal
 from duckstream.errors import SourceError
 from duckstream.redact import redact
@@ -122,17 +122,16 @@ def read_metadata(files: Sequence[str], s3: S3Settings, *, threads: int = 16) ->
     filesystem = pyarrow_s3(s3) if remote else None
 
     def one(path: str) -> FileMeta:
-        backoff = Backoff(s3.retry_seconds)
-        while True:
-            try:
-                return _footer(path, filesystem)
-            except (OSError, pa.ArrowException) as exc:
-                if not (is_remote(path) and transient(exc)):
-                    raise SourceError(
-                        f"cannot read the Parquet footer of {path}: {redact(str(exc))}; "
-                        "the file is missing, truncated or not Parquet"
-                    ) from None
-                backoff.wait(exc, path)
+        return read_whole(
+            lambda: _footer(path, filesystem),
+            what=path,
+            remote=is_remote(path),
+            deadline=s3.retry_seconds,
+            failed=lambda exc: SourceError(
+                f"cannot read the Parquet footer of {path}: {redact(str(exc))}; "
+                "the file is missing, truncated or not Parquet"
+            ),
+        )
 
     if not remote or len(files) == 1:
         return [one(f) for f in files]
