@@ -73,7 +73,6 @@ def lake(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Lake]:
 
 def history(cat: LakehouseCatalog, extra: str) -> list[tuple[str, int]]:
     """Write a table through the changes DuckLake can make; each step's snapshot."""
-    con = cat.con
     steps = [
         ("create", "CREATE TABLE t AS SELECT * FROM captions_src"),
         (
@@ -96,13 +95,21 @@ def history(cat: LakehouseCatalog, extra: str) -> list[tuple[str, int]]:
             "INSERT INTO t SELECT imgid + 3000, split, caption, 0.5 FROM captions_src WHERE imgid < 100",
         ),
     ]
-    con.register("captions_src", captions(0, 1000))
     snapshots = []
     for name, sql in steps:
-        con.execute(sql)
+        write_table(cat, sql)
         snapshots.append((name, cat.table("t").version))
-    con.unregister("captions_src")
     return snapshots
+
+
+def write_table(cat: LakehouseCatalog, *statements: str, rows: int = 1000) -> None:
+    """Run ``statements`` with ``captions_src`` (``rows`` caption rows) at hand."""
+    cat.con.register("captions_src", captions(0, rows))
+    try:
+        for statement in statements:
+            cat.con.execute(statement)
+    finally:
+        cat.con.unregister("captions_src")
 
 
 def catalog_rows(cat: LakehouseCatalog, version: int, sql: str | None) -> list[dict[str, object]]:
@@ -141,11 +148,12 @@ def test_every_snapshot_streams_what_the_catalog_scans_in_its_order(lake: Lake) 
 
 def test_plain_files_of_a_table_are_read_directly(lake: Lake) -> None:
     with lake.open() as cat:
-        cat.con.register("captions_src", captions(0, 1000))
-        cat.con.execute("CREATE TABLE t AS SELECT * FROM captions_src")
-        cat.con.execute("INSERT INTO t SELECT imgid + 1000, split, caption FROM captions_src")
-        cat.con.execute("DELETE FROM t WHERE imgid % 10 = 3")
-        cat.con.unregister("captions_src")
+        write_table(
+            cat,
+            "CREATE TABLE t AS SELECT * FROM captions_src",
+            "INSERT INTO t SELECT imgid + 1000, split, caption FROM captions_src",
+            "DELETE FROM t WHERE imgid % 10 = 3",
+        )
         table = cat.table("t")
         plan = prepare(table, "SELECT imgid, caption FROM source", s3=table.s3)
         assert plan.lake is not None
@@ -169,14 +177,21 @@ def test_plain_files_of_a_table_are_read_directly(lake: Lake) -> None:
 
 def test_a_filtered_table_counts_in_one_pass_and_skips_empty_row_groups(lake: Lake) -> None:
     with lake.open() as cat:
-        cat.con.register("captions_src", captions(0, 1000))
-        cat.con.execute("CREATE TABLE t AS SELECT * FROM captions_src ORDER BY imgid")
-        cat.con.unregister("captions_src")
+        # Four files of 250 sorted ids: the filter's rows lie in the last one alone.
+        write_table(
+            cat,
+            "CREATE TABLE t AS SELECT * FROM captions_src WHERE imgid < 250",
+            *(
+                f"INSERT INTO t SELECT * FROM captions_src WHERE imgid >= {lo} AND imgid < {lo + 250}"
+                for lo in (250, 500, 750)
+            ),
+        )
         table = cat.table("t")
         everything = prepare(table, None, s3=table.s3)
         few = prepare(table, "SELECT imgid FROM source WHERE imgid >= 990", s3=table.s3)
         assert few.num_rows == 10
-        assert sum(s.rows for s in few.shards) <= sum(s.rows for s in everything.shards)
+        assert sum(s.rows for s in everything.shards) == 1000
+        assert sum(s.rows for s in few.shards) == 250  # the files that yield nothing are never read
         assert [r["imgid"] for r in streamed(table, "SELECT imgid FROM source WHERE imgid >= 990")] == list(
             range(990, 1000)
         )
@@ -184,10 +199,7 @@ def test_a_filtered_table_counts_in_one_pass_and_skips_empty_row_groups(lake: La
 
 def test_resume_through_the_loader_on_a_table_with_deletes(lake: Lake) -> None:
     with lake.open() as cat:
-        cat.con.register("captions_src", captions(0, 1000))
-        cat.con.execute("CREATE TABLE t AS SELECT * FROM captions_src")
-        cat.con.execute("DELETE FROM t WHERE imgid % 7 = 0")
-        cat.con.unregister("captions_src")
+        write_table(cat, "CREATE TABLE t AS SELECT * FROM captions_src", "DELETE FROM t WHERE imgid % 7 = 0")
         table = cat.table("t")
         dataset = DuckStreamDataset(
             table, sql="SELECT imgid FROM source", batch_size=32, shuffle=True, seed=3, output="arrow"
@@ -211,9 +223,7 @@ def test_resume_through_the_loader_on_a_table_with_deletes(lake: Lake) -> None:
 
 def test_a_data_file_gone_from_under_a_snapshot_is_named(tmp_path: Path) -> None:
     with LakehouseCatalog(tmp_path / "lake.ducklake", tmp_path / "files") as cat:
-        cat.con.register("captions_src", captions(0, 100))
-        cat.con.execute("CREATE TABLE t AS SELECT * FROM captions_src")
-        cat.con.unregister("captions_src")
+        write_table(cat, "CREATE TABLE t AS SELECT * FROM captions_src", rows=100)
         table = cat.table("t")
         for path in (tmp_path / "files").rglob("*.parquet"):
             path.unlink()
@@ -223,10 +233,12 @@ def test_a_data_file_gone_from_under_a_snapshot_is_named(tmp_path: Path) -> None
 
 def test_deletes_the_catalog_keeps_itself_are_applied_to_files_read_directly(lake: Lake) -> None:
     with lake.open() as cat:
-        cat.con.register("captions_src", captions(0, 400))
-        cat.con.execute("CREATE TABLE t AS SELECT * FROM captions_src WHERE imgid < 200")
-        cat.con.execute("INSERT INTO t SELECT * FROM captions_src WHERE imgid >= 200")
-        cat.con.unregister("captions_src")
+        write_table(
+            cat,
+            "CREATE TABLE t AS SELECT * FROM captions_src WHERE imgid < 200",
+            "INSERT INTO t SELECT * FROM captions_src WHERE imgid >= 200",
+            rows=400,
+        )
         cat.con.execute("DELETE FROM t WHERE imgid IN (3, 77, 250)")  # a few: kept in the catalog
         pinned = cat.table("t")
         cat.con.execute("DELETE FROM t WHERE imgid = 5")  # later: not the pinned snapshot's
@@ -243,3 +255,21 @@ def test_deletes_the_catalog_keeps_itself_are_applied_to_files_read_directly(lak
         assert [r["imgid"] for r in streamed(pinned, "SELECT imgid FROM source")] == [
             i for i in range(400) if i not in (3, 77, 250)
         ]
+
+
+def test_workers_read_files_with_deletes_directly_through_sql(lake: Lake) -> None:
+    with lake.open() as cat:
+        write_table(
+            cat,
+            "CREATE TABLE t AS SELECT * FROM captions_src",
+            "INSERT INTO t SELECT imgid + 1000, split, caption FROM captions_src",
+            "DELETE FROM t WHERE imgid % 10 = 3",
+        )
+        table = cat.table("t")
+        sql = "SELECT imgid, length(caption) AS words, split FROM source WHERE split = 'train'"
+        dataset = DuckStreamDataset(table, sql=sql, batch_size=64, shuffle=True, seed=4, output="arrow")
+        assert dataset.plan.lake is not None
+        assert all(dataset.plan.lake.direct)
+        rows = [r for b in DuckStreamLoader(dataset, num_workers=2) for r in b.to_pylist()]
+        want = catalog_rows(cat, table.version, sql)
+    assert sorted(rows, key=repr) == sorted(want, key=repr)

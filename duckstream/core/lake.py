@@ -13,7 +13,15 @@ from duckstream.errors import ConfigurationError
 from duckstream.redact import MASK, register_secret
 from duckstream.storage import S3Settings
 
-__all__ = ["CatalogLocation", "LakeAccess", "LakeTable", "quote_name"]
+__all__ = ["CatalogLocation", "LakeAccess", "LakeTable", "file_index_fence", "quote_name"]
+
+
+# Ends a query over a lake scan that filters on `file_index`. A filter the user's SQL puts
+# above it would otherwise reach the scan, which prunes files by their statistics and numbers
+# the files left from 0: `file_index = 3` would then name another file. No filter passes a LIMIT.
+def file_index_fence() -> str:
+    """The clause that ends such a query."""
+    return "LIMIT 9223372036854775807"
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from duckstream import engine
 from duckstream.core import sql as sqlmod
 from duckstream.core.batch_sql import BatchQuery, output_schema
 from duckstream.core.counting import FILE, ROW, count_per_range, counting_query
-from duckstream.core.lake import LakeAccess, LakeTable
+from duckstream.core.lake import LakeAccess, LakeTable, file_index_fence
 from duckstream.core.lake_files import DirectFile, all_deleted, direct_files
 from duckstream.core.plan import Shard, plan_fingerprint, skip_empty_groups
 from duckstream.core.planning import (
@@ -238,7 +238,9 @@ def _count_lake(
         return None
     keys = [file_indexes[f] for f, file_pieces in enumerate(pieces) for _ in file_pieces]
     starts = [p[0] for file_pieces in pieces for p in file_pieces]
-    tagged = f"SELECT *, file_index AS {FILE}, file_row_number AS {ROW} FROM {table.scan}"
+    tagged = (
+        f"SELECT *, file_index AS {FILE}, file_row_number AS {ROW} FROM {table.scan} {file_index_fence()}"
+    )
     try:
         found = count_per_range(con, tagged, reduced, keys, starts)
     except duckdb.Error as exc:
@@ -254,7 +256,7 @@ def _count_lake(
 def _lake_shard(scan: str, file_indexes: Sequence[int], shard: Shard) -> str:
     return (
         f"SELECT * FROM {scan} WHERE file_index = {int(file_indexes[shard.file])} "
-        f"AND file_row_number BETWEEN {shard.start} AND {shard.stop - 1}"
+        f"AND file_row_number BETWEEN {shard.start} AND {shard.stop - 1} {file_index_fence()}"
     )
 
 

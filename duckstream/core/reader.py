@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 from duckstream import engine
 from duckstream.core import remote_files
 from duckstream.core.batch_sql import BatchSQL
+from duckstream.core.lake import file_index_fence
 from duckstream.core.lake_files import all_deleted
 from duckstream.core.plan import Shard
 from duckstream.core.retry import Backoff, transient
@@ -48,11 +49,12 @@ WHERE file_row_number BETWEEN getvariable('duckstream_first') AND getvariable('d
 
 
 # The same for a pinned lake table, read through its catalog (deletes and inlined rows applied).
-_LAKE_SHARD_VIEW = """
+_LAKE_SHARD_VIEW = f"""
 CREATE OR REPLACE TEMP VIEW source AS
-SELECT * FROM {scan}
+SELECT * FROM {{scan}}
 WHERE file_index = getvariable('duckstream_file_index')
   AND file_row_number BETWEEN getvariable('duckstream_first') AND getvariable('duckstream_last')
+{file_index_fence()}
 """
 
 
