@@ -20,7 +20,7 @@ from duckstream.core.planning import prepare
 from duckstream.core.world import World
 from duckstream.errors import QueryError
 from duckstream.storage import S3Settings
-from duckstream.stream import stream_batches
+from duckstream.stream import DuckStreamDataset, DuckStreamLoader, stream_batches
 
 QUERIES = [
     "SELECT id, caps[1] AS first, img FROM source",
@@ -210,3 +210,12 @@ def test_wide_values_a_filter_selects_arrive_whole_and_in_their_own_type(
     rows = [(r["id"], r["img"]) for b in batches for r in b.to_pylist()]
     want = [(i, images[i]) for i in ids if i % 3 == 0 or i > 280]
     assert (sorted(rows) if shuffle else rows) == want
+
+
+def test_sql_over_decoded_batches_through_loader_workers(tmp_path: Path) -> None:
+    write_source(tmp_path, [130, 70, 250], 40)
+    sql = "SELECT id, caps[1] AS first, img FROM source WHERE id % 3 <> 1"
+    dataset = DuckStreamDataset(str(tmp_path), sql=sql, batch_size=16, shuffle=True, seed=2, output="arrow")
+    assert dataset.plan.batch is not None
+    rows = [r for b in DuckStreamLoader(dataset, num_workers=2) for r in b.to_pylist()]
+    assert sorted(rows, key=lambda r: r["id"]) == duckdb_rows(tmp_path, sql)  # ids ascend in storage order

@@ -43,6 +43,19 @@ def own_store(tmp_path: Path) -> Iterator[tuple[SeaweedFS, S3Service, str]]:
         server.stop()
 
 
+def read_through_an_outage(server: SeaweedFS, stream: Iterator[Any]) -> list[int]:
+    """The ids of ``stream``, the store stopped after the first batch and back 3 s later."""
+    ids: list[int] = next(stream).column("id").to_pylist()
+    server.stop()  # while the read-ahead lanes want the next files
+    restart = threading.Timer(3.0, server.start)
+    restart.start()
+    try:
+        ids += [i for batch in stream for i in batch.column("id").to_pylist()]
+    finally:
+        restart.join()
+    return ids
+
+
 def keys(s3: S3Service) -> dict[str, Any]:
     return {"s3_endpoint": s3.endpoint, "s3_access_key": s3.access_key, "s3_secret_key": s3.secret_key}
 
@@ -54,14 +67,7 @@ def test_a_store_that_blinks_mid_epoch_is_waited_out_with_every_row_once(
 ) -> None:
     server, service, source = own_store
     stream = stream_batches(source, sql, batch_size=20, threads=1, **keys(service))
-    ids = next(stream).column("id").to_pylist()
-    server.stop()  # about 3 s without a store, while the read-ahead lanes want the next files
-    restart = threading.Timer(3.0, server.start)
-    restart.start()
-    try:
-        ids += [i for batch in stream for i in batch.column("id").to_pylist()]
-    finally:
-        restart.join()
+    ids = read_through_an_outage(server, stream)
     assert ids == list(range(FILES * ROWS))
 
 
@@ -128,12 +134,5 @@ def test_a_lake_table_with_deletes_on_a_blinking_store_is_waited_out(
         assert all(plan.lake.direct)  # pyarrow reads every file, and its delete file
         assert all(plan.lake.deletes)
         stream = stream_batches(table, "SELECT id FROM source", batch_size=20, threads=1, **keys(service))
-        ids = next(stream).column("id").to_pylist()
-        server.stop()
-        restart = threading.Timer(3.0, server.start)
-        restart.start()
-        try:
-            ids += [i for batch in stream for i in batch.column("id").to_pylist()]
-        finally:
-            restart.join()
+        ids = read_through_an_outage(server, stream)
     assert ids == [i for i in range(FILES * ROWS) if i % 3]
