@@ -75,13 +75,15 @@ class S3Settings:
         *,
         region: str | None = None,
         use_ssl: bool | None = None,
+        retry_seconds: float | None = None,
         environ: Mapping[str, str] | None = None,
     ) -> S3Settings:
         """Settings from explicit arguments, each falling back to the environment.
 
         An endpoint with a scheme (``http://h:p``) decides SSL itself; without one (``h:p``) it
         is plain http unless ``use_ssl=True``. A custom endpoint implies path-style URLs, which
-        every S3-compatible store understands.
+        every S3-compatible store understands. ``retry_seconds`` defaults to
+        ``DUCKSTREAM_S3_RETRY_SECONDS``, else 300.
         """
         env = os.environ if environ is None else environ
         endpoint = endpoint or env.get(ENV_ENDPOINT) or None
@@ -89,7 +91,7 @@ class S3Settings:
         secret_key = secret_key or env.get(ENV_SECRET_KEY) or None
         token = env.get(ENV_SESSION_TOKEN) or None
         region = region or next((env[n] for n in ENV_REGIONS if env.get(n)), DEFAULT_REGION)
-        retry = _retry_seconds(env.get(ENV_RETRY_SECONDS))
+        retry = _retry_seconds(env.get(ENV_RETRY_SECONDS)) if retry_seconds is None else retry_seconds
         if endpoint is None:
             return cls(
                 endpoint=None,

@@ -63,6 +63,7 @@ def stream_batches(
     s3_secret_key: str | None = None,
     s3_region: str | None = None,
     s3_use_ssl: bool | None = None,
+    s3_retry_seconds: float | None = None,
     threads: int | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
 ) -> Iterator[pa.RecordBatch]:
@@ -75,7 +76,14 @@ def stream_batches(
     ReadOptions(shuffle, seed, shuffle_buffer, even, threads, batch_size)  # validates
     if epoch < 0:
         raise ConfigurationError(f"epoch must be non-negative, found {epoch}")
-    s3 = S3Settings.resolve(s3_endpoint, s3_access_key, s3_secret_key, region=s3_region, use_ssl=s3_use_ssl)
+    s3 = S3Settings.resolve(
+        s3_endpoint,
+        s3_access_key,
+        s3_secret_key,
+        region=s3_region,
+        use_ssl=s3_use_ssl,
+        retry_seconds=s3_retry_seconds,
+    )
     plan = prepare(source, sql, s3=s3, cache_dir=cache_dir)
     if world is None:
         rank, world_size = ranks_from_env()
@@ -107,6 +115,7 @@ def as_iterable_dataset(
     s3_secret_key: str | None = None,
     s3_region: str | None = None,
     s3_use_ssl: bool | None = None,
+    s3_retry_seconds: float | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
 ) -> datasets.IterableDataset:
     """``source`` through ``sql`` as a real ``datasets.IterableDataset`` of rows.
@@ -122,6 +131,13 @@ def as_iterable_dataset(
     from duckstream.adapters.hf import iterable_dataset
 
     ReadOptions(shuffle, seed, shuffle_buffer)  # validates
-    s3 = S3Settings.resolve(s3_endpoint, s3_access_key, s3_secret_key, region=s3_region, use_ssl=s3_use_ssl)
+    s3 = S3Settings.resolve(
+        s3_endpoint,
+        s3_access_key,
+        s3_secret_key,
+        region=s3_region,
+        use_ssl=s3_use_ssl,
+        retry_seconds=s3_retry_seconds,
+    )
     plan = prepare(source, sql, s3=s3, cache_dir=cache_dir)
     return iterable_dataset(plan, shuffle=shuffle, seed=seed, shuffle_buffer=shuffle_buffer)

@@ -31,6 +31,7 @@ from duckstream.core.plan import (
     plan_shards,
     skip_empty_groups,
 )
+from duckstream.core.retry import patiently
 from duckstream.core.source import (
     FileMeta,
     SourceLike,
@@ -120,7 +121,43 @@ def prepare(
 
     ``original_schema`` is the schema of the data a materialised result was computed from,
     whose fixed-size lists the result gets back.
+
+    Planning only reads, so an object store that stops answering part-way is waited out by
+    planning again from the start, within ``s3.retry_seconds`` (a footer read that fails is
+    retried on its own, in place).
     """
+    deadline = (source.s3 if isinstance(source, LakeTable) else s3).retry_seconds
+    return patiently(
+        lambda: _prepare(
+            source,
+            sql,
+            s3=s3,
+            cache_dir=cache_dir,
+            shard_rows=shard_rows,
+            original_schema=original_schema,
+        ),
+        what=lambda _: _named(source),
+        deadline=deadline,
+    )
+
+
+def _named(source: Source) -> str:
+    """The source as the user named it, for the error raised past the deadline (the store's
+    own words, which follow, name the request that failed)."""
+    if isinstance(source, LakeTable):
+        return f"lake table {source.name}"
+    return ", ".join(parquet_patterns(source))
+
+
+def _prepare(
+    source: Source,
+    sql: str | None,
+    *,
+    s3: S3Settings,
+    cache_dir: str | os.PathLike[str] | None,
+    shard_rows: int,
+    original_schema: pa.Schema | None,
+) -> StreamPlan:
     if isinstance(source, LakeTable):
         from duckstream.core.lake_planning import prepare_lake  # it plans on top of this module
 

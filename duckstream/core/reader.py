@@ -311,19 +311,32 @@ class ShardReader:
         else:
             first, last, skip = shard.start, shard.stop - 1, lo
         want = hi - lo
-        try:
-            if self._plan.lake is not None:
-                file_index = int(self._plan.lake.file_indexes[shard.file])
-                con.execute(f"SET VARIABLE duckstream_file_index = {file_index}::BIGINT")
-            else:
-                con.execute("SET VARIABLE duckstream_file = ?", [self._plan.files[shard.file]])
-            con.execute(f"SET VARIABLE duckstream_first = {int(first)}")
-            con.execute(f"SET VARIABLE duckstream_last = {int(last)}")
-            reader = con.sql(query).to_arrow_reader(self._batch_rows)
-            for piece in _rows(reader, skip, want):
-                yield self._typed(piece)
-        except duckdb.Error as exc:
-            raise engine.query_error(exc, query, s3=self._plan.s3) from None
+        path = self._plan.files[shard.file]
+        backoff = Backoff(self._plan.s3.retry_seconds)
+        # A store that stops answering is waited out; the query then runs again and hands on
+        # from the first row not yet handed on (its order is the same on every run).
+        handed = 0
+        while True:
+            try:
+                if self._plan.lake is not None:
+                    file_index = int(self._plan.lake.file_indexes[shard.file])
+                    con.execute(f"SET VARIABLE duckstream_file_index = {file_index}::BIGINT")
+                else:
+                    con.execute("SET VARIABLE duckstream_file = ?", [path])
+                con.execute(f"SET VARIABLE duckstream_first = {int(first)}")
+                con.execute(f"SET VARIABLE duckstream_last = {int(last)}")
+                reader = con.sql(query).to_arrow_reader(self._batch_rows)
+                for piece in _rows(reader, skip + handed, want - handed):
+                    yield self._typed(piece)
+                    handed += piece.num_rows
+                    backoff.progressed()
+                return
+            except (duckdb.Error, OSError, pa.ArrowException) as exc:
+                if not (is_remote(path) and transient(exc)):
+                    if isinstance(exc, duckdb.Error):
+                        raise engine.query_error(exc, query, s3=self._plan.s3) from None
+                    raise
+                backoff.wait(exc, path)
 
 
 def _without(batch: pa.RecordBatch, first: int, deleted: np.ndarray) -> Iterator[pa.RecordBatch]:
