@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import glob
 import os
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,8 @@ PathLike = str | os.PathLike[str]
 SourceLike = PathLike | Sequence[PathLike]
 
 _GLOB_CHARS = frozenset("*?[")
+# Sources of fewer files plan in well under a second: no progress bar.
+_PROGRESS_FILES = 1_000
 
 
 def is_remote(uri: str) -> bool:
@@ -117,7 +120,13 @@ def list_files(patterns: Sequence[str], con: duckdb.DuckDBPyConnection) -> list[
 
 
 def read_metadata(files: Sequence[str], s3: S3Settings, *, threads: int = 16) -> list[FileMeta]:
-    """Footers of ``files`` (no data pages are read); object-store footers in parallel."""
+    """Footers of ``files`` (no data pages are read); object-store footers in parallel.
+
+    Thousands of files take seconds (minutes on a distant store): a progress bar shows on a
+    terminal, never in logs.
+    """
+    from tqdm.auto import tqdm
+
     remote = any(is_remote(f) for f in files)
     filesystem = pyarrow_s3(s3) if remote else None
 
@@ -133,10 +142,14 @@ def read_metadata(files: Sequence[str], s3: S3Settings, *, threads: int = 16) ->
             ),
         )
 
+    def shown(metas: Iterable[FileMeta]) -> list[FileMeta]:
+        quiet = len(files) < _PROGRESS_FILES or not sys.stderr.isatty()
+        return list(tqdm(metas, total=len(files), desc="planning: footers", unit="file", disable=quiet))
+
     if not remote or len(files) == 1:
-        return [one(f) for f in files]
+        return shown(one(f) for f in files)
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        return list(pool.map(one, files))
+        return shown(pool.map(one, files))
 
 
 def _footer(path: str, filesystem: object) -> FileMeta:
