@@ -16,6 +16,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, get_args
 
+from tqdm import tqdm
+
 from duckstream.errors import ConfigurationError
 from duckstream.redact import redact
 
@@ -137,27 +139,36 @@ def run_bench(config: BenchConfig, *, echo: Callable[[str], None] = print) -> li
     # Memory as the data grows is a property of the plain path, measured when it is asked for.
     scaled = [loader for loader in config.loaders if loader in _SCALED]
     scales = (1, config.scale) if config.scale > 1 and scaled and "plain" in config.paths else (1,)
+    jobs = []  # (preset, scale, spec, path, configuration), in the order they are measured
+    for name in config.presets:
+        for scale in scales:
+            spec = preset(name).spec(config.rows_of(name) * scale, seed=config.seed)
+            for path, asked in plan:
+                if scale > 1 and path.name != "plain":
+                    continue
+                loaders = [
+                    loader
+                    for loader in (config.loaders if scale == 1 else scaled)
+                    if (path.is_floor if loader in _FLOORS else asked)
+                ]
+                for base in _configurations(config, name, scale, spec.rows, path, loaders):
+                    jobs.append((name, scale, spec, path, base))
     measurements: list[Measurement] = []
-    with BenchServices(s3_delay=config.s3_delay_ms / 1000, echo=echo) as services:
-        sources = Sources(services, echo=echo)
+    # A full run takes minutes: a bar on a terminal, and the figures as lines above it.
+    bar = tqdm(total=len(jobs), desc="bench", unit="run", disable=not sys.stderr.isatty(), leave=False)
+    say = echo if bar.disable else lambda text: bar.write(text)
+    with BenchServices(s3_delay=config.s3_delay_ms / 1000, echo=say) as services, bar:
+        sources = Sources(services, echo=say)
+        datasets: dict[tuple[str, int], Path] = {}
         try:
-            for name in config.presets:
-                for scale in scales:
-                    spec = preset(name).spec(config.rows_of(name) * scale, seed=config.seed)
-                    source = ensure_dataset(spec, config.cache_dir)
-                    echo(f"dataset {name} {scale}x: {_describe(spec, source)}")
-                    for path, asked in plan:
-                        if scale > 1 and path.name != "plain":
-                            continue
-                        loaders = [
-                            loader
-                            for loader in (config.loaders if scale == 1 else scaled)
-                            if (path.is_floor if loader in _FLOORS else asked)
-                        ]
-                        for base in _configurations(config, name, scale, spec.rows, path, loaders):
-                            measurement = _run_path(config, base, path, spec, source, sources)
-                            echo(f"  {_label(measurement)}: {_outcome(measurement)}")
-                            measurements.append(measurement)
+            for name, scale, spec, path, base in jobs:
+                if (name, scale) not in datasets:
+                    datasets[name, scale] = ensure_dataset(spec, config.cache_dir)
+                    say(f"dataset {name} {scale}x: {_describe(spec, datasets[name, scale])}")
+                measurement = _run_path(config, base, path, spec, datasets[name, scale], sources)
+                say(f"  {_label(measurement)}: {_outcome(measurement)}")
+                measurements.append(measurement)
+                bar.update()
         finally:
             sources.close()
     return measurements
