@@ -70,7 +70,7 @@ def test_eight_readers_see_their_snapshot_while_an_ingest_appends(
     postgres_server: PostgresService,
     pg_database: str,
 ) -> None:
-    keys = {
+    keys: dict[str, Any] = {
         "s3_endpoint_url": s3_server.endpoint,
         "s3_access_key": s3_server.access_key,
         "s3_secret_key": s3_server.secret_key,

@@ -20,7 +20,9 @@ from datasets.iterable_dataset import _BaseExamplesIterable
 from duckstream.core.pipeline import read_slot
 from duckstream.core.planning import StreamPlan
 from duckstream.core.shuffle import default_shuffle_buffer
+from duckstream.core.state import read_count
 from duckstream.core.world import World
+from duckstream.errors import StateError
 
 __all__ = ["DuckExamplesIterable", "iterable_dataset"]
 
@@ -90,13 +92,30 @@ class DuckExamplesIterable(_BaseExamplesIterable):  # type: ignore[misc]
 
     def _skipped(self) -> Iterator[tuple[int, pa.RecordBatch]]:
         """Batches after the rows the state says were yielded, with the index of their first row."""
-        done = int(self._state_dict["rows"]) if self._state_dict else 0
+        done = self._rows_done()
         position = 0
         for batch in self._batches():
             if position + batch.num_rows > done:
                 offset = max(0, done - position)
                 yield position + offset, batch.slice(offset)
             position += batch.num_rows
+        if done > position:
+            raise StateError(
+                f"the state's 'rows' says {done} rows of this share were read, but it holds only "
+                f"{position}: the state was saved for other data or another split"
+            )
+
+    def _rows_done(self) -> int:
+        # datasets merges a loaded state into the one _init_state_dict made, value by value,
+        # so only the values can be wrong here, not the keys.
+        if not self._state_dict:
+            return 0
+        kind = self._state_dict.get("type")
+        if kind != type(self).__name__:
+            raise StateError(
+                f"expected the state's examples iterable to be {type(self).__name__!r}, found {kind!r}"
+            )
+        return read_count(self._state_dict.get("rows"), "the state's 'rows'")
 
     def __iter__(self) -> Iterator[tuple[str, dict[str, Any]]]:
         slot = self.world.rank

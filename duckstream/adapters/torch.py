@@ -67,6 +67,7 @@ class DuckStreamDataset(IterableDataset[Any]):
         s3_secret_key: str | None = None,
         s3_region: str | None = None,
         s3_use_ssl: bool | None = None,
+        s3_retry_seconds: float | None = None,
         threads: int | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
     ) -> None:
@@ -74,7 +75,12 @@ class DuckStreamDataset(IterableDataset[Any]):
         if output not in OUTPUTS:
             raise ConfigurationError(f"output must be one of {list(OUTPUTS)}, found {output!r}")
         s3 = S3Settings.resolve(
-            s3_endpoint, s3_access_key, s3_secret_key, region=s3_region, use_ssl=s3_use_ssl
+            s3_endpoint,
+            s3_access_key,
+            s3_secret_key,
+            region=s3_region,
+            use_ssl=s3_use_ssl,
+            retry_seconds=s3_retry_seconds,
         )
         self.plan: StreamPlan = prepare(source, sql, s3=s3, cache_dir=cache_dir)
         self.batch_size = batch_size

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from duckstream.core.state import merge_slot_states
+from duckstream.core.state import merge_slot_states, read_count
 from duckstream.errors import StateError
 
 __all__ = ["is_stateful_loader_state", "merge_stateful_loader_state"]
@@ -35,15 +35,24 @@ def merge_stateful_loader_state(state: Mapping[str, Any]) -> dict[str, Any]:
     if _SNAPSHOT not in state:
         inner = state.get(_DATASET_STATE)
         if not isinstance(inner, Mapping):
-            raise StateError("this StatefulDataLoader state holds no dataset state")
+            raise StateError(
+                f"this StatefulDataLoader state holds no dataset state: state[{_DATASET_STATE!r}] "
+                f"is {type(inner).__name__}"
+            )
         return dict(inner)
-    workers = state[_SNAPSHOT].get(_WORKER_SNAPSHOTS)
+    snapshot = state[_SNAPSHOT]
+    workers = snapshot.get(_WORKER_SNAPSHOTS) if isinstance(snapshot, Mapping) else None
+    where = f"state[{_SNAPSHOT!r}][{_WORKER_SNAPSHOTS!r}]"
     if not isinstance(workers, Mapping) or not workers:
-        raise StateError("this StatefulDataLoader state holds no worker snapshots")
+        raise StateError(f"this StatefulDataLoader state holds no worker snapshots at {where}")
     slots = []
-    for key in sorted(workers):
+    names = []
+    for key in sorted(workers, key=str):
         inner = workers[key].get(_DATASET_STATE) if isinstance(workers[key], Mapping) else None
+        name = f"{where}[{key!r}][{_DATASET_STATE!r}]"
         if not isinstance(inner, Mapping):
-            raise StateError(f"StatefulDataLoader snapshot {key} holds no dataset state")
+            raise StateError(f"StatefulDataLoader snapshot {key!r} holds no dataset state at {name}")
         slots.append(inner)
-    return merge_slot_states(slots, extra_items=int(state.get(_STEPS_SINCE_SNAPSHOT, 0)))
+        names.append(name)
+    extra = read_count(state.get(_STEPS_SINCE_SNAPSHOT, 0), f"state[{_STEPS_SINCE_SNAPSHOT!r}]")
+    return merge_slot_states(slots, extra_items=extra, names=names)

@@ -197,6 +197,7 @@ class ShardReader:
                 ):
                     if stored:
                         piece = piece.rename_columns(columns)
+                    _check_decoded(piece)
                     for kept in _without(piece, row, deleted):
                         yield self._typed(kept) if typed else kept
                     row += piece.num_rows
@@ -337,6 +338,19 @@ class ShardReader:
                         raise engine.query_error(exc, query, s3=self._plan.s3) from None
                     raise
                 backoff.wait(exc, path)
+
+
+def _check_decoded(batch: pa.RecordBatch) -> None:
+    """Raise ``ArrowInvalid`` naming the column when decoded values are malformed.
+
+    pyarrow does not check what it decodes from Parquet: a damaged page can give strings that
+    are not UTF-8, which would fail later, far from the file, as a UnicodeDecodeError.
+    """
+    for name, column in zip(batch.schema.names, batch.columns, strict=True):
+        try:
+            column.validate(full=True)
+        except pa.ArrowInvalid as exc:
+            raise pa.ArrowInvalid(f"column {name!r}: {exc}") from None
 
 
 def _without(batch: pa.RecordBatch, first: int, deleted: np.ndarray) -> Iterator[pa.RecordBatch]:

@@ -18,6 +18,7 @@ import duckdb
 
 from duckstream import engine
 from duckstream.errors import ConfigurationError
+from duckstream.redact import redact
 
 __all__ = [
     "QueryShape",
@@ -86,6 +87,7 @@ def analyse(con: duckdb.DuckDBPyConnection, sql: str, source_columns: Sequence[s
     Binding happens here, in the main process, so a syntax error or an unknown column is
     reported before any worker starts.
     """
+    _one_query(con, sql)
     try:
         rows = con.execute(f"EXPLAIN (FORMAT json) {sql}").fetchall()
         tree = json.loads(con.execute("SELECT json_serialize_sql(?)", [sql]).fetchone()[0])  # type: ignore[index]
@@ -110,6 +112,46 @@ def analyse(con: duckdb.DuckDBPyConnection, sql: str, source_columns: Sequence[s
         columns=_plain_columns(select, source_columns) if keeps_rows else None,
         ordered=any(m.get("type") == "ORDER_MODIFIER" for m in select.get("modifiers", [])),
     )
+
+
+def _one_query(con: duckdb.DuckDBPyConnection, sql: str) -> None:
+    """Refuse SQL that is not exactly one query, before DuckDB runs any of it.
+
+    ``EXPLAIN`` prefixes only the first of several statements, and DuckDB runs the others as
+    they stand: a ``COPY ... TO`` among them would write its file during planning.
+    """
+    try:
+        statements = con.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise engine.query_error(exc, sql) from None
+    expected = f"expected one query, SELECT ... FROM {SOURCE}"
+    if not statements:
+        raise ConfigurationError(
+            f"the SQL holds no statement, only blanks or comments, {expected} -- found: {_preview(sql)}"
+        )
+    if len(statements) > 1:
+        texts = [_preview(s.query.strip().rstrip(";")) for s in statements]
+        if not all(texts):
+            # DuckDB expands some single statements (a PIVOT without an IN list) into several.
+            raise ConfigurationError(
+                f"the SQL expands into {len(statements)} statements, {expected}; a PIVOT must "
+                f"list its values (PIVOT ... ON column IN (...)) -- in statement: {_preview(sql)}"
+            )
+        listed = "; ".join(f"({n}) {text}" for n, text in enumerate(texts[:5], 1))
+        raise ConfigurationError(
+            f"the SQL holds {len(statements)} statements, {expected}; "
+            f"remove all but the query -- found: {listed}"
+        )
+    kind = statements[0].type
+    if kind != duckdb.StatementType.SELECT:
+        raise ConfigurationError(
+            f"the SQL is a statement of type {kind.name}, {expected}; the source is read, "
+            f"never written or reconfigured -- in statement: {_preview(sql)}"
+        )
+
+
+def _preview(sql: str) -> str:
+    return redact(" ".join(sql.split()))[:200]
 
 
 def called_functions(tree: Any) -> set[str]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, fields, replace
+from numbers import Integral
 from typing import Any
 
 from duckstream.core.resume import Stage
@@ -30,6 +31,7 @@ __all__ = [
     "is_slot_state",
     "make_state",
     "merge_slot_states",
+    "read_count",
     "read_slot_state",
     "read_state",
     "slot_state",
@@ -38,6 +40,12 @@ __all__ = [
 STATE_VERSION = 1
 _KEYS = ("version", "fingerprint", "seed", "shuffle", "even", "epoch", "stages")
 _STAGE_KEYS = tuple(f.name for f in fields(Stage))
+# Counts beyond this are no progress a real run made: the largest integer every JSON reader
+# keeps exact, far inside the int64 that tensors and numpy hold them in.
+_LARGEST = 2**53
+# A resume replays each reading slot of each stage, in time that grows with their square:
+# more than this is beyond any real run, and a damaged count would never finish replaying.
+_MAX_SLOTS = 1 << 16
 
 
 def make_state(
@@ -58,45 +66,112 @@ def make_state(
 def read_state(
     state: Mapping[str, Any], *, fingerprint: str, seed: int, shuffle: bool, even: str
 ) -> tuple[int, list[Stage]]:
-    """``(epoch, stages)`` from ``state``, refusing one made for another plan or settings."""
-    if not isinstance(state, Mapping):
-        raise StateError(f"expected a state dict, found {type(state).__name__}")
-    missing = [k for k in _KEYS if k not in state]
-    if missing:
-        raise StateError(f"state is missing {missing}; expected the keys {list(_KEYS)}")
-    if state["version"] != STATE_VERSION:
-        raise StateError(f"expected state version {STATE_VERSION}, found {state['version']!r}")
+    """``(epoch, stages)`` from ``state``, refusing one made for another plan or settings.
+
+    Every value is checked for its type and range, so a damaged or hand-edited state is
+    refused with the key at fault named, instead of failing somewhere in the replay.
+    """
+    where = "state"
+    _check_keys(_mapping(state, where), _KEYS, where)
+    version = state["version"]
+    if not _is_int(version) or version != STATE_VERSION:
+        raise StateError(f"expected {where}['version'] == {STATE_VERSION}, found {_shown(version)}")
     expected = {"fingerprint": fingerprint, "seed": seed, "shuffle": shuffle, "even": even}
     for key, value in expected.items():
-        if state[key] != value:
+        found = state[key]
+        if not _same_kind(found, value) or found != value:
             what = (
                 "the data or the SQL changed since it was saved"
                 if key == "fingerprint"
                 else "the dataset was built with other settings"
             )
             raise StateError(
-                f"state does not fit this dataset: expected {key}={value!r}, found {state[key]!r} ({what})"
+                f"state does not fit this dataset: expected {key}={value!r}, found {_shown(found)} ({what})"
             )
-    stages = [_stage(raw) for raw in state["stages"]]
-    epoch = state["epoch"]
-    if not isinstance(epoch, int) or epoch < 0:
-        raise StateError(f"expected a non-negative integer epoch, found {epoch!r}")
+    stages = _read_stages(state["stages"], f"{where}['stages']")
+    epoch = read_count(state["epoch"], f"{where}['epoch']")
     return epoch, stages
 
 
-def _stage(raw: Any) -> Stage:
+def _read_stages(raw: Any, where: str) -> list[Stage]:
+    """The stages listed at ``where`` of a state."""
+    if not isinstance(raw, list | tuple):
+        raise StateError(f"expected {where} to be a list of stages, found {_shown(raw)}")
+    return [_stage(item, f"{where}[{index}]") for index, item in enumerate(raw)]
+
+
+def read_count(value: Any, where: str, *, least: int = 0, most: int = _LARGEST) -> int:
+    """``value`` as a count of ``least`` to ``most`` (an int, not a bool or a float)."""
+    if not _is_int(value):
+        raise StateError(f"expected {where} to be an integer, found {_shown(value)}")
+    if not least <= value <= most:
+        raise StateError(f"expected {where} between {least} and {most:,}, found {value!r}")
+    return int(value)
+
+
+def _stage(raw: Any, where: str) -> Stage:
     # States saved before transfers were chunked have no "chunk": one batch a transfer.
     if isinstance(raw, Mapping) and "chunk" not in raw:
         raw = {**raw, "chunk": 1}
-    if not isinstance(raw, Mapping) or set(raw) != set(_STAGE_KEYS):
-        raise StateError(f"expected stage keys {list(_STAGE_KEYS)}, found {raw!r}")
-    stage = Stage(**{k: raw[k] for k in _STAGE_KEYS})
-    if (
-        min(stage.world_size, stage.num_workers, stage.batch_size, stage.shuffle_buffer, stage.chunk) < 1
-        or stage.consumed < 0
-    ):
-        raise StateError(f"stage {raw!r} holds impossible values")
+    _check_keys(_mapping(raw, where), _STAGE_KEYS, where)
+    values: dict[str, Any] = {}
+    for key in _STAGE_KEYS:
+        at = f"{where}[{key!r}]"
+        if key == "drop_last":
+            if not isinstance(raw[key], bool):
+                raise StateError(f"expected {at} to be true or false, found {_shown(raw[key])}")
+            values[key] = raw[key]
+        else:
+            values[key] = read_count(raw[key], at, least=0 if key == "consumed" else 1)
+    stage = Stage(**values)
+    if stage.world_size * stage.num_workers > _MAX_SLOTS:
+        raise StateError(
+            f"expected {where}['world_size'] * {where}['num_workers'] (reading slots) of at most "
+            f"{_MAX_SLOTS:,}, found {stage.world_size:,} * {stage.num_workers:,}"
+        )
     return stage
+
+
+def _mapping(value: Any, where: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise StateError(f"expected {where} to be a dict, found {_shown(value)}")
+    return value
+
+
+def _check_keys(raw: Mapping[str, Any], expected: Sequence[str], where: str) -> None:
+    missing = [k for k in expected if k not in raw]
+    unexpected = [k for k in raw if k not in expected]
+    if missing or unexpected:
+        found = "; ".join(
+            part
+            for part in (
+                f"missing {missing}" if missing else "",
+                f"unexpected {_clip(repr(unexpected))}" if unexpected else "",
+            )
+            if part
+        )
+        raise StateError(f"expected {where} to hold the keys {list(expected)}: {found}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, Integral) and not isinstance(value, bool)
+
+
+def _same_kind(found: Any, expected: Any) -> bool:
+    # 1 == True and 3 == 3.0 in Python, but a state that says so was not written by this code.
+    if isinstance(expected, bool):
+        return isinstance(found, bool)
+    if _is_int(expected):
+        return _is_int(found)
+    return isinstance(found, type(expected))
+
+
+def _shown(value: Any) -> str:
+    return f"{_clip(repr(value))} ({type(value).__name__})"
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def slot_state(state: Mapping[str, Any], *, worker: int, stage: Stage) -> dict[str, Any]:
@@ -108,36 +183,59 @@ def is_slot_state(state: Mapping[str, Any]) -> bool:
     return isinstance(state, Mapping) and "slot" in state
 
 
-def read_slot_state(state: Mapping[str, Any]) -> tuple[dict[str, Any], int, Stage]:
-    """``(state of the earlier stages, worker role, current stage with that worker's items)``."""
-    slot = state.get("slot")
-    if not isinstance(slot, Mapping) or set(slot) != {"worker", "stage"}:
-        raise StateError(f"expected a worker's slot {{'worker': ..., 'stage': ...}}, found {slot!r}")
-    stage = _stage(slot["stage"])
-    worker = slot["worker"]
-    if not isinstance(worker, int) or not 0 <= worker < stage.num_workers:
-        raise StateError(f"worker {worker!r} is not one of the stage's {stage.num_workers} workers")
+def read_slot_state(state: Mapping[str, Any], where: str = "state") -> tuple[dict[str, Any], int, Stage]:
+    """``(state of the earlier stages, worker role, current stage with that worker's items)``.
+
+    ``where`` names ``state`` in messages (a worker's snapshot inside a loader's state).
+    """
+    _mapping(state, where)
+    at = f"{where}['slot']"
+    slot = _mapping(state.get("slot"), at)
+    _check_keys(slot, ("worker", "stage"), at)
+    stage = _stage(slot["stage"], f"{at}['stage']")
+    worker = read_count(slot["worker"], f"{at}['worker']")
+    if worker >= stage.num_workers:
+        raise StateError(f"{at}['worker'] = {worker} is not one of the stage's {stage.num_workers} workers")
     return {k: v for k, v in state.items() if k != "slot"}, worker, stage
 
 
-def merge_slot_states(states: Sequence[Mapping[str, Any]], *, extra_items: int = 0) -> dict[str, Any]:
+def merge_slot_states(
+    states: Sequence[Mapping[str, Any]],
+    *,
+    extra_items: int = 0,
+    names: Sequence[str] | None = None,
+) -> dict[str, Any]:
     """The loader's state from every worker's slot state.
 
     ``extra_items`` are items the loader handed out after the workers last reported (DataLoader
-    took them in turn, like the rest).
+    took them in turn, like the rest). ``names`` name the states in messages.
     """
     if not states:
         raise StateError("no worker states to merge")
-    parts = [read_slot_state(s) for s in states]
+    names = list(names) if names is not None else [f"worker state {i}" for i in range(len(states))]
+    parts = [read_slot_state(s, where) for s, where in zip(states, names, strict=True)]
+    prior = [
+        _read_stages(base.get("stages"), f"{where}['stages']")
+        for (base, _, _), where in zip(parts, names, strict=True)
+    ]
     base, _, stage = parts[0]
     roles = sorted(worker for _, worker, _ in parts)
     if roles != list(range(stage.num_workers)):
         raise StateError(f"expected one state from each of {stage.num_workers} workers, found roles {roles}")
-    for other, worker, other_stage in parts[1:]:
-        if other != base or not other_stage.same_setup(stage):
-            raise StateError(f"worker {worker}'s state is not from the same epoch and setup as worker 0's")
+    for (other, _, other_stage), where in zip(parts[1:], names[1:], strict=True):
+        if other != base:
+            differ = sorted(str(k) for k in set(base) | set(other) if base.get(k) != other.get(k))
+            raise StateError(f"{where} is not from the same epoch and setup as {names[0]}: see {differ}")
+        if not other_stage.same_setup(stage):
+            raise StateError(
+                f"{where}['slot']['stage'] is not from the same epoch and setup as {names[0]}'s: "
+                f"{other_stage} and {stage}"
+            )
     consumed = sum(s.consumed for _, _, s in parts) + extra_items
     return {
         **base,
-        "stages": [*base["stages"], *([asdict(replace(stage, consumed=consumed))] if consumed else [])],
+        "stages": [
+            *(asdict(s) for s in prior[0]),
+            *([asdict(replace(stage, consumed=consumed))] if consumed else []),
+        ],
     }
