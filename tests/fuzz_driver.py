@@ -43,7 +43,7 @@ from typing import Any
 
 from duckstream.errors import DuckstreamError, StateError
 
-CASE_SECONDS = 20
+CASE_SECONDS = 60  # far past any case on a loaded 2-core machine (most take well under 1 s)
 # The reader every state case loads into: the real states are saved by one configured so.
 DATASET_OPTIONS: dict[str, Any] = {"batch_size": 7, "shuffle": True, "seed": 3, "shuffle_buffer": 16}
 

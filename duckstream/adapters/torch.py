@@ -83,6 +83,7 @@ class DuckStreamDataset(IterableDataset[Any]):
             retry_seconds=s3_retry_seconds,
         )
         self.plan: StreamPlan = prepare(source, sql, s3=s3, cache_dir=cache_dir)
+        self._plan_summary = self.plan.summary()
         self.batch_size = batch_size
         self.drop_last = drop_last
         self.shuffle = shuffle
@@ -184,6 +185,7 @@ class DuckStreamDataset(IterableDataset[Any]):
             even=self.even,
             epoch=epoch,
             stages=stages,
+            plan=self._plan_summary,
         )
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -208,7 +210,12 @@ class DuckStreamDataset(IterableDataset[Any]):
 
     def _read_state(self, state: Mapping[str, Any]) -> tuple[int, list[Stage]]:
         return read_state(
-            state, fingerprint=self.plan.fingerprint, seed=self.seed, shuffle=self.shuffle, even=self.even
+            state,
+            fingerprint=self.plan.fingerprint,
+            seed=self.seed,
+            shuffle=self.shuffle,
+            even=self.even,
+            plan=self._plan_summary,
         )
 
     def _load_slot_state(self, state: Mapping[str, Any]) -> None:

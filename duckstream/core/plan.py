@@ -6,8 +6,16 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["DEFAULT_SHARD_ROWS", "Shard", "plan_fingerprint", "plan_shards", "skip_empty_groups"]
+__all__ = [
+    "DEFAULT_SHARD_ROWS",
+    "Shard",
+    "plan_fingerprint",
+    "plan_shards",
+    "plan_summary",
+    "skip_empty_groups",
+]
 
 # Shards are the unit of shard-order shuffling and of one read query. Small row groups merge
 # up to this size; large row groups are never cut, since a sub-range still decodes them whole.
@@ -103,3 +111,23 @@ def plan_fingerprint(
         separators=(",", ":"),
     )
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def plan_summary(
+    files: Sequence[str], counts: Sequence[int], query: str | None, table: str | None = None
+) -> dict[str, Any]:
+    """What a saved state keeps of its plan besides the fingerprint, so that a state refused
+    for another plan can say what changed: the SQL, the lake snapshot, or which files.
+
+    A few hundred bytes whatever the number of files: the list itself is kept as a digest.
+    """
+    listing = json.dumps(list(files), separators=(",", ":")).encode()
+    return {
+        "files": len(files),
+        "first_file": files[0] if files else None,
+        "last_file": files[-1] if files else None,
+        "files_digest": hashlib.sha256(listing).hexdigest()[:16],
+        "rows": int(sum(counts)),
+        "sql": query,
+        "table": table,
+    }

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pyarrow as pa
@@ -29,6 +30,7 @@ from duckstream.core.plan import (
     Shard,
     plan_fingerprint,
     plan_shards,
+    plan_summary,
     skip_empty_groups,
 )
 from duckstream.core.retry import patiently
@@ -88,6 +90,11 @@ class StreamPlan:
     @property
     def num_rows(self) -> int:
         return sum(self.counts)
+
+    def summary(self) -> dict[str, Any]:
+        """The plan as a saved state describes it (see :func:`plan_summary`)."""
+        table = self.lake.scan if self.lake is not None else None
+        return plan_summary(self.files, self.counts, self.query, table)
 
     def decoded(self, file: int) -> bool:
         """Whether pyarrow decodes file ``file`` (else DuckDB reads it, one shard at a time)."""

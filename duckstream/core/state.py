@@ -5,7 +5,12 @@
     {"version": 1, "fingerprint": "<plan hash>", "seed": 0, "shuffle": true, "even": "pad",
      "epoch": 3, "stages": [{"world_size": 2, "num_workers": 4, "batch_size": 32,
                              "drop_last": false, "shuffle_buffer": 8192, "consumed": 120,
-                             "chunk": 4}]}
+                             "chunk": 4}],
+     "plan": {"files": 8, "first_file": "...", "last_file": "...", "files_digest": "...",
+              "rows": 123287, "sql": null, "table": null}}
+
+``plan`` (absent from states saved before it was added) says what the fingerprint covers, so
+that a state refused for another plan can say what changed.
 
 ``stages`` lists the stretches of the current epoch read so far (one per resume), so its size
 grows with the number of resumptions, never with the data.
@@ -39,6 +44,7 @@ __all__ = [
 
 STATE_VERSION = 1
 _KEYS = ("version", "fingerprint", "seed", "shuffle", "even", "epoch", "stages")
+_OPTIONAL_KEYS = ("plan",)
 _STAGE_KEYS = tuple(f.name for f in fields(Stage))
 # Counts beyond this are no progress a real run made: the largest integer every JSON reader
 # keeps exact, far inside the int64 that tensors and numpy hold them in.
@@ -49,10 +55,17 @@ _MAX_SLOTS = 1 << 16
 
 
 def make_state(
-    *, fingerprint: str, seed: int, shuffle: bool, even: str, epoch: int, stages: Sequence[Stage]
+    *,
+    fingerprint: str,
+    seed: int,
+    shuffle: bool,
+    even: str,
+    epoch: int,
+    stages: Sequence[Stage],
+    plan: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The state as JSON-serialisable plain values."""
-    return {
+    """The state as JSON-serialisable plain values; ``plan`` is the plan's summary."""
+    state = {
         "version": STATE_VERSION,
         "fingerprint": fingerprint,
         "seed": seed,
@@ -61,18 +74,28 @@ def make_state(
         "epoch": epoch,
         "stages": [asdict(s) for s in stages if s.consumed > 0],
     }
+    if plan is not None:
+        state["plan"] = dict(plan)
+    return state
 
 
 def read_state(
-    state: Mapping[str, Any], *, fingerprint: str, seed: int, shuffle: bool, even: str
+    state: Mapping[str, Any],
+    *,
+    fingerprint: str,
+    seed: int,
+    shuffle: bool,
+    even: str,
+    plan: Mapping[str, Any] | None = None,
 ) -> tuple[int, list[Stage]]:
     """``(epoch, stages)`` from ``state``, refusing one made for another plan or settings.
 
     Every value is checked for its type and range, so a damaged or hand-edited state is
-    refused with the key at fault named, instead of failing somewhere in the replay.
+    refused with the key at fault named, instead of failing somewhere in the replay. ``plan``
+    (this plan's summary) lets a refusal say what changed.
     """
     where = "state"
-    _check_keys(_mapping(state, where), _KEYS, where)
+    _check_keys(_mapping(state, where), _KEYS, where, optional=_OPTIONAL_KEYS)
     version = state["version"]
     if not _is_int(version) or version != STATE_VERSION:
         raise StateError(f"expected {where}['version'] == {STATE_VERSION}, found {_shown(version)}")
@@ -80,11 +103,12 @@ def read_state(
     for key, value in expected.items():
         found = state[key]
         if not _same_kind(found, value) or found != value:
-            what = (
-                "the data or the SQL changed since it was saved"
-                if key == "fingerprint"
-                else "the dataset was built with other settings"
-            )
+            if key == "fingerprint":
+                raise StateError(
+                    "state does not fit this dataset: it was saved for another plan "
+                    f"(fingerprint {_clip(repr(found))}, now {value!r}): {_what_changed(state.get('plan'), plan)}"
+                )
+            what = "the dataset was built with other settings"
             raise StateError(
                 f"state does not fit this dataset: expected {key}={value!r}, found {_shown(found)} ({what})"
             )
@@ -138,9 +162,48 @@ def _mapping(value: Any, where: str) -> Mapping[str, Any]:
     return value
 
 
-def _check_keys(raw: Mapping[str, Any], expected: Sequence[str], where: str) -> None:
+def _what_changed(saved: Any, now: Mapping[str, Any] | None) -> str:
+    """What differs between the plan a state was saved for and this one, in words."""
+    if not isinstance(saved, Mapping) or now is None:
+        return "the data or the SQL changed since it was saved"
+
+    def shown(value: Any) -> str:
+        # Whole paths and SQL: they are what the reader looks for.
+        return "none (a plain column read)" if value is None else _clip(repr(value), 400)
+
+    if saved.get("sql") != now["sql"]:
+        return f"the SQL changed: saved for {shown(saved.get('sql'))}, now {shown(now['sql'])}"
+    if saved.get("table") != now["table"]:
+        return (
+            f"the lake table or its snapshot changed: saved for {shown(saved.get('table'))}, "
+            f"now {shown(now['table'])}"
+        )
+    if saved.get("files") != now["files"] or saved.get("files_digest") != now["files_digest"]:
+        counted = f"{saved.get('files')!r} files when saved, {now['files']} now"
+        for end in ("first_file", "last_file"):
+            if saved.get(end) != now[end]:
+                label = end.replace("_", " ")
+                return (
+                    f"the files changed ({counted}): the {label} was {shown(saved.get(end))}, "
+                    f"now {shown(now[end])}"
+                )
+        return (
+            f"the files changed ({counted}): one between {shown(now['first_file'])} and "
+            f"{shown(now['last_file'])} was added, removed or renamed"
+        )
+    if saved.get("rows") != now["rows"]:
+        return (
+            f"the same files hold other rows: {saved.get('rows')!r} rows (after the SQL) when saved, "
+            f"{now['rows']} now; a file was rewritten, or the filter reads other values"
+        )
+    return "the same files and rows, cut into other shards: a file was rewritten with other row groups"
+
+
+def _check_keys(
+    raw: Mapping[str, Any], expected: Sequence[str], where: str, *, optional: Sequence[str] = ()
+) -> None:
     missing = [k for k in expected if k not in raw]
-    unexpected = [k for k in raw if k not in expected]
+    unexpected = [k for k in raw if k not in expected and k not in optional]
     if missing or unexpected:
         found = "; ".join(
             part
@@ -170,8 +233,8 @@ def _shown(value: Any) -> str:
     return f"{_clip(repr(value))} ({type(value).__name__})"
 
 
-def _clip(text: str) -> str:
-    return text if len(text) <= 80 else text[:77] + "..."
+def _clip(text: str, most: int = 80) -> str:
+    return text if len(text) <= most else text[: most - 3] + "..."
 
 
 def slot_state(state: Mapping[str, Any], *, worker: int, stage: Stage) -> dict[str, Any]:
