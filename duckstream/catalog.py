@@ -7,11 +7,14 @@ shows the latest), because concurrent UPDATEs conflict on a shared catalog.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import datetime
 from functools import partial
 from typing import Any, Literal, TypeVar
@@ -27,7 +30,7 @@ from duckstream.errors import CatalogError, ConfigurationError, DuckstreamError
 from duckstream.redact import get_logger, redact
 from duckstream.storage import S3Settings
 
-__all__ = ["Experiment", "LakehouseCatalog", "Run", "RunStatus"]
+__all__ = ["Experiment", "LakehouseCatalog", "Run", "RunStatus", "refused_credentials"]
 
 log = get_logger(__name__)
 
@@ -54,6 +57,23 @@ _RUN_COLUMNS = (
     "started_at, finished_at"
 )
 _CONFLICT_MARKERS = ("conflict", "could not serialize", "deadlock", "retry the transaction")
+# DuckDB refusing a second writer of a catalog file says "conflict" too, but no retry helps while
+# the other writer keeps the file open.
+_FILE_BUSY_MARKERS = ("could not set lock on file", "unique file handle conflict")
+# PostgreSQL refusing the catalog's credentials: waiting cannot fix that, so it is no outage.
+_AUTH_MARKERS = ("password authentication failed", "no password supplied", "no pg_hba.conf entry")
+
+
+def refused_credentials(message: str) -> bool:
+    """Whether a catalog error says PostgreSQL refused the user or password."""
+    text = message.lower()
+    return any(marker in text for marker in _AUTH_MARKERS)
+
+
+def _commit_conflict(exc: DuckstreamError) -> bool:
+    # QueryError shows DuckDB's first line only; DuckLake names the conflict on a later one.
+    text = f"{exc} {getattr(exc, 'engine_message', '')}".lower()
+    return any(m in text for m in _CONFLICT_MARKERS) and not any(m in text for m in _FILE_BUSY_MARKERS)
 
 
 class Experiment(BaseModel):
@@ -92,6 +112,7 @@ class LakehouseCatalog(ClosesOnExit):
     embedded default); ``data_path`` a local folder or ``s3://bucket/prefix`` (for a file
     catalog it defaults to ``<file>.files/`` beside it). ``con`` is the connection, with the
     lake attached and in use, for your own SQL. Writes retry when concurrent commits collide.
+    A wrong PostgreSQL user or password is a :class:`CatalogError` at once (no retry).
     """
 
     def __init__(
@@ -104,6 +125,7 @@ class LakehouseCatalog(ClosesOnExit):
         *,
         s3_region: str | None = None,
         s3_use_ssl: bool | None = None,
+        s3_retry_seconds: float | None = None,
         alias: str = "lake",
         read_only: bool = False,
         threads: int | None = None,
@@ -128,8 +150,15 @@ class LakehouseCatalog(ClosesOnExit):
         self.alias = alias
         self.read_only = read_only
         self._retries = retries
+        self._append_locks: dict[str, threading.Lock] = {}
+        self._append_locks_guard = threading.Lock()
         self._s3 = S3Settings.resolve(
-            s3_endpoint, s3_access_key, s3_secret_key, region=s3_region, use_ssl=s3_use_ssl
+            s3_endpoint,
+            s3_access_key,
+            s3_secret_key,
+            region=s3_region,
+            use_ssl=s3_use_ssl,
+            retry_seconds=s3_retry_seconds,
         )
         self._con: duckdb.DuckDBPyConnection | None = engine.connect(
             s3=self._s3, extensions=engine.ALL_EXTENSIONS, threads=threads
@@ -139,13 +168,7 @@ class LakehouseCatalog(ClosesOnExit):
             try:
                 self._with_retries("attach the catalog", lambda: self._run(attach))
             except DuckstreamError as exc:
-                if location.kind == "duckdb" and "lock" in str(exc).lower():
-                    raise CatalogError(
-                        f"the catalog file {location.target} is open for writing in another process "
-                        "(a DuckDB-file catalog allows one writer): close it there, open this one "
-                        f"with read_only=True, or use a PostgreSQL catalog; DuckDB said: {exc}"
-                    ) from None
-                raise
+                raise _attach_error(location, exc) from None
             self._run(f"USE {alias}")
             if not read_only:
                 for ddl in _TRACKING_DDL:
@@ -163,9 +186,11 @@ class LakehouseCatalog(ClosesOnExit):
             raise DuckstreamError("this LakehouseCatalog is closed; open a new one")
         return self._con
 
-    def _run(self, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
+    def _run(
+        self, sql: str, params: list[Any] | None = None, *, on: duckdb.DuckDBPyConnection | None = None
+    ) -> list[tuple[Any, ...]]:
         try:
-            return self.con.execute(sql, params).fetchall()
+            return (self.con if on is None else on).execute(sql, params).fetchall()
         except duckdb.Error as exc:
             raise engine.query_error(exc, sql, s3=self._s3) from None
 
@@ -176,13 +201,55 @@ class LakehouseCatalog(ClosesOnExit):
             try:
                 return action()
             except DuckstreamError as exc:
-                message = str(exc).lower()
-                if attempt == self._retries or not any(m in message for m in _CONFLICT_MARKERS):
+                if attempt == self._retries or not _commit_conflict(exc):
                     raise
                 log.info("commit conflict while trying to %s; retry %d", what, attempt + 1)
                 time.sleep(delay * (1 + jitter.random()))
                 delay = min(delay * 2, 2.0)
         raise AssertionError("unreachable")
+
+    @contextmanager
+    def _exclusive_append(self, table: str) -> Iterator[None]:
+        """Hold the lock on appends into ``table`` that read it first (to skip the keys it holds).
+
+        DuckLake lets concurrent inserts into one table commit side by side (it checks them
+        against drops, schema changes and deletes, not against each other), so two such appends
+        would both add the keys neither saw. On PostgreSQL a session advisory lock holds off the
+        appends of every process; a DuckDB-file catalog has one writing process, and in it one
+        catalog, whose own lock holds off its threads.
+        """
+        parts = [p.lower() for p in table.split(".")]
+        name = ".".join(parts if len(parts) == 2 else ["main", *parts])
+        with self._append_locks_guard:
+            local = self._append_locks.setdefault(name, threading.Lock())
+        with local:
+            if self.location.kind != "postgres":
+                yield
+                return
+            with self._advisory_lock(name):
+                yield
+
+    @contextmanager
+    def _advisory_lock(self, name: str) -> Iterator[None]:
+        import psycopg
+
+        digest = hashlib.sha256(f"duckstream append {name}".encode()).digest()
+        key = int.from_bytes(digest[:8], "big", signed=True)
+        try:
+            # Its own connection: the lock lasts exactly as long as that session, so a crashed
+            # appender never leaves it taken.
+            lock = psycopg.connect(self.location.target, autocommit=True, connect_timeout=30)
+        except psycopg.Error as exc:
+            text = redact(str(exc)).strip()
+            if refused_credentials(text):
+                raise CatalogError(_credentials_message(self.location, text)) from None
+            raise CatalogError(f"could not lock table {name!r} for an append: {text}") from None
+        with lock:
+            row = lock.execute("SELECT pg_try_advisory_lock(%s)", [key]).fetchone()
+            if not (row and row[0]):
+                log.info("waiting for another append into %s to finish", name)
+                lock.execute("SELECT pg_advisory_lock(%s)", [key])
+            yield
 
     def close(self) -> None:
         """Detach and close; closing twice is harmless."""
@@ -376,6 +443,36 @@ class LakehouseCatalog(ClosesOnExit):
             f"(?, ?, ?, ?, ?, ?, ?, ?, ?, {started}, {finished}, ?, now())"
         )
         self._with_retries("record a run", lambda: self._run(sql, params))
+
+
+def _attach_error(location: CatalogLocation, exc: DuckstreamError) -> DuckstreamError:
+    """What to raise when the catalog cannot be attached: a clear CatalogError where one fits."""
+    text = f"{exc} {getattr(exc, 'engine_message', '')}"
+    lowered = text.lower()
+    if location.kind == "duckdb" and "unique file handle conflict" in lowered:
+        return CatalogError(
+            f"the catalog file {location.target} is already open for writing in this process (a "
+            "DuckDB-file catalog allows one writer): use that LakehouseCatalog here too (its keyed "
+            "appends take turns), close it first, or open this one with read_only=True"
+        )
+    if location.kind == "duckdb" and "lock" in lowered:
+        return CatalogError(
+            f"the catalog file {location.target} is open for writing in another process "
+            "(a DuckDB-file catalog allows one writer): close it there, open this one "
+            f"with read_only=True, or use a PostgreSQL catalog; DuckDB said: {exc}"
+        )
+    if location.kind == "postgres" and refused_credentials(text):
+        return CatalogError(_credentials_message(location, text))
+    return exc
+
+
+def _credentials_message(location: CatalogLocation, text: str) -> str:
+    fatal = text.split("FATAL:", 1)[-1].split(" -- in statement")[0]
+    reason = " ".join(fatal.split())
+    return (
+        f"PostgreSQL refused the credentials of catalog {location!r}: {reason}; check the user and "
+        "password in the DSN (retrying cannot help)"
+    )
 
 
 def _new_id() -> str:

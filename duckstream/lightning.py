@@ -29,6 +29,7 @@ from duckstream.errors import ConfigurationError
 from duckstream.loader_stats import EpochStats, LoaderMeter, count_rows
 from duckstream.metrics import column_statistics, loader_metrics, log_metrics
 from duckstream.redact import get_logger
+from duckstream.storage import S3Settings
 from duckstream.tracking import RunTracker
 
 __all__ = ["CatalogCallback", "DuckStreamDataModule", "LoaderMetricsCallback", "MeteredLoader", "Split"]
@@ -37,6 +38,16 @@ log = get_logger(__name__)
 
 Split = Literal["train", "val", "test", "predict"]
 SPLITS: tuple[Split, ...] = ("train", "val", "test", "predict")
+# The data module's keywords that say how to reach its files (LoaderMetricsCallback reads them too).
+_READ_KEYWORDS = (
+    "s3_endpoint",
+    "s3_access_key",
+    "s3_secret_key",
+    "s3_region",
+    "s3_use_ssl",
+    "s3_retry_seconds",
+    "cache_dir",
+)
 
 
 class MeteredLoader(DuckStreamLoader):
@@ -347,7 +358,9 @@ class LoaderMetricsCallback(L.Callback):
     With Lightning's ``WandbLogger`` they reach Weights & Biases (offline too). ``column_sql``,
     a one-row aggregate over the train source such as ``SELECT avg(length(caption)) AS
     caption_length FROM source``, is logged once at fit start (over ``column_source`` when
-    given, else the data module's train source). Rank 0 logs; every rank reads its own share.
+    given, else the data module's train source), read with the data module's S3 settings (those
+    of its train dataset when that split is a ready :class:`DuckStreamDataset`). Rank 0 logs;
+    every rank reads its own share.
     """
 
     def __init__(
@@ -372,9 +385,9 @@ class LoaderMetricsCallback(L.Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.column_sql is None or not trainer.is_global_zero:
             return
+        datamodule = getattr(trainer, "datamodule", None)
         source = self.column_source
         if source is None:
-            datamodule = getattr(trainer, "datamodule", None)
             train = datamodule.sources.get("train") if isinstance(datamodule, DuckStreamDataModule) else None
             if train is None or isinstance(train, DuckStreamDataset):
                 raise ConfigurationError(
@@ -382,7 +395,10 @@ class LoaderMetricsCallback(L.Callback):
                     "or give the DuckStreamDataModule its train split as a source, not a dataset"
                 )
             source = train
-        self._send(trainer, column_statistics(source, self.column_sql, prefix=self.column_prefix))
+        statistics = column_statistics(
+            source, self.column_sql, prefix=self.column_prefix, **_read_keywords(datamodule)
+        )
+        self._send(trainer, statistics)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
@@ -395,3 +411,24 @@ class LoaderMetricsCallback(L.Callback):
             self._send(
                 trainer, {**loader_metrics(stats, prefix=self.prefix), f"{self.prefix}epoch": stats.epoch}
             )
+
+
+def _read_keywords(datamodule: Any) -> dict[str, Any]:
+    """How the data module reaches its train data: its S3 keywords and cache folder."""
+    if not isinstance(datamodule, DuckStreamDataModule):
+        return {}
+    train = datamodule.sources.get("train")
+    if isinstance(train, DuckStreamDataset):
+        return _s3_keywords(train.plan.s3)
+    return {key: value for key, value in datamodule.dataset_kwargs.items() if key in _READ_KEYWORDS}
+
+
+def _s3_keywords(s3: S3Settings) -> dict[str, Any]:
+    return {
+        "s3_endpoint": s3.endpoint_url,  # with its scheme, which carries use_ssl
+        "s3_access_key": s3.access_key,
+        "s3_secret_key": s3.secret_key,
+        "s3_region": s3.region,
+        "s3_use_ssl": s3.use_ssl if s3.endpoint is None else None,
+        "s3_retry_seconds": s3.retry_seconds,
+    }

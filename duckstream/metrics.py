@@ -39,12 +39,16 @@ def column_statistics(
     s3_endpoint: str | None = None,
     s3_access_key: str | None = None,
     s3_secret_key: str | None = None,
+    s3_region: str | None = None,
+    s3_use_ssl: bool | None = None,
+    s3_retry_seconds: float | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
 ) -> dict[str, float]:
     """The numeric columns of the one row ``sql`` returns over ``source``, as metrics.
 
     For example ``SELECT avg(length(caption)) AS caption_length_mean FROM source``. The query
-    runs once over the whole source (aggregates are never split between readers).
+    runs once over the whole source (aggregates are never split between readers). The S3
+    keywords are those of :func:`duckstream.stream.stream_batches`.
     """
     from duckstream.stream import stream_batches
 
@@ -56,6 +60,9 @@ def column_statistics(
             s3_endpoint=s3_endpoint,
             s3_access_key=s3_access_key,
             s3_secret_key=s3_secret_key,
+            s3_region=s3_region,
+            s3_use_ssl=s3_use_ssl,
+            s3_retry_seconds=s3_retry_seconds,
             cache_dir=cache_dir,
         )
     )

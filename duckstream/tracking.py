@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import duckdb
 
-from duckstream.catalog import LakehouseCatalog, Run
+from duckstream.catalog import LakehouseCatalog, Run, refused_credentials
 from duckstream.core.lake import LakeTable
 from duckstream.errors import CatalogError, ConfigurationError, QueryError
 from duckstream.loader_stats import EpochStats, LoaderMeter, count_rows
@@ -43,7 +43,12 @@ _UNREACHABLE_MARKERS = ("io error", "ioexception", "connect", "timeout", "timed 
 
 
 def is_unreachable(exc: BaseException) -> bool:
-    """Whether ``exc`` says the catalog could not be reached (worth retrying later)."""
+    """Whether ``exc`` says the catalog could not be reached (worth retrying later).
+
+    A server that answered to refuse the user or password was reached: waiting cannot help.
+    """
+    if refused_credentials(f"{exc} {getattr(exc, 'engine_message', '')}"):
+        return False
     if isinstance(exc, _UNREACHABLE_TYPES):
         return True
     if isinstance(exc, QueryError | duckdb.Error):
@@ -84,7 +89,7 @@ class RunTracker:
     context manager it starts on entry and completes, or fails with the exception, on exit.
     No method raises because the catalog is down or refuses: writes wait while it cannot be
     reached and are replayed, in order, at the next write or :meth:`flush`; a refused write
-    is dropped with a warning.
+    is dropped with a warning, at once (a wrong PostgreSQL password is a refusal, not an outage).
     """
 
     def __init__(

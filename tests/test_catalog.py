@@ -383,8 +383,10 @@ def test_a_second_writer_on_a_file_catalog_gets_a_clear_error(tmp_path: Path) ->
     with LakehouseCatalog(path, tmp_path / "files"):
         script = textwrap.dedent(
             f"""
+            import logging
             from duckstream.catalog import LakehouseCatalog
             from duckstream.errors import DuckstreamError
+            logging.basicConfig(level=logging.INFO)
             try:
                 LakehouseCatalog({str(path)!r}, {str(tmp_path / "files")!r})
             except DuckstreamError as exc:
@@ -392,9 +394,14 @@ def test_a_second_writer_on_a_file_catalog_gets_a_clear_error(tmp_path: Path) ->
             """
         )
         result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+        # In this process too, a second catalog on the file is refused the same way.
+        with pytest.raises(CatalogError, match=r"already open for writing in this process.*use that"):
+            LakehouseCatalog(path, tmp_path / "files")
     assert result.stdout.startswith("ERROR"), result.stdout + result.stderr
     assert "open for writing in another process" in result.stdout
     assert "read_only=True" in result.stdout
+    # at once: the other writer keeps the file until it closes, so waiting would only delay this
+    assert "retry" not in result.stderr
 
 
 @pytest.mark.services
@@ -402,15 +409,16 @@ def test_unreachable_and_wrong_password_postgres(postgres_server: PostgresServic
     from duckstream.devservices import free_port
 
     wrong = f"postgresql://ducklake:wrong-password-123@127.0.0.1:{postgres_server.port}/ducklake"
-    with pytest.raises(DuckstreamError) as raised:
+    with pytest.raises(CatalogError) as raised:
         LakehouseCatalog(wrong, tmp_path / "files")
     assert "wrong-password-123" not in str(raised.value)
     assert "password authentication failed" in str(raised.value)
+    assert "check the user and password" in str(raised.value)
     down = f"postgresql://ducklake:secret-pw-456@127.0.0.1:{free_port()}/ducklake"
-    with pytest.raises(DuckstreamError) as raised:
+    with pytest.raises(DuckstreamError) as unreachable:
         LakehouseCatalog(down, tmp_path / "files")
-    assert "secret-pw-456" not in str(raised.value)
-    assert "connect" in str(raised.value).lower()
+    assert "secret-pw-456" not in str(unreachable.value)
+    assert "connect" in str(unreachable.value).lower()
 
 
 def _register_many(dsn: str, data_path: str, experiment: str, count: int, out: str) -> None:

@@ -15,10 +15,11 @@ from hypothesis import strategies as st
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from duckstream.catalog import LakehouseCatalog
+from duckstream.devservices import S3Service
 from duckstream.errors import ConfigurationError
-from duckstream.lightning import CatalogCallback, DuckStreamDataModule
+from duckstream.lightning import CatalogCallback, DuckStreamDataModule, LoaderMetricsCallback
 from duckstream.stream import DuckStreamDataset
-from tests.conftest import numbers_table
+from tests.conftest import numbers_table, upload_dir
 
 ROWS = 300  # the parquet_dir fixture: ids 0..299
 
@@ -197,6 +198,39 @@ def test_bad_arguments_are_refused(parquet_dir: Path) -> None:
         DuckStreamDataModule(parquet_dir, num_workers=-1)
     with pytest.raises(ConfigurationError, match="batch_size"):
         DuckStreamDataModule(parquet_dir, batch_size=0)
+
+
+@pytest.mark.services
+def test_column_statistics_reach_the_store_the_data_module_reads(
+    parquet_dir: Path, tmp_path: Path, s3_server: S3Service, s3_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Nothing in the environment points at the store: only the data module's keywords do.
+    for name in ("DUCKSTREAM_S3_ENDPOINT", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DUCKSTREAM_S3_RETRY_SECONDS", "5")  # a read sent elsewhere fails soon
+    upload_dir(s3_server.boto3_client(), s3_bucket, "numbers", parquet_dir)
+    uri = f"s3://{s3_bucket}/numbers/"
+    keys: dict[str, Any] = {
+        "s3_endpoint": s3_server.endpoint,  # host:port, the seed's form
+        "s3_access_key": s3_server.access_key,
+        "s3_secret_key": s3_server.secret_key,
+    }
+    sql = "SELECT avg(id) AS mean_id, count(*) AS row_count FROM source"
+    expected = {"data/mean_id": 149.5, "data/row_count": 300.0}
+
+    from_module = LoaderMetricsCallback(column_sql=sql)
+    trainer(tmp_path, max_epochs=1, callbacks=[from_module]).fit(
+        IdRecorder(), datamodule=DuckStreamDataModule(uri, batch_size=100, **keys)
+    )
+    assert from_module.logged[0] == expected
+
+    # A ready dataset as the train split: a column_source given apart is read with its settings.
+    ready = DuckStreamDataset(uri, batch_size=100, **keys)
+    apart = LoaderMetricsCallback(column_sql=sql, column_source=uri)
+    trainer(tmp_path, max_epochs=1, callbacks=[apart]).fit(
+        IdRecorder(), datamodule=DuckStreamDataModule(ready)
+    )
+    assert apart.logged[0] == expected
 
 
 # --------------------------------------------------------------------------- DDP, two processes

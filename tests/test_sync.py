@@ -7,7 +7,10 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +20,7 @@ import pytest
 from duckstream.devservices import S3Service
 from duckstream.errors import ConfigurationError, SyncError
 from duckstream.stream import stream_batches
-from duckstream.sync import sync_from_hf
+from duckstream.sync import SyncResult, sync_from_hf
 
 datasets = pytest.importorskip("datasets")
 
@@ -307,3 +310,113 @@ def test_append_into_a_lake_table_adds_each_key_once(saved: Path, tmp_path: Path
     assert ("sentences", "VARCHAR[]") in kinds
     with pytest.raises(ConfigurationError, match="together"):
         sync_from_hf(saved, "val", dest=tmp_path / "c", table="captions")
+
+
+# --------------------------------------------------------------------------- concurrent appends
+
+
+@pytest.fixture(params=["file", pytest.param("postgres", marks=pytest.mark.services)])
+def catalogs(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], Any]]:
+    """Opens the catalog each appender uses: on PostgreSQL a catalog (a connection) of its own;
+    a DuckDB-file catalog admits one writing catalog, so its appenders share that one."""
+    from duckstream.catalog import LakehouseCatalog
+
+    if request.param == "file":
+        shared = LakehouseCatalog(tmp_path / "lake.ducklake", tmp_path / "lake-files")
+        yield lambda: shared
+        shared.close()
+        return
+    server = request.getfixturevalue("postgres_server")
+    dsn = server.dsn(request.getfixturevalue("pg_database"))
+    opened: list[LakehouseCatalog] = []
+
+    def open_one() -> LakehouseCatalog:
+        opened.append(LakehouseCatalog(dsn, tmp_path / "lake-files"))
+        return opened[-1]
+
+    yield open_one
+    for catalog in opened:
+        catalog.close()
+
+
+def in_lockstep(actions: list[Callable[[], Any]]) -> list[BaseException]:
+    """Run ``actions`` on threads released together by a barrier; the errors they raised."""
+    barrier = threading.Barrier(len(actions))
+    errors: list[BaseException] = []
+
+    def run(action: Callable[[], Any]) -> None:
+        try:
+            barrier.wait(timeout=60)
+            action()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(action,)) for action in actions]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=240)
+        assert not thread.is_alive(), "an append did not finish in 240 s"
+    return errors
+
+
+def keyed_sync(saved: Path, dest: Path, rows: int, catalog: Any, table: str) -> SyncResult:
+    return sync_from_hf(
+        saved,
+        "train",
+        dest=dest,
+        max_samples=rows,
+        rows_per_file=500,
+        catalog=catalog,
+        table=table,
+        key="imgid",
+    )
+
+
+@pytest.mark.slow
+def test_concurrent_appends_of_overlapping_keys_store_each_key_once(
+    saved: Path, tmp_path: Path, catalogs: Callable[[], Any]
+) -> None:
+    first, second = catalogs(), catalogs()
+    for dest, rows in (("a", 2_000), ("b", 3_000)):
+        sync_from_hf(saved, "train", dest=tmp_path / dest, max_samples=rows, rows_per_file=500)
+    # The files are in place, so each call below only appends and the two appends start
+    # together. One race can miss (a thread held up until the other committed): three tables.
+    tables = [f"captions_{n}" for n in range(3)]
+    for table in tables:
+        sync_from_hf(saved, "val", dest=tmp_path / "base", catalog=first, table=table, key="imgid")
+    for table in tables:
+        errors = in_lockstep(
+            [
+                partial(keyed_sync, saved, tmp_path / "a", 2_000, first, table),
+                partial(keyed_sync, saved, tmp_path / "b", 3_000, second, table),
+            ]
+        )
+        assert errors == []
+    count = "SELECT count(*), count(DISTINCT imgid) FROM {}"
+    assert [first.con.execute(count.format(t)).fetchall() for t in tables] == [[(3_200, 3_200)]] * 3
+    snapshot = first.current_snapshot()
+    keyed_sync(saved, tmp_path / "a", 2_000, first, tables[0])
+    keyed_sync(saved, tmp_path / "b", 3_000, second, tables[0])
+    assert first.con.execute(count.format(tables[0])).fetchall() == [(3_200, 3_200)]
+    assert first.current_snapshot() == snapshot  # a rerun adds nothing, not even an empty snapshot
+
+
+@pytest.mark.slow
+def test_concurrent_first_appends_create_the_table_once(
+    saved: Path, tmp_path: Path, catalogs: Callable[[], Any]
+) -> None:
+    first, second = catalogs(), catalogs()
+    for dest, rows in (("a", 2_000), ("b", 3_000)):
+        sync_from_hf(saved, "train", dest=tmp_path / dest, max_samples=rows, rows_per_file=500)
+    # Both create the table at once; DuckLake refuses the later commit, which must be retried.
+    errors = in_lockstep(
+        [
+            lambda: keyed_sync(saved, tmp_path / "a", 2_000, first, "fresh"),
+            lambda: keyed_sync(saved, tmp_path / "b", 3_000, second, "fresh"),
+        ]
+    )
+    assert errors == []
+    assert first.con.execute("SELECT count(*), count(DISTINCT imgid) FROM fresh").fetchall() == [
+        (3_000, 3_000)
+    ]

@@ -6,6 +6,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from duckstream.catalog import LakehouseCatalog
-from duckstream.devservices import PostgresCluster
+from duckstream.devservices import PostgresCluster, PostgresService
 from duckstream.errors import CatalogError, ConfigurationError
 from duckstream.lightning import CatalogCallback, DuckStreamDataModule
 from duckstream.stream import DuckStreamDataset, DuckStreamLoader
@@ -168,6 +169,30 @@ def test_a_catalog_that_refuses_writes_never_stops_the_loop(
     assert len(dropped) == 3
     assert "read-only" in dropped[0]
     assert "was not registered" in dropped[1]
+
+
+@pytest.mark.services
+def test_a_wrong_catalog_password_is_said_at_once_not_waited_out(
+    postgres_server: PostgresService, pg_database: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = postgres_server
+    wrong = f"postgresql://{server.user}:not-the-password-789@{server.host}:{server.port}/{pg_database}"
+    began = time.monotonic()
+    options = {"data_path": tmp_path / "files"}
+    with (
+        caplog.at_level(logging.WARNING, logger="duckstream"),
+        RunTracker(wrong, "denied", catalog_options=options) as tracker,
+    ):
+        tracker.record_epoch({"epoch": 0, "rows": 10})
+    # reconcile_timeout is 30 s: an outage would be waited out for that long at the end
+    assert time.monotonic() - began < 15
+    assert (tracker.run_id, tracker.pending) == (None, 0)
+    shown = [r.getMessage() for r in caplog.records if r.name == "duckstream.tracking"]
+    assert shown
+    assert "CatalogError" in shown[0]
+    assert "password authentication failed" in shown[0]
+    assert not any("unreachable" in m for m in shown)
+    assert not any("not-the-password-789" in m or server.password in m for m in shown)
 
 
 # --------------------------------------------------------------------------- catalog outage
