@@ -11,6 +11,7 @@ from duckstream.quality.profiling import DEFAULT_EXACT_THRESHOLD
 from duckstream.quality.readonly import (
     DEFAULT_MAX_ROWS,
     DEFAULT_TIMEOUT_S,
+    ReadOnlyQuery,
     ReadOnlySession,
     source_accesses,
 )
@@ -25,8 +26,10 @@ class LakehouseDeps(ClosesOnExit):
     """Named sources and S3 settings for the quality agent; opens its engine on first use.
 
     ``sources`` maps a name (the view the SQL tool sees) to a source: Parquet paths, globs,
-    ``s3://`` URIs or a LakeTable. ``max_rows`` and ``timeout_s`` bound every query the agent
-    runs. :meth:`query_engine` is a :class:`LakehouseQuery` that can only read those sources.
+    ``s3://`` URIs or a LakeTable. SQL reads a source by its name, or by the path, glob or URI
+    given for it (a directory as ``<dir>/**/*.parquet``). ``max_rows`` and ``timeout_s`` bound
+    every query the agent runs. :meth:`query_engine` is a :class:`LakehouseQuery` that can only
+    read those sources.
     Close it (or use it as a context manager) to release the connections.
     """
 
@@ -86,7 +89,7 @@ class LakehouseDeps(ClosesOnExit):
             raise DuckstreamError("these LakehouseDeps are closed; make new ones")
         if self._session is None:
             accesses = source_accesses(self.sources, self.s3)
-            query = LakehouseQuery(
+            query = ReadOnlyQuery(
                 *self._s3_args,
                 s3_region=self._s3_region,
                 s3_use_ssl=self._s3_use_ssl,
@@ -95,7 +98,7 @@ class LakehouseDeps(ClosesOnExit):
             )
             try:
                 self._session = ReadOnlySession(
-                    accesses, query, max_rows=self.max_rows, timeout_s=self.timeout_s
+                    accesses, query, s3=self.s3, max_rows=self.max_rows, timeout_s=self.timeout_s
                 )
             except BaseException:
                 query.close()
@@ -103,8 +106,8 @@ class LakehouseDeps(ClosesOnExit):
         return self._session
 
     def query_engine(self) -> LakehouseQuery:
-        """A LakehouseQuery whose connection sees the sources as views and cannot write or
-        read anything else (its configuration is locked)."""
+        """A LakehouseQuery whose connection sees the sources as views and cannot read anything
+        else (its configuration is locked); its ``execute`` takes SELECT statements only."""
         return self.session().engine
 
     def close(self) -> None:

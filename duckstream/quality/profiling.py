@@ -6,7 +6,11 @@ One SELECT holds all aggregates of all columns and all checks, so DuckDB reads t
 candidates from the same pass; up to the threshold they are then counted exactly, in one more
 query over those columns only (DuckDB's exact ``histogram`` aggregate builds a map of every
 distinct value: 18 s for 2 million unique integers, against 1.3 s for ``approx_top_k``).
-Histograms come from quantile sketches of the pass. The report says which figures are estimates.
+Histograms are counted exactly in that same query: one bar per value for columns (or lengths)
+with few distinct values, DuckDB's histogram over fixed bin boundaries otherwise, both maps of a
+few dozen entries at most. Above the threshold there is no second query: distinct counts and
+histograms come from HyperLogLog and quantile sketches of the pass. The report says which figures
+are estimates.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import duckdb
 
@@ -33,12 +37,14 @@ from duckstream.quality.report import (
 )
 from duckstream.quality.sources import open_source, quote_identifier
 from duckstream.quality.values import (
-    HISTOGRAM_BINS,
+    HISTOGRAM_MAX_VALUES,
+    bin_edges,
     float_or_none,
     histogram_from_quantiles,
     int_or_none,
     jsonable,
     scalar,
+    value_bins,
 )
 from duckstream.storage import S3Settings
 
@@ -47,6 +53,7 @@ __all__ = ["DEFAULT_EXACT_THRESHOLD", "profile"]
 DEFAULT_EXACT_THRESHOLD = 1_000_000
 TOP_K = 5
 _QUANTILES = [i / 100 for i in range(101)]
+_SIZES = {"string": "length", "binary": "octet_length", "list": "len"}
 
 
 @dataclass(frozen=True)
@@ -64,6 +71,15 @@ class _Column:
 
     def alias(self, stat: str) -> str:
         return f"c{self.index}_{stat}"
+
+    @property
+    def measured(self) -> tuple[str, str] | None:
+        """What the histogram counts (an SQL expression) and the filter its rows pass, if any."""
+        if self.kind == "numeric":
+            return self.sql, f"isfinite({self.sql}::DOUBLE)"
+        if self.kind in _SIZES:
+            return f"{_SIZES[self.kind]}({self.sql})", "true"
+        return None
 
 
 def profile(
@@ -168,19 +184,26 @@ def _profile(
     values = _one_row(con, f"SELECT {', '.join(items)} FROM {scan}", s3)
     total_rows = int(values["total"])
 
-    counted = _count_top_values(con, scan, s3, cols, values) if exact else {}
-    profiles = [_column_profile(col, values, total_rows, exact, counted.get(col.name)) for col in cols]
+    counted, histograms = _exact_counts(con, scan, s3, cols, values) if exact else ({}, {})
+    profiles = [
+        _column_profile(col, values, total_rows, exact, counted.get(col.name), histograms.get(col.name))
+        for col in cols
+    ]
     results = [result_of(check, int(values[f"check_{i}"] or 0)) for i, check in enumerate(checks)]
     sample_rows = _sample(con, scan, s3, sample) if sample else []
 
-    approximate = ["histograms are estimated from quantile sketches (t-digest) of the profiling pass"]
     if exact:
-        approximate.insert(0, "top values are approx_top_k candidates, counted exactly")
+        approximate = ["top values are approx_top_k candidates, counted exactly"]
     else:
-        approximate.insert(
-            0,
+        approximate = [
             f"distinct counts (HyperLogLog) and top values (approx_top_k, no counts) are estimates: "
-            f"{total_rows:,} rows is above the exact threshold of {exact_threshold:,}",
+            f"{total_rows:,} rows is above the exact threshold of {exact_threshold:,}"
+        ]
+    estimated = [p.name for p in profiles if p.histogram is not None and not p.histogram.exact]
+    if estimated:
+        approximate.append(
+            f"histograms of {', '.join(repr(n) for n in estimated)} are estimated from quantile "
+            "sketches (t-digest) of the profiling pass"
         )
     notes = []
     if total_rows == 0:
@@ -226,19 +249,24 @@ def _aggregates(col: _Column, exact: bool) -> list[str]:
             f"count_if(NOT isfinite({c}::DOUBLE)) AS {a('non_finite')}",
             f"avg({c}::DOUBLE) {finite} AS {a('mean')}",
             f"stddev_samp({c}::DOUBLE) {finite} AS {a('std')}",
-            f"approx_quantile({c}::DOUBLE, {quantiles}) {finite} AS {a('quantiles')}",
         ]
+        if exact:
+            items += [f"min({c}) {finite} AS {a('low')}", f"max({c}) {finite} AS {a('high')}"]
+        else:
+            items.append(f"approx_quantile({c}::DOUBLE, {quantiles}) {finite} AS {a('quantiles')}")
     if col.kind == "boolean":
         items.append(f"avg({c}::INTEGER) AS {a('mean')}")
-    if col.kind in ("string", "binary", "list"):
-        size = {"string": "length", "binary": "octet_length", "list": "len"}[col.kind]
-        length = f"{size}({c})"
+    if col.kind in _SIZES:
+        length = f"{_SIZES[col.kind]}({c})"
         items += [
             f"min({length}) AS {a('len_min')}",
             f"max({length}) AS {a('len_max')}",
             f"avg({length}) AS {a('len_mean')}",
-            f"approx_quantile({length}::DOUBLE, {quantiles}) AS {a('quantiles')}",
         ]
+        if exact:
+            items.append(f"count(DISTINCT {length}) AS {a('len_distinct')}")
+        else:
+            items.append(f"approx_quantile({length}::DOUBLE, {quantiles}) AS {a('quantiles')}")
     if col.kind in ("string", "boolean", "temporal") or is_integer(col.type):
         items.append(f"approx_top_k({c}, {TOP_K}) AS {a('top')}")
     return items
@@ -258,14 +286,15 @@ def _one_row(
     return dict(zip(names, row, strict=True))
 
 
-def _count_top_values(
+def _exact_counts(
     con: duckdb.DuckDBPyConnection,
     scan: str,
     s3: S3Settings,
     cols: Sequence[_Column],
     values: Mapping[str, Any],
-) -> dict[str, list[tuple[Any, int]]]:
-    """Exact counts of each column's top-value candidates, most frequent first, in one query."""
+) -> tuple[dict[str, list[tuple[Any, int]]], dict[str, Histogram]]:
+    """In one query: exact counts of each column's top-value candidates (most frequent first),
+    and each column's exact histogram."""
     items: list[str] = []
     params: list[Any] = []
     wanted: dict[str, list[tuple[str, Any]]] = {}
@@ -275,14 +304,53 @@ def _count_top_values(
             items.append(f"count_if({col.sql} = ?) AS {alias}")
             params.append(value)
             wanted.setdefault(col.name, []).append((alias, value))
+    binned: dict[str, list[float]] = {}
+    for col in cols:
+        measured = col.measured
+        numeric = col.kind == "numeric"
+        stats = ("low", "high", "distinct") if numeric else ("len_min", "len_max", "len_distinct")
+        low, high, distinct = (values.get(col.alias(stat)) for stat in stats)
+        if measured is None or low is None or high is None:
+            continue  # no value to count
+        expr, keep = measured
+        if distinct is not None and int(distinct) <= HISTOGRAM_MAX_VALUES:
+            items.append(f"histogram({expr}) FILTER (WHERE {keep}) AS {col.alias('hist')}")
+            continue
+        edges = bin_edges(low, high, integral=not numeric or is_integer(col.type))
+        binned[col.name] = edges
+        # DuckDB counts each value into the first boundary at or above it.
+        items.append(f"histogram({expr}::DOUBLE, ?::DOUBLE[]) FILTER (WHERE {keep}) AS {col.alias('hist')}")
+        params.append(edges[1:])
     if not items:
-        return {}
+        return {}, {}
     counts = _one_row(con, f"SELECT {', '.join(items)} FROM {scan}", s3, params)
     # Most frequent first; ties in the order approx_top_k gave (stable sort).
-    return {
+    top = {
         name: sorted(((value, int(counts[alias])) for alias, value in pairs), key=lambda p: -p[1])
         for name, pairs in wanted.items()
     }
+    histograms = {}
+    for col in cols:
+        found = counts.get(col.alias("hist"))
+        if found is None:
+            continue
+        of: Literal["values", "lengths"] = "values" if col.kind == "numeric" else "lengths"
+        if col.name in binned:
+            edges = binned[col.name]
+            heights = [float(found.get(boundary, 0)) for boundary in edges[1:]]
+            histograms[col.name] = Histogram(of=of, edges=edges, counts=heights, exact=True)
+            continue
+        per_value = {float(v): n for v, n in found.items()}
+        integral = col.kind != "numeric" or is_integer(col.type)
+        edges, points = value_bins(sorted(per_value), integral=integral)
+        histograms[col.name] = Histogram(
+            of=of,
+            edges=edges,
+            counts=[float(per_value.get(p, 0)) for p in points],
+            values=points,
+            exact=True,
+        )
+    return top, histograms
 
 
 def _column_profile(
@@ -291,6 +359,7 @@ def _column_profile(
     total: int,
     exact: bool,
     counted: Sequence[tuple[Any, int]] | None,
+    histogram: Histogram | None,
 ) -> ColumnProfile:
     def get(stat: str) -> Any:
         return values.get(col.alias(stat))
@@ -311,14 +380,10 @@ def _column_profile(
         )
     quantiles = get("quantiles")
     non_finite = int_or_none(get("non_finite"))
-    histogram = None
-    if quantiles and non_null - (non_finite or 0) > 0:
+    if histogram is None and quantiles and non_null - (non_finite or 0) > 0:
         edges, counts = histogram_from_quantiles([float(q) for q in quantiles], non_null - (non_finite or 0))
         histogram = Histogram(of="values" if col.kind == "numeric" else "lengths", edges=edges, counts=counts)
     distinct = get("distinct")
-    if counted and distinct is not None and int(distinct) == len(counted) and is_integer(col.type):
-        # Every value is among the exactly counted top values: the histogram is exact.
-        histogram = _integer_histogram(counted) or histogram
     return ColumnProfile(
         name=col.name,
         type=col.type,
@@ -337,16 +402,6 @@ def _column_profile(
         top_values_approximate=bool(raw_top) and counted is None,
         histogram=histogram,
     )
-
-
-def _integer_histogram(counted: Sequence[tuple[Any, int]]) -> Histogram | None:
-    """Unit-wide bins centred on each integer between the smallest and largest value."""
-    values = {int(value): count for value, count in counted}
-    low, high = min(values), max(values)
-    if high - low > 2 * HISTOGRAM_BINS:
-        return None
-    edges = [v - 0.5 for v in range(low, high + 2)]
-    return Histogram(of="values", edges=edges, counts=[float(values.get(v, 0)) for v in range(low, high + 1)])
 
 
 def _check_literals(con: duckdb.DuckDBPyConnection, check: Check, types: Mapping[str, str]) -> None:

@@ -1,18 +1,23 @@
 """A SQL session that can only read the sources it was given, with a row and a time limit.
 
 Read-only by construction: the session's own DuckDB database holds one view per source; then
-file access is restricted to exactly those sources' files (``allowed_paths`` with
-``enable_external_access = false``; for a lake table, its data and delete files at its
-snapshot), extension loading is off and
-the configuration is locked, so no statement can undo it. On top of that every statement is
-parsed by DuckDB itself: one SELECT at a time, naming only the source views. Every refusal is a
+file access is restricted to exactly those sources' files and the paths, globs or ``s3://`` URIs
+that name them (``allowed_paths`` with ``enable_external_access = false``: DuckDB lists a glob
+only if the pattern itself is allowed, then opens only the matches that are; for a lake table, its
+data and delete files at its snapshot), extension loading is off and the configuration is
+locked, so no statement can undo it.
+
+DuckDB's allowlist cannot tell reading a file from writing it, so the engine's ``execute`` takes
+SELECT statements only. The session's :meth:`~ReadOnlySession.run` goes further: each statement
+is parsed and bound by DuckDB itself, in an empty database with the same file access: one SELECT
+at a time, naming only the source views (or the sources' own paths). Every refusal is a
 :class:`~duckstream.errors.RefusedStatementError` whose message says what to do instead.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import duckdb
@@ -21,13 +26,21 @@ from pydantic import BaseModel
 from duckstream import engine
 from duckstream._closing import ClosesOnExit
 from duckstream.core.planning import Source
+from duckstream.core.source import is_remote
 from duckstream.errors import ConfigurationError, QueryError, RefusedStatementError
 from duckstream.quality.sources import SourceAccess, open_source, quote_identifier
 from duckstream.quality.values import jsonable
-from duckstream.query import LakehouseQuery
+from duckstream.query import LakehouseQuery, QueryResult
 from duckstream.storage import S3Settings
 
-__all__ = ["DEFAULT_MAX_ROWS", "DEFAULT_TIMEOUT_S", "ReadOnlySession", "SQLAnswer", "source_accesses"]
+__all__ = [
+    "DEFAULT_MAX_ROWS",
+    "DEFAULT_TIMEOUT_S",
+    "ReadOnlyQuery",
+    "ReadOnlySession",
+    "SQLAnswer",
+    "source_accesses",
+]
 
 DEFAULT_MAX_ROWS = 200
 DEFAULT_TIMEOUT_S = 10.0
@@ -55,17 +68,34 @@ def source_accesses(sources: Mapping[str, Source], s3: S3Settings) -> dict[str, 
     return accesses
 
 
+class ReadOnlyQuery(LakehouseQuery):
+    """The engine of a :class:`ReadOnlySession`, whose connection the session locks.
+
+    :meth:`execute` takes SELECT statements only (one or several; DESCRIBE, SHOW and SUMMARIZE
+    are SELECTs). :attr:`con` is DuckDB's connection itself: DuckDB confines it to the sources'
+    files, but reading one and overwriting it are the same permission there.
+    """
+
+    def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] | None = None) -> QueryResult:
+        if isinstance(sql, str) and sql.strip():
+            for statement in _parse(sql):
+                _refuse_unless_select(sql, statement, "this engine is read-only")
+        return super().execute(sql, params)
+
+
 class ReadOnlySession(ClosesOnExit):
     """SQL over named sources that cannot write, change settings or read anything else.
 
-    ``engine`` is the locked :class:`LakehouseQuery`; :meth:`run` is the guarded way in.
+    ``engine`` is the locked :class:`ReadOnlyQuery`; :meth:`run` is the guarded way in. ``s3``
+    is what the statement check needs to open the sources' ``s3://`` files by their own URIs.
     """
 
     def __init__(
         self,
         accesses: Mapping[str, SourceAccess],
-        engine_query: LakehouseQuery,
+        engine_query: ReadOnlyQuery,
         *,
+        s3: S3Settings | None = None,
         max_rows: int = DEFAULT_MAX_ROWS,
         timeout_s: float = DEFAULT_TIMEOUT_S,
     ) -> None:
@@ -78,27 +108,35 @@ class ReadOnlySession(ClosesOnExit):
         self.max_rows = max_rows
         self.timeout_s = timeout_s
         self._allowed = {f"{schema}{name}".lower() for name in accesses for schema in _OWN_SCHEMAS}
-        _lock_down(engine_query.con, accesses)
+        self._patterns = sorted({p for a in accesses.values() for p in a.patterns})
+        paths = sorted({*self._patterns, *(p for a in accesses.values() for p in a.paths)})
+        self._paths = frozenset(paths)
+        _lock_down(engine_query.con, accesses, paths)
         # Naming the tables a statement reads binds its table functions: do it where nothing exists
-        # and no file can be opened.
-        self._parser = duckdb.connect(
-            ":memory:",
-            config={
-                "enable_external_access": False,
-                "autoload_known_extensions": False,
-                "autoinstall_known_extensions": False,
-                "lock_configuration": True,
-            },
-        )
+        # and no file but the sources' can be opened (by their own URIs, hence S3 access).
+        remote = any(is_remote(p) for p in paths)
+        self._parser = engine.connect(s3=s3, extensions=("httpfs",) if remote else ())
+        try:
+            _restrict(self._parser, paths)
+        except BaseException:
+            self._parser.close()
+            raise
 
     def run(self, sql: str) -> SQLAnswer:
         """Rows of one SELECT over the sources; refuses anything else with a readable reason."""
-        statement = self._check(sql)
-        # A cursor per query: tools may run in parallel threads, and an interrupt stops only this one.
+        # Cursors per query: tools may run in parallel threads, and an interrupt stops only this
+        # one. The limit covers the check too: binding a read of s3:// files reads their footers.
         con = self.engine.con.cursor()
-        timer = threading.Timer(self.timeout_s, con.interrupt)
+        parser = self._parser.cursor()
+
+        def stop() -> None:
+            parser.interrupt()
+            con.interrupt()
+
+        timer = threading.Timer(self.timeout_s, stop)
         timer.start()
         try:
+            statement = self._check(sql, parser)
             reader = con.sql(statement).to_arrow_reader(min(self.max_rows + 1, 65_536))
             rows: list[dict[str, Any]] = []
             for batch in reader:
@@ -107,18 +145,19 @@ class ReadOnlySession(ClosesOnExit):
                     break
             columns = list(reader.schema.names)
         except duckdb.InterruptException:
-            raise self._refuse(
+            raise _refusal(
                 sql,
                 f"the query ran longer than the limit of {self.timeout_s:g} s and was stopped; "
                 "filter, aggregate or sample the data to make it cheaper",
             ) from None
         except duckdb.PermissionException as exc:
-            raise self._refuse(sql, _outside(exc, self.sources)) from None
+            raise _refusal(sql, self._outside(exc)) from None
         except duckdb.Error as exc:
             raise engine.query_error(exc, sql) from None
         finally:
             timer.cancel()
             con.close()
+            parser.close()
         truncated = len(rows) > self.max_rows
         return SQLAnswer(
             columns=columns,
@@ -127,69 +166,86 @@ class ReadOnlySession(ClosesOnExit):
             row_limit=self.max_rows,
         )
 
-    def _check(self, sql: str) -> str:
+    def _check(self, sql: str, parser: duckdb.DuckDBPyConnection) -> str:
         if not isinstance(sql, str) or not sql.strip():
-            raise self._refuse(str(sql), "expected one SELECT statement, found nothing")
-        try:
-            statements = duckdb.extract_statements(sql)
-        except Exception as exc:  # the parser raises IndexError too on some inputs
-            raise self._refuse(sql, f"the statement does not parse: {_first_line(exc)}") from None
+            raise _refusal(str(sql), "expected one SELECT statement, found nothing")
+        statements = _parse(sql)
         if len(statements) != 1:
-            raise self._refuse(sql, f"send one statement at a time; found {len(statements)}")
-        kind = statements[0].type
-        if kind != duckdb.StatementType.SELECT:
-            raise self._refuse(
-                sql,
-                f"only SELECT queries are allowed here (this session is read-only); found: {kind.name}",
-            )
+            raise _refusal(sql, f"send one statement at a time; found {len(statements)}")
+        _refuse_unless_select(sql, statements[0], "this session is read-only")
         try:
-            with self._parser.cursor() as parser:
-                tables = parser.get_table_names(sql, qualified=True)
+            tables = parser.get_table_names(sql, qualified=True)
+        except duckdb.InterruptException:
+            raise
         except duckdb.PermissionException as exc:
-            raise self._refuse(sql, _outside(exc, self.sources)) from None
+            raise _refusal(sql, self._outside(exc)) from None
         except duckdb.Error as exc:
             raise engine.query_error(exc, sql) from None
-        foreign = sorted(t for t in tables if t.replace('"', "").lower() not in self._allowed)
+        foreign = sorted(t for t in tables if not self._is_source(t))
         if foreign:
-            raise self._refuse(
+            raise _refusal(
                 sql,
                 f"it reads {', '.join(foreign)}, which is not a source of this session; "
                 f"the sources are: {', '.join(self.sources)}",
             )
         return sql
 
-    def _refuse(self, sql: str, reason: str) -> RefusedStatementError:
-        return RefusedStatementError(f"refused: {reason}", statement=sql)
+    def _is_source(self, table: str) -> bool:
+        """A source view, or (``FROM 'path'``) one of the sources' own paths or patterns."""
+        if table.replace('"', "").lower() in self._allowed:
+            return True
+        quoted = len(table) > 1 and table[0] == table[-1] == '"'
+        return quoted and table[1:-1].replace('""', '"') in self._paths
+
+    def _outside(self, exc: duckdb.Error) -> str:
+        named = f" or by their paths ({', '.join(self._patterns)})" if self._patterns else ""
+        return (
+            f"it reaches outside the session's sources ({_first_line(exc)}); read only the sources, "
+            f"as the views {', '.join(self.sources)}{named}, with no other file, extension or "
+            "setting access"
+        )
 
     def close(self) -> None:
         self.engine.close()
         self._parser.close()
 
 
-def _lock_down(con: duckdb.DuckDBPyConnection, accesses: Mapping[str, SourceAccess]) -> None:
+def _parse(sql: str) -> list[duckdb.Statement]:
+    try:
+        return duckdb.extract_statements(sql)
+    except Exception as exc:  # the parser raises IndexError too on some inputs
+        raise _refusal(sql, f"the statement does not parse: {_first_line(exc)}") from None
+
+
+def _refuse_unless_select(sql: str, statement: duckdb.Statement, why: str) -> None:
+    if statement.type != duckdb.StatementType.SELECT:
+        raise _refusal(sql, f"only SELECT queries are allowed here ({why}); found: {statement.type.name}")
+
+
+def _refusal(sql: str, reason: str) -> RefusedStatementError:
+    return RefusedStatementError(f"refused: {reason}", statement=sql)
+
+
+def _lock_down(
+    con: duckdb.DuckDBPyConnection, accesses: Mapping[str, SourceAccess], paths: Sequence[str]
+) -> None:
     """Create the views, then take away every way out: files, extensions, settings."""
     setups: dict[str, None] = {}
     for access in accesses.values():
         setups.update(dict.fromkeys(access.setup))
-    paths = sorted({p for a in accesses.values() for p in a.paths})
     statements = [
         *setups,
         *(
             f"CREATE VIEW {quote_identifier(name)} AS SELECT * FROM {access.scan}"
             for name, access in accesses.items()
         ),
-        f"SET allowed_paths = [{', '.join(engine.sql_literal(p) for p in paths)}]",
-        "SET allowed_directories = []",
-        "SET autoinstall_known_extensions = false",
-        "SET autoload_known_extensions = false",
-        "SET enable_external_access = false",
-        "SET lock_configuration = true",
     ]
     for statement in statements:
         try:
             con.execute(statement)
         except duckdb.Error as exc:
             raise engine.query_error(exc, statement) from None
+    _restrict(con, paths)
     for name in accesses:
         probe = f"SELECT * FROM {quote_identifier(name)} LIMIT 0"
         try:
@@ -201,11 +257,21 @@ def _lock_down(con: duckdb.DuckDBPyConnection, accesses: Mapping[str, SourceAcce
             ) from None
 
 
-def _outside(exc: duckdb.Error, sources: tuple[str, ...]) -> str:
-    return (
-        f"it reaches outside the session's sources ({_first_line(exc)}); query only the views "
-        f"{', '.join(sources)}, with no file, extension or setting access"
-    )
+def _restrict(con: duckdb.DuckDBPyConnection, paths: Sequence[str]) -> None:
+    """Allow ``paths`` (files, and globs whose every match is one of them) and nothing else; no
+    extension loading; then lock the configuration so no statement can undo it."""
+    for statement in (
+        f"SET allowed_paths = [{', '.join(engine.sql_literal(p) for p in paths)}]",
+        "SET allowed_directories = []",
+        "SET autoinstall_known_extensions = false",
+        "SET autoload_known_extensions = false",
+        "SET enable_external_access = false",
+        "SET lock_configuration = true",
+    ):
+        try:
+            con.execute(statement)
+        except duckdb.Error as exc:
+            raise engine.query_error(exc, statement) from None
 
 
 def _first_line(exc: BaseException) -> str:

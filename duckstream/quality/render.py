@@ -13,7 +13,14 @@ from typing import Literal
 from duckstream._optional import require
 from duckstream.quality.report import ColumnProfile, QualityReport
 
-__all__ = ["histogram_png", "render_html", "render_markdown", "render_text", "summary_rows"]
+__all__ = [
+    "histogram_png",
+    "histogram_title",
+    "render_html",
+    "render_markdown",
+    "render_text",
+    "summary_rows",
+]
 
 _HEADERS = ("column", "type", "nulls", "distinct", "min", "max", "mean", "length", "top values")
 _CELL = 28
@@ -91,6 +98,14 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     return [line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)]
 
 
+def histogram_title(column: ColumnProfile) -> str:
+    """What a histogram picture shows, and whether its heights are counted or estimated."""
+    if column.histogram is None:
+        return column.name
+    how = "exact counts" if column.histogram.exact else "estimated from a quantile sketch"
+    return f"{column.name}: {column.histogram.of}, {how}"
+
+
 def histogram_png(column: ColumnProfile) -> bytes | None:
     """A small PNG histogram of a column's values (numbers) or lengths (strings, lists)."""
     if column.histogram is None or not column.histogram.counts:
@@ -104,10 +119,20 @@ def histogram_png(column: ColumnProfile) -> bytes | None:
     figure = Figure(figsize=(4.0, 2.4), dpi=80)
     axes = figure.subplots()
     edges, counts = column.histogram.edges, column.histogram.counts
-    widths = [b - a for a, b in itertools.pairwise(edges)]
-    axes.bar(edges[:-1], counts, width=widths, align="edge", color="#4c72b0", edgecolor="white")
-    axes.set_ylabel("rows (est.)", fontsize=7)
-    axes.set_title(f"{column.name} ({column.histogram.of})", fontsize=9)
+    if column.histogram.values is not None:
+        # One bar per value, centred on it and as wide as the closest two values allow, so bars
+        # stand apart and each reads as its value.
+        points = column.histogram.values
+        width = 0.8 * min((b - a for a, b in itertools.pairwise(points)), default=1.0)
+        axes.bar(points, counts, width=width, align="center", color="#4c72b0")
+    else:
+        widths = [b - a for a, b in itertools.pairwise(edges)]
+        axes.bar(edges[:-1], counts, width=widths, align="edge", color="#4c72b0", edgecolor="white")
+    axes.set_ylabel("rows" if column.histogram.exact else "rows (estimated)", fontsize=7)
+    axes.set_title(
+        f"{column.name} ({column.histogram.of}{'' if column.histogram.exact else ', estimated'})",
+        fontsize=9,
+    )
     axes.tick_params(labelsize=7)
     figure.tight_layout()
     buffer = io.BytesIO()
@@ -135,7 +160,7 @@ def render_markdown(report: QualityReport) -> str:
     for column in report.columns:
         png = histogram_png(column)
         if png is not None:
-            out += [f"![{_md(column.name)}]({_data_uri(png)})", ""]
+            out += [f"![{_md(histogram_title(column))}]({_data_uri(png)})", ""]
     out += _sample_section(report, "markdown")
     out += _notes(report, "markdown")
     return "\n".join(out) + "\n"
@@ -158,7 +183,10 @@ def render_html(report: QualityReport) -> str:
     for column in report.columns:
         png = histogram_png(column)
         if png is not None:
-            figures.append(f'<figure><img alt="{esc(column.name)}" src="{_data_uri(png)}"></figure>')
+            title = esc(histogram_title(column))
+            figures.append(
+                f'<figure><img alt="{title}" src="{_data_uri(png)}"><figcaption>{title}</figcaption></figure>'
+            )
     return (
         '<!DOCTYPE html>\n<html><head><meta charset="utf-8">'
         f"<title>Data quality: {esc(report.source)}</title><style>{_CSS}</style></head><body>"

@@ -43,9 +43,12 @@ class ValueCount(BaseModel):
 
 
 class Histogram(BaseModel):
-    """Row counts over equal-width bins (``len(edges) == len(counts) + 1``).
+    """Rows per bin: ``counts[i]`` rows have ``edges[i] < x <= edges[i + 1]`` (the first bin also
+    holds ``x == edges[0]``), so ``len(edges) == len(counts) + 1``.
 
-    Estimated from quantiles computed in the profiling pass, hence float counts.
+    Exact (``exact``) up to the profile's exact threshold: one bin per distinct value when there
+    are few (``values`` then names each bin's value), else equal-width bins. Above it the counts
+    are estimated from a quantile sketch of the profiling pass, hence fractional.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -53,6 +56,8 @@ class Histogram(BaseModel):
     of: Literal["values", "lengths"]
     edges: list[float]
     counts: list[float]
+    values: list[float] | None = Field(default=None, description="the one value each bin holds, if so")
+    exact: bool = False
 
 
 class ColumnProfile(BaseModel):

@@ -20,6 +20,8 @@ __all__ = ["SourceAccess", "describe_source", "open_source", "quote_identifier"]
 
 # DuckDB draws a progress bar on long queries: not in a report's output.
 _QUIET = "SET enable_progress_bar = false"
+# What DuckDB reads of a local directory (having checked access to the directory itself).
+_UNDER = "/**/*.parquet"
 
 
 @dataclass(frozen=True)
@@ -27,13 +29,16 @@ class SourceAccess:
     """How a separate connection reads a source: what to run first and which paths it touches.
 
     ``setup`` holds statements (an ATTACH of a lake catalog) to run before ``scan`` is usable;
-    ``paths`` are the exact files the scan reads, for DuckDB's ``allowed_paths``.
+    ``paths`` are the exact files the scan reads, for DuckDB's ``allowed_paths``; ``patterns``
+    the paths, globs, directories and ``s3://`` URIs that name them, as DuckDB reads them, so
+    that SQL may read the source by the name its user knows it by.
     """
 
     label: str
     scan: str  # a FROM clause item
     setup: tuple[str, ...] = ()
     paths: tuple[str, ...] = ()
+    patterns: tuple[str, ...] = ()
 
 
 def describe_source(source: Source) -> str:
@@ -73,10 +78,27 @@ def open_source(
             label=describe_source(source),
             scan=f"read_parquet([{listed}], union_by_name = true)",
             paths=tuple(files),
+            patterns=_names(patterns),
         )
         yield con, access
     finally:
         con.close()
+
+
+def _names(patterns: list[str]) -> tuple[str, ...]:
+    """The patterns, and the local directory of each ``<dir>/**/*.parquet`` among them: DuckDB
+    reads ``read_parquet('<dir>')`` as exactly those files."""
+    names = dict.fromkeys(patterns)
+    for pattern in patterns:
+        directory = pattern[: -len(_UNDER)]
+        if (
+            pattern.endswith(_UNDER)
+            and directory
+            and not is_remote(pattern)
+            and not any(c in directory for c in "*?[")
+        ):
+            names[directory] = None
+    return tuple(names)
 
 
 @contextmanager

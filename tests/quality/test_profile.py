@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import bisect
+import itertools
+import math
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +22,7 @@ import duckstream
 from duckstream.catalog import LakehouseCatalog
 from duckstream.errors import ConfigurationError, QueryError, SourceError
 from duckstream.quality import QualityReport, profile, profiling
-from duckstream.quality.values import histogram_from_quantiles
+from duckstream.quality.values import HISTOGRAM_MAX_VALUES, histogram_from_quantiles
 from tests.quality.data import mixed_table, write_parts
 
 
@@ -109,19 +113,32 @@ def test_one_scan_of_the_data(mixed: tuple[Path, pa.Table], monkeypatch: pytest.
         return real(Spy(con), *args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(profiling, "_profile", spied)
-    directory, _ = mixed
+    directory, table = mixed
     profile(directory, checks=["not_null:imgid", "range:score:0:"], key="imgid", sample=0)
     scans = [s for s in seen if "read_parquet" in s and not s.startswith("DESCRIBE")]
     aggregates = [s for s in scans if "count(*) AS total" in s]
     assert len(aggregates) == 1
     assert all(f"c{i}_nn" in aggregates[0] for i in range(8))
-    assert "approx_quantile" in aggregates[0]
+    assert "approx_quantile" not in aggregates[0]  # no sketch where the histograms are counted
     assert "count_if" in aggregates[0]
-    # Besides it: the row count (Parquet footers answer it), and exact counts of the top values.
-    count, top = (s for s in scans if s not in aggregates)
+    # Besides it: the row count (Parquet footers answer it), and exact counts of the top values
+    # and of the histograms' bins.
+    count, exact = (s for s in scans if s not in aggregates)
     assert count.startswith("SELECT count(*) FROM")
-    assert re.fullmatch(r"SELECT (count_if\(\"\w+\" = \?\) AS c\d+_top_\d+(, )?)+ FROM .*", top)
-    assert "histogram(" not in " ".join(scans)  # an exact map of every value: far too slow
+    items = re.fullmatch(r"SELECT (.*) FROM read_parquet\(.*", exact)
+    assert items is not None
+    top = r'count_if\("\w+" = \?\) AS c\d+_top_\d+'
+    histogram = (
+        r'histogram\((?:\w+\()?"(\w+)"\)?(::DOUBLE, \?::DOUBLE\[\])?\) FILTER \(WHERE [^)]+\)+ AS c\d+_hist'
+    )
+    assert re.fullmatch(f"(({top}|{histogram})(, )?)+", items.group(1))
+    # DuckDB's histogram maps every distinct value (18 s for 2 million unique integers): only
+    # over columns (or lengths) with few of them, else over fixed bin boundaries.
+    per_value = {name for name, bounds in re.findall(histogram, exact) if not bounds}
+    binned = {name for name, bounds in re.findall(histogram, exact) if bounds}
+    assert (per_value, binned) == ({"imgid", "split", "caption", "tokens"}, {"score"})
+    assert len(set(table.column("imgid").to_pylist())) <= HISTOGRAM_MAX_VALUES
+    assert len(set(table.column("score").to_pylist())) > HISTOGRAM_MAX_VALUES
 
 
 def test_estimates_above_the_threshold_are_labelled(mixed: tuple[Path, pa.Table]) -> None:
@@ -133,6 +150,11 @@ def test_estimates_above_the_threshold_are_labelled(mixed: tuple[Path, pa.Table]
     assert all(v.count is None for v in split.top_values)
     assert {v.value for v in split.top_values} <= {"train", "val"}
     assert any("exact threshold of 10" in a for a in report.approximate)
+    sketched = [c.name for c in report.columns if c.histogram is not None]
+    assert sketched == ["imgid", "score", "split", "caption", "tokens"]
+    assert not any(report.column(name).histogram.exact for name in sketched)  # type: ignore[union-attr]
+    assert any(a.startswith("histograms of 'imgid', 'score', ") for a in report.approximate)
+    assert not any("histogram" in a for a in profile(directory).approximate)
     assert report.distinct_counts["imgid"] == pytest.approx(
         len(pc.unique(table.column("imgid").drop_null())), rel=0.1
     )
@@ -237,6 +259,16 @@ def test_counts_are_exact_below_the_threshold(
     assert report.duplicate_count == rows - len(set(n))
     offending = [c.offending for c in report.checks]
     present = [x for x in t if x is not None]
+    for name, measured in (("n", [x for x in n if x is not None]), ("t", [len(x) for x in present])):
+        histogram = report.column(name).histogram
+        assert (histogram is None) == (not measured)
+        if histogram is not None:
+            assert histogram.exact
+            assert histogram.counts == _rows_per_bin(histogram.edges, measured)
+            assert histogram.values is not None
+            assert {v: c for v, c in zip(histogram.values, histogram.counts, strict=True) if c} == {
+                v: measured.count(v) for v in set(measured)
+            }
     assert offending == [
         t.count(None),
         sum(1 for x in n if x is not None and not 0 <= x <= 3),
@@ -283,3 +315,78 @@ def test_few_integers_get_an_exact_histogram(tmp_path: Path) -> None:
     assert histogram is not None
     assert histogram.edges == [-0.5, 0.5, 1.5, 2.5, 3.5]
     assert histogram.counts == [5.0, 2.0, 0.0, 7.0]
+
+
+def _rows_per_bin(edges: list[float], values: Sequence[float]) -> list[int]:
+    """Rows in each bin as the report defines them: ``edges[i] < x <= edges[i + 1]``, the first
+    bin also holding ``edges[0]``; computed here without DuckDB."""
+    counts = [0] * (len(edges) - 1)
+    for value in values:
+        assert edges[0] <= value <= edges[-1], (value, edges)
+        counts[max(0, bisect.bisect_left(edges, value) - 1)] += 1
+    return counts
+
+
+def test_histograms_are_the_counts_of_the_data(tmp_path: Path) -> None:
+    """Every bar's height is the number of rows in it, counted in Python on the same data."""
+    rows = 400
+    few_ints = [None if i % 13 == 0 else (0, 2, 2, 7, 7, 7)[i % 6] for i in range(rows)]
+    few_floats = [(0.1, 0.5, 0.5, 2.25)[i % 4] for i in range(rows)]
+    many_ints = [(i * i) % 997 - 300 for i in range(rows)]
+    many_floats = [None if i % 17 == 0 else math.sin(i) * 100 + i / 7 for i in range(rows)]
+    split = [("val", "train", "train", "holdout")[i % 4] for i in range(rows)]
+    caption = [None if i % 11 == 0 else "w" * ((i * 7) % 150) for i in range(rows)]
+    tokens = [None if i % 9 == 0 else list(range((0, 1, 1, 4)[i % 4])) for i in range(rows)]
+    long_tokens = [list(range((i * 3) % 91)) for i in range(rows)]
+    table = pa.table(
+        {
+            "few_ints": pa.array(few_ints, pa.int64()),
+            "few_floats": pa.array(few_floats, pa.float64()),
+            "many_ints": pa.array(many_ints, pa.int32()),
+            "many_floats": pa.array(many_floats, pa.float64()),
+            "split": pa.array(split, pa.string()),
+            "caption": pa.array(caption, pa.string()),
+            "tokens": pa.array(tokens, pa.list_(pa.int64())),
+            "long_tokens": pa.array(long_tokens, pa.list_(pa.int64())),
+        }
+    )
+    path = tmp_path / "shapes.parquet"
+    pq.write_table(table, path)
+    report = profile(path)
+    measured: dict[str, Sequence[float]] = {
+        "few_ints": [v for v in few_ints if v is not None],
+        "few_floats": few_floats,
+        "many_ints": many_ints,
+        "many_floats": [v for v in many_floats if v is not None],
+        "split": [len(s) for s in split],
+        "caption": [len(s) for s in caption if s is not None],
+        "tokens": [len(t) for t in tokens if t is not None],
+        "long_tokens": [len(t) for t in long_tokens],
+    }
+    for name, data in measured.items():
+        histogram = report.column(name).histogram
+        assert histogram is not None, name
+        assert histogram.of == ("values" if name.startswith(("few", "many")) else "lengths")
+        assert histogram.counts == _rows_per_bin(histogram.edges, data), name
+        distinct = sorted(set(data))
+        if len(distinct) <= 40:
+            # One bar per distinct value: each holds that value alone.
+            per_bar = [
+                [v for v in distinct if lo < v <= hi] for lo, hi in itertools.pairwise(histogram.edges)
+            ]
+            assert all(len(bar) <= 1 for bar in per_bar), (name, histogram.edges)
+            assert sum(len(bar) for bar in per_bar) == len(distinct), name
+        else:
+            assert len(histogram.counts) <= 20, name
+    floats = report.column("few_floats").histogram
+    assert floats is not None
+    assert (floats.values, floats.counts) == ([0.1, 0.5, 2.25], [100, 200, 100])
+    # lengths 3, 5 and 7: a bar at each, none between them holding rows
+    split_bars = report.column("split").histogram
+    assert split_bars is not None
+    heights = dict(zip(itertools.pairwise(split_bars.edges), split_bars.counts, strict=True))
+    assert {edges: n for edges, n in heights.items() if n} == {
+        (2.5, 3.5): 100,
+        (4.5, 5.5): 200,
+        (6.5, 7.5): 100,
+    }

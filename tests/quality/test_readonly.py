@@ -3,10 +3,13 @@ itself (without the statement check) cannot write, read other files or change it
 
 from __future__ import annotations
 
+import glob
 from collections.abc import Iterator
 from pathlib import Path
 
+import duckdb
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from duckstream.catalog import LakehouseCatalog
@@ -103,7 +106,10 @@ ESCAPES = {
     "glob": "SELECT * FROM glob('{tmp}/*')",
     "parquet_metadata": "SELECT * FROM parquet_metadata('/etc/x.parquet')",
     "bare file name": "SELECT * FROM '{tmp}/secret.csv'",
-    "source files by path": "SELECT * FROM read_parquet('{tmp}/mixed/*.parquet')",
+    # DuckDB allows a glob only as the source names it (here {tmp}/mixed/**/*.parquet)
+    "another glob over the source's files": "SELECT * FROM read_parquet('{tmp}/mixed/*.parquet')",
+    "a glob over the source and beside it": "SELECT * FROM read_parquet('{tmp}/**/*.parquet')",
+    "the sibling file by name": "SELECT * FROM '{tmp}/secret.csv'",
     "another table": "SELECT * FROM captions, other_table",
     "duckdb secrets": "SELECT * FROM duckdb_secrets()",
     "empty": "   ",
@@ -150,10 +156,13 @@ ENGINE_ESCAPES = [
 
 @pytest.mark.parametrize("sql", ENGINE_ESCAPES)
 def test_the_engine_itself_cannot_get_out(sql: str, deps: LakehouseDeps, home: Path) -> None:
-    """Read-only by construction: even SQL that skips the statement check stays inside."""
+    """Read-only by construction: even SQL that skips the session's check stays inside, on the
+    engine and on its DuckDB connection itself."""
     engine = deps.query_engine()
     with pytest.raises(DuckstreamError):
         engine.execute(sql.format(tmp=home)).fetchall()
+    with pytest.raises(duckdb.Error):
+        engine.con.execute(sql.format(tmp=home)).fetchall()
     assert sorted(p.name for p in home.iterdir()) == ["mixed", "secret.csv"]
     assert engine.execute("SELECT count(*) FROM captions").fetchall() == [(60,)]
 
@@ -161,8 +170,6 @@ def test_the_engine_itself_cannot_get_out(sql: str, deps: LakehouseDeps, home: P
 def test_lake_table_source(tmp_path: Path) -> None:
     table = mixed_table(30).drop_columns(["meta"])
     path = tmp_path / "raw.parquet"
-    import pyarrow.parquet as pq
-
     pq.write_table(table, path)
     with LakehouseCatalog(tmp_path / "lake.ducklake", tmp_path / "files") as catalog:
         catalog.con.execute(f"CREATE TABLE captions AS SELECT * FROM read_parquet('{path}')")
@@ -233,3 +240,111 @@ def test_parallel_queries_and_a_timeout_beside_them(deps: LakehouseDeps) -> None
         with pytest.raises(RefusedStatementError, match="longer than the limit"):
             slow.result()
     assert counts == [[{"n": 60 * 20000}]] * 6
+
+
+@pytest.fixture
+def shelf(tmp_path: Path) -> Path:
+    """Parts of a source, and beside them what no session over it may read: a Parquet file the
+    source's glob does not match, a CSV file in its directory, a directory whose name starts
+    like the source's, and a file one level up."""
+    table = mixed_table()
+    write_parts(tmp_path / "captions", table)
+    write_parts(tmp_path / "captions" / "more", table, parts=1)
+    pq.write_table(table.slice(0, 5), tmp_path / "captions" / "holdout.parquet")
+    (tmp_path / "captions" / "notes.csv").write_text("a\n1\n")
+    write_parts(tmp_path / "captions-private", table, parts=1)
+    pq.write_table(table, tmp_path / "other.parquet")
+    return tmp_path
+
+
+def _run(deps: LakehouseDeps, sql: str) -> object:
+    """What the session and the engine both answer; each must answer the same."""
+    answer = deps.session().run(sql).rows[0]["n"]
+    assert deps.query_engine().execute(sql).fetchall() == [(answer,)]
+    return answer
+
+
+def _matched(name: str) -> list[str]:
+    """The Parquet files a path, directory or glob names, listed by Python."""
+    path = Path(name)
+    if path.is_dir():
+        return sorted(str(p) for p in path.rglob("*.parquet"))
+    return sorted(glob.glob(name, recursive=True))
+
+
+def _rows(files: list[str]) -> int:
+    return sum(pq.read_metadata(f).num_rows for f in files)
+
+
+@pytest.mark.parametrize(
+    ("given", "named_as"),
+    [
+        ("captions/part-*.parquet", []),
+        ("captions", ["captions/", "captions/**/*.parquet"]),
+        ("captions/part-1.parquet", []),
+        (["captions/part-0.parquet", "captions/more/*.parquet"], []),
+    ],
+)
+def test_a_source_reads_by_the_path_glob_or_directory_it_was_given(
+    shelf: Path, given: str | list[str], named_as: list[str]
+) -> None:
+    items = [str(shelf / g) for g in ([given] if isinstance(given, str) else given)]
+    files = sorted({f for item in items for f in _matched(item)})
+    with LakehouseDeps(sources={"captions": items[0] if isinstance(given, str) else items}) as deps:
+        assert _run(deps, "SELECT count(*) AS n FROM captions") == _rows(files)
+        for name in [*items, *(f"{shelf}/{n}" for n in named_as)]:
+            expected = _rows(_matched(name))
+            assert _run(deps, f"SELECT count(*) AS n FROM read_parquet('{name}')") == expected
+            if not Path(name).is_dir():  # FROM '<path>' does not read a directory in DuckDB
+                assert _run(deps, f"SELECT count(*) AS n FROM '{name}'") == expected
+        for file in files:
+            assert _run(deps, f"SELECT count(*) AS n FROM read_parquet('{file}')") == _rows([file])
+        beside = [
+            *(f"read_parquet('{f}')" for f in _matched(f"{shelf}/**/*.parquet") if f not in files),
+            f"read_parquet('{shelf}/captions/*.parquet')",  # a glob the source was not given by
+            f"read_csv('{shelf}/captions/notes.csv')",
+            f"read_text('{shelf}/captions/notes.csv')",
+            f"read_parquet('{shelf}/captions-private')",
+            f"read_parquet('{shelf}/captions/../other.parquet')",
+            f"read_parquet('{shelf}/**/*.parquet')",
+            f"glob('{shelf}/*')",
+        ]
+        for scan in beside:
+            sql = f"SELECT count(*) AS n FROM {scan}"
+            with pytest.raises(RefusedStatementError, match="outside the session's sources"):
+                deps.session().run(sql)
+            with pytest.raises(QueryError, match=r"(?i)permission"):
+                deps.query_engine().execute(sql).fetchall()
+
+
+def test_writes_to_the_sources_own_paths_are_refused(shelf: Path) -> None:
+    """DuckDB's allowlist lets a listed file or pattern be written as well as read: the engine
+    takes SELECT statements only."""
+    directory = shelf / "captions"
+    before = {p: p.read_bytes() for p in sorted(shelf.rglob("*")) if p.is_file()}
+    with LakehouseDeps(sources={"dir": directory, "glob": f"{directory}/part-*.parquet"}) as deps:
+        for sql in (
+            f"COPY (SELECT 42 AS evil) TO '{directory}/part-0.parquet' (FORMAT parquet, USE_TMP_FILE false)",
+            f"COPY (SELECT 42 AS evil) TO '{directory}/part-*.parquet' (FORMAT parquet, USE_TMP_FILE false)",
+            f"COPY (SELECT 42 AS evil) TO '{directory}' (FORMAT parquet, PER_THREAD_OUTPUT, OVERWRITE)",
+            f"ATTACH '{directory}/part-*.parquet' AS evil",
+            f"EXPORT DATABASE '{directory}'",
+            f"SELECT 1; COPY (SELECT 42 AS evil) TO '{directory}/part-0.parquet' (USE_TMP_FILE false)",
+        ):
+            with pytest.raises(RefusedStatementError, match="only SELECT"):
+                deps.query_engine().execute(sql)
+            with pytest.raises(RefusedStatementError):
+                deps.session().run(sql)
+        assert deps.query_engine().execute("SELECT count(*) FROM dir").fetchall() == [(125,)]
+    assert {p: p.read_bytes() for p in sorted(shelf.rglob("*")) if p.is_file()} == before
+
+
+def test_files_that_appear_later_are_not_the_sources(shelf: Path) -> None:
+    """A glob reads the files it matched when the session opened, and refuses newcomers."""
+    with LakehouseDeps(sources={"captions": f"{shelf}/captions/part-*.parquet"}) as deps:
+        sql = f"SELECT count(*) AS n FROM read_parquet('{shelf}/captions/part-*.parquet')"
+        assert _run(deps, sql) == 60
+        pq.write_table(mixed_table(), shelf / "captions" / "part-9.parquet")
+        with pytest.raises(RefusedStatementError, match=r"part-9\.parquet"):
+            deps.session().run(sql)
+        assert deps.session().run("SELECT count(*) AS n FROM captions").rows == [{"n": 60}]

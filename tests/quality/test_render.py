@@ -91,3 +91,18 @@ def test_histogram_png_of_a_column_without_one(report: QualityReport) -> None:
     png = histogram_png(report.column("score"))
     assert png is not None
     assert png.startswith(PNG_MAGIC)
+
+
+def test_a_histogram_says_when_it_is_estimated(tmp_path_factory: pytest.TempPathFactory) -> None:
+    directory = write_parts(tmp_path_factory.mktemp("estimated") / "mixed", mixed_table())
+    counted = profile(directory)
+    sketched = profile(directory, exact_threshold=10)
+    for report, how in ((counted, "exact counts"), (sketched, "estimated from a quantile sketch")):
+        captions = re.findall(r"<figcaption>([^<]*)</figcaption>", render_html(report))
+        kinds = {"imgid": "values", "score": "values", "split": "lengths", "caption": "lengths"}
+        assert captions == [f"{name}: {of}, {how}" for name, of in {**kinds, "tokens": "lengths"}.items()]
+        markdown = render_markdown(report)
+        assert re.findall(r"!\[([^\]]*)\]\(data:", markdown) == captions
+        notes = "histograms of 'imgid', 'score', 'split', 'caption', 'tokens' are estimated"
+        assert (notes in markdown) == (report is sketched)
+        assert (notes in render_text(report)) == (report is sketched)
