@@ -1,8 +1,10 @@
 """One measured configuration, run in a fresh process: read its epochs, print one JSON line.
 
 Run by the harness as ``python -m duckstream.benchmarks.epoch --loader ... --source DIR``;
-the parent samples this process tree's memory, so nothing else runs here. The source is a
-local folder, ``s3://bucket/prefix`` or a DuckLake table (``--lake-catalog``). Secrets never
+the parent samples this process tree's memory, so nothing else runs here. With ``--ids-dir``,
+the duckstream loaders also write each epoch's ids, in the order the loop received them, for
+the parent to judge the shuffle by (``shuffle_quality.py``). The source is a local folder,
+``s3://bucket/prefix`` or a DuckLake table (``--lake-catalog``). Secrets never
 travel on the command line, where ``ps`` shows them: S3 settings come from the environment
 (``DUCKSTREAM_S3_ENDPOINT``, ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``), a PostgreSQL
 catalog's password from ``PGPASSWORD``.
@@ -31,6 +33,7 @@ __all__ = [
     "LakeSource",
     "LoaderName",
     "duckstream_epochs",
+    "ids_file",
     "main",
     "pyarrow_epoch",
     "to_python",
@@ -60,6 +63,11 @@ class LakeSource:
     catalog: str
     data_path: str
     table: str
+
+
+def ids_file(directory: str | Path, epoch: int) -> Path:
+    """Where ``--ids-dir`` keeps epoch ``epoch``'s ids: raw native int64, in the order received."""
+    return Path(directory) / f"epoch-{epoch}.int64"
 
 
 def to_python(batch: pa.RecordBatch) -> dict[str, Any]:
@@ -169,6 +177,8 @@ def duckstream_epochs(
     seed: int,
     repeat: int = 1,
     output: Literal["torch", "arrow"] = "torch",
+    ids_dir: str | Path | None = None,
+    ids_column: str = "id",
 ) -> list[EpochResult]:
     """``repeat`` shuffled epochs through one ``DuckStreamLoader``, as a training run reads them.
 
@@ -178,8 +188,12 @@ def duckstream_epochs(
     The first (cold) epoch is timed from constructing the dataset: it pays for planning and
     starting the workers. Later epochs reuse the plan and, with workers, the persistent worker
     processes. ``output="torch"`` collates each batch to tensors and Python lists;
-    ``output="arrow"`` yields the ``pyarrow.RecordBatch`` itself.
+    ``output="arrow"`` yields the ``pyarrow.RecordBatch`` itself. With ``ids_dir``, each epoch's
+    ``ids_column`` goes to :func:`ids_file` as the batches arrive, workers' batches interleaved
+    as the loader yields them: written, not kept, so the memory figures do not grow with it.
     """
+    import numpy as np
+
     from duckstream.catalog import LakehouseCatalog
     from duckstream.storage import S3Settings
     from duckstream.stream import DuckStreamDataset, DuckStreamLoader
@@ -213,15 +227,23 @@ def duckstream_epochs(
         )
         loader = DuckStreamLoader(dataset, num_workers=workers, persistent_workers=workers > 0)
         results = []
-        for _ in range(max(1, repeat)):
+        for epoch in range(max(1, repeat)):
             rows = batches = 0
             first = 0.0
-            for batch in loader:
-                rows += batch.num_rows if output == "arrow" else len(next(iter(batch.values())))
-                if batches == 0:
-                    first = time.perf_counter() - start
-                batches += 1
-            seconds = time.perf_counter() - start
+            ids = None if ids_dir is None else ids_file(ids_dir, epoch).open("wb")
+            try:
+                for batch in loader:
+                    rows += batch.num_rows if output == "arrow" else len(next(iter(batch.values())))
+                    if batches == 0:
+                        first = time.perf_counter() - start
+                    batches += 1
+                    if ids is not None:
+                        column = batch.column(ids_column) if output == "arrow" else batch[ids_column]
+                        ids.write(np.ascontiguousarray(column, dtype=np.int64).data)
+                seconds = time.perf_counter() - start
+            finally:
+                if ids is not None:
+                    ids.close()
             read = tree_read_chars(os.getpid())
             results.append(
                 EpochResult(
@@ -259,6 +281,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers (duckstream*)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--ids-dir",
+        type=Path,
+        help="duckstream*: write each epoch's ids (the id column, as received) to DIR/epoch-N.int64",
+    )
+    parser.add_argument(
         "--repeat", type=int, default=1, help="epochs to run: the first is cold, the fastest later one warm"
     )
     args = parser.parse_args(argv)
@@ -292,6 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             seed=args.seed,
             repeat=args.repeat,
             output="arrow" if args.loader == "duckstream-arrow" else "torch",
+            ids_dir=args.ids_dir,
         )
     # The first epoch is cold (planning, worker start, the page cache); a training run spends
     # most of its time in the later, warm ones. Timings on a shared machine wander between

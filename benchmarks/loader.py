@@ -2,7 +2,10 @@
 
 Each configuration runs under the memory sampler in a child process; a path whose server
 cannot start, or a configuration that fails, gets a line saying so instead of stopping the
-run. ``report.py`` turns the measurements into the table, the ratios and the JSON.
+run. The configurations that shuffle also hand back the ids their loop received, epoch by
+epoch, which give their shuffle figures (``shuffle_quality.py``) and, with ``plot_dir``, a
+picture of the first epoch's order (``plot.py``). ``report.py`` turns the measurements into
+the table, the ratios and the JSON.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import json
 import os
 import platform
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -22,10 +26,11 @@ from duckstream.errors import ConfigurationError
 from duckstream.redact import redact
 
 from .datasets import DatasetSpec, PresetName, ensure_dataset, preset
-from .epoch import LoaderName
+from .epoch import LoaderName, ids_file
 from .memory import SampledRun, run_sampled
 from .paths import LakeCatalogKind, PathGroup, PathName, ReadPath, expand, path_sql, read_path
 from .services import BenchServices, Unavailable
+from .shuffle_quality import ShuffleQuality, measure, worst
 from .sources import Sources, Target
 
 __all__ = ["BenchConfig", "Measurement", "run_bench"]
@@ -57,6 +62,7 @@ class BenchConfig:
     cache_dir: Path | None = None  # default: <tempdir>/duckstream-bench
     timeout: float | None = None  # seconds per configuration
     repeat: int = 3  # epochs per configuration: the first is cold, the fastest later one warm
+    plot_dir: Path | None = None  # draw each shuffled configuration's first epoch here (plot.py)
 
     def __post_init__(self) -> None:
         for what, given, known in (
@@ -107,6 +113,9 @@ class Measurement:
     peak_rss_bytes: int | None = None
     read_bytes: int | None = None  # bytes read by the process tree in the cold epoch (local files)
     warm_read_bytes: int | None = None  # the same in the warm one
+    # Each epoch of the timed run, in order, judged by the ids the loop received; empty for the
+    # pyarrow scans, which do not shuffle.
+    shuffle: tuple[ShuffleQuality, ...] = ()
     error: str | None = None
     skipped: str | None = None  # why the path cannot run here (a server that did not start)
 
@@ -127,6 +136,11 @@ class Measurement:
         return (self.rows if read_path(self.path).filters else delivered) / seconds
 
     @property
+    def shuffle_worst(self) -> ShuffleQuality | None:
+        """Each shuffle figure at its least shuffled over the epochs; None without figures."""
+        return worst(self.shuffle)
+
+    @property
     def ok(self) -> bool:
         """Whether it has figures."""
         return self.error is None and self.skipped is None
@@ -135,6 +149,10 @@ class Measurement:
 def run_bench(config: BenchConfig, *, echo: Callable[[str], None] = print) -> list[Measurement]:
     """Measure every configuration ``config`` names, reporting progress through ``echo``."""
     echo(f"python {platform.python_version()}, {os.cpu_count()} CPUs, batch size {config.batch_size}")
+    if config.plot_dir is not None:
+        from .plot import require_matplotlib
+
+        require_matplotlib()  # before minutes of measuring, not after
     plan = expand(config.paths, config.lake_catalogs)
     # Memory as the data grows is a property of the plain path, measured when it is asked for.
     scaled = [loader for loader in config.loaders if loader in _SCALED]
@@ -241,10 +259,15 @@ def _measure(
     if base.loader not in _FLOORS:
         command.append(f"--sql={path_sql(path, spec.columns, spec.rows)}")
     env = {**os.environ, **target.env}
-    timed = run_sampled(command, timeout=config.timeout, sample=config.quick, env=env)
-    failure = _failure(config, timed)
-    if failure is not None:
-        return replace(base, error=failure)
+    shuffles = base.loader not in _FLOORS and "id" in spec.columns
+    with tempfile.TemporaryDirectory(prefix="duckstream-bench-ids-") as ids_dir:
+        # Only the timed run writes the ids: the sampled one measures memory and nothing else.
+        timed_command = [*command, f"--ids-dir={ids_dir}"] if shuffles else command
+        timed = run_sampled(timed_command, timeout=config.timeout, sample=config.quick, env=env)
+        failure = _failure(config, timed)
+        if failure is not None:
+            return replace(base, error=failure)
+        shuffle = _shuffle(config, base, Path(ids_dir)) if shuffles else ()
     sampled = timed
     if not config.quick:
         sampled = run_sampled(command, timeout=config.timeout, env=env)
@@ -263,7 +286,32 @@ def _measure(
         peak_rss_bytes=sampled.peak_rss_bytes,
         read_bytes=figures["read_bytes"],
         warm_read_bytes=figures["warm_read_bytes"],
+        shuffle=shuffle,
     )
+
+
+def _shuffle(config: BenchConfig, base: Measurement, ids_dir: Path) -> tuple[ShuffleQuality, ...]:
+    """The shuffle figures of each epoch whose ids the epoch process wrote; the first one drawn.
+
+    Judged here, in the parent, so that neither the epoch's time nor its memory peak pays for it.
+    """
+    import numpy as np
+
+    found = []
+    for epoch in range(config.repeat):
+        path = ids_file(ids_dir, epoch)
+        if not path.exists():
+            break
+        ids = np.fromfile(path, dtype=np.int64)
+        quality = measure(ids)
+        if epoch == 0 and config.plot_dir is not None:
+            from .plot import plot_epoch, plot_name
+
+            plot_epoch(
+                ids, config.plot_dir / plot_name(base), title=f"{_label(base)}, epoch 0", quality=quality
+            )
+        found.append(quality)
+    return tuple(found)
 
 
 # What the epoch process prints (epoch.main), every key of which a measurement takes.

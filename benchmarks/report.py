@@ -1,7 +1,9 @@
 """The benchmark's output: one table of every configuration, the ratios to read it by, and JSON.
 
 Absolute rows/s depend on the machine; ratios against a floor measured beside them do much
-less, so the ratio section is what to compare between commits and machines.
+less, so the ratio section is what to compare between commits and machines. The shuffle
+columns (``|rho|``, ``nbrs``, ``disp``) judge the order the loop received against storage order
+(``shuffle_quality.py``), beside what a uniform permutation of as many rows would give.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from .datasets import PresetName
 from .epoch import LoaderName
 from .loader import BenchConfig, Measurement
 from .paths import PathName, read_path
+from .shuffle_quality import uniform_expectation
 
 __all__ = [
     "Ratio",
@@ -26,6 +29,7 @@ __all__ = [
     "ratios",
     "report",
     "scaling_lines",
+    "shuffle_lines",
     "write_json",
 ]
 
@@ -51,6 +55,9 @@ _HEADERS = (
     "read MB",
     "start MB",
     "peak MB",
+    "|rho|",
+    "nbrs",
+    "disp",
 )
 _TEXT_COLUMNS = frozenset({0, 3, 4})  # aligned left; figures align right
 _HEAD = 6  # the cells every line has, figures or not
@@ -103,7 +110,28 @@ def _cells(m: Measurement) -> list[str]:
         "-" if m.warm_read_bytes is None else f"{m.warm_read_bytes / _MB:,.1f}",
         f"{(m.start_rss_bytes or 0) / _MB:,.0f}",
         f"{(m.peak_rss_bytes or 0) / _MB:,.0f}",
+        *_shuffle_cells(m),
     ]
+
+
+def _shuffle_cells(m: Measurement) -> list[str]:
+    quality = m.shuffle_worst
+    if quality is None:  # a pyarrow scan: storage order, nothing to judge
+        return ["-", "-", "-"]
+    return [f"{quality.spearman:.3f}", f"{quality.neighbours_kept:.3f}", f"{quality.displacement:.3f}"]
+
+
+def shuffle_lines(measurements: Sequence[Measurement]) -> list[str]:
+    """What a uniform permutation gives, for each epoch length the table's shuffle figures have."""
+    lengths = sorted({m.shuffle_worst.rows for m in measurements if m.shuffle_worst is not None})
+    lines = []
+    for rows in lengths:
+        uniform = uniform_expectation(rows)
+        lines.append(
+            f"{rows:,} rows: |rho| {uniform.spearman:.3f}, nbrs {uniform.neighbours_kept:.3f}, "
+            f"disp {uniform.displacement:.3f}"
+        )
+    return lines
 
 
 def _shorten(text: str) -> str:
@@ -253,6 +281,7 @@ def write_json(path: str | Path, config: BenchConfig, measurements: Sequence[Mea
         "config": {
             **asdict(config),
             "cache_dir": None if config.cache_dir is None else str(config.cache_dir),
+            "plot_dir": None if config.plot_dir is None else str(config.plot_dir),
         },
         "machine": {
             "python": platform.python_version(),
@@ -264,6 +293,7 @@ def write_json(path: str | Path, config: BenchConfig, measurements: Sequence[Mea
                 **asdict(m),
                 "rows_per_second": m.rows_per_second,
                 "warm_rows_per_second": m.warm_rows_per_second,
+                "shuffle_worst": None if m.shuffle_worst is None else asdict(m.shuffle_worst),
             }
             for m in measurements
         ],
@@ -276,6 +306,17 @@ def report(measurements: Sequence[Measurement], out: TextIO) -> None:
     """Print the table, the ratios, the scaling comparison and every skip and error in full."""
     print(file=out)
     print(format_table(measurements), file=out)
+    uniform = shuffle_lines(measurements)
+    if uniform:
+        print(file=out)
+        print(
+            "shuffle, the least shuffled epoch of each: |rho| rank correlation of position and id "
+            "(1: storage order), nbrs storage neighbours still adjacent (1: storage order), disp "
+            "distance rows moved (0: storage order); a uniform permutation gives on average:",
+            file=out,
+        )
+        for line in uniform:
+            print(f"  {line}", file=out)
     lines = ratio_lines(measurements)
     if lines:
         print(file=out)

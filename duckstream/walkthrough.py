@@ -1,27 +1,32 @@
 """The lakehouse walkthrough's frame: where its lakehouse lives, the open lakehouse, and sections.
 
-The sections themselves live in ``walkthrough_data`` (ingest, runs, queries, streams),
-``walkthrough_patterns`` (the lakehouse patterns) and ``walkthrough_reports`` (metrics and
-quality); :func:`duckstream.demo.run_walkthrough` runs them in order.
+The sections themselves live in ``walkthrough_data`` (ingest, the run record, OLAP queries),
+``walkthrough_streams`` (PyTorch, Hugging Face and Arrow streams), ``walkthrough_reports``
+(metrics and quality), ``walkthrough_patterns`` (the lakehouse patterns) and
+``walkthrough_tiers`` (streamable tiers, each a recorded run);
+:func:`duckstream.demo.run_walkthrough` runs them in order.
 """
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import duckdb
 import pyarrow as pa
 
 from duckstream import engine
 from duckstream._closing import ClosesOnExit
-from duckstream.catalog import LakehouseCatalog
-from duckstream.core.lake import CatalogLocation
+from duckstream.catalog import LakehouseCatalog, Run
+from duckstream.core.lake import CatalogLocation, LakeTable
 from duckstream.errors import ConfigurationError
 from duckstream.query import LakehouseQuery
 from duckstream.storage import S3Settings
+from duckstream.walkthrough_render import box_table
 
 __all__ = [
     "CAPTIONS_TABLE",
@@ -87,15 +92,17 @@ class WalkthroughSettings:
             return str((self.directory / "raw").resolve())
         return f"s3://{self.bucket}/{self._key('raw')}"
 
-    def raw_split(self, split: str) -> str:
-        return f"{self.raw_location}/{split}"
-
     @property
     def lake_data(self) -> str:
         """Where the DuckLake tables keep their Parquet data files."""
         if self.bucket is None:
             return str((self.directory / "lake").resolve())
         return f"s3://{self.bucket}/{self._key('lake')}"
+
+    @property
+    def stream_cache(self) -> Path:
+        """The streams' cache (catalog metadata copies, materialised query results)."""
+        return self.directory / "stream-cache"
 
     @property
     def catalog_location(self) -> str:
@@ -125,11 +132,22 @@ def render_section(number: int, section: Section) -> str:
 
 
 class Lakehouse(ClosesOnExit):
-    """The walkthrough's open lakehouse: its catalog, settings and a way to show results."""
+    """The walkthrough's open lakehouse: its catalog, settings and a way to show results.
+
+    A PostgreSQL catalog that does not answer leaves ``catalog`` None (``catalog_problem``
+    says why): the walkthrough then runs the sections that need no catalog, on the raw
+    Parquet tier, which :meth:`serve_raw` makes queryable under the lake table's name.
+    """
 
     def __init__(self, settings: WalkthroughSettings) -> None:
         self.settings = settings
         self.s3 = settings.s3
+        self.catalog_problem = _unreachable(settings.catalog)
+        self.catalog: LakehouseCatalog | None = None
+        self._own_con: duckdb.DuckDBPyConnection | None = None
+        if self.catalog_problem is not None:
+            self._own_con = engine.connect(s3=self.s3)
+            return
         self.catalog = LakehouseCatalog(
             settings.catalog_location,
             settings.lake_data,
@@ -139,8 +157,25 @@ class Lakehouse(ClosesOnExit):
         )
 
     @property
+    def recorded(self) -> LakehouseCatalog:
+        """The catalog, for the sections that record runs or read snapshots."""
+        if self.catalog is None:
+            raise ConfigurationError(f"this section needs the catalog, and {self.catalog_problem}")
+        return self.catalog
+
+    @property
     def con(self) -> duckdb.DuckDBPyConnection:
-        return self.catalog.con
+        if self.catalog is not None:
+            return self.catalog.con
+        if self._own_con is None:
+            raise ConfigurationError("this walkthrough lakehouse is closed")
+        return self._own_con
+
+    def serve_raw(self, files: Sequence[str]) -> None:
+        """Without a catalog: the raw Parquet ``files`` as a view named like the lake table, so
+        that the queries of the sections read the same rows from the raw tier."""
+        listed = ", ".join(engine.sql_literal(f) for f in files)
+        self.query(f"CREATE OR REPLACE VIEW {CAPTIONS_TABLE} AS SELECT * FROM read_parquet([{listed}])")
 
     @property
     def s3_keywords(self) -> dict[str, Any]:
@@ -158,12 +193,29 @@ class Lakehouse(ClosesOnExit):
 
     @property
     def stream_keywords(self) -> dict[str, Any]:
-        """Keywords for the streams: S3 settings, and a cache inside the walkthrough's folder.
+        """Keywords for the streams: S3 settings, and the walkthrough's own stream cache."""
+        return {**self.s3_keywords, "cache_dir": str(self.settings.stream_cache)}
 
-        The stream caches copies of a file catalog's metadata by path and snapshot; a cache that
-        lives and dies with the folder never serves a copy of an earlier lake at the same path.
-        """
-        return {**self.s3_keywords, "cache_dir": str(self.settings.directory / "stream-cache")}
+    def pinned(self, run: Run) -> LakeTable:
+        """The lake table as ``run`` trains on it: pinned to the snapshot its record names."""
+        return self.recorded.table(CAPTIONS_TABLE, version=int((run.snapshots or {})[CAPTIONS_TABLE]))
+
+    def last_change(self, table: str) -> int:
+        """The snapshot that last changed ``table``: a rerun on unchanged data finds the same one,
+        where the catalog's current snapshot moves on with every run recorded."""
+        alias = self.recorded.alias
+        found = self.scalar(
+            f"""SELECT max(s.snapshot_id)
+                FROM {alias}.snapshots() s, ducklake_table_info({engine.sql_literal(alias)}) t
+                WHERE t.table_name = ?
+                  AND (list_contains(flatten(map_values(s.changes)), t.table_id::VARCHAR)
+                       OR list_contains(s.changes['tables_created'],
+                                        current_schema() || '.' || t.table_name))""",
+            [table],
+        )
+        if found is None:
+            raise ConfigurationError(f"the lake has no table {table!r}")
+        return int(found)
 
     def query(self, sql: str, params: Sequence[Any] | None = None) -> pa.Table:
         """Run ``sql`` on the lake's connection; errors name the statement."""
@@ -177,12 +229,30 @@ class Lakehouse(ClosesOnExit):
         return table.column(0)[0].as_py()
 
     def render(self, table: pa.Table, *, max_rows: int = 40) -> str:
-        """``table`` as a plain-text box table (DuckDB's rendering; long results elided)."""
-        relation = self.con.from_arrow(table)
-        return str(relation.limit(max_rows)) if table.num_rows > max_rows else str(relation)
+        """``table`` as a plain-text box table, cells never wrapped (long results elided)."""
+        return box_table(table, max_rows=max_rows)
 
     def close(self) -> None:
-        self.catalog.close()
+        if self.catalog is not None:
+            self.catalog.close()
+        if self._own_con is not None:
+            self._own_con.close()
+            self._own_con = None
+
+
+def _unreachable(dsn: str | None) -> str | None:
+    """Why the PostgreSQL server of ``dsn`` does not answer, or None when it does (or when the
+    catalog is the embedded file). A server that answers with a refusal (a wrong password, no
+    such database) is not this: opening the catalog then fails with PostgreSQL's reason."""
+    if dsn is None:
+        return None
+    parts = urlsplit(dsn)
+    host, port = parts.hostname or "localhost", parts.port or 5432
+    try:
+        socket.create_connection((host, port), timeout=5).close()
+    except OSError as exc:
+        return f"PostgreSQL at {host}:{port} does not answer ({exc.strerror or exc})"
+    return None
 
 
 def rows_table(rows: Sequence[Mapping[str, Any]]) -> pa.Table:

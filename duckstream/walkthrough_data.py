@@ -1,12 +1,14 @@
-"""Walkthrough sections on the data itself: ingest, the run record, schema, OLAP and streams."""
+"""Walkthrough sections on the data itself: ingest, the run record, schema and OLAP queries."""
 
 from __future__ import annotations
 
-import itertools
+from collections.abc import Iterator, Mapping
+from pathlib import PurePosixPath
 from typing import Any
 
 import pyarrow as pa
 
+from duckstream._optional import require
 from duckstream.catalog import Run
 from duckstream.sync import SyncResult, sync_from_hf
 from duckstream.walkthrough import (
@@ -15,11 +17,13 @@ from duckstream.walkthrough import (
     Lakehouse,
     Section,
     rows_table,
-    short,
 )
 
 __all__ = [
+    "CAPTION_ROWS",
     "EXPERIMENT",
+    "HELD_OUT_SPLIT",
+    "caption_chars_section",
     "caption_length_section",
     "captions_per_image_section",
     "complete_run_section",
@@ -27,17 +31,18 @@ __all__ = [
     "ingest_section",
     "register_section",
     "schema_section",
-    "shuffle_section",
-    "stream_rows_section",
     "top_words_section",
 ]
 
 EXPERIMENT = "coco-captions"
 # Words that say little about an image; left out of the word counts.
 STOP_WORDS = ("a", "an", "the", "is", "on", "in", "of", "at", "to", "with", "next", "near", "under")
-# One caption per row with its word count: the base of the caption statistics.
-CAPTION_ROWS = f"""SELECT imgid, split, caption, len(string_split(caption, ' ')) AS words
+# One caption per row with its word and character counts: the base of the caption statistics.
+CAPTION_ROWS = f"""SELECT imgid, split, caption, len(string_split(caption, ' ')) AS words,
+        length(caption) AS chars
     FROM (SELECT imgid, split, unnest(sentences) AS caption FROM {CAPTIONS_TABLE})"""
+# The Hub's third split. It stays out of the lake: a held-out split no run may train or tune on.
+HELD_OUT_SPLIT = "test"
 
 
 def ingest(lake: Lakehouse, split: str) -> SyncResult:
@@ -57,20 +62,18 @@ def ingest(lake: Lakehouse, split: str) -> SyncResult:
             "s3_access_key": settings.s3_access_key,
             "s3_secret_key": settings.s3_secret_key,
         }
-    return sync_from_hf(
-        settings.hf_dataset,
-        split,
-        **target,
-        **sizes,
-        progress=False,
-        catalog=lake.catalog,
-        table=CAPTIONS_TABLE,
-        key="imgid",
-    )
+    # Without a catalog the sync fills the raw tier only.
+    appended: dict[str, Any] = {}
+    if lake.catalog is not None:
+        appended = {"catalog": lake.catalog, "table": CAPTIONS_TABLE, "key": "imgid"}
+    return sync_from_hf(settings.hf_dataset, split, **target, **sizes, progress=False, **appended)
 
 
 def ingest_section(lake: Lakehouse) -> Section:
     results = {split: ingest(lake, split) for split in INGEST_SPLITS}
+    if lake.catalog is None:
+        lake.serve_raw([f for result in results.values() for f in result.files])
+    # File names only: the folder is printed once above, and a long path would wrap mid-name.
     synced = rows_table(
         [
             {
@@ -79,7 +82,7 @@ def ingest_section(lake: Lakehouse) -> Section:
                 "files": len(r.files),
                 "rows": r.rows_total,
                 "KiB": round(r.bytes_total / 1024, 1),
-                "first_file": r.files[0],
+                "first_file": PurePosixPath(r.files[0]).name,
             }
             for split, r in results.items()
         ]
@@ -88,18 +91,31 @@ def ingest_section(lake: Lakehouse) -> Section:
         f"""SELECT split, count(*) AS images, sum(len(sentences))::BIGINT AS captions
             FROM {CAPTIONS_TABLE} GROUP BY split ORDER BY images DESC"""
     )
+    held_out = _split_rows(lake, HELD_OUT_SPLIT)
+    if lake.catalog is None:
+        appended = "sync_from_hf(...), split by split (no catalog: the raw Parquet tier only):"
+        rows_of = f"Rows of the raw tier (queried as the view {CAPTIONS_TABLE!r}) by Karpathy split:"
+    else:
+        appended = f"sync_from_hf(..., catalog=, table={CAPTIONS_TABLE!r}, key='imgid'), split by split:"
+        rows_of = f"Rows of the lake table {CAPTIONS_TABLE!r} by Karpathy split:"
     text = (
         f"Hugging Face dataset saved with save_to_disk: {lake.settings.hf_dataset}\n"
         f"Lakehouse: {lake.settings.describe()}\n\n"
-        "sync_from_hf(..., catalog=, table='captions', key='imgid'), split by split:\n"
+        f"{appended}\n"
         f"{lake.render(synced)}\n"
-        f"Rows of the lake table {CAPTIONS_TABLE!r} by Karpathy split:\n{lake.render(in_lake)}"
+        f"Files under {lake.settings.raw_location}/; files_written is what this run wrote (a rerun finds "
+        "the files whole).\n"
+        f"The {HELD_OUT_SPLIT!r} split ({held_out:,} images) is saved but never synced: it is held out, "
+        "so no run\ncan train or tune on it.\n\n"
+        f"{rows_of}\n{lake.render(in_lake)}"
     )
     return Section(
-        "Ingest: Hugging Face dataset -> Parquet -> DuckLake table",
+        "Ingest: Hugging Face dataset -> Parquet"
+        + (" -> DuckLake table" if lake.catalog is not None else ""),
         text,
         {
             "results": results,
+            "held_out": held_out,
             "lake_rows": dict(
                 zip(in_lake.column("split").to_pylist(), in_lake.column("images").to_pylist(), strict=True)
             ),
@@ -107,10 +123,18 @@ def ingest_section(lake: Lakehouse) -> Section:
     )
 
 
+def _split_rows(lake: Lakehouse, split: str) -> int:
+    """Rows of ``split`` in the saved Hugging Face dataset (memory-mapped, not read)."""
+    datasets = require("datasets")
+    return int(datasets.load_from_disk(str(lake.settings.hf_dataset))[split].num_rows)
+
+
 def register_section(lake: Lakehouse) -> Section:
-    catalog = lake.catalog
+    catalog = lake.recorded
     experiment = catalog.register_experiment(EXPERIMENT, "a small caption model on COCO Karpathy captions")
-    table = catalog.table(CAPTIONS_TABLE)  # pinned to the snapshot the run trains on
+    # Pinned to the snapshot that last changed the table, which holds the same rows as the newest
+    # one: a rerun on unchanged data then trains on the very snapshot the first run did.
+    table = catalog.table(CAPTIONS_TABLE, version=lake.last_change(CAPTIONS_TABLE))
     run = catalog.register_run(
         experiment.experiment_id,
         sim_index=0,
@@ -128,8 +152,10 @@ def register_section(lake: Lakehouse) -> Section:
         ]
     )
     text = (
-        f"{lake.render(shown)}\nThe run trains on catalog.table({CAPTIONS_TABLE!r}), pinned to snapshot "
-        f"{table.version}: later writes to the table never change what it streams."
+        f"{lake.render(shown)}\n"
+        f"The run trains on catalog.table({CAPTIONS_TABLE!r}, version={table.version}), the snapshot that "
+        "last changed the table:\nlater writes never change what it streams, and a rerun on the same data "
+        "pins the same snapshot."
     )
     return Section("Register an experiment and a run, pinned to a snapshot", text, {"run": run})
 
@@ -158,6 +184,31 @@ def caption_length_section(lake: Lakehouse) -> Section:
         "OLAP: caption length histogram (words per caption)",
         lake.render(histogram),
         {"histogram": _pairs(histogram)},
+    )
+
+
+def caption_chars_section(lake: Lakehouse) -> Section:
+    def summary(name: str, rows: str) -> str:
+        return f"""SELECT '{name}' AS captions, count(*) AS n, min(chars) AS min,
+                       quantile_disc(chars, 0.1) AS p10, median(chars) AS median,
+                       round(avg(chars), 2) AS mean, quantile_disc(chars, 0.9) AS p90,
+                       max(chars) AS max, round(stddev_samp(chars), 2) AS std
+                   FROM ({rows})"""
+
+    stats = lake.query(
+        f"""{summary("every caption", CAPTION_ROWS)}
+            UNION ALL
+            {summary("first of each image", f"SELECT length(sentences[1]) AS chars FROM {CAPTIONS_TABLE}")}
+            ORDER BY n DESC"""
+    )
+    text = (
+        f"{lake.render(stats)}\nThe first caption's length sorts the images into the streamable tiers "
+        "of pattern 7\n(under 40, 40 to 59, 60 characters or more)."
+    )
+    return Section(
+        "OLAP: caption length in characters",
+        text,
+        {"stats": {row.pop("captions"): row for row in stats.to_pylist()}},
     )
 
 
@@ -200,73 +251,28 @@ def top_words_section(lake: Lakehouse) -> Section:
     )
 
 
-def _pinned(lake: Lakehouse, run: Run) -> Any:
-    return lake.catalog.table(CAPTIONS_TABLE, version=int((run.snapshots or {})[CAPTIONS_TABLE]))
-
-
-def stream_rows_section(lake: Lakehouse, run: Run) -> Section:
-    from duckstream.stream import DuckStreamDataset
-
-    dataset = DuckStreamDataset(
-        _pinned(lake, run),
-        "SELECT imgid, split, len(sentences) AS captions, sentences[1] AS first_caption FROM source "
-        "WHERE split IN ('train', 'restval')",
-        batch_size=None,
-        output="python",
-        **lake.stream_keywords,
-    )
-    rows = list(itertools.islice(iter(dataset), 5))
-    shown = rows_table([{**row, "first_caption": short(row["first_caption"], 50)} for row in rows])
-    text = (
-        "DuckStreamDataset(table pinned to the run's snapshot, sql, batch_size=None): rows as dicts.\n"
-        f"{dataset.num_rows:,} rows after the SQL; the first 5:\n{lake.render(shown)}"
-    )
-    return Section("Stream 5 rows into PyTorch", text, {"rows": rows, "num_rows": dataset.num_rows})
-
-
-def shuffle_section(lake: Lakehouse, run: Run) -> Section:
-    from duckstream.stream import DuckStreamDataset
-
-    table = _pinned(lake, run)
-    sql = "SELECT imgid FROM source"
-
-    def epoch_ids(shuffle: bool, epoch: int) -> list[int]:
-        dataset = DuckStreamDataset(
-            table, sql, batch_size=None, shuffle=shuffle, seed=7, output="python", **lake.stream_keywords
-        )
-        dataset.set_epoch(epoch)
-        return [int(row["imgid"]) for row in dataset]
-
-    orders = {
-        "plain (storage order)": epoch_ids(False, 0),
-        "shuffle, seed 7, epoch 0": epoch_ids(True, 0),
-        "same again": epoch_ids(True, 0),
-        "shuffle, seed 7, epoch 1": epoch_ids(True, 1),
-    }
-    shown = rows_table(
-        [
-            {"order": name, "first ids": ", ".join(map(str, ids[:10])) + ", ..."}
-            for name, ids in orders.items()
-        ]
-    )
-    same_rows = len({tuple(sorted(ids)) for ids in orders.values()}) == 1
-    text = (
-        f"{lake.render(shown)}\nEvery order holds the same {len(orders['plain (storage order)']):,} rows "
-        f"({'yes' if same_rows else 'NO'}): a seeded permutation per epoch, reproducible on any machine."
-    )
-    return Section("Shuffled vs plain order", text, {"orders": orders})
-
-
 def complete_run_section(lake: Lakehouse, run: Run, metrics: dict[str, Any]) -> Section:
-    done = lake.catalog.complete_run(run.run_id, metrics=metrics)
-    runs = lake.query(
-        """SELECT left(r.run_id, 8) AS run, e.name AS experiment, r.status, r.metrics,
-                  (r.finished_at - r.started_at) AS took
-           FROM simulation_runs r JOIN experiments e USING (experiment_id)
-           WHERE r.run_id = ?""",
-        [run.run_id],
+    done = lake.recorded.complete_run(run.run_id, metrics=metrics)
+    took = done.finished_at - done.started_at if done.finished_at is not None else None
+    # One row per metric: the JSON whole would wrap mid-name in a table cell.
+    shown = rows_table([{"metric": name, "value": str(value)} for name, value in _flat(done.metrics or {})])
+    text = (
+        f"Run {done.run_id[:8]} of {EXPERIMENT}: {done.status}, took {took}; its metrics in the catalog:\n"
+        f"{lake.render(shown)}"
     )
-    return Section("Complete the run with its metrics", lake.render(runs), {"run": done})
+    return Section("Complete the run with its metrics", text, {"run": done})
+
+
+def _flat(value: Any, name: str = "") -> Iterator[tuple[str, Any]]:
+    """Nested JSON as (dotted name, value) pairs, list items numbered."""
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            yield from _flat(item, f"{name}.{key}" if name else str(key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _flat(item, f"{name}[{index}]")
+    else:
+        yield name, value
 
 
 def _pairs(table: pa.Table) -> dict[Any, Any]:

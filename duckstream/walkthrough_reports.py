@@ -20,7 +20,7 @@ from duckstream.catalog import Run
 from duckstream.core.lake import LakeTable
 from duckstream.loader_stats import EpochStats, LoaderMeter
 from duckstream.metrics import column_statistics, loader_metrics, log_metrics
-from duckstream.quality import profile
+from duckstream.quality import QualityReport, profile
 from duckstream.quality.render import render_html, render_text
 from duckstream.walkthrough import CAPTIONS_TABLE, Lakehouse, Section, rows_table
 from duckstream.walkthrough_data import CAPTION_ROWS
@@ -45,10 +45,6 @@ QUALITY_CHECKS = (
     "rows:1:",
     "length:sentences:5:5",
 )
-
-
-def _pinned(lake: Lakehouse, run: Run) -> LakeTable:
-    return lake.catalog.table(CAPTIONS_TABLE, version=int((run.snapshots or {})[CAPTIONS_TABLE]))
 
 
 def _measured_epoch(table: LakeTable, lake: Lakehouse) -> EpochStats:
@@ -83,11 +79,11 @@ def wandb_metrics_section(lake: Lakehouse, run: Run, wandb_dir: Path) -> Section
     """One measured epoch's loader statistics and the caption statistics, on the run in the
     catalog and in an offline W&B run."""
     wandb = require("wandb")
-    table = _pinned(lake, run)
+    table = lake.pinned(run)
     stats = _measured_epoch(table, lake)
     # The run's loader statistics, in the form RunTracker records them.
     run_metrics = {"loader_epochs": [stats.as_dict()]}
-    recorded = lake.catalog.record_run_metrics(run.run_id, run_metrics)
+    recorded = lake.recorded.record_run_metrics(run.run_id, run_metrics)
     loader = loader_metrics(stats)
     data = column_statistics(table, CAPTION_STATISTICS, **lake.stream_keywords)
     words, counts = _caption_histogram(lake)
@@ -126,8 +122,8 @@ def wandb_metrics_section(lake: Lakehouse, run: Run, wandb_dir: Path) -> Section
     )
     text = (
         f"One shuffled epoch of the pinned table through DuckStreamLoader(DuckStreamDataset("
-        f"batch_size={BATCH_SIZE})), timed by a LoaderMeter; wait_seconds is the time the loop spent "
-        "waiting for data (here the loop trains nothing, so it does little else).\n"
+        f"batch_size={BATCH_SIZE})),\ntimed by a LoaderMeter; wait_seconds is the time the loop spent "
+        "waiting for data\n(here the loop trains nothing, so it does little else).\n"
         "Sent with log_metrics(run, loader_metrics(stats) | column_statistics(...)) "
         f"to W&B offline:\n{lake.render(shown)}\n"
         f"Recorded on run {run.run_id[:8]} in the catalog as metrics.loader_epochs.\n"
@@ -152,6 +148,18 @@ def wandb_metrics_section(lake: Lakehouse, run: Run, wandb_dir: Path) -> Section
     )
 
 
+def _without_arbitrary_tops(report: QualityReport) -> QualityReport:
+    """``report`` less the top values of columns where no value repeats: approx_top_k names some
+    three of them, not the same three twice, and a rerun must print the same figures."""
+    columns = [
+        column.model_copy(update={"top_values": []})
+        if column.top_values and column.top_values[0].count == 1
+        else column
+        for column in report.columns
+    ]
+    return report.model_copy(update={"columns": columns})
+
+
 def _plain(value: Any) -> Any:
     """A W&B summary value (nested summary dicts included) as plain Python data."""
     # Looked up on the type: a summary dict answers unknown attributes with KeyError.
@@ -163,7 +171,7 @@ def _plain(value: Any) -> Any:
 def quality_section(lake: Lakehouse, run: Run) -> Section:
     """A one-pass profile of the run's pinned table: nulls, distinct values, lengths, the
     duplicates of its key and the checks it is expected to pass."""
-    report = profile(_pinned(lake, run), key="imgid", checks=QUALITY_CHECKS, **lake.s3_keywords)
+    report = profile(lake.pinned(run), key="imgid", checks=QUALITY_CHECKS, **lake.s3_keywords)
     html_report: Path | None = None
     if importlib.util.find_spec("matplotlib") is not None:  # the histogram pictures need it
         html_report = lake.settings.directory / "quality" / f"{CAPTIONS_TABLE}.html"
@@ -176,6 +184,8 @@ def quality_section(lake: Lakehouse, run: Run) -> Section:
     )
     text = (
         f"profile(catalog.table({CAPTIONS_TABLE!r}, version=...), key='imgid', checks=[...]):\n"
-        f"{render_text(report)}\n\n{where}"
+        f"{render_text(_without_arbitrary_tops(report))}\n"
+        "(Top values are left out where no value repeats: any three would do, and approx_top_k\n"
+        f"names other ones each time.)\n\n{where}"
     )
     return Section("Quality profile of the pinned lake table", text, {"report": report, "html": html_report})

@@ -6,25 +6,38 @@ Run it from the repository root::
 
 It needs no server: the catalog is a local DuckLake file and the data local folders. Against a
 shared lakehouse, give PostgreSQL and S3 (keys from ``AWS_ACCESS_KEY_ID`` and
-``AWS_SECRET_ACCESS_KEY``)::
+``AWS_SECRET_ACCESS_KEY``); ``python -m duckstream.devservices`` starts local ones, creates the
+bucket ``datasets`` and prints the environment to export::
 
     .venv/bin/python examples/coco_caption_walkthrough.py --catalog postgresql://user:pw@db:5432/lake \\
         --bucket datasets --s3-endpoint http://localhost:29000
 
 Each section is one function of the package (``duckstream.walkthrough_data``,
-``duckstream.walkthrough_patterns``, ``duckstream.walkthrough_reports``), run in this order:
+``duckstream.walkthrough_streams``, ``duckstream.walkthrough_reports``,
+``duckstream.walkthrough_patterns``, ``duckstream.walkthrough_tiers``), run in this order:
 
  1. ingest: a Hugging Face dataset saved with ``save_to_disk``, synced with ``sync_from_hf`` into
-    Parquet files and appended to the DuckLake table ``captions`` (key ``imgid``)
- 2. an experiment and a run registered in the catalog, pinned to the table's snapshot
- 3. the schema, then OLAP queries: 4. caption-length histogram, 5. captions per image, 6. word counts
- 7. five rows streamed by ``DuckStreamDataset(batch_size=None)``; 8. shuffled vs plain order
- 9. one epoch's loader statistics (``LoaderMeter``: rows, batches, rows/s, waiting time) recorded on
+    Parquet files and appended to the DuckLake table ``captions`` (key ``imgid``); the ``test``
+    split is held out
+ 2. an experiment and a run registered in the catalog, pinned to the snapshot that last changed
+    the table
+ 3. the schema, then OLAP queries: 4. caption-length histogram (words), 5. caption length in
+    characters, 6. captions per image, 7. word counts
+ 8. five rows streamed by ``DuckStreamDataset(batch_size=None)``; 9. a ``LIMIT 5`` query as a
+    Hugging Face ``IterableDataset`` (``as_iterable_dataset``); 10. shuffled vs plain order;
+    11. reshuffling per epoch with ``stream_batches(shuffle=True)``
+12. one epoch's loader statistics (``LoaderMeter``: rows, batches, rows/s, waiting time) recorded on
     the run and, with caption statistics and a histogram, logged to W&B offline (``duckstream.metrics``)
-10. ``duckstream.quality.profile`` of the pinned table, with a key and checks (one fails on purpose),
-    and its HTML report; 11. the run completed with its metrics
-12-18. the lakehouse patterns: schema evolution, time travel, a join of runs with data, pushdown
-    into the Parquet scan, idempotent ingest, analytics, and streamable raw/lake/curated tiers
+13. ``duckstream.quality.profile`` of the pinned table, with a key and checks (one fails on purpose),
+    and its HTML report; 14. the run completed with its metrics
+15-21. the seven lakehouse patterns: schema evolution, time travel, a join of runs with data,
+    pushdown into the Parquet scan, idempotent ingest, analytics, and streamable tiers (three
+    caption-length tiers, each an experiment with a completed run, streamed as ``IterableDataset``)
+22. why a lakehouse: the seven patterns, what each gives and where the walkthrough showed it
+
+A rerun reuses what the first run wrote and prints the same figures. With a PostgreSQL catalog
+that does not answer, the sections that need it are left out and the rest run on the raw
+Parquet tier.
 
 ``duckstream demo`` runs the same walkthrough with the same options.
 """

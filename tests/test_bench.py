@@ -12,20 +12,22 @@ import threading
 import time
 import tomllib
 from pathlib import Path
-from typing import get_args
+from typing import Literal, get_args
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from duckstream.benchmarks.datasets import DatasetSpec, ensure_dataset, make_dataset, preset
 from duckstream.benchmarks.delay_proxy import DelayProxy
-from duckstream.benchmarks.epoch import LoaderName, to_python
+from duckstream.benchmarks.epoch import LoaderName, duckstream_epochs, ids_file, to_python
 from duckstream.benchmarks.loader import BenchConfig, Measurement
 from duckstream.benchmarks.memory import run_sampled
 from duckstream.benchmarks.paths import PathName, expand, path_sql, read_path
 from duckstream.benchmarks.readbytes import read_chars, tree_read_chars
-from duckstream.benchmarks.report import format_table, ratio_lines, ratios
+from duckstream.benchmarks.report import format_table, ratio_lines, ratios, shuffle_lines
 from duckstream.benchmarks.services import BenchServices, Unavailable
+from duckstream.benchmarks.shuffle_quality import ShuffleQuality
 
 import duckstream
 from duckstream.cli import _build_parser, main
@@ -688,3 +690,123 @@ def test_cpu_breakdown_prints_the_main_process_and_each_worker(tmp_path: Path) -
         assert float(row[1]) > 0
         workers = [float(x) for x in row[3].split("/")] if row[3] != "-" else []
         assert float(row[4]) == pytest.approx(float(row[2]) + sum(workers), abs=0.02)
+
+
+def test_table_shows_each_shuffle_figure_at_its_least_shuffled_epoch() -> None:
+    epochs = (
+        ShuffleQuality(rows=1_000, spearman=0.01, neighbours_kept=0.25, displacement=0.97),
+        ShuffleQuality(rows=1_000, spearman=0.2, neighbours_kept=0.002, displacement=0.5),
+    )
+    measurements = [measured("pyarrow", None, 1.0), measured("duckstream", 2, 1.0, shuffle=epochs)]
+    lines = format_table(measurements).splitlines()
+
+    assert lines[0].split()[-3:] == ["|rho|", "nbrs", "disp"]
+    assert lines[2].split()[-3:] == ["-", "-", "-"]  # a scan in storage order: nothing to judge
+    assert lines[3].split()[-3:] == ["0.200", "0.250", "0.500"]
+    assert shuffle_lines(measurements) == ["1,000 rows: |rho| 0.025, nbrs 0.002, disp 1.000"]
+    assert shuffle_lines(measurements[:1]) == []
+
+
+@pytest.mark.parametrize(("output", "workers"), [("arrow", 0), ("torch", 2)])
+def test_epochs_write_the_ids_in_the_order_the_loop_receives_them(
+    tmp_path: Path, output: Literal["arrow", "torch"], workers: int
+) -> None:
+    from duckstream.stream import DuckStreamDataset, DuckStreamLoader
+
+    make_dataset(DatasetSpec(rows=3_000, files=4, row_group_size=500), tmp_path / "data")
+    sql = "SELECT id, captions FROM source"
+    source = str(tmp_path / "data")
+    ids_dir = tmp_path / "ids"
+    ids_dir.mkdir()
+    results = duckstream_epochs(
+        source, sql, batch_size=256, workers=workers, seed=3, repeat=2, output=output, ids_dir=ids_dir
+    )
+    dataset = DuckStreamDataset(source, sql=sql, batch_size=256, shuffle=True, seed=3, output="arrow")
+    loader = DuckStreamLoader(dataset, num_workers=workers)
+    received = [np.concatenate([batch.column("id").to_numpy() for batch in loader]) for _ in range(2)]
+
+    assert [result.rows for result in results] == [3_000, 3_000]
+    for epoch in range(2):
+        written = np.fromfile(ids_file(ids_dir, epoch), dtype=np.int64)
+        assert written.tolist() == received[epoch].tolist()
+        assert sorted(written.tolist()) == list(range(3_000))
+    assert sorted(path.name for path in ids_dir.iterdir()) == ["epoch-0.int64", "epoch-1.int64"]
+
+
+def test_bench_reports_the_shuffle_of_each_epoch_and_draws_the_first(tmp_path: Path) -> None:
+    import matplotlib.image
+
+    report = tmp_path / "bench.json"
+    plots = tmp_path / "plots"
+    result = run_bench_cli(
+        "--quick",
+        "--repeat",
+        "2",
+        "--preset",
+        "captions",
+        "--rows",
+        "2000",
+        "--path",
+        "plain",
+        "--loader",
+        "pyarrow,duckstream-arrow",
+        "--workers",
+        "0,2",
+        "--scale",
+        "1",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--json",
+        str(report),
+        "--plot",
+        str(plots),
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = {(row.split()[4], row.split()[5]): row.split() for row in table_rows(result.stdout)}
+    assert rows["pyarrow", "-"][-3:] == ["-", "-", "-"]
+    measurements = {(m["loader"], m["workers"]): m for m in json.loads(report.read_text())["measurements"]}
+    assert measurements["pyarrow", None]["shuffle"] == []
+    assert measurements["pyarrow", None]["shuffle_worst"] is None
+    for workers in (0, 2):
+        m = measurements["duckstream-arrow", workers]
+        assert [epoch["rows"] for epoch in m["shuffle"]] == [2_000, 2_000]
+        worst = m["shuffle_worst"]
+        assert worst["spearman"] == max(epoch["spearman"] for epoch in m["shuffle"])
+        assert worst["neighbours_kept"] == max(epoch["neighbours_kept"] for epoch in m["shuffle"])
+        assert worst["displacement"] == min(epoch["displacement"] for epoch in m["shuffle"])
+        assert 0 <= worst["spearman"] <= 1
+        assert 0 <= worst["neighbours_kept"] <= 1
+        assert rows["duckstream-arrow", str(workers)][-3:] == [
+            f"{worst['spearman']:.3f}",
+            f"{worst['neighbours_kept']:.3f}",
+            f"{worst['displacement']:.3f}",
+        ]
+    assert "  2,000 rows: |rho| 0.018, nbrs 0.001, disp 1.000" in result.stdout.splitlines()
+
+    # The scan is in storage order: only the shuffled configurations are drawn.
+    drawn = sorted(plots.iterdir())
+    assert [path.name for path in drawn] == [
+        "captions-1x-plain-duckstream-arrow-0w.png",
+        "captions-1x-plain-duckstream-arrow-2w.png",
+    ]
+    for path in drawn:
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        image = matplotlib.image.imread(path)
+        assert image.shape[:2] == (600, 600)
+        assert image[..., :3].min() < 0.5  # something drawn on the white
+
+
+def test_bench_plot_without_matplotlib_names_the_extra_before_measuring(tmp_path: Path) -> None:
+    # An import of a module mapped to None fails as a missing one does.
+    script = (
+        "import sys; sys.modules['matplotlib'] = None; from duckstream.cli import main; "
+        f"sys.exit(main(['bench', '--quick', '--cache-dir', {str(tmp_path / 'cache')!r}, "
+        f"'--plot', {str(tmp_path / 'plots')!r}]))"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "pip install 'duckstream[quality]'" in result.stderr
+    assert not (tmp_path / "cache").exists()  # nothing generated, nothing measured
+    assert not (tmp_path / "plots").exists()

@@ -132,7 +132,7 @@ def test_demo_runs_the_walkthrough_and_a_rerun_writes_nothing_new(tmp_path: Path
     code, text = run_cli("demo", "--dir", str(tmp_path / "demo"), "--images", "60")
     assert code == 0
     numbers = [int(n) for n in re.findall(r"^\s*(\d+)\. ", text, flags=re.M)]
-    assert numbers == list(range(1, 19))
+    assert numbers == list(range(1, 23))
     for title in (
         "Ingest",
         "OLAP: caption length histogram",
@@ -141,7 +141,7 @@ def test_demo_runs_the_walkthrough_and_a_rerun_writes_nothing_new(tmp_path: Path
         "Time travel",
     ):
         assert title in text
-    assert "ran 18 sections" in text
+    assert "ran 22 sections" in text
     streamed = re.search(r"│ loader/rows\s+│ (\d+)\s+│", text)  # the loader's statistics, measured
     assert streamed is not None
     assert int(streamed.group(1)) == sum(s != "test" for s in caption_table(60).column("split").to_pylist())

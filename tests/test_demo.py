@@ -1,11 +1,15 @@
-"""The demo's caption dataset: Karpathy's shape, deterministic, every split present; and the
-walkthrough's refusal of a folder made with other parameters."""
+"""The demo's caption dataset: Karpathy's shape, deterministic, every split present; the
+walkthrough's refusal of a folder made with other parameters, its command's help and its tables."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from hypothesis import given, settings
@@ -20,6 +24,7 @@ from duckstream.demo import (
 )
 from duckstream.errors import ConfigurationError
 from duckstream.walkthrough import WalkthroughSettings
+from duckstream.walkthrough_render import box_table
 
 
 @settings(max_examples=40, deadline=None)
@@ -84,3 +89,37 @@ def test_a_folder_made_with_other_parameters_is_refused(tmp_path: Path) -> None:
         run_walkthrough(WalkthroughSettings(tmp_path, images=60), echo=lambda _: None)
     assert "another folder" in str(raised.value)
     assert not (tmp_path / "hf-coco-karpathy").exists()
+
+
+def test_demo_help_shows_the_defaults_but_never_the_catalog_password() -> None:
+    env = {**os.environ, "DUCKSTREAM_CATALOG": "postgresql://ducklake:hunter2-secret@db:5432/lake"}
+    result = subprocess.run(
+        [sys.executable, "-m", "duckstream.cli", "demo", "--help"],
+        capture_output=True,
+        text=True,
+        env={**env, "COLUMNS": "200"},
+        timeout=60,
+    )
+    assert result.returncode == 0
+    help_text = " ".join(result.stdout.split())
+    for shown in (
+        "--dir DIR the folder it works in (default duckstream-demo)",
+        "(default 2000)",
+        "seed of the generated dataset (default 0)",
+        "(default duckstream-walkthrough)",
+        "(default $DUCKSTREAM_CATALOG, else a catalog file under --dir)",
+        "(default $DUCKSTREAM_S3_ENDPOINT;",
+    ):
+        assert shown in help_text
+    assert "hunter2-secret" not in result.stdout
+
+
+def test_box_tables_keep_every_cell_whole() -> None:
+    path = "/home/someone/projects/with-a-long-name/duckstream-demo/raw/validation-000000.parquet"
+    table = pa.table({"split": ["validation", "train"], "files": [1, 12], "path": [path, "short"]})
+    lines = box_table(table).splitlines()
+    assert lines[1].split("│")[1:-1] == ["   split    ", " files ", "path".center(len(path) + 2)]
+    assert lines[3] == f"│ validation │     1 │ {path} │"
+    assert lines[4] == f"│ train      │    12 │ {'short'.ljust(len(path))} │"
+    assert len({len(line) for line in lines}) == 1  # one width: no cell wrapped onto a second line
+    assert box_table(table, max_rows=1).splitlines()[-1] == "(1 more rows)"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -18,6 +20,7 @@ from duckstream.devservices import PostgresCluster, PostgresService, S3Service, 
 from duckstream.errors import ServiceError
 
 pytestmark = pytest.mark.services
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_service_reprs_hide_credentials(s3_server: S3Service, postgres_server: PostgresService) -> None:
@@ -72,21 +75,49 @@ def test_kept_s3_directory_survives_a_restart(tmp_path: Path) -> None:
         assert s3.boto3_client().get_object(Bucket="kept", Key="k")["Body"].read() == b"value"
 
 
+def test_devservices_help_shows_the_defaults() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "duckstream.devservices", "--help"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+        timeout=60,
+    )
+    assert result.returncode == 0
+    help_text = " ".join(result.stdout.split())
+    for default in (
+        "(default: .duckstream-services)",
+        "(default: 29000)",
+        "(default: 55432)",
+        "the S3 access key (default: duckstream)",
+        "the S3 secret key (default: duckstream-secret)",
+        "(default: ducklake)",
+        "a bucket to create, unless it exists (default: datasets)",
+    ):
+        assert default in help_text
+
+
+def _readme_services() -> tuple[str, list[str], str]:
+    """The README's two services commands: the one that starts the servers, and the exports and
+    walkthrough command for the second shell."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("### On PostgreSQL and S3", 1)[1].split("\n## ", 1)[0]
+    start, second = (block.strip() for block in re.findall(r"```bash\n(.*?)```", section, flags=re.S)[:2])
+    lines = second.splitlines()
+    return start, [line for line in lines if line.startswith("export ")], lines[-1]
+
+
 @pytest.mark.slow
-def test_devservices_command_runs_both_until_interrupted(open_tmp_dir: Path) -> None:
+def test_the_readme_services_path_runs_the_walkthrough_on_postgres_and_s3(open_tmp_dir: Path) -> None:
+    start, exports, demo = _readme_services()
+    # The README's command, run with this interpreter, in a folder and on ports of its own (the
+    # default ports may be taken on a machine that runs the tests).
+    started = shlex.split(start.rsplit(" && ", 1)[-1])
+    assert started[:3] == [".venv/bin/python", "-m", "duckstream.devservices"]
     s3_port, pg_port = free_port(below=55536), free_port()
+    own = ["--dir", str(open_tmp_dir / "svc"), "--s3-port", str(s3_port), "--pg-port", str(pg_port)]
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "duckstream.devservices",
-            "--dir",
-            str(open_tmp_dir / "svc"),
-            "--s3-port",
-            str(s3_port),
-            "--pg-port",
-            str(pg_port),
-        ],
+        [sys.executable, *started[1:], *own],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -103,11 +134,40 @@ def test_devservices_command_runs_both_until_interrupted(open_tmp_dir: Path) -> 
             if "Ctrl-C" in line:
                 break
         text = "".join(lines)
-        assert f"http://127.0.0.1:{s3_port}" in text, text + (process.stderr.read() if process.stderr else "")
-        assert f"127.0.0.1:{pg_port}/ducklake" in text
-        assert "duckstream-secret" not in text
+        assert "Ctrl-C" in text, text + (process.stderr.read() if process.stderr else "")
+        printed = [line.strip() for line in lines if line.strip().startswith("export ")]
+        # What the README shows is what devservices prints on its default ports, real values.
+        on_default_ports = [
+            line.replace(f"127.0.0.1:{s3_port}", "127.0.0.1:29000").replace(
+                f"127.0.0.1:{pg_port}", "127.0.0.1:55432"
+            )
+            for line in printed
+        ]
+        assert on_default_ports == exports
+        environment = dict(
+            pair.split("=", 1) for line in printed for pair in shlex.split(line.removeprefix("export "))
+        )
         service = S3Service(f"127.0.0.1:{s3_port}", "duckstream", "duckstream-secret", "-", "-")
-        assert "Buckets" in service.boto3_client().list_buckets()
+        assert "datasets" in [b["Name"] for b in service.boto3_client().list_buckets()["Buckets"]]
+
+        # The README's walkthrough command, with that environment; a small dataset keeps it short.
+        command = shlex.split(demo)
+        assert command[:2] == [".venv/bin/duckstream", "demo"]
+        small = ["--dir", str(open_tmp_dir / "demo"), "--images", "40"]
+        walked = subprocess.run(
+            [str(Path(sys.executable).with_name("duckstream")), *command[1:], *small],
+            env={**os.environ, **environment},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert walked.returncode == 0, walked.stderr[-3000:]
+        assert "The walkthrough ran 22 sections" in walked.stdout
+        assert "No catalog" not in walked.stdout
+        assert "postgres: host=127.0.0.1 port=" in walked.stdout  # the catalog in PostgreSQL
+        assert "raw Parquet at s3://datasets/duckstream-walkthrough/raw" in walked.stdout
+        raw = service.boto3_client().list_objects_v2(Bucket="datasets", Prefix="duckstream-walkthrough/raw/")
+        assert raw.get("KeyCount", 0) > 0
         pg = PostgresService("127.0.0.1", pg_port, "ducklake", "ducklake", "ducklake")
         with pg.connect() as conn:
             assert conn.execute("SELECT 1").fetchone() == (1,)
