@@ -18,7 +18,7 @@ from duckstream.adapters.torchdata import is_stateful_loader_state, merge_statef
 from duckstream.adapters.transport import Ring, pack, ring_capacity, ring_fits, unpack, unpack_item
 from duckstream.core.options import ReadOptions
 from duckstream.core.partition import Even, rank_rows, worker_rows
-from duckstream.core.pipeline import SlotStart, locate_slot, read_slot, rebatch
+from duckstream.core.pipeline import SlotStart, locate_slot, read_slot, read_streams, rebatch
 from duckstream.core.planning import Source, StreamPlan, prepare
 from duckstream.core.resume import Stage, fold, worker_items
 from duckstream.core.shuffle import default_shuffle_buffer
@@ -152,7 +152,14 @@ class DuckStreamDataset(IterableDataset[Any]):
     def _stage(self, consumed: int) -> Stage:
         size, drop = self._item_rows()
         return Stage(
-            self._ranks[1], self._num_workers, size, drop, self.shuffle_buffer, consumed, self._chunk
+            self._ranks[1],
+            self._num_workers,
+            size,
+            drop,
+            self.shuffle_buffer,
+            consumed,
+            self._chunk,
+            read_streams(self.plan),
         )
 
     def state_dict(self) -> dict[str, Any]:
@@ -266,6 +273,7 @@ class DuckStreamDataset(IterableDataset[Any]):
             done=done,
             current=current,
             slot_items=slot_items,
+            layout=self.plan.layout,
         )
         self._slot = (epoch, current, start)
         self._slot_yielded = 0
@@ -357,6 +365,7 @@ def _identity(item: Any) -> Any:
 # of each side) is paid once for them all. About 1 MiB a transfer, at most 16 batches.
 _TRANSFER_BYTES = 1024 * 1024
 _MAX_BATCHES_PER_TRANSFER = 16
+_TRANSFERS_PER_WORKER = 64
 
 
 def _batches_per_transfer(dataset: DuckStreamDataset) -> int:
@@ -414,6 +423,7 @@ class DuckStreamLoader(DataLoader[Any]):
         # A dataset built before torch.distributed started must still count this rank's share.
         dataset._ranks = detect_ranks()
         self._batches_per_transfer = batches_per_transfer or _batches_per_transfer(dataset)
+        self._given_per_transfer = batches_per_transfer is not None
         self._chunk = 1  # batches per transfer of the current pass
         self._epoch = dataset.epoch
         self._consumed = 0
@@ -428,6 +438,19 @@ class DuckStreamLoader(DataLoader[Any]):
 
     def __len__(self) -> int:
         return len(self.duck_dataset)
+
+    def _transfer_items(self, dataset: DuckStreamDataset) -> int:
+        """Items a worker hands over at once this pass.
+
+        DataLoader takes the workers' transfers in turn, so one worker's rows run a transfer
+        ahead of the next one's; workers read different rows, and in a shuffled epoch that lag
+        would show as order. A transfer is kept to a 64th of a worker's items, unless set.
+        """
+        if self._given_per_transfer or not dataset.shuffle:
+            return self._batches_per_transfer
+        rows = dataset.plan.num_rows / (dataset._ranks[1] * max(1, self.num_workers))
+        items = rows / (dataset.batch_size or 1)
+        return max(1, min(self._batches_per_transfer, int(items // _TRANSFERS_PER_WORKER)))
 
     def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
         dataset = self.duck_dataset
@@ -446,7 +469,7 @@ class DuckStreamLoader(DataLoader[Any]):
         ship = self.num_workers > 0 and dataset.transform is None
         fresh_workers = not (self.persistent_workers and self._iterator is not None)
         if fresh_workers:
-            self._chunk = self._batches_per_transfer if ship else 1
+            self._chunk = self._transfer_items(dataset) if ship else 1
         if ship and fresh_workers:
             # New workers start with this pass and get a ring of their own: the workers of a
             # pass left early may still be finishing a batch, which they write to their ring.

@@ -85,6 +85,12 @@ class CatalogLocation:
         suffix = f" ({', '.join(options)})" if options else ""
         return f"ATTACH {sql_literal(uri)} AS {alias}{suffix}"
 
+    def describe(self) -> str:
+        """Where the catalog is, for messages (a password masked)."""
+        if self.kind == "postgres":
+            return f"the PostgreSQL catalog {_masked_libpq(self.target)}"
+        return f"the catalog file {self.target}"
+
     def __repr__(self) -> str:
         where = _masked_libpq(self.target) if self.kind == "postgres" else self.target
         return f"CatalogLocation({self.kind}: {where}, data_path={self.data_path!r})"
@@ -158,6 +164,12 @@ class LakeAccess:
     deletes: tuple[str | None, ...] = ()
     renames: tuple[tuple[tuple[str, str], ...], ...] = ()
     inlined_deletes: tuple[tuple[int, ...], ...] = ()  # rows deleted that the catalog keeps
+
+    def deleted_rows(self, file: int) -> bool:
+        """Whether rows of file ``file`` are deleted (so its row k is not file row k)."""
+        return bool(self.deletes and self.deletes[file]) or bool(
+            self.inlined_deletes and self.inlined_deletes[file]
+        )
 
     def stored_names(self, file: int) -> dict[str, str]:
         """table column -> the name file ``file`` stores it under, where they differ."""

@@ -7,7 +7,7 @@ import numpy as np
 __all__ = ["epoch_order", "seeded_rng"]
 
 # Separate streams for the separate random decisions, so that no two share a sequence.
-_DOMAINS = {"shard-order": 1, "window": 2}
+_DOMAINS = {"shard-order": 1, "window": 2, "interleave": 3}
 
 
 def seeded_rng(purpose: str, *key: int) -> np.random.Generator:

@@ -13,15 +13,17 @@ import numpy as np
 import pyarrow as pa
 
 from duckstream.core.gather import Window
+from duckstream.core.interleave import DEFAULT_STREAMS, Layout, stripe_rows
 from duckstream.core.order import epoch_order
 from duckstream.core.partition import Even, partition
 from duckstream.core.planning import StreamPlan
 from duckstream.core.ranges import slice_ranges
-from duckstream.core.read_ahead import read_ahead_each
-from duckstream.core.reader import ShardReader, default_threads
+from duckstream.core.read_ahead import Producer, read_ahead_each
+from duckstream.core.reader import ShardReader, default_threads, read_batch_rows
 from duckstream.core.resume import (
     Stage,
     continuation,
+    read_span,
     rows_emitted,
     stage_sequence,
     window_key,
@@ -35,6 +37,7 @@ __all__ = [
     "SlotStart",
     "locate_slot",
     "read_slot",
+    "read_streams",
     "rebatch",
     "shuffled_batches",
     "windows",
@@ -52,6 +55,7 @@ class SlotStart:
     world: World  # the slot read: a resumed worker may continue another worker's role
     emitted: int  # rows of this slot's span emitted before the read starts
     items: int  # items of this slot the training loop already took in the current stage
+    streams: int = 1  # pieces the current stage reads at once when shuffled
 
     @property
     def stage_index(self) -> int:
@@ -70,6 +74,7 @@ def locate_slot(
     done: Sequence[Stage],
     current: Stage,
     slot_items: tuple[int, int] | None = None,
+    layout: Layout | None = None,
 ) -> SlotStart:
     """Where ``world``'s slot starts reading ``epoch`` after the stages ``done``.
 
@@ -77,6 +82,7 @@ def locate_slot(
     DataLoader's round robin restarts at worker 0, so the workers' roles rotate to continue
     the interrupted order. ``slot_items`` (role, items), from a per-worker state such as
     torchdata's StatefulDataLoader keeps, continues one role exactly, without rotation.
+    ``layout`` is the plan's (:attr:`StreamPlan.layout`), needed where stages interleave.
     """
     continuing = bool(done) and done[-1].same_setup(current)
     if slot_items is not None and not continuing:
@@ -86,18 +92,26 @@ def locate_slot(
             "or worker count, load it into the dataset or a DuckStreamLoader first"
         )
     prior = tuple(done[:-1] if continuing else done)
-    sequence = stage_sequence(num_rows, prior, seed=seed, epoch=epoch, shuffle=shuffle, even=even)
+    sequence = stage_sequence(
+        num_rows, prior, seed=seed, epoch=epoch, shuffle=shuffle, even=even, layout=layout
+    )
     if not continuing:
-        return SlotStart(sequence, prior, world, 0, 0)
+        return SlotStart(sequence, prior, world, 0, 0, current.streams)
     stage = done[-1]
     if slot_items is not None:
         role, items = slot_items
         world = replace(world, worker=role)
         rows = partition(sequence, world, even).rows
-        return SlotStart(sequence, prior, world, min(items * stage.batch_size, rows), items)
+        return SlotStart(sequence, prior, world, min(items * stage.batch_size, rows), items, stage.streams)
     world = continuation(sequence, stage, world, even)
     emitted = rows_emitted(sequence, stage, world, even)
-    return SlotStart(sequence, prior, world, emitted, -(-emitted // stage.batch_size))
+    return SlotStart(sequence, prior, world, emitted, -(-emitted // stage.batch_size), stage.streams)
+
+
+def read_streams(plan: StreamPlan) -> int:
+    """Pieces a shuffled read of ``plan`` reads at once: only pyarrow's decoders continue a
+    piece where its last stripe stopped (DuckDB re-runs a query from its start)."""
+    return DEFAULT_STREAMS if plan.decodes else 1
 
 
 def read_slot(
@@ -125,7 +139,12 @@ def read_slot(
     """
     if start is None:
         current = Stage(
-            world.world_size, world.num_workers, item_rows or batch_size, drop_last, shuffle_buffer
+            world.world_size,
+            world.num_workers,
+            item_rows or batch_size,
+            drop_last,
+            shuffle_buffer,
+            streams=read_streams(plan),
         )
         start = locate_slot(
             plan.num_rows,
@@ -136,12 +155,23 @@ def read_slot(
             even=even,
             done=done,
             current=current,
+            layout=plan.layout,
         )
     world = start.world
-    span = partition(start.sequence, world, even)
+    key = window_key(seed, epoch, start.stage_index, world)
+    span, owners, window_rows = read_span(
+        partition(start.sequence, world, even),
+        layout=plan.layout,
+        key=key,
+        seed=seed,
+        epoch=epoch,
+        shuffle=shuffle,
+        streams=start.streams,
+        buffer=shuffle_buffer,
+    )
     emitted = start.emitted
-    first_window, inside = divmod(emitted, shuffle_buffer) if shuffle else (0, 0)
-    begin = first_window * shuffle_buffer if shuffle else emitted
+    first_window, inside = divmod(emitted, window_rows) if shuffle else (0, 0)
+    begin = first_window * window_rows if shuffle else emitted
     order = epoch_order(len(plan.shards), seed=seed, epoch=epoch, shuffle=shuffle)
     # Read batches stay near 4 MiB even when a shuffle window is larger (wide rows): pyarrow
     # decodes 64 MiB batches of 10 KiB images about half as fast.
@@ -157,7 +187,34 @@ def read_slot(
     pieces = _pieces(slice_ranges(span.ranges, begin, span.rows), order, plan.counts)
     batches: Iterable[pa.RecordBatch] = ()
     try:
-        if lanes:
+        if shuffle and start.streams > 1:
+            readers = []
+            ranges, owned = _slice_owned(span.ranges, owners, begin, span.rows)
+            batch_rows = min(read_batch_rows(plan.row_bytes), stripe_rows(window_rows, start.streams))
+
+            def lane_batches(mask: np.ndarray, each_ahead: bool) -> Iterator[pa.RecordBatch]:
+                return _interleaved(
+                    ranges[mask],
+                    owned[mask],
+                    lambda: ShardReader(plan, threads=1, batch_rows=batch_rows),
+                    lambda stream_ranges: _pieces(stream_ranges, order, plan.counts),
+                    plan,
+                    each_ahead=each_ahead,
+                )
+
+            if not lanes:
+                batches = lane_batches(np.ones(len(ranges), dtype=bool), False)
+            else:
+                # Lanes share out the streams; each decodes its streams' stripes in read order,
+                # up to a window ahead between them (from an object store, each stream reads
+                # ahead on its own too, so that its requests overlap).
+                depth = max(2, -(-window_rows // batch_rows) // lanes)
+                lane_streams = [
+                    _ahead(lane_batches(owned % lanes == lane, plan.remote), depth=depth)
+                    for lane in range(lanes)
+                ]
+                batches = _merged(ranges, owned % lanes, lane_streams)
+        elif lanes:
             # Each lane may run a window ahead: while one window is gathered, the next decodes.
             # Lanes beyond the threads only overlap waiting: together they hold what the
             # threads' lanes would, so memory does not grow with them.
@@ -174,8 +231,8 @@ def read_slot(
             return
         yield from shuffled_batches(
             batches,
-            buffer=shuffle_buffer,
-            key=window_key(seed, epoch, start.stage_index, world),
+            buffer=window_rows,
+            key=key,
             first_window=first_window,
             skip=inside,
             batch_size=batch_size,
@@ -187,6 +244,114 @@ def read_slot(
             batches.close()  # read-ahead threads stop before their readers close
         for reader in readers:
             reader.close()
+
+
+def _slice_owned(ranges: np.ndarray, owners: np.ndarray, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+    """Items ``lo..hi`` of a sequence of ranges (as :func:`slice_ranges`), with their owners."""
+    sizes = ranges[:, 1] - ranges[:, 0]
+    ends = np.cumsum(sizes)
+    keep = (ends > lo) & (ends - sizes < hi)
+    return slice_ranges(ranges, lo, hi), owners[keep]
+
+
+class _Stream:
+    """One piece's rows, read in order however its stripes are spread: the rows it hands
+    on continue where the last stripe stopped."""
+
+    def __init__(self, batches: Iterator[pa.RecordBatch], reader: ShardReader, *, ahead: bool) -> None:
+        self._reader = reader
+        # A thread of its own decodes the piece's next batches while the others are used.
+        self._producer = Producer(batches, _STREAM_DEPTH) if ahead else None
+        self._batches = iter(self._producer) if self._producer is not None else batches
+        self._held: pa.RecordBatch | None = None
+
+    def take(self, rows: int) -> Iterator[pa.RecordBatch]:
+        while rows > 0:
+            if self._held is None or not self._held.num_rows:
+                self._held = next(self._batches)
+            piece = self._held.slice(0, rows)
+            self._held = self._held.slice(piece.num_rows)
+            rows -= piece.num_rows
+            yield piece
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self._producer.stop()
+        elif isinstance(self._batches, Generator):
+            self._batches.close()
+        self._reader.close()
+
+
+_STREAM_DEPTH = 2
+
+
+def _interleaved(
+    ranges: np.ndarray,
+    owners: np.ndarray,
+    new_reader: Callable[[], ShardReader],
+    pieces_of: Callable[[np.ndarray], Iterable[tuple[int, int, int]]],
+    plan: StreamPlan,
+    *,
+    each_ahead: bool,
+) -> Generator[pa.RecordBatch, None, None]:
+    """The rows of ``ranges`` in order, each range read from its owner's stream.
+
+    A stream opens at its first range and closes after its last, so only the pieces of one
+    group are open at a time. ``each_ahead``: every open stream reads ahead in a thread of
+    its own (an object store's answers then overlap).
+    """
+    sizes = ranges[:, 1] - ranges[:, 0]
+    left = np.bincount(owners, weights=sizes).astype(np.int64) if len(owners) else np.zeros(0, np.int64)
+    open_streams: dict[int, _Stream] = {}
+    try:
+        for (start, stop), owner in zip(ranges, owners, strict=True):
+            stream = open_streams.get(int(owner))
+            if stream is None:
+                reader = new_reader()
+                mine = ranges[owners == owner]
+                reads = (
+                    batch
+                    for shard, lo, hi in pieces_of(mine)
+                    for batch in reader.read(plan.shards[shard], lo, hi)
+                )
+                stream = open_streams[int(owner)] = _Stream(reads, reader, ahead=each_ahead)
+            yield from stream.take(int(stop - start))
+            left[owner] -= stop - start
+            if left[owner] == 0:
+                open_streams.pop(int(owner)).close()
+    finally:
+        for stream in open_streams.values():
+            stream.close()
+
+
+def _merged(
+    ranges: np.ndarray, lane_of: np.ndarray, lanes: Sequence[Generator[pa.RecordBatch, None, None]]
+) -> Generator[pa.RecordBatch, None, None]:
+    """The rows of ``ranges`` in order, range ``k`` taken from lane ``lane_of[k]``."""
+    held: list[pa.RecordBatch | None] = [None] * len(lanes)
+    try:
+        for (start, stop), lane in zip(ranges, lane_of, strict=True):
+            want = int(stop - start)
+            while want > 0:
+                batch = held[lane]
+                if batch is None or not batch.num_rows:
+                    batch = next(lanes[lane])
+                piece = batch.slice(0, want)
+                held[lane] = batch.slice(piece.num_rows)
+                want -= piece.num_rows
+                yield piece
+    finally:
+        for lane_batches in lanes:
+            lane_batches.close()
+
+
+def _ahead(batches: Iterator[pa.RecordBatch], *, depth: int) -> Generator[pa.RecordBatch, None, None]:
+    """``batches`` produced by a thread of their own, up to ``depth`` ahead."""
+    producer = Producer(batches, depth)
+    try:
+        yield from producer
+    finally:
+        producer.stop()
 
 
 def _piece_source(

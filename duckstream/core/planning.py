@@ -6,6 +6,7 @@ result, computed once. Errors in the source or the SQL surface here, before work
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
@@ -18,12 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 
 from duckstream import engine
 from duckstream.core import sql as sqlmod
 from duckstream.core.batch_sql import BatchQuery, output_schema, split_query
 from duckstream.core.counting import FILE, ROW, count_per_range, counting_query
+from duckstream.core.interleave import Layout
 from duckstream.core.lake import LakeAccess, LakeTable
 from duckstream.core.plan import (
     DEFAULT_SHARD_ROWS,
@@ -62,6 +65,9 @@ __all__ = [
 _RESULT_ROW_GROUP = 8_192
 _SQL_BATCH_BYTES = 16 * 1024 * 1024
 _SQL_BATCH_MAX_ROWS = 65_536
+# A read may start inside a shard this small (decoding rows only to drop them) to vary where
+# each epoch reads it from.
+_CHEAP_ENTRY_BYTES = 8 * 1024 * 1024
 
 # What a stream reads: Parquet files (paths, globs, URIs, lists) or a pinned lake table.
 Source = SourceLike | LakeTable
@@ -90,6 +96,19 @@ class StreamPlan:
     @property
     def num_rows(self) -> int:
         return sum(self.counts)
+
+    @functools.cached_property
+    def layout(self) -> Layout:
+        """The shards as the read order sees them (see :mod:`duckstream.core.interleave`)."""
+        entries = []
+        for shard in self.shards:
+            starts = np.cumsum([0, *self.row_groups[shard.file]]) if self.row_groups else np.zeros(1)
+            # Row k of a shard is file row start + k only without a filter and deleted rows.
+            plain = self.narrow and (self.lake is None or not self.lake.deleted_rows(shard.file))
+            inside = starts[(starts > shard.start) & (starts < shard.stop)] - shard.start if plain else ()
+            entries.append(np.asarray(inside, dtype=np.int64))
+        counts = np.asarray(self.counts, dtype=np.int64)
+        return Layout(counts, tuple(entries), counts * self.row_bytes <= _CHEAP_ENTRY_BYTES)
 
     def summary(self) -> dict[str, Any]:
         """The plan as a saved state describes it (see :func:`plan_summary`)."""

@@ -13,7 +13,7 @@ from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import Generic, TypeVar
 
-__all__ = ["read_ahead_each"]
+__all__ = ["Producer", "read_ahead_each"]
 
 T = TypeVar("T")
 
@@ -31,7 +31,7 @@ class _Failed:
         self.error = error
 
 
-class _Producer(Generic[T]):
+class Producer(Generic[T]):
     """A thread, started at once, that puts ``items`` into a queue of ``depth``."""
 
     def __init__(self, items: Iterable[T], depth: int) -> None:
@@ -91,12 +91,12 @@ def read_ahead_each(
     """
     pending = iter(sources)
     lane_of_next = itertools.cycle(range(max(1, lanes)))
-    running: deque[_Producer[T]] = deque()
+    running: deque[Producer[T]] = deque()
 
     def start_next() -> None:
         source = next(pending, None)
         if source is not None:
-            running.append(_Producer(source(next(lane_of_next)), depth))
+            running.append(Producer(source(next(lane_of_next)), depth))
 
     try:
         for _ in range(max(1, lanes)):

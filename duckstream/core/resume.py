@@ -14,7 +14,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from duckstream.core.partition import Even, partition
+from duckstream.core.interleave import Layout, interleave, stripe_rows
+from duckstream.core.order import epoch_order
+from duckstream.core.partition import Even, SlotSpan, partition
 from duckstream.core.ranges import as_ranges, expand, merge_sorted, positions_to_ranges, slice_ranges
 from duckstream.core.shuffle import unread
 from duckstream.core.world import World
@@ -22,9 +24,11 @@ from duckstream.core.world import World
 __all__ = [
     "Stage",
     "continuation",
+    "even_window",
     "fold",
     "items_per_worker",
     "next_worker",
+    "read_span",
     "rows_emitted",
     "stage_sequence",
     "window_key",
@@ -43,6 +47,7 @@ class Stage:
     shuffle_buffer: int
     consumed: int = 0
     chunk: int = 1  # items per DataLoader transfer: the round robin serves a chunk per turn
+    streams: int = 1  # pieces a shuffled read reads at once (1: one after another)
 
     def same_setup(self, other: Stage) -> bool:
         """Read under the same world, workers, batching, buffer and transfers (progress aside)."""
@@ -162,17 +167,76 @@ def window_key(seed: int, epoch: int, stage: int, world: World) -> tuple[int, ..
     return (seed, epoch, stage, world.world_size, world.rank, world.num_workers, world.worker)
 
 
+def read_span(
+    span: SlotSpan,
+    *,
+    layout: Layout | None,
+    key: tuple[int, ...],
+    seed: int,
+    epoch: int,
+    shuffle: bool,
+    streams: int,
+    buffer: int,
+) -> tuple[SlotSpan, np.ndarray, int]:
+    """A slot's span in the order it is read, the stream of each of its ranges (see
+    :mod:`duckstream.core.interleave`) and the rows of its shuffle windows; unchanged (and
+    windows of ``buffer`` rows) unless a shuffled read interleaves.
+
+    Interleaved windows are of even size: a last window of a few rows would be a few
+    stripes' neighbouring rows, at the end of every epoch.
+    """
+    if not shuffle or streams <= 1:
+        return span, np.arange(len(span.ranges), dtype=np.int64), buffer
+    if layout is None:
+        raise ValueError("an interleaved read order needs the plan's layout")
+    window = even_window(span.rows, buffer)
+    order = epoch_order(len(layout.counts), seed=seed, epoch=epoch, shuffle=True)
+    ranges, streams_of = interleave(
+        span.ranges,
+        span.real,
+        layout=layout,
+        order=order,
+        key=key,
+        streams=streams,
+        stripe=stripe_rows(window, streams),
+    )
+    return SlotSpan(ranges, span.real), streams_of, window
+
+
+def even_window(rows: int, buffer: int) -> int:
+    """Rows of each window when ``rows`` are cut into as few windows of at most ``buffer``."""
+    windows = max(1, -(-rows // max(1, buffer)))
+    return max(1, -(-rows // windows))
+
+
 def _unread_after(
-    sequence: np.ndarray, stage: Stage, index: int, *, seed: int, epoch: int, shuffle: bool, even: Even
+    sequence: np.ndarray,
+    stage: Stage,
+    index: int,
+    *,
+    seed: int,
+    epoch: int,
+    shuffle: bool,
+    even: Even,
+    layout: Layout | None,
 ) -> np.ndarray:
     parts: list[np.ndarray] = []
     for rank in range(stage.world_size):
         for worker in range(stage.num_workers):
             world = World(rank, stage.world_size, worker, stage.num_workers)
-            span = partition(sequence, world, even)
             emitted = rows_emitted(sequence, stage, world, even)
             key = window_key(seed, epoch, index, world)
-            buffered, unread_from = unread(span.rows, emitted, stage.shuffle_buffer, key, shuffle)
+            span, _, window_rows = read_span(
+                partition(sequence, world, even),
+                layout=layout,
+                key=key,
+                seed=seed,
+                epoch=epoch,
+                shuffle=shuffle,
+                streams=stage.streams,
+                buffer=stage.shuffle_buffer,
+            )
+            buffered, unread_from = unread(span.rows, emitted, window_rows, key, shuffle)
             # Padding repeats rows other slots own: only real rows are owed.
             buffered = buffered[buffered < span.real]
             if len(buffered):
@@ -191,9 +255,15 @@ def stage_sequence(
     epoch: int,
     shuffle: bool,
     even: Even,
+    layout: Layout | None = None,
 ) -> np.ndarray:
-    """The positions still owed after ``stages``, in position order (all of them for none)."""
+    """The positions still owed after ``stages``, in position order (all of them for none).
+
+    ``layout`` (the plan's) is needed where a stage read shuffled pieces side by side.
+    """
     sequence = as_ranges([(0, total_rows)])
     for index, stage in enumerate(stages):
-        sequence = _unread_after(sequence, stage, index, seed=seed, epoch=epoch, shuffle=shuffle, even=even)
+        sequence = _unread_after(
+            sequence, stage, index, seed=seed, epoch=epoch, shuffle=shuffle, even=even, layout=layout
+        )
     return sequence

@@ -21,12 +21,15 @@ __all__ = [
 ]
 
 DEFAULT_SHUFFLE_BUFFER = 8_192
-# A window is read whole before its first row is emitted: keep wide rows to this many bytes.
+# A window is read whole before its first row is emitted: by default it holds this many bytes
+# of rows, and at most DEFAULT_SHUFFLE_BUFFER rows: gathering from a larger window of narrow
+# rows misses the CPU's caches (65,536 rows of captions: 15% slower), and since a window holds
+# stripes of many pieces (core.interleave) a larger one shuffles little better.
 SHUFFLE_BUFFER_BYTES = 64 * 1024 * 1024
 
 
 def default_shuffle_buffer(row_bytes: int) -> int:
-    """Rows per shuffle window: 8,192, or fewer when rows are wide (at least 256)."""
+    """Rows per shuffle window: 64 MiB of rows, between 256 and 8,192 rows."""
     return max(256, min(DEFAULT_SHUFFLE_BUFFER, SHUFFLE_BUFFER_BYTES // max(1, row_bytes)))
 
 

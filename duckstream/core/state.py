@@ -5,7 +5,7 @@
     {"version": 1, "fingerprint": "<plan hash>", "seed": 0, "shuffle": true, "even": "pad",
      "epoch": 3, "stages": [{"world_size": 2, "num_workers": 4, "batch_size": 32,
                              "drop_last": false, "shuffle_buffer": 8192, "consumed": 120,
-                             "chunk": 4}],
+                             "chunk": 4, "streams": 16}],
      "plan": {"files": 8, "first_file": "...", "last_file": "...", "files_digest": "...",
               "rows": 123287, "sql": null, "table": null}}
 
@@ -106,7 +106,8 @@ def read_state(
             if key == "fingerprint":
                 raise StateError(
                     "state does not fit this dataset: it was saved for another plan "
-                    f"(fingerprint {_clip(repr(found))}, now {value!r}): {_what_changed(state.get('plan'), plan)}"
+                    f"(fingerprint {_clip(repr(found))}, now {value!r}): "
+                    f"{_what_changed(state.get('plan'), plan)}"
                 )
             what = "the dataset was built with other settings"
             raise StateError(
@@ -134,9 +135,10 @@ def read_count(value: Any, where: str, *, least: int = 0, most: int = _LARGEST) 
 
 
 def _stage(raw: Any, where: str) -> Stage:
-    # States saved before transfers were chunked have no "chunk": one batch a transfer.
-    if isinstance(raw, Mapping) and "chunk" not in raw:
-        raw = {**raw, "chunk": 1}
+    # States saved before transfers were chunked have no "chunk" (one batch a transfer), and
+    # before shuffled reads interleaved pieces no "streams" (one piece after another).
+    if isinstance(raw, Mapping):
+        raw = {"chunk": 1, "streams": 1, **raw}
     _check_keys(_mapping(raw, where), _STAGE_KEYS, where)
     values: dict[str, Any] = {}
     for key in _STAGE_KEYS:

@@ -93,6 +93,7 @@ def test_stateful_dataloader_state_loads_into_duckstream_loader_with_other_worke
             "shuffle_buffer": 40,
             "consumed": 11,
             "chunk": 1,
+            "streams": 16,
         }
     ]
 

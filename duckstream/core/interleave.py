@@ -1,0 +1,190 @@
+"""The read order inside one slot: its shards read side by side, so that every shuffle window
+holds rows from all over the data, not from one shard after another.
+
+A slot's rows are runs of consecutive rows of shards (*pieces*). Read one after another, even
+in a random order, an epoch keeps much of the storage order: a window of the shuffle buffer
+holds one shard's neighbouring rows, and the epoch's first tenth is a few shards' rows. Here up
+to ``streams`` pieces are read at once, each from where it starts to its end and on from its
+first row to where it started (a *rotation*, so that no piece's first rows always come first),
+in *stripes* of about ``buffer / streams`` rows, the stripes of all pieces interleaved evenly
+over the stretch of the epoch they share. A slot with more pieces reads them in groups; each
+group takes every m-th piece in storage order, so that every group spans the whole storage.
+
+Each piece is one sequential read (two with a rotation): its decoder continues where the last
+stripe stopped. A rotation starts at a row group's first row where the piece holds several,
+so that nothing is decoded only to be dropped; in a piece within one row group it starts
+anywhere only when that costs little (a small shard). It is a pure function of the slot's
+rows and a key: which rows a slot has emitted after ``n`` is known without reading data.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+
+from duckstream.core.order import seeded_rng
+from duckstream.core.ranges import length, slice_ranges
+
+__all__ = ["DEFAULT_STREAMS", "Layout", "interleave", "stripe_rows"]
+
+# Pieces read at once: enough that a window mixes rows from all over a slot's share; each
+# holds a decoder and a stripe, so memory stays near one shuffle window.
+DEFAULT_STREAMS = 16
+_MIN_STRIPE_ROWS = 64
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What the read order needs to know of a plan's shards.
+
+    ``counts``: rows each shard yields; ``entries``: per shard, the offsets (in rows it
+    yields, after its first) where a read can start without decoding rows it drops (its row
+    groups' first rows); ``anywhere``: per shard, whether starting elsewhere costs little.
+    """
+
+    counts: np.ndarray
+    entries: tuple[np.ndarray, ...]
+    anywhere: np.ndarray
+
+    @property
+    def num_rows(self) -> int:
+        return int(self.counts.sum())
+
+
+def stripe_rows(buffer: int, streams: int) -> int:
+    """Rows of a stripe: a shuffle window holds about one stripe of each stream."""
+    return max(_MIN_STRIPE_ROWS, buffer // max(1, streams))
+
+
+def interleave(
+    ranges: np.ndarray,
+    real: int,
+    *,
+    layout: Layout,
+    order: np.ndarray,
+    key: tuple[int, ...],
+    streams: int,
+    stripe: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The slot's positions (``ranges``, the first ``real`` not padding) in read order, and
+    the stream (piece) each returned range belongs to.
+
+    Positions are epoch positions: shards in ``order``, each yielding ``layout.counts`` rows.
+    Padding (rows repeated to even the ranks) is read last, as it was given. One stream
+    returns the ranges unchanged.
+    """
+    if streams <= 1 or real == 0:
+        return ranges, np.arange(len(ranges), dtype=np.int64)
+    sizes = layout.counts[order]
+    ends = np.cumsum(sizes)
+    pieces = _pieces(slice_ranges(ranges, 0, real), ends, sizes, layout, order)
+    if len(pieces) < streams:
+        pieces = _split_small(pieces, layout, order, streams, stripe)
+    rng = seeded_rng("interleave", *key)
+    groups = -(-len(pieces) // streams)
+    # Storage order (shards are planned in it), then every m-th piece to each group.
+    by_storage = sorted(range(len(pieces)), key=lambda p: (int(order[pieces[p][2]]), pieces[p][0]))
+    read: list[np.ndarray] = []
+    owner: list[np.ndarray] = []
+    for group in rng.permutation(groups):
+        parts, owners, times = [], [], []
+        members = by_storage[int(group) :: groups]
+        # Phases spread evenly (each in its own slice of a stripe's time, the slices dealt at
+        # random): any stretch of the read holds about as many stripes of every piece.
+        phases = (rng.permutation(len(members)) + rng.random(len(members))) / len(members)
+        for member, phase in zip(members, phases, strict=True):
+            lo, hi, index = pieces[member]
+            begin = int(ends[index] - sizes[index])
+            rotation = _rotation(lo - begin, hi - begin, layout, int(order[index]), rng)
+            cut = _stripes(lo, hi, rotation, stripe)
+            count = len(cut) // 2
+            parts.append(cut)
+            owners.append(np.full(len(cut), member, dtype=np.int64))
+            times.append(np.repeat((np.arange(count) + phase) / count, 2))
+        # Each stripe is two rows of `cut` (the second empty unless it wraps): sort stripes by
+        # time, keeping each stripe's two rows together and in order.
+        when = np.concatenate(times)
+        stripes = np.argsort(when[::2], kind="stable")
+        rows = np.stack([2 * stripes, 2 * stripes + 1], axis=1).reshape(-1)
+        read.append(np.concatenate(parts)[rows])
+        owner.append(np.concatenate(owners)[rows])
+    ordered = np.concatenate(read)
+    owned = np.concatenate(owner)
+    keep = ordered[:, 1] > ordered[:, 0]
+    padding = slice_ranges(ranges, real, length(ranges))
+    return (
+        np.concatenate([ordered[keep], padding]).astype(np.int64),
+        np.concatenate([owned[keep], len(pieces) + np.arange(len(padding), dtype=np.int64)]),
+    )
+
+
+def _pieces(
+    ranges: np.ndarray, ends: np.ndarray, sizes: np.ndarray, layout: Layout, order: np.ndarray
+) -> list[tuple[int, int, int]]:
+    """``ranges`` cut where shards end and where row groups start: ``(lo, hi, index in the
+    epoch order)``. A shard of several row groups is several pieces, read side by side."""
+    found: list[tuple[int, int, int]] = []
+    for start, stop in ranges:
+        position, index = int(start), int(np.searchsorted(ends, start, side="right"))
+        while position < stop:
+            end = min(int(stop), int(ends[index]))
+            begin = int(ends[index] - sizes[index])
+            entries = layout.entries[int(order[index])] + begin
+            for cut in [*entries[(entries > position) & (entries < end)].tolist(), end]:
+                found.append((position, int(cut), index))
+                position = int(cut)
+            index += 1
+    return found
+
+
+def _split_small(
+    pieces: list[tuple[int, int, int]], layout: Layout, order: np.ndarray, streams: int, stripe: int
+) -> list[tuple[int, int, int]]:
+    """Fewer pieces than streams: pieces of small shards cut into several, read side by side.
+
+    A cut inside a row group costs decoding the rows before it once more, which a small shard
+    (see :attr:`Layout.anywhere`) pays for little; a large one is left whole.
+    """
+    cheap = [hi - lo for lo, hi, index in pieces if layout.anywhere[int(order[index])]]
+    if not cheap:
+        return pieces
+    found: list[tuple[int, int, int]] = []
+    for lo, hi, index in pieces:
+        rows = hi - lo
+        parts = 1
+        if layout.anywhere[int(order[index])]:
+            parts = max(1, min(rows // stripe, round(streams * rows / sum(cheap))))
+        bounds = lo + np.arange(parts + 1, dtype=np.int64) * rows // parts
+        found.extend((int(a), int(b), index) for a, b in itertools.pairwise(bounds.tolist()))
+    return found
+
+
+def _rotation(lo: int, hi: int, layout: Layout, shard: int, rng: np.random.Generator) -> int:
+    """Where a piece of rows ``lo..hi`` of ``shard`` starts reading, from ``lo``."""
+    entries = layout.entries[shard]
+    inside = entries[(entries > lo) & (entries < hi)]
+    if len(inside):
+        return int(rng.choice(np.concatenate([[lo], inside]))) - lo
+    if layout.anywhere[shard]:
+        return int(rng.integers(hi - lo))
+    return 0
+
+
+def _stripes(lo: int, hi: int, rotation: int, stripe: int) -> np.ndarray:
+    """Rows ``lo..hi`` from ``lo + rotation`` round to it, in stripes of about ``stripe``
+    rows: two ranges a stripe, the second empty unless the stripe wraps to ``lo``."""
+    rows = hi - lo
+    count = max(1, -(-rows // stripe))
+    bounds = np.arange(count + 1, dtype=np.int64) * rows // count + rotation
+    first, last = bounds[:-1], bounds[1:]
+    # Offsets past the end wrap to the piece's first row.
+    head_stop = np.minimum(last, rows)
+    head_start = np.where(first >= rows, first - rows, first)
+    head_stop = np.where(first >= rows, last - rows, head_stop)
+    tail_stop = np.where((first < rows) & (last > rows), last - rows, 0)
+    cut = np.empty((2 * count, 2), dtype=np.int64)
+    cut[0::2, 0], cut[0::2, 1] = lo + head_start, lo + head_stop
+    cut[1::2, 0], cut[1::2, 1] = lo, lo + tail_stop
+    return cut

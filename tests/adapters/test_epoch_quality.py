@@ -1,0 +1,74 @@
+"""Shuffle quality as the training loop receives it: DuckStreamLoader's items per rank, the
+workers' interleaved, over layouts that used to keep storage order (one file, one row group;
+a few uneven files; a buffer far smaller than the data)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from duckstream.benchmarks.shuffle_quality import neighbours_kept, spearman
+
+from duckstream.stream import DuckStreamDataset
+from tests.adapters.resume_check import run_world
+
+ROWS = 20_000
+SEEDS = range(5)
+
+
+def write(folder: Path, sizes: list[int]) -> Path:
+    folder.mkdir()
+    start = 0
+    for index, rows in enumerate(sizes):
+        ids = np.arange(start, start + rows)
+        table = pa.table({"id": ids, "score": np.random.default_rng(index).random(rows)})
+        pq.write_table(table, folder / f"part-{index}.parquet", row_group_size=rows)
+        start += rows
+    return folder
+
+
+LAYOUTS: dict[str, list[int]] = {
+    "one file, one row group": [ROWS],
+    "8 files": [ROWS // 8] * 8,
+    "3 uneven files": [15_000, 3_000, 2_000],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("layout", "buffer", "world", "workers"),
+    [
+        ("one file, one row group", None, 1, 0),
+        ("one file, one row group", 1_000, 2, 2),
+        ("8 files", 1_000, 1, 0),
+        ("8 files", 1_000, 2, 2),
+        ("3 uneven files", None, 1, 2),
+        ("3 uneven files", 1_000, 2, 0),
+        ("8 files", None, 4, 4),
+        ("one file, one row group", None, 8, 1),
+    ],
+)
+def test_every_rank_receives_a_near_uniform_permutation(
+    tmp_path: Path, layout: str, buffer: int | None, world: int, workers: int
+) -> None:
+    source = write(tmp_path / "data", LAYOUTS[layout])
+
+    def make(seed: int) -> Callable[[], DuckStreamDataset]:
+        return lambda: DuckStreamDataset(
+            source, "SELECT id FROM source", batch_size=64, shuffle=True, seed=seed, shuffle_buffer=buffer
+        )
+
+    rhos, kept = [], []
+    for seed in SEEDS:
+        per_rank, _ = run_world(make(seed), world, workers, take=None)
+        assert sorted(i for ids in per_rank for i in ids) == list(range(ROWS))
+        for ids in per_rank:
+            rhos.append(spearman(ids))
+            kept.append(neighbours_kept(ids))
+    assert np.median(rhos) < 0.05, rhos
+    assert max(rhos) < 0.1, rhos
+    assert max(kept) < 0.01, kept

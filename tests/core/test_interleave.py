@@ -1,0 +1,97 @@
+"""The read order inside a slot (core.interleave), as pure properties: a permutation of the
+slot's positions, each piece read as one run (two with a rotation), the same for the same key."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from duckstream.core.interleave import Layout, interleave
+from duckstream.core.order import epoch_order
+from duckstream.core.ranges import as_ranges, expand, slice_ranges
+
+
+@st.composite
+def layouts(draw: st.DrawFn) -> Layout:
+    counts = draw(st.lists(st.integers(1, 60), min_size=1, max_size=12))
+    entries = tuple(
+        np.asarray(sorted(draw(st.sets(st.integers(1, max(1, n - 1)), max_size=3)) - {n}), dtype=np.int64)
+        for n in counts
+    )
+    anywhere = np.asarray(draw(st.lists(st.booleans(), min_size=len(counts), max_size=len(counts))))
+    return Layout(np.asarray(counts, dtype=np.int64), entries, anywhere)
+
+
+@st.composite
+def cases(draw: st.DrawFn) -> tuple[Layout, np.ndarray, int, np.ndarray, int, int, int]:
+    layout = draw(layouts())
+    total = layout.num_rows
+    lo = draw(st.integers(0, total - 1))
+    hi = draw(st.integers(lo + 1, total))
+    # A slot's span: a run of positions, some cut out (a resumed stage), and padding after.
+    holes = draw(st.sets(st.integers(lo, hi - 1), max_size=5))
+    kept = [p for p in range(lo, hi) if p not in holes] or [lo]
+    real = as_ranges([(p, p + 1) for p in kept])
+    padding = slice_ranges(as_ranges([(0, total)]), 0, draw(st.integers(0, 3)))
+    ranges = np.concatenate([real, padding])
+    order = epoch_order(len(layout.counts), seed=draw(st.integers(0, 9)), epoch=0, shuffle=True)
+    return (
+        layout,
+        ranges,
+        len(kept),
+        order,
+        draw(st.integers(1, 20)),
+        draw(st.integers(1, 40)),
+        draw(st.integers(0, 3)),
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(cases())
+def test_the_read_order_is_a_permutation_with_each_piece_read_in_one_run(
+    case: tuple[Layout, np.ndarray, int, np.ndarray, int, int, int],
+) -> None:
+    layout, ranges, real, order, streams, stripe, seed = case
+    key = (seed, 1, 0, 1, 0, 1, 0)
+    read, owners = interleave(
+        ranges, real, layout=layout, order=order, key=key, streams=streams, stripe=stripe
+    )
+    assert len(read) == len(owners)
+    # Every position once, the padding last and as given.
+    assert sorted(expand(read).tolist()) == sorted(expand(ranges).tolist())
+    assert expand(read)[real:].tolist() == expand(ranges)[real:].tolist()
+    # A piece (stream) lies in one shard and reads its rows as one run from where it starts,
+    # round to its first row at most once.
+    ends = np.cumsum(layout.counts[order])
+    real_streams = owners[: len(read) - len(slice_ranges(ranges, real, 10**9))]
+    for stream in np.unique(real_streams):
+        positions = expand(read[: len(real_streams)][real_streams == stream])
+        shards = np.searchsorted(ends, positions, side="right")
+        assert len(set(shards.tolist())) == 1
+        assert int((np.diff(positions) != 1).sum()) <= 1
+    # The same key, the same order; one stream leaves the order as it was.
+    again, _ = interleave(ranges, real, layout=layout, order=order, key=key, streams=streams, stripe=stripe)
+    assert np.array_equal(read, again)
+    unchanged, _ = interleave(ranges, real, layout=layout, order=order, key=key, streams=1, stripe=stripe)
+    assert np.array_equal(unchanged, ranges)
+
+
+def test_a_large_shard_is_entered_only_where_its_row_groups_start() -> None:
+    # Two shards of 40 rows: the first has row groups at 10, 20 and 30 and is large; the second
+    # is one small row group. Over many keys, reads of the first start only at its row groups'
+    # first rows (nothing decoded to be dropped); the second is entered anywhere.
+    layout = Layout(
+        np.array([40, 40]), (np.array([10, 20, 30]), np.array([], dtype=np.int64)), np.array([False, True])
+    )
+    order = np.array([0, 1])
+    starts: dict[int, set[int]] = {0: set(), 1: set()}
+    for seed in range(60):
+        read, owners = interleave(
+            np.array([[0, 80]]), 80, layout=layout, order=order, key=(seed,), streams=16, stripe=5
+        )
+        for stream in np.unique(owners):
+            first = int(read[owners == stream][0, 0])
+            starts[0 if first < 40 else 1].add(first if first < 40 else first - 40)
+    assert starts[0] <= {0, 10, 20, 30}
+    assert len(starts[1]) > 4
