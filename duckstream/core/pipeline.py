@@ -206,11 +206,15 @@ def read_slot(
                 batches = lane_batches(np.ones(len(ranges), dtype=bool), False)
             else:
                 # Lanes share out the streams; each decodes its streams' stripes in read order,
-                # up to a window ahead between them (from an object store, each stream reads
-                # ahead on its own too, so that its requests overlap).
+                # up to a window ahead between them. From an object store each stream of plain
+                # columns reads ahead on its own too, so that its requests overlap. SQL streams
+                # keep to their lane's thread: with a thread each, a lake table read through
+                # SQL by two workers failed about one run in ten under load ("closed pending
+                # query result" from a stream's own DuckDB connection; cause not found yet).
                 depth = max(2, -(-window_rows // batch_rows) // lanes)
+                each_ahead = plan.remote and plan.batch is None
                 lane_streams = [
-                    _ahead(lane_batches(owned % lanes == lane, plan.remote), depth=depth)
+                    _ahead(lane_batches(owned % lanes == lane, each_ahead), depth=depth)
                     for lane in range(lanes)
                 ]
                 batches = _merged(ranges, owned % lanes, lane_streams)
