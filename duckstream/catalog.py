@@ -10,11 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import datetime
 from functools import partial
 from typing import Any, Literal, TypeVar
@@ -109,10 +111,13 @@ class LakehouseCatalog(ClosesOnExit):
     """A DuckLake catalog attached to a DuckDB connection, with experiments and runs.
 
     ``dsn_or_path`` is ``postgresql://user:password@host:port/db`` or a local catalog file (the
-    embedded default); ``data_path`` a local folder or ``s3://bucket/prefix`` (for a file
-    catalog it defaults to ``<file>.files/`` beside it). ``con`` is the connection, with the
-    lake attached and in use, for your own SQL. Writes retry when concurrent commits collide.
-    A wrong PostgreSQL user or password is a :class:`CatalogError` at once (no retry).
+    embedded default); ``data_path`` a local folder or ``s3://bucket/prefix``. An existing
+    catalog keeps the data path it stores: leave ``data_path`` out to use it (a different one
+    is a :class:`CatalogError` naming both); ``location.data_path`` says which it is once open.
+    A new catalog file defaults to ``<file>.files/`` beside it; a new PostgreSQL catalog needs
+    ``data_path``. ``con`` is the connection, with the lake attached and in use, for your own
+    SQL. Writes retry when concurrent commits collide. A wrong PostgreSQL user or password is a
+    :class:`CatalogError` at once (no retry).
     """
 
     def __init__(
@@ -134,18 +139,12 @@ class LakehouseCatalog(ClosesOnExit):
         if not alias.isidentifier():
             raise ConfigurationError(f"alias must be an identifier, found {alias!r}")
         location = CatalogLocation.parse(dsn_or_path, data_path)
-        if location.kind == "duckdb" and location.data_path is None:
-            location = CatalogLocation.parse(location.target, location.target + ".files")
-        if location.kind == "postgres" and location.data_path is None and not read_only:
-            raise ConfigurationError(
-                "a PostgreSQL catalog needs data_path (a folder or s3://bucket/prefix) for its files"
-            )
-        if not read_only:
-            # A new embedded lake starts in folders that may not exist yet.
-            if location.kind == "duckdb":
-                os.makedirs(os.path.dirname(location.target), exist_ok=True)
-            if location.data_path is not None and "://" not in location.data_path:
-                os.makedirs(location.data_path, exist_ok=True)
+        if location.kind == "duckdb" and not read_only:
+            if location.data_path is None and not os.path.exists(location.target):
+                # Only a new catalog file takes this default: an existing one keeps the data
+                # path it stores (DuckLake refuses another).
+                location = CatalogLocation.parse(location.target, location.target + ".files")
+            os.makedirs(os.path.dirname(location.target), exist_ok=True)
         self.location = location
         self.alias = alias
         self.read_only = read_only
@@ -170,7 +169,12 @@ class LakehouseCatalog(ClosesOnExit):
             except DuckstreamError as exc:
                 raise _attach_error(location, exc) from None
             self._run(f"USE {alias}")
+            # Workers attach with the data path the catalog stores, which this one now uses.
+            self.location = replace(location, data_path=self._stored_data_path() or location.data_path)
             if not read_only:
+                where = self.location.data_path
+                if where is not None and "://" not in where:
+                    os.makedirs(where, exist_ok=True)
                 for ddl in _TRACKING_DDL:
                     self._with_retries("create the run tables", partial(self._run, ddl.format(a=alias)))
         except BaseException:
@@ -193,6 +197,12 @@ class LakehouseCatalog(ClosesOnExit):
             return (self.con if on is None else on).execute(sql, params).fetchall()
         except duckdb.Error as exc:
             raise engine.query_error(exc, sql, s3=self._s3) from None
+
+    def _stored_data_path(self) -> str | None:
+        rows = self._run(
+            f"SELECT value FROM __ducklake_metadata_{self.alias}.ducklake_metadata WHERE key = 'data_path'"
+        )
+        return str(rows[0][0]) if rows and rows[0][0] else None
 
     def _with_retries(self, what: str, action: Callable[[], T]) -> T:
         delay = 0.05
@@ -295,14 +305,22 @@ class LakehouseCatalog(ClosesOnExit):
         existing = self._experiment(name)
         if existing is not None:
             return existing
-        self._with_retries(
-            "register an experiment",
-            lambda: self._run(
-                f"INSERT INTO {self.alias}.experiment_log VALUES (?, ?, ?, now())",
-                [_new_id(), name, description],
-            ),
-        )
-        created = self._experiment(name)
+        # New names take turns. The view ranks registrations by created_at, the start of each
+        # one's transaction, but they become visible in commit order: one that began first and
+        # committed second would take the name from a registration that had already returned
+        # its own id. Under the lock the second one finds the first and inserts nothing.
+        with self._exclusive_append("experiment_log"):
+            existing = self._experiment(name)
+            if existing is not None:
+                return existing
+            self._with_retries(
+                "register an experiment",
+                lambda: self._run(
+                    f"INSERT INTO {self.alias}.experiment_log VALUES (?, ?, ?, now())",
+                    [_new_id(), name, description],
+                ),
+            )
+            created = self._experiment(name)
         assert created is not None
         return created
 
@@ -449,6 +467,22 @@ def _attach_error(location: CatalogLocation, exc: DuckstreamError) -> Duckstream
     """What to raise when the catalog cannot be attached: a clear CatalogError where one fits."""
     text = f"{exc} {getattr(exc, 'engine_message', '')}"
     lowered = text.lower()
+    if "does not match existing data path" in lowered:
+        stored = _STORED_DATA_PATH.search(text)
+        kept = stored.group(1) if stored else "another data path"
+        return CatalogError(
+            f"{location.describe()} keeps its data files in {kept}, not in the data_path given "
+            f"({location.data_path}): open it without data_path to use {kept}"
+        )
+    if "data_path is not set" in lowered:
+        return ConfigurationError(
+            f"{location.describe()} holds no DuckLake catalog yet, and a new one needs data_path "
+            "(a folder or s3://bucket/prefix) for its files"
+        )
+    if "creating a new ducklake is explicitly disabled" in lowered or (
+        location.kind == "duckdb" and "read-only mode: database does not exist" in lowered
+    ):
+        return CatalogError(f"{location.describe()} holds no DuckLake catalog to open read-only")
     if location.kind == "duckdb" and "unique file handle conflict" in lowered:
         return CatalogError(
             f"the catalog file {location.target} is already open for writing in this process (a "
@@ -464,6 +498,10 @@ def _attach_error(location: CatalogLocation, exc: DuckstreamError) -> Duckstream
     if location.kind == "postgres" and refused_credentials(text):
         return CatalogError(_credentials_message(location, text))
     return exc
+
+
+# How DuckLake names the data path a catalog stores when an ATTACH gives another.
+_STORED_DATA_PATH = re.compile(r'existing data path in the catalog "([^"]*)"')
 
 
 def _credentials_message(location: CatalogLocation, text: str) -> str:

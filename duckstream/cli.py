@@ -106,7 +106,10 @@ def _add_profile_parser(commands: argparse._SubParsersAction[argparse.ArgumentPa
         metavar="DSN_OR_PATH",
         help="a lakehouse catalog (postgresql://... or a catalog file), opened read-only: SOURCE is a table",
     )
-    profile.add_argument("--data-path", help="the catalog's data folder or s3:// prefix, if not the default")
+    profile.add_argument(
+        "--data-path",
+        help="the catalog's data folder or s3:// prefix, checked against the one it stores (default: it)",
+    )
     profile.add_argument("--version", type=int, help="with --catalog: the snapshot (default: the newest)")
     profile.add_argument("--column", "-c", action="append", metavar="COL", help="profile only these columns")
     profile.add_argument(

@@ -249,8 +249,9 @@ class CatalogCallback(L.Callback):
     loader's statistics (rows, batches, rows/s, time waiting for data; rank 0's loader, whose
     share equals every other rank's); at the end it marks the
     run completed, or failed with the error. ``catalog`` is a :class:`LakehouseCatalog` or its
-    DSN/path (opened here with ``catalog_options``, closed when fit ends). A catalog outage
-    never stops training: see :class:`duckstream.tracking.RunTracker`.
+    DSN/path (opened here with ``catalog_options``, closed when fit ends; an existing catalog
+    needs no ``data_path``, and one that disagrees with it stops the fit at start). A catalog
+    outage never stops training: see :class:`duckstream.tracking.RunTracker`.
     """
 
     def __init__(
@@ -300,7 +301,8 @@ class CatalogCallback(L.Callback):
                 "shuffle": datamodule.shuffle,
                 "sql": datamodule.sql,
             }
-        self.tracker = RunTracker(
+        self.tracker = None
+        tracker = RunTracker(
             self.catalog,
             self.experiment,
             description=self.description,
@@ -311,7 +313,10 @@ class CatalogCallback(L.Callback):
             reconcile_timeout=self.reconcile_timeout,
             snapshots=snapshots,
         )
-        self.tracker.start()
+        # A catalog given by DSN/path that cannot be opened as configured stops the fit here,
+        # before training; the failure is no run to mark failed.
+        tracker.start()
+        self.tracker = tracker
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.tracker is None or not trainer.is_global_zero:

@@ -130,6 +130,11 @@ class LakehouseQuery(ClosesOnExit):
     @property
     def con(self) -> duckdb.DuckDBPyConnection:
         """The underlying DuckDB connection, for what this class does not wrap."""
+        return self._connection()
+
+    def _connection(self) -> duckdb.DuckDBPyConnection:
+        # What execute() runs on. Kept apart from `con` so that a subclass can withhold the
+        # connection from its users (a read-only engine) and still run statements on it.
         if self._con is None:
             raise DuckstreamError("this LakehouseQuery is closed; open a new one")
         return self._con
@@ -139,7 +144,7 @@ class LakehouseQuery(ClosesOnExit):
         if not isinstance(sql, str) or not sql.strip():
             raise ConfigurationError(f"expected a SQL statement, found {sql!r}")
         try:
-            relation = self.con.sql(sql, params=params)
+            relation = self._connection().sql(sql, params=params)
         except duckdb.Error as exc:
             raise engine.query_error(exc, sql, s3=self._s3) from None
         return QueryResult(relation, sql, self._s3)

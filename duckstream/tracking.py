@@ -90,6 +90,10 @@ class RunTracker:
     No method raises because the catalog is down or refuses: writes wait while it cannot be
     reached and are replayed, in order, at the next write or :meth:`flush`; a refused write
     is dropped with a warning, at once (a wrong PostgreSQL password is a refusal, not an outage).
+    A catalog given by DSN/path that cannot be opened as configured (a ``data_path`` other than
+    the one it stores, a new PostgreSQL catalog without one) raises from :meth:`start`, before
+    training; one that stops opening later (a refused password) drops the record with one
+    warning.
     """
 
     def __init__(
@@ -129,6 +133,7 @@ class RunTracker:
         self._run_id: str | None = None
         self._epochs: list[dict[str, Any]] = []
         self._outage_since: float | None = None
+        self._unopenable: str | None = None  # why the catalog given by DSN/path cannot be opened
         self._started = False
         self._ended = False
 
@@ -161,6 +166,8 @@ class RunTracker:
         """Register the run (status ``running``); a second call does nothing."""
         if self._started:
             return
+        if self._given is None:
+            self._open_or_raise()
         self._started = True
         config, snapshots = self.run_config(), dict(self.snapshots)
 
@@ -232,7 +239,24 @@ class RunTracker:
 
     # -- the queue -------------------------------------------------------------------------
 
+    def _open_or_raise(self) -> None:
+        """Open the catalog given by DSN/path now, so that a wrong setting stops the run before
+        training rather than dropping each of its writes. An outage leaves the registration
+        waiting, and a refused password drops the record with one warning, as documented."""
+        try:
+            self._catalog()
+        except Exception as exc:
+            if is_unreachable(exc):
+                return  # the registration waits in the queue
+            if refused_credentials(f"{exc} {getattr(exc, 'engine_message', '')}"):
+                self._give_up(exc)
+                return
+            raise
+
     def _submit(self, write: _Write) -> None:
+        if self._unopenable is not None:
+            log.info("not trying to %s: %s", write.what, self._unopenable)
+            return
         self._queue.append(write)
         self._drain()
 
@@ -242,12 +266,15 @@ class RunTracker:
             write = self._queue[0]
             write.attempts += 1
             try:
-                catalog = self._catalog()
-                result = write.apply(catalog, self._run_id)
+                result = write.apply(self._catalog(), self._run_id)
             except Exception as exc:
                 if is_unreachable(exc):
                     self._note_outage(write, exc)
                     return False
+                opening = self._given is None and self._opened is None
+                if opening and isinstance(exc, CatalogError | ConfigurationError):
+                    self._give_up(exc)
+                    return True
                 # The catalog refused (e.g. a replayed write had reached it before the connection
                 # broke, so the run is already completed): a retry cannot help, and the run's
                 # record must never stop training.
@@ -268,6 +295,14 @@ class RunTracker:
             )
             self._outage_since = None
         return True
+
+    def _give_up(self, exc: BaseException) -> None:
+        # Opening failed for a reason no retry fixes (e.g. a refused password): every write
+        # would fail the same way, so the record is dropped once, with one warning.
+        self._unopenable = f"the catalog cannot be opened: {type(exc).__name__}: {redact(str(exc))}"
+        log.warning("%s; the run is not recorded (no write of it will be tried)", self._unopenable)
+        self._queue.clear()
+        self._outage_since = None
 
     def _note_outage(self, write: _Write, exc: BaseException) -> None:
         if self._given is None:

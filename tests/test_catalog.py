@@ -8,8 +8,10 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,7 @@ import pytest
 from duckstream.catalog import LakehouseCatalog
 from duckstream.core.world import World
 from duckstream.devservices import PostgresService, S3Service
-from duckstream.errors import CatalogError, DuckstreamError
+from duckstream.errors import CatalogError, ConfigurationError, DuckstreamError
 from duckstream.stream import DuckStreamDataset, DuckStreamLoader, stream_batches
 from tests.conftest import upload_dir
 from tests.plans import plan_nodes
@@ -319,6 +321,82 @@ def test_a_catalog_file_recreated_at_the_same_path_is_not_read_from_a_stale_copy
         assert ids == list(range(generation * 1000, generation * 1000 + 300))
 
 
+# --------------------------------------------------------------------------- the data path
+
+
+def _stream_ids(table: Any) -> list[int]:
+    # Two workers: each attaches the catalog itself, from the pickled table.
+    dataset = DuckStreamDataset(table, batch_size=100)
+    return sorted(i for b in DuckStreamLoader(dataset, num_workers=2) for i in b["id"].tolist())
+
+
+def test_a_file_catalog_reopens_by_its_path_alone_with_the_data_path_it_stores(tmp_path: Path) -> None:
+    path, files = tmp_path / "lake.ducklake", tmp_path / "own-files"
+    with LakehouseCatalog(path, files) as cat:
+        cat.con.execute("CREATE TABLE t AS SELECT range AS id FROM range(300)")
+    with LakehouseCatalog(path) as cat:
+        assert cat.location.data_path == f"{files}/"
+        cat.con.execute("INSERT INTO t SELECT range + 300 FROM range(300)")
+        assert _stream_ids(cat.table("t")) == list(range(600))
+        experiment = cat.register_experiment("by-path")
+        assert cat.fail_run(cat.register_run(experiment.experiment_id).run_id, "x").status == "failed"
+    with LakehouseCatalog(path, read_only=True) as cat:
+        assert cat.con.execute("SELECT count(*) FROM t").fetchone() == (600,)
+    assert len(list(files.rglob("*.parquet"))) == 2  # the second write went where the first did
+    assert not (tmp_path / "lake.ducklake.files").exists()
+
+
+def test_a_data_path_other_than_the_stored_one_is_refused_at_open(tmp_path: Path) -> None:
+    path, files, other = tmp_path / "lake.ducklake", tmp_path / "own-files", tmp_path / "other"
+    LakehouseCatalog(path, files).close()
+    for read_only in (False, True):
+        with pytest.raises(CatalogError) as refused:
+            LakehouseCatalog(path, other, read_only=read_only)
+        message = str(refused.value)
+        assert f"keeps its data files in {files}/" in message
+        assert f"not in the data_path given ({other}/)" in message
+        assert "open it without data_path" in message
+    assert not other.exists()
+
+
+def test_a_new_catalog_file_opened_by_its_path_keeps_its_files_beside_it(tmp_path: Path) -> None:
+    path = tmp_path / "new" / "lake.ducklake"
+    with LakehouseCatalog(path) as cat:
+        assert cat.location.data_path == f"{path}.files/"
+        cat.con.execute("CREATE TABLE t AS SELECT range AS id FROM range(300)")
+    assert len(list(Path(f"{path}.files").rglob("*.parquet"))) == 1
+    with pytest.raises(CatalogError, match="holds no DuckLake catalog to open read-only"):
+        LakehouseCatalog(tmp_path / "missing.ducklake", read_only=True)
+
+
+@pytest.mark.services
+def test_a_postgres_catalog_reopens_by_its_dsn_alone(
+    postgres_server: PostgresService, pg_database: str, tmp_path: Path
+) -> None:
+    dsn, files = postgres_server.dsn(pg_database), tmp_path / "pg-files"
+    with LakehouseCatalog(dsn, files) as cat:
+        cat.con.execute("CREATE TABLE t AS SELECT range AS id FROM range(300)")
+    with LakehouseCatalog(dsn) as cat:  # read-write
+        assert cat.location.data_path == f"{files}/"
+        cat.con.execute("INSERT INTO t SELECT range + 300 FROM range(300)")
+        assert _stream_ids(cat.table("t")) == list(range(600))
+        experiment = cat.register_experiment("by-dsn")
+        run = cat.complete_run(cat.register_run(experiment.experiment_id).run_id)
+        assert run.status == "completed"
+    assert len(list(files.rglob("*.parquet"))) == 2
+    with pytest.raises(CatalogError) as refused:
+        LakehouseCatalog(dsn, tmp_path / "elsewhere")
+    assert f"keeps its data files in {files}/" in str(refused.value)
+    assert postgres_server.password not in str(refused.value)
+    fresh = postgres_server.create_database(f"{pg_database}_new")
+    with pytest.raises(ConfigurationError, match="a new one needs data_path") as refused_new:
+        LakehouseCatalog(fresh)
+    with pytest.raises(CatalogError, match="holds no DuckLake catalog to open read-only") as refused_ro:
+        LakehouseCatalog(fresh, read_only=True)
+    for raised in (refused_new, refused_ro):
+        assert postgres_server.password not in str(raised.value)
+
+
 # --------------------------------------------------------------------------- run tracking
 
 
@@ -460,3 +538,35 @@ def test_two_processes_register_runs_concurrently_on_postgres(
         experiments = cat.con.execute("SELECT count(*) FROM experiments").fetchone()
     assert rows == [("completed", 6), ("running", 6)]
     assert experiments == (1,)
+
+
+@pytest.mark.services
+@pytest.mark.slow
+def test_racing_registrations_of_one_name_agree_on_its_id(
+    postgres_server: PostgresService, pg_database: str, tmp_path: Path
+) -> None:
+    # Two catalogs register each new name in lockstep. A registration whose transaction began
+    # first but committed second used to win the name after the other had already returned its
+    # own id, which then named no experiment.
+    dsn, files = postgres_server.dsn(pg_database), tmp_path / "files"
+    barrier = threading.Barrier(2)
+
+    def register(catalog: LakehouseCatalog, name: str) -> str:
+        barrier.wait(timeout=60)
+        experiment = catalog.register_experiment(name)
+        catalog.register_run(experiment.experiment_id)
+        return experiment.experiment_id
+
+    with (
+        LakehouseCatalog(dsn, files) as first,
+        LakehouseCatalog(dsn, files) as second,
+        ThreadPoolExecutor(2) as pool,
+    ):
+        for round_ in range(40):
+            name = f"race-{round_}"
+            futures = [pool.submit(register, catalog, name) for catalog in (first, second)]
+            returned = [future.result(timeout=120) for future in futures]
+            assert returned[0] == returned[1], f"round {round_}"
+            assert first.register_experiment(name).experiment_id == returned[0]
+        rows = first.con.execute("SELECT count(*), count(DISTINCT name) FROM experiments").fetchone()
+    assert rows == (40, 40)

@@ -103,6 +103,48 @@ def test_callback_given_a_path_opens_and_closes_the_catalog(parquet_dir: Path, t
         CatalogCallback(catalog, "x", catalog_options={"data_path": "y"})
 
 
+def test_a_catalog_given_by_its_path_alone_records_failed_runs(parquet_dir: Path, tmp_path: Path) -> None:
+    path, files = tmp_path / "runs.ducklake", tmp_path / "own-files"
+    LakehouseCatalog(path, files).close()  # made with a data path of its own, not <file>.files
+    callback = CatalogCallback(path, "by-path")
+    with pytest.raises(Interrupted):
+        trainer(tmp_path, max_epochs=2, callbacks=[callback]).fit(
+            IdRecorder(crash_at_step=2), datamodule=DuckStreamDataModule(parquet_dir, batch_size=100)
+        )
+    with pytest.raises(RuntimeError, match="diverged"), RunTracker(path, "by-path") as tracker:
+        raise RuntimeError("diverged")
+    assert callback.run_id is not None
+    assert tracker.run_id is not None
+    with LakehouseCatalog(path) as catalog:
+        fitted, looped = catalog.get_run(callback.run_id), catalog.get_run(tracker.run_id)
+    assert (fitted.status, fitted.error) == ("failed", "Interrupted: stopped on purpose at step 2")
+    assert (looped.status, looped.error) == ("failed", "RuntimeError: diverged")
+    assert fitted.experiment_id == looped.experiment_id
+
+
+def test_a_data_path_the_catalog_does_not_store_stops_the_run_before_training(
+    parquet_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path, files, other = tmp_path / "runs.ducklake", tmp_path / "own-files", tmp_path / "other"
+    LakehouseCatalog(path, files).close()
+    options = {"data_path": other}
+    both = rf"keeps its data files in {files}/, not in the data_path given \({other}/\)"
+    with caplog.at_level(logging.WARNING, logger="duckstream"):
+        with pytest.raises(CatalogError, match=both), RunTracker(path, "wrong", catalog_options=options):
+            pass
+        callback = CatalogCallback(path, "wrong", catalog_options=options)
+        model = IdRecorder()
+        with pytest.raises(CatalogError, match=both):
+            trainer(tmp_path, max_epochs=1, callbacks=[callback]).fit(
+                model, datamodule=DuckStreamDataModule(parquet_dir, batch_size=100)
+            )
+    assert model.seen == {}  # stopped at fit start
+    assert callback.run_id is None
+    assert not [r.getMessage() for r in caplog.records if r.name == "duckstream.tracking"]
+    with LakehouseCatalog(path) as catalog:  # nothing was left open, nothing was recorded
+        assert catalog.con.execute("SELECT count(*) FROM simulation_runs").fetchone() == (0,)
+
+
 def test_plain_loop_tracker_records_epochs_and_ends_with_the_loop(lake: LakehouseCatalog) -> None:
     table = lake.table("numbers")
     loader = DuckStreamLoader(DuckStreamDataset(table, batch_size=100, shuffle=True, seed=1))

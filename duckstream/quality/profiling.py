@@ -11,12 +11,17 @@ with few distinct values, DuckDB's histogram over fixed bin boundaries otherwise
 few dozen entries at most. Above the threshold there is no second query: distinct counts and
 histograms come from HyperLogLog and quantile sketches of the pass. The report says which figures
 are estimates.
+
+A large source shows a progress bar on a terminal (never in logs) over those passes, moved by
+DuckDB's own progress of the running query.
 """
 
 from __future__ import annotations
 
+import sys
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -54,6 +59,8 @@ DEFAULT_EXACT_THRESHOLD = 1_000_000
 TOP_K = 5
 _QUANTILES = [i / 100 for i in range(101)]
 _SIZES = {"string": "length", "binary": "octet_length", "list": "len"}
+# Sources of fewer rows profile in about a second on a local disk: no progress bar.
+PROGRESS_ROWS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -181,10 +188,16 @@ def _profile(
         fields = ", ".join(f"k{i}: {quote_identifier(k)}" for i, k in enumerate(keys))
         items.append(f"count(*) - count(DISTINCT {{{fields}}}) AS key_duplicates")
     items += [f"{expr} AS check_{i}" for i, expr in enumerate(check_exprs)]
-    values = _one_row(con, f"SELECT {', '.join(items)} FROM {scan}", s3)
-    total_rows = int(values["total"])
-
-    counted, histograms = _exact_counts(con, scan, s3, cols, values) if exact else ({}, {})
+    shown = total_rows >= PROGRESS_ROWS and sys.stderr.isatty()
+    with _Passes(con, 2 if exact else 1, shown=shown) as passes:
+        with passes.scan("statistics"):
+            values = _one_row(con, f"SELECT {', '.join(items)} FROM {scan}", s3)
+        total_rows = int(values["total"])
+        counted: dict[str, list[tuple[Any, int]]] = {}
+        histograms: dict[str, Histogram] = {}
+        if exact:
+            with passes.scan("exact counts"):
+                counted, histograms = _exact_counts(con, scan, s3, cols, values)
     profiles = [
         _column_profile(col, values, total_rows, exact, counted.get(col.name), histograms.get(col.name))
         for col in cols
@@ -230,6 +243,63 @@ def _profile(
         approximate=approximate,
         notes=notes,
     )
+
+
+class _Passes:
+    """A progress bar over a profile's passes over the data (each 100 units), shown or not.
+
+    A pass is one query: DuckDB knows how far it is, and a thread beside it moves the bar.
+    """
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, passes: int, *, shown: bool) -> None:
+        from tqdm.auto import tqdm
+
+        self._con = con
+        self._done = 0
+        self._bar = tqdm(
+            total=100 * passes,
+            desc="profiling: ",
+            disable=not shown,
+            # No ": " after {desc}: set_description puts one there itself.
+            bar_format="{desc}{percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]",
+        )
+        if shown:
+            # DuckDB measures a query's progress only with its bar on; it must not print its own.
+            con.execute("SET enable_progress_bar = true")
+            con.execute("SET enable_progress_bar_print = false")
+
+    @contextmanager
+    def scan(self, what: str) -> Iterator[None]:
+        """Run one pass (the body's query) under the bar, titled ``what``."""
+        if self._bar.disable:
+            yield
+            return
+        self._bar.set_description(f"profiling: {what}")
+        start, stop = 100 * self._done, threading.Event()
+
+        def follow() -> None:
+            while not stop.wait(0.1):
+                progress = self._con.query_progress()
+                if progress >= 0:  # -1 between queries
+                    self._bar.n = start + min(progress, 100.0)
+                    self._bar.refresh()
+
+        follower = threading.Thread(target=follow, name="duckstream-profile-progress", daemon=True)
+        follower.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            follower.join()
+        self._done += 1
+        self._bar.n = 100 * self._done
+        self._bar.refresh()
+
+    def __enter__(self) -> _Passes:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._bar.close()
 
 
 def _aggregates(col: _Column, exact: bool) -> list[str]:

@@ -72,9 +72,18 @@ class ReadOnlyQuery(LakehouseQuery):
     """The engine of a :class:`ReadOnlySession`, whose connection the session locks.
 
     :meth:`execute` takes SELECT statements only (one or several; DESCRIBE, SHOW and SUMMARIZE
-    are SELECTs). :attr:`con` is DuckDB's connection itself: DuckDB confines it to the sources'
-    files, but reading one and overwriting it are the same permission there.
+    are SELECTs). :attr:`con` is refused: DuckDB confines the connection to the sources' files,
+    but reading one and overwriting it are the same permission there, so whoever held the
+    connection could run ``COPY ... TO`` a source file.
     """
+
+    @property
+    def con(self) -> duckdb.DuckDBPyConnection:
+        raise _refusal(
+            "(the engine's DuckDB connection)",
+            "this engine is read-only and gives out no DuckDB connection, through which a source "
+            "file could be overwritten; run SELECT statements with execute()",
+        )
 
     def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] | None = None) -> QueryResult:
         if isinstance(sql, str) and sql.strip():
@@ -111,7 +120,8 @@ class ReadOnlySession(ClosesOnExit):
         self._patterns = sorted({p for a in accesses.values() for p in a.patterns})
         paths = sorted({*self._patterns, *(p for a in accesses.values() for p in a.paths)})
         self._paths = frozenset(paths)
-        _lock_down(engine_query.con, accesses, paths)
+        # The session locks the connection itself; its users get only the engine's execute().
+        _lock_down(engine_query._connection(), accesses, paths)
         # Naming the tables a statement reads binds its table functions: do it where nothing exists
         # and no file but the sources' can be opened (by their own URIs, hence S3 access).
         remote = any(is_remote(p) for p in paths)
@@ -126,7 +136,7 @@ class ReadOnlySession(ClosesOnExit):
         """Rows of one SELECT over the sources; refuses anything else with a readable reason."""
         # Cursors per query: tools may run in parallel threads, and an interrupt stops only this
         # one. The limit covers the check too: binding a read of s3:// files reads their footers.
-        con = self.engine.con.cursor()
+        con = self.engine._connection().cursor()
         parser = self._parser.cursor()
 
         def stop() -> None:

@@ -131,6 +131,30 @@ def test_a_lake_table_at_a_snapshot(tmp_path: Path) -> None:
     assert "rows: 40" not in text
 
 
+def test_a_lake_table_of_a_catalog_that_keeps_its_files_elsewhere(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from duckstream.catalog import LakehouseCatalog
+
+    raw = tmp_path / "raw.parquet"
+    pq.write_table(mixed_table(40).drop_columns(["meta"]), raw)
+    catalog_path, files = tmp_path / "demo" / "catalog.ducklake", tmp_path / "demo" / "lake"
+    with LakehouseCatalog(catalog_path, files) as catalog:  # as the demo makes its catalog
+        catalog.con.execute(f"CREATE TABLE captions AS SELECT * FROM read_parquet('{raw}')")
+        first = catalog.current_snapshot()
+        catalog.con.execute(f"INSERT INTO captions SELECT * FROM read_parquet('{raw}')")
+    code, text = run("profile", "captions", "--catalog", str(catalog_path), "--version", str(first))
+    assert code == 0, capsys.readouterr().err
+    assert "rows: 40" in text
+    code, text = run("profile", "captions", "--catalog", str(catalog_path))
+    assert (code, "rows: 80" in text) == (0, True)
+    elsewhere = tmp_path / "elsewhere"
+    code, _ = run("profile", "captions", "--catalog", str(catalog_path), "--data-path", str(elsewhere))
+    assert code == 1
+    error = capsys.readouterr().err
+    assert f"keeps its data files in {files}/, not in the data_path given ({elsewhere}/)" in error
+
+
 def test_catalog_options_without_a_catalog(source: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _ = run("profile", str(source), "--version", "3")
     assert code == 1

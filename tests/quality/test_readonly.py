@@ -161,10 +161,26 @@ def test_the_engine_itself_cannot_get_out(sql: str, deps: LakehouseDeps, home: P
     engine = deps.query_engine()
     with pytest.raises(DuckstreamError):
         engine.execute(sql.format(tmp=home)).fetchall()
-    with pytest.raises(duckdb.Error):
-        engine.con.execute(sql.format(tmp=home)).fetchall()
+    with pytest.raises(duckdb.Error):  # the connection the session locked, which no user gets
+        engine._connection().execute(sql.format(tmp=home)).fetchall()
     assert sorted(p.name for p in home.iterdir()) == ["mixed", "secret.csv"]
     assert engine.execute("SELECT count(*) FROM captions").fetchall() == [(60,)]
+
+
+def test_the_engine_gives_out_no_connection_that_could_overwrite_a_source(tmp_path: Path) -> None:
+    # DuckDB's allowlist lets the connection write the very files it may read.
+    path = tmp_path / "captions.parquet"
+    pq.write_table(mixed_table(20).drop_columns(["meta"]), path)
+    before = path.read_bytes()
+    overwrite = f"COPY (SELECT 1 AS x) TO '{path}' (FORMAT parquet, USE_TMP_FILE false)"
+    with LakehouseDeps(sources={"captions": path}) as deps:
+        engine = deps.query_engine()
+        with pytest.raises(RefusedStatementError, match="gives out no DuckDB connection"):
+            engine.con.execute(overwrite)
+        with pytest.raises(RefusedStatementError, match="only SELECT"):
+            engine.execute(overwrite)
+        assert engine.execute("SELECT count(*) FROM captions").fetchall() == [(20,)]
+    assert path.read_bytes() == before
 
 
 def test_lake_table_source(tmp_path: Path) -> None:

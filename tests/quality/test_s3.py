@@ -76,8 +76,10 @@ def test_read_only_session_over_s3(
         evil = f"COPY (SELECT 1) TO 's3://{s3_bucket}/mixed/evil.parquet'"
         with pytest.raises(RefusedStatementError, match="only SELECT"):
             deps.query_engine().execute(evil)
-        with pytest.raises(duckdb.PermissionException):
+        with pytest.raises(RefusedStatementError, match="gives out no DuckDB connection"):
             deps.query_engine().con.execute(evil)
+        with pytest.raises(duckdb.PermissionException):  # nor could the connection itself
+            deps.query_engine()._connection().execute(evil)
     keys = [o["Key"] for o in s3_server.boto3_client().list_objects_v2(Bucket=s3_bucket)["Contents"]]
     assert not any("evil" in k for k in keys)
 
