@@ -69,6 +69,10 @@ def test_every_rank_receives_a_near_uniform_permutation(
         for ids in per_rank:
             rhos.append(spearman(ids))
             kept.append(neighbours_kept(ids))
+    print(
+        f"{layout}, buffer {buffer}, world {world}, workers {workers}: |rho| median "
+        f"{np.median(rhos):.3f}, max {max(rhos):.3f}; neighbours kept at most {max(kept):.4f}"
+    )
     assert np.median(rhos) < 0.05, rhos
     assert max(rhos) < 0.1, rhos
     assert max(kept) < 0.01, kept
