@@ -2,13 +2,7 @@
 
 from __future__ import annotations
 
-import fcntl
-import os
-import pty
-import struct
-import subprocess
 import sys
-import termios
 from pathlib import Path
 
 import pyarrow as pa
@@ -16,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from duckstream.quality.profiling import PROGRESS_ROWS
+from tests.terminal import stderr_of
 
 PROFILE = "from duckstream.quality import profile; import sys; profile(sys.argv[1])"
 
@@ -29,33 +24,6 @@ def write_rows(path: Path, rows: int) -> Path:
 @pytest.fixture(scope="module")
 def large(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_rows(tmp_path_factory.mktemp("large") / "large.parquet", PROGRESS_ROWS)
-
-
-def stderr_of(argv: list[str], *, terminal: bool) -> str:
-    """What ``argv`` run in a fresh interpreter writes to stderr (a terminal or a pipe)."""
-    if not terminal:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stderr
-        return done.stderr
-    leader, follower = pty.openpty()
-    # A terminal 120 columns wide (a new pseudo-terminal has none, and the bar would be empty).
-    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
-    try:
-        process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=follower)
-        os.close(follower)
-        chunks: list[bytes] = []
-        while True:
-            try:
-                chunk = os.read(leader, 65536)
-            except OSError:  # the terminal closed: the process is gone
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-        assert process.wait(timeout=300) == 0
-    finally:
-        os.close(leader)
-    return b"".join(chunks).decode(errors="replace")
 
 
 @pytest.mark.slow
