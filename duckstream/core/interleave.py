@@ -67,21 +67,28 @@ def interleave(
     key: tuple[int, ...],
     streams: int,
     stripe: int,
+    window: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The slot's positions (``ranges``, the first ``real`` not padding) in read order, and
     the stream (piece) each returned range belongs to.
 
     Positions are epoch positions: shards in ``order``, each yielding ``layout.counts`` rows.
     Padding (rows repeated to even the ranks) is read last, as it was given. One stream
-    returns the ranges unchanged.
+    returns the ranges unchanged. Only pieces longer than a ``window`` (default: all) are
+    entered inside a row group: a shorter one is mixed by the windows it lands in, and
+    decoding rows only to drop them would cost more than it gives.
     """
+    longer = stripe * streams if window is None else window
     if streams <= 1 or real == 0:
         return ranges, np.arange(len(ranges), dtype=np.int64)
     sizes = layout.counts[order]
     ends = np.cumsum(sizes)
     pieces = _pieces(slice_ranges(ranges, 0, real), ends, sizes, layout, order)
-    if len(pieces) < streams:
-        pieces = _split_small(pieces, layout, order, streams, stripe)
+    # Pieces a read may enter anywhere: those of small shards longer than a window, and the
+    # parts they are cut into.
+    entered = {p for p in pieces if layout.anywhere[int(order[p[2]])] and p[1] - p[0] > longer}
+    if len(pieces) < streams and entered:
+        pieces, entered = _split_small(pieces, entered, streams, stripe)
     rng = seeded_rng("interleave", *key)
     groups = -(-len(pieces) // streams)
     # Storage order (shards are planned in it), then every m-th piece to each group.
@@ -97,7 +104,9 @@ def interleave(
         for member, phase in zip(members, phases, strict=True):
             lo, hi, index = pieces[member]
             begin = int(ends[index] - sizes[index])
-            rotation = _rotation(lo - begin, hi - begin, layout, int(order[index]), rng)
+            entries = layout.entries[int(order[index])]
+            anywhere = pieces[member] in entered
+            rotation = _rotation(lo - begin, hi - begin, entries, rng, anywhere=anywhere)
             cut = _stripes(lo, hi, rotation, stripe)
             count = len(cut) // 2
             parts.append(cut)
@@ -140,34 +149,41 @@ def _pieces(
 
 
 def _split_small(
-    pieces: list[tuple[int, int, int]], layout: Layout, order: np.ndarray, streams: int, stripe: int
-) -> list[tuple[int, int, int]]:
-    """Fewer pieces than streams: pieces of small shards cut into several, read side by side.
+    pieces: list[tuple[int, int, int]],
+    entered: set[tuple[int, int, int]],
+    streams: int,
+    stripe: int,
+) -> tuple[list[tuple[int, int, int]], set[tuple[int, int, int]]]:
+    """Fewer pieces than streams: the pieces a read may enter anywhere cut into several, read
+    side by side, in proportion to their rows.
 
     A cut inside a row group costs decoding the rows before it once more, which a small shard
-    (see :attr:`Layout.anywhere`) pays for little; a large one is left whole.
+    pays for little.
     """
-    cheap = [hi - lo for lo, hi, index in pieces if layout.anywhere[int(order[index])]]
-    if not cheap:
-        return pieces
+    total = sum(hi - lo for lo, hi, _ in entered)
     found: list[tuple[int, int, int]] = []
-    for lo, hi, index in pieces:
+    parts_entered: set[tuple[int, int, int]] = set()
+    for piece in pieces:
+        lo, hi, index = piece
+        if piece not in entered:
+            found.append(piece)
+            continue
         rows = hi - lo
-        parts = 1
-        if layout.anywhere[int(order[index])]:
-            parts = max(1, min(rows // stripe, round(streams * rows / sum(cheap))))
+        parts = max(1, min(rows // stripe, round(streams * rows / total)))
         bounds = lo + np.arange(parts + 1, dtype=np.int64) * rows // parts
-        found.extend((int(a), int(b), index) for a, b in itertools.pairwise(bounds.tolist()))
-    return found
+        cut = [(int(a), int(b), index) for a, b in itertools.pairwise(bounds.tolist())]
+        found.extend(cut)
+        parts_entered.update(cut)
+    return found, parts_entered
 
 
-def _rotation(lo: int, hi: int, layout: Layout, shard: int, rng: np.random.Generator) -> int:
-    """Where a piece of rows ``lo..hi`` of ``shard`` starts reading, from ``lo``."""
-    entries = layout.entries[shard]
+def _rotation(lo: int, hi: int, entries: np.ndarray, rng: np.random.Generator, *, anywhere: bool) -> int:
+    """Where a piece of rows ``lo..hi`` of a shard starts reading, from ``lo``: a row group's
+    first row (``entries``), or any row where the piece may be ``anywhere`` entered."""
     inside = entries[(entries > lo) & (entries < hi)]
     if len(inside):
         return int(rng.choice(np.concatenate([[lo], inside]))) - lo
-    if layout.anywhere[shard]:
+    if anywhere:
         return int(rng.integers(hi - lo))
     return 0
 

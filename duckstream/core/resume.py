@@ -199,6 +199,7 @@ def read_span(
         key=key,
         streams=streams,
         stripe=stripe_rows(window, streams),
+        window=window,
     )
     return SlotSpan(ranges, span.real), streams_of, window
 

@@ -79,8 +79,9 @@ def test_the_read_order_is_a_permutation_with_each_piece_read_in_one_run(
 
 def test_a_large_shard_is_entered_only_where_its_row_groups_start() -> None:
     # Two shards of 40 rows: the first has row groups at 10, 20 and 30 and is large; the second
-    # is one small row group. Over many keys, reads of the first start only at its row groups'
-    # first rows (nothing decoded to be dropped); the second is entered anywhere.
+    # is one small row group, longer than a window. Over many keys, reads of the first start
+    # only at its row groups' first rows (nothing decoded to be dropped); the second is entered
+    # anywhere.
     layout = Layout(
         np.array([40, 40]), (np.array([10, 20, 30]), np.array([], dtype=np.int64)), np.array([False, True])
     )
@@ -88,7 +89,7 @@ def test_a_large_shard_is_entered_only_where_its_row_groups_start() -> None:
     starts: dict[int, set[int]] = {0: set(), 1: set()}
     for seed in range(60):
         read, owners = interleave(
-            np.array([[0, 80]]), 80, layout=layout, order=order, key=(seed,), streams=16, stripe=5
+            np.array([[0, 80]]), 80, layout=layout, order=order, key=(seed,), streams=16, stripe=5, window=10
         )
         for stream in np.unique(owners):
             first = int(read[owners == stream][0, 0])
