@@ -11,10 +11,11 @@ over the stretch of the epoch they share. A slot with more pieces reads them in 
 group takes every m-th piece in storage order, so that every group spans the whole storage.
 
 Each piece is one sequential read (two with a rotation): its decoder continues where the last
-stripe stopped. A rotation starts at a row group's first row where the piece holds several,
-so that nothing is decoded only to be dropped; in a piece within one row group it starts
-anywhere only when that costs little (a small shard). It is a pure function of the slot's
-rows and a key: which rows a slot has emitted after ``n`` is known without reading data.
+stripe stopped. Pieces are cut where row groups start and a rotation starts at a row group's
+first row, so that nothing is decoded only to be dropped. Only a piece of a small shard that
+is longer than a window (a buffer set smaller than a row group) is also entered inside its
+row group, or cut into several when a slot has few pieces. It is a pure function of the
+slot's rows and a key: which rows a slot has emitted after ``n`` is known without reading.
 """
 
 from __future__ import annotations

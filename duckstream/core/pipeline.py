@@ -183,12 +183,17 @@ def read_slot(
     # themselves are faster with every thread of their own (measured here).
     ahead = plan.decodes and (threads > 1 or plan.remote)
     lanes = (MAX_READ_AHEAD_LANES if plan.remote else min(MAX_READ_AHEAD_LANES, threads)) if ahead else 0
-    readers = [ShardReader(plan, threads=1) for _ in range(lanes)] or [ShardReader(plan, threads=threads)]
+    interleaved = shuffle and start.streams > 1
+    # An interleaved read opens a reader per piece; otherwise one per lane, or one.
+    readers = (
+        []
+        if interleaved
+        else [ShardReader(plan, threads=1) for _ in range(lanes)] or [ShardReader(plan, threads=threads)]
+    )
     pieces = _pieces(slice_ranges(span.ranges, begin, span.rows), order, plan.counts)
     batches: Iterable[pa.RecordBatch] = ()
     try:
-        if shuffle and start.streams > 1:
-            readers = []
+        if interleaved:
             ranges, owned = _slice_owned(span.ranges, owners, begin, span.rows)
             batch_rows = min(read_batch_rows(plan.row_bytes), stripe_rows(window_rows, start.streams))
 

@@ -77,6 +77,13 @@ def started_after_an_outage(server: SeaweedFS, start: Callable[[], Iterable[Any]
         restart.join()
 
 
+def blink_lake(service: S3Service, postgres: PostgresService, database: str) -> LakehouseCatalog:
+    """A lake on the test's own store (its files under s3://blink/lake), cataloged in PostgreSQL."""
+    return LakehouseCatalog(
+        postgres.dsn(database), "s3://blink/lake", service.endpoint, service.access_key, service.secret_key
+    )
+
+
 def keys(s3: S3Service) -> dict[str, Any]:
     return {"s3_endpoint": s3.endpoint, "s3_access_key": s3.access_key, "s3_secret_key": s3.secret_key}
 
@@ -148,13 +155,7 @@ def test_a_lake_table_with_deletes_on_a_blinking_store_is_waited_out(
     own_store: tuple[SeaweedFS, S3Service, str], postgres_server: PostgresService, pg_database: str
 ) -> None:
     server, service, source = own_store
-    with LakehouseCatalog(
-        postgres_server.dsn(pg_database),
-        "s3://blink/lake",
-        service.endpoint,
-        service.access_key,
-        service.secret_key,
-    ) as catalog:
+    with blink_lake(service, postgres_server, pg_database) as catalog:
         catalog.con.execute(f"CREATE TABLE t AS SELECT * FROM read_parquet('{source}/part-000.parquet')")
         for index in range(1, FILES):  # a data file each, and a delete file each
             catalog.con.execute(
@@ -203,13 +204,7 @@ def test_a_lake_file_read_through_the_catalog_scan_waits_out_the_store(
     own_store: tuple[SeaweedFS, S3Service, str], postgres_server: PostgresService, pg_database: str
 ) -> None:
     server, service, source = own_store
-    with LakehouseCatalog(
-        postgres_server.dsn(pg_database),
-        "s3://blink/lake",
-        service.endpoint,
-        service.access_key,
-        service.secret_key,
-    ) as catalog:
+    with blink_lake(service, postgres_server, pg_database) as catalog:
         for index in range(4):
             catalog.con.execute(
                 f"{'CREATE TABLE t AS' if index == 0 else 'INSERT INTO t'} "
