@@ -218,11 +218,11 @@ def read_slot(
                 # query result" from a stream's own DuckDB connection; cause not found yet).
                 depth = max(2, -(-window_rows // batch_rows) // lanes)
                 each_ahead = plan.remote and plan.batch is None
+                lane_of = _dealt(owned, lanes)
                 lane_streams = [
-                    _ahead(lane_batches(owned % lanes == lane, each_ahead), depth=depth)
-                    for lane in range(lanes)
+                    _ahead(lane_batches(lane_of == lane, each_ahead), depth=depth) for lane in range(lanes)
                 ]
-                batches = _merged(ranges, owned % lanes, lane_streams)
+                batches = _merged(ranges, lane_of, lane_streams)
         elif lanes:
             # Each lane may run a window ahead: while one window is gathered, the next decodes.
             # Lanes beyond the threads only overlap waiting: together they hold what the
@@ -253,6 +253,15 @@ def read_slot(
             batches.close()  # read-ahead threads stop before their readers close
         for reader in readers:
             reader.close()
+
+
+def _dealt(owners: np.ndarray, lanes: int) -> np.ndarray:
+    """The lane of each range: streams dealt round the lanes in the order they are first
+    read, so that the streams read side by side (one group's) are spread over every lane."""
+    streams, first = np.unique(owners, return_index=True)
+    lane = np.empty(int(streams.max()) + 1 if len(streams) else 0, dtype=np.int64)
+    lane[streams[np.argsort(first, kind="stable")]] = np.arange(len(streams)) % lanes
+    return lane[owners]
 
 
 def _slice_owned(ranges: np.ndarray, owners: np.ndarray, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
