@@ -11,8 +11,8 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import TypeVar
 
-from duckstream.devservices import PostgresCluster, PostgresService, S3Service, SeaweedFS
 from duckstream.errors import ServiceError
+from duckstream.services import PostgresCluster, PostgresService, S3Service, SeaweedFS
 
 from .delay_proxy import DelayProxy
 

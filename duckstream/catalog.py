@@ -1,64 +1,49 @@
 """LakehouseCatalog: a DuckLake catalog (PostgreSQL or a local file) with run tracking.
 
-Experiments and runs are lakehouse tables, so they join with data tables in one query. Writers
-only append (a run's status change is a new revision of its row; the ``simulation_runs`` view
-shows the latest), because concurrent UPDATEs conflict on a shared catalog.
+Experiments and runs are lakehouse tables, so they join with data tables in one query; how they
+are written (append-only) lives in :mod:`duckstream.runs.records`. This module attaches the lake,
+pins its tables to snapshots and runs the statements: writes retry when concurrent commits
+collide, and keyed appends into one table take turns.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from datetime import datetime
-from functools import partial
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import duckdb
 import numpy as np
-from pydantic import BaseModel, ConfigDict
 
 from duckstream import engine
 from duckstream._closing import ClosesOnExit
 from duckstream.core.lake import CatalogLocation, LakeTable
 from duckstream.errors import CatalogError, ConfigurationError, DuckstreamError
 from duckstream.redact import get_logger, redact
+from duckstream.runs.records import Experiment, Run, RunRecords, RunStatus
 from duckstream.storage import S3Settings
 
 __all__ = ["Experiment", "LakehouseCatalog", "Run", "RunStatus", "refused_credentials"]
 
 log = get_logger(__name__)
 
-RunStatus = Literal["running", "completed", "failed"]
 T = TypeVar("T")
 
-_TRACKING_DDL = (
-    """CREATE TABLE IF NOT EXISTS {a}.experiment_log (
-        experiment_id VARCHAR, name VARCHAR, description VARCHAR, created_at TIMESTAMPTZ)""",
-    """CREATE TABLE IF NOT EXISTS {a}.simulation_run_log (
-        run_id VARCHAR, experiment_id VARCHAR, sim_index INTEGER, status VARCHAR, config JSON,
-        s3_prefix VARCHAR, snapshots JSON, metrics JSON, error VARCHAR,
-        started_at TIMESTAMPTZ, finished_at TIMESTAMPTZ, revision INTEGER, recorded_at TIMESTAMPTZ)""",
-    # The first registration of a name wins, so racing get-or-creates agree on one id.
-    """CREATE VIEW IF NOT EXISTS {a}.experiments AS
-        SELECT experiment_id, name, description, created_at FROM {a}.experiment_log
-        QUALIFY row_number() OVER (PARTITION BY name ORDER BY created_at, experiment_id) = 1""",
-    """CREATE VIEW IF NOT EXISTS {a}.simulation_runs AS
-        SELECT * EXCLUDE (revision, recorded_at) FROM {a}.simulation_run_log
-        QUALIFY row_number() OVER (PARTITION BY run_id ORDER BY revision DESC, recorded_at DESC) = 1""",
+# DuckLake retries a commit that lost the race for the next snapshot id itself; once its own
+# retries run out it says so ("exceeded the maximum retry count"), naming no conflict.
+_CONFLICT_MARKERS = (
+    "conflict",
+    "could not serialize",
+    "deadlock",
+    "retry the transaction",
+    "exceeded the maximum retry count",
 )
-_RUN_COLUMNS = (
-    "run_id, experiment_id, sim_index, status, config, s3_prefix, snapshots, metrics, error, "
-    "started_at, finished_at"
-)
-_CONFLICT_MARKERS = ("conflict", "could not serialize", "deadlock", "retry the transaction")
 # DuckDB refusing a second writer of a catalog file says "conflict" too, but no retry helps while
 # the other writer keeps the file open.
 _FILE_BUSY_MARKERS = ("could not set lock on file", "unique file handle conflict")
@@ -78,36 +63,7 @@ def _commit_conflict(exc: DuckstreamError) -> bool:
     return any(m in text for m in _CONFLICT_MARKERS) and not any(m in text for m in _FILE_BUSY_MARKERS)
 
 
-class Experiment(BaseModel):
-    """One row of ``experiments``."""
-
-    model_config = ConfigDict(frozen=True)
-
-    experiment_id: str
-    name: str
-    description: str
-    created_at: datetime
-
-
-class Run(BaseModel):
-    """One run, as the ``simulation_runs`` view shows it."""
-
-    model_config = ConfigDict(frozen=True)
-
-    run_id: str
-    experiment_id: str
-    sim_index: int
-    status: RunStatus
-    config: dict[str, Any] | None
-    s3_prefix: str | None
-    snapshots: dict[str, Any] | None
-    metrics: dict[str, Any] | None
-    error: str | None
-    started_at: datetime
-    finished_at: datetime | None
-
-
-class LakehouseCatalog(ClosesOnExit):
+class LakehouseCatalog(RunRecords, ClosesOnExit):
     """A DuckLake catalog attached to a DuckDB connection, with experiments and runs.
 
     ``dsn_or_path`` is ``postgresql://user:password@host:port/db`` or a local catalog file (the
@@ -116,8 +72,11 @@ class LakehouseCatalog(ClosesOnExit):
     is a :class:`CatalogError` naming both); ``location.data_path`` says which it is once open.
     A new catalog file defaults to ``<file>.files/`` beside it; a new PostgreSQL catalog needs
     ``data_path``. ``con`` is the connection, with the lake attached and in use, for your own
-    SQL. Writes retry when concurrent commits collide. A wrong PostgreSQL user or password is a
-    :class:`CatalogError` at once (no retry).
+    SQL (:meth:`fetchall` and :meth:`write` run a statement on it with errors made readable).
+    Writes retry when concurrent commits collide. A wrong PostgreSQL user or password is a
+    :class:`CatalogError` at once (no retry). Experiments and runs (``register_experiment``,
+    ``register_run``, ``complete_run``, ``fail_run``, ``record_run_metrics``, ``get_run``) come
+    from :class:`~duckstream.runs.records.RunRecords`.
     """
 
     def __init__(
@@ -165,23 +124,22 @@ class LakehouseCatalog(ClosesOnExit):
         attach = location.attach_sql(alias, read_only=read_only)
         try:
             try:
-                self._with_retries("attach the catalog", lambda: self._run(attach))
+                self.write("attach the catalog", attach)
             except DuckstreamError as exc:
                 raise _attach_error(location, exc) from None
-            self._run(f"USE {alias}")
+            self.fetchall(f"USE {alias}")
             # Workers attach with the data path the catalog stores, which this one now uses.
             self.location = replace(location, data_path=self._stored_data_path() or location.data_path)
             if not read_only:
                 where = self.location.data_path
                 if where is not None and "://" not in where:
                     os.makedirs(where, exist_ok=True)
-                for ddl in _TRACKING_DDL:
-                    self._with_retries("create the run tables", partial(self._run, ddl.format(a=alias)))
+                self._create_run_tables()
         except BaseException:
             self.close()
             raise
 
-    # -- plumbing --------------------------------------------------------------------------
+    # -- the connection and its statements -------------------------------------------------
 
     @property
     def con(self) -> duckdb.DuckDBPyConnection:
@@ -190,16 +148,38 @@ class LakehouseCatalog(ClosesOnExit):
             raise DuckstreamError("this LakehouseCatalog is closed; open a new one")
         return self._con
 
-    def _run(
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` has been called."""
+        return self._con is None
+
+    def fetchall(
         self, sql: str, params: list[Any] | None = None, *, on: duckdb.DuckDBPyConnection | None = None
     ) -> list[tuple[Any, ...]]:
+        """The rows of ``sql`` on :attr:`con` (or on ``on``, a cursor of it).
+
+        A DuckDB error becomes a :class:`~duckstream.errors.QueryError` naming the statement,
+        with keys and passwords removed.
+        """
         try:
             return (self.con if on is None else on).execute(sql, params).fetchall()
         except duckdb.Error as exc:
             raise engine.query_error(exc, sql, s3=self._s3) from None
 
+    def write(
+        self,
+        what: str,
+        sql: str,
+        params: list[Any] | None = None,
+        *,
+        on: duckdb.DuckDBPyConnection | None = None,
+    ) -> list[tuple[Any, ...]]:
+        """:meth:`fetchall` for a statement that writes, run again (with backoff, up to ``retries``
+        times) while it collides with a concurrent commit; ``what`` names it in the log."""
+        return self._with_retries(what, lambda: self.fetchall(sql, params, on=on))
+
     def _stored_data_path(self) -> str | None:
-        rows = self._run(
+        rows = self.fetchall(
             f"SELECT value FROM __ducklake_metadata_{self.alias}.ducklake_metadata WHERE key = 'data_path'"
         )
         return str(rows[0][0]) if rows and rows[0][0] else None
@@ -219,7 +199,7 @@ class LakehouseCatalog(ClosesOnExit):
         raise AssertionError("unreachable")
 
     @contextmanager
-    def _exclusive_append(self, table: str) -> Iterator[None]:
+    def exclusive_append(self, table: str) -> Iterator[None]:
         """Hold the lock on appends into ``table`` that read it first (to skip the keys it holds).
 
         DuckLake lets concurrent inserts into one table commit side by side (it checks them
@@ -275,7 +255,7 @@ class LakehouseCatalog(ClosesOnExit):
 
     def current_snapshot(self) -> int:
         """The newest snapshot id of the catalog."""
-        rows = self._run(f"SELECT max(snapshot_id) FROM {self.alias}.snapshots()")
+        rows = self.fetchall(f"SELECT max(snapshot_id) FROM {self.alias}.snapshots()")
         return int(rows[0][0])
 
     def table(self, name: str, version: int | None = None) -> LakeTable:
@@ -295,172 +275,6 @@ class LakehouseCatalog(ClosesOnExit):
                 f"table {name!r} does not exist at snapshot {pinned}: {text.splitlines()[0]}"
             ) from None
         return table
-
-    # -- experiments and runs --------------------------------------------------------------
-
-    def register_experiment(self, name: str, description: str = "") -> Experiment:
-        """The experiment called ``name``, created when it does not exist yet."""
-        if not name:
-            raise ConfigurationError("an experiment needs a non-empty name")
-        existing = self._experiment(name)
-        if existing is not None:
-            return existing
-        # New names take turns. The view ranks registrations by created_at, the start of each
-        # one's transaction, but they become visible in commit order: one that began first and
-        # committed second would take the name from a registration that had already returned
-        # its own id. Under the lock the second one finds the first and inserts nothing.
-        with self._exclusive_append("experiment_log"):
-            existing = self._experiment(name)
-            if existing is not None:
-                return existing
-            self._with_retries(
-                "register an experiment",
-                lambda: self._run(
-                    f"INSERT INTO {self.alias}.experiment_log VALUES (?, ?, ?, now())",
-                    [_new_id(), name, description],
-                ),
-            )
-            created = self._experiment(name)
-        assert created is not None
-        return created
-
-    def _experiment(self, name: str) -> Experiment | None:
-        rows = self._run(
-            "SELECT experiment_id, name, description, created_at "
-            f"FROM {self.alias}.experiments WHERE name = ?",
-            [name],
-        )
-        if not rows:
-            return None
-        experiment_id, name, description, created_at = rows[0]
-        return Experiment(
-            experiment_id=experiment_id, name=name, description=description or "", created_at=created_at
-        )
-
-    def register_run(
-        self,
-        experiment_id: str,
-        sim_index: int = 0,
-        config: Mapping[str, Any] | None = None,
-        s3_prefix: str | None = None,
-        *,
-        snapshots: Mapping[str, Any] | None = None,
-    ) -> Run:
-        """A new run of ``experiment_id``, status ``running``."""
-        known = self._run(f"SELECT 1 FROM {self.alias}.experiments WHERE experiment_id = ?", [experiment_id])
-        if not known:
-            raise CatalogError(f"no experiment with id {experiment_id!r}; register_experiment first")
-        run_id = _new_id()
-        self._append_run(
-            run_id=run_id,
-            experiment_id=experiment_id,
-            sim_index=sim_index,
-            status="running",
-            config=_json(config),
-            s3_prefix=s3_prefix,
-            snapshots=_json(snapshots),
-            metrics=None,
-            error=None,
-            started_at=None,
-            finished_at=None,
-            revision=0,
-        )
-        return self.get_run(run_id)
-
-    def complete_run(self, run_id: str, metrics: Mapping[str, Any] | None = None) -> Run:
-        """Mark ``run_id`` completed, with its final metrics."""
-        return self._finish(run_id, "completed", metrics=metrics, error=None)
-
-    def fail_run(
-        self, run_id: str, error: str | BaseException, *, metrics: Mapping[str, Any] | None = None
-    ) -> Run:
-        """Mark ``run_id`` failed, with what went wrong (and the metrics gathered until then)."""
-        text = redact(f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else str(error))
-        return self._finish(run_id, "failed", metrics=metrics, error=text)
-
-    def record_run_metrics(self, run_id: str, metrics: Mapping[str, Any]) -> Run:
-        """Replace the metrics of running ``run_id`` (e.g. loader statistics after each epoch).
-
-        Appends a revision of the run's row (still ``running``); the newest one shows.
-        """
-        return self._revise(run_id, "running", metrics=metrics, error=None, action="takes metrics")
-
-    def get_run(self, run_id: str) -> Run:
-        """The run as ``simulation_runs`` shows it now."""
-        rows = self._run(
-            f"SELECT {_RUN_COLUMNS} FROM {self.alias}.simulation_runs WHERE run_id = ?", [run_id]
-        )
-        if not rows:
-            raise CatalogError(f"no run with id {run_id!r}")
-        names = [c.strip() for c in _RUN_COLUMNS.split(",")]
-        record = dict(zip(names, rows[0], strict=True))
-        for key in ("config", "snapshots", "metrics"):
-            record[key] = json.loads(record[key]) if record[key] is not None else None
-        return Run(**record)
-
-    def _finish(
-        self, run_id: str, status: RunStatus, *, metrics: Mapping[str, Any] | None, error: str | None
-    ) -> Run:
-        return self._revise(run_id, status, metrics=metrics, error=error, action="can end")
-
-    def _revise(
-        self,
-        run_id: str,
-        status: RunStatus,
-        *,
-        metrics: Mapping[str, Any] | None,
-        error: str | None,
-        action: str,
-    ) -> Run:
-        """Append the next revision of running ``run_id``: ``status``, ``metrics`` and ``error``."""
-        run = self.get_run(run_id)
-        if run.status != "running":
-            raise CatalogError(f"run {run_id!r} is already {run.status}; only a running run {action}")
-        self._append_run(
-            run_id=run_id,
-            experiment_id=run.experiment_id,
-            sim_index=run.sim_index,
-            status=status,
-            config=_json(run.config),
-            s3_prefix=run.s3_prefix,
-            snapshots=_json(run.snapshots),
-            metrics=_json(metrics),
-            error=error,
-            started_at=run.started_at,
-            finished_at=None if status == "running" else "now",
-            revision=self._next_revision(run_id),
-        )
-        return self.get_run(run_id)
-
-    def _next_revision(self, run_id: str) -> int:
-        rows = self._run(
-            f"SELECT coalesce(max(revision), -1) + 1 FROM {self.alias}.simulation_run_log WHERE run_id = ?",
-            [run_id],
-        )
-        return int(rows[0][0])
-
-    def _append_run(self, **row: Any) -> None:
-        started = "now()" if row["started_at"] is None else "?"
-        finished = "now()" if row["finished_at"] == "now" else "NULL"
-        params = [
-            row["run_id"],
-            row["experiment_id"],
-            row["sim_index"],
-            row["status"],
-            row["config"],
-            row["s3_prefix"],
-            row["snapshots"],
-            row["metrics"],
-            row["error"],
-        ]
-        if row["started_at"] is not None:
-            params.append(row["started_at"])
-        params.append(row["revision"])
-        sql = (
-            f"INSERT INTO {self.alias}.simulation_run_log VALUES "
-            f"(?, ?, ?, ?, ?, ?, ?, ?, ?, {started}, {finished}, ?, now())"
-        )
-        self._with_retries("record a run", lambda: self._run(sql, params))
 
 
 def _attach_error(location: CatalogLocation, exc: DuckstreamError) -> DuckstreamError:
@@ -511,12 +325,3 @@ def _credentials_message(location: CatalogLocation, text: str) -> str:
         f"PostgreSQL refused the credentials of catalog {location!r}: {reason}; check the user and "
         "password in the DSN (retrying cannot help)"
     )
-
-
-def _new_id() -> str:
-    # Random UUIDs need no coordination between machines registering runs at once.
-    return str(uuid.uuid4())
-
-
-def _json(value: Mapping[str, Any] | None) -> str | None:
-    return None if value is None else json.dumps(dict(value), default=str, sort_keys=True)

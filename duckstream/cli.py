@@ -212,6 +212,16 @@ def _run_ingest(args: argparse.Namespace, out: TextIO) -> None:
 _BENCH_LOADERS = ("pyarrow", "pyarrow-python", "duckstream", "duckstream-arrow")
 _BENCH_PATHS = ("plain", "expr", "filter", "lake", "s3", "s3-delay")
 _BENCH_LAKE_CATALOGS = ("duckdb", "postgres")
+# The loaders `--peers` compares (duckstream.benchmarks.peer_epoch.PeerName).
+_BENCH_PEERS = (
+    "duckstream",
+    "datasets-stream",
+    "datasets-stream-buffer",
+    "datasets-map",
+    "litdata",
+    "lance",
+    "mosaic",
+)
 
 
 def _add_bench_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -259,9 +269,8 @@ def _add_bench_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
     bench.add_argument(
         "--workers",
         type=_counts,
-        default=(0, 2),
         metavar="N[,N...]",
-        help="DataLoader worker counts for duckstream and duckstream-arrow (default 0,2)",
+        help="DataLoader worker counts for duckstream and duckstream-arrow (default 0,2; with --peers 0)",
     )
     bench.add_argument(
         "--lake-catalog",
@@ -302,7 +311,8 @@ def _add_bench_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
         type=int,
         help=(
             "epochs per configuration, through one loader with persistent workers: the first is "
-            "reported as cold, the fastest later one as warm (default 3, 1 with --quick)"
+            "reported as cold, the fastest later one as warm (default 3, 1 with --quick); with "
+            "--peers, the median of the later ones (default 4)"
         ),
     )
     bench.add_argument(
@@ -315,6 +325,25 @@ def _add_bench_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
         help="seconds allowed per configuration, after which it counts as failed (default 300)",
     )
     bench.add_argument("--json", type=Path, metavar="PATH", help="also write every figure to PATH as JSON")
+    bench.add_argument(
+        "--peers",
+        nargs="?",
+        const=_BENCH_PEERS,
+        type=_choice_list("peers", _BENCH_PEERS),
+        metavar="NAME[,NAME...]",
+        help=(
+            "instead of the read paths, compare duckstream with the loaders users would pick instead, "
+            "on the same data, batches and output (Python lists): "
+            + ", ".join(_BENCH_PEERS)
+            + "; all without a value. One not installed gets a line saying so"
+        ),
+    )
+    bench.add_argument(
+        "--mosaic-python",
+        type=Path,
+        metavar="PATH",
+        help="with --peers: an interpreter that has mosaicml-streaming (its pins conflict with datasets)",
+    )
     bench.add_argument(
         "--plot",
         type=Path,
@@ -433,8 +462,7 @@ def _write_report(path: Path, text: str) -> None:
 
 
 def _run_demo(args: argparse.Namespace, out: TextIO) -> None:
-    from duckstream.demo import run_walkthrough
-    from duckstream.walkthrough import WalkthroughSettings
+    from duckstream.demo import WalkthroughSettings, run_walkthrough
 
     settings = WalkthroughSettings(
         Path(args.dir),
@@ -449,6 +477,8 @@ def _run_demo(args: argparse.Namespace, out: TextIO) -> None:
 
 
 def _run_bench(args: argparse.Namespace, out: TextIO) -> int:
+    if args.peers is not None:
+        return _run_bench_peers(args, out)
     from duckstream.benchmarks.loader import BenchConfig, run_bench
     from duckstream.benchmarks.report import report, write_json
 
@@ -456,7 +486,7 @@ def _run_bench(args: argparse.Namespace, out: TextIO) -> int:
         presets=("captions", "images") if args.preset == "all" else (args.preset,),
         paths=args.path,
         loaders=args.loader,
-        workers=args.workers,
+        workers=args.workers or (0, 2),
         lake_catalogs=args.lake_catalog,
         s3_delay_ms=args.s3_delay_ms,
         rows=args.rows,
@@ -473,6 +503,34 @@ def _run_bench(args: argparse.Namespace, out: TextIO) -> int:
     report(measurements, out)
     if args.json is not None:
         write_json(args.json, config, measurements)
+    return 1 if any(m.error is not None for m in measurements) else 0
+
+
+def _run_bench_peers(args: argparse.Namespace, out: TextIO) -> int:
+    from duckstream.benchmarks.peer_report import report_peers, write_peer_json
+    from duckstream.benchmarks.peers import PeerConfig, run_peers
+    from duckstream.errors import ConfigurationError
+
+    if args.plot is not None:
+        raise ConfigurationError("--plot draws the read paths' epochs: leave it out with --peers")
+
+    config = PeerConfig(
+        presets=("captions", "images") if args.preset == "all" else (args.preset,),
+        peers=args.peers,
+        workers=args.workers or (0,),
+        rows=args.rows,
+        quick=args.quick,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        cache_dir=args.cache_dir,
+        timeout=args.timeout or None,
+        repeat=args.repeat if args.repeat is not None else (1 if args.quick else 4),
+        mosaic_python=args.mosaic_python,
+    )
+    measurements = run_peers(config, echo=lambda text: print(text, file=out, flush=True))
+    report_peers(measurements, out)
+    if args.json is not None:
+        write_peer_json(args.json, config, measurements)
     return 1 if any(m.error is not None for m in measurements) else 0
 
 

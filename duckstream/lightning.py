@@ -26,11 +26,11 @@ from duckstream.adapters.torch import DuckStreamDataset, DuckStreamLoader
 from duckstream.catalog import LakehouseCatalog
 from duckstream.core.lake import LakeTable
 from duckstream.errors import ConfigurationError
-from duckstream.loader_stats import EpochStats, LoaderMeter, count_rows
-from duckstream.metrics import column_statistics, loader_metrics, log_metrics
 from duckstream.redact import get_logger
+from duckstream.runs.loader_stats import EpochStats, LoaderMeter, count_rows
+from duckstream.runs.metrics import column_statistics, loader_metrics, log_metrics
+from duckstream.runs.tracking import RunTracker
 from duckstream.storage import S3Settings
-from duckstream.tracking import RunTracker
 
 __all__ = ["CatalogCallback", "DuckStreamDataModule", "LoaderMetricsCallback", "MeteredLoader", "Split"]
 
@@ -251,7 +251,7 @@ class CatalogCallback(L.Callback):
     run completed, or failed with the error. ``catalog`` is a :class:`LakehouseCatalog` or its
     DSN/path (opened here with ``catalog_options``, closed when fit ends; an existing catalog
     needs no ``data_path``, and one that disagrees with it stops the fit at start). A catalog
-    outage never stops training: see :class:`duckstream.tracking.RunTracker`.
+    outage never stops training: see :class:`duckstream.runs.tracking.RunTracker`.
     """
 
     def __init__(

@@ -9,11 +9,10 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from duckstream.core.cursor import EpochCursor
 from duckstream.core.options import ReadOptions
 from duckstream.core.partition import Even
-from duckstream.core.pipeline import read_slot
 from duckstream.core.planning import Source, prepare
-from duckstream.core.shuffle import default_shuffle_buffer
 from duckstream.core.world import World, ranks_from_env
 from duckstream.errors import ConfigurationError
 from duckstream.storage import S3Settings
@@ -73,7 +72,7 @@ def stream_batches(
     hold ``batch_size`` rows except the last (dropped with ``drop_last``). Planning and SQL
     checks happen at the call, reading as the iterator is consumed.
     """
-    ReadOptions(shuffle, seed, shuffle_buffer, even, threads, batch_size)  # validates
+    options = ReadOptions(shuffle, seed, shuffle_buffer, even, threads, batch_size, drop_last)
     if epoch < 0:
         raise ConfigurationError(f"epoch must be non-negative, found {epoch}")
     s3 = S3Settings.resolve(
@@ -88,19 +87,7 @@ def stream_batches(
     if world is None:
         rank, world_size = ranks_from_env()
         world = World(rank, world_size)
-    return read_slot(
-        plan,
-        world=world,
-        seed=seed,
-        epoch=epoch,
-        shuffle=shuffle,
-        even=even,
-        done=[],
-        shuffle_buffer=shuffle_buffer or default_shuffle_buffer(plan.row_bytes),
-        batch_size=batch_size,
-        drop_last=drop_last,
-        threads=threads,
-    )
+    return EpochCursor(plan, options).open(world, epoch=epoch).batches
 
 
 def as_iterable_dataset(
@@ -130,7 +117,7 @@ def as_iterable_dataset(
     require("datasets")
     from duckstream.adapters.hf import iterable_dataset
 
-    ReadOptions(shuffle, seed, shuffle_buffer)  # validates
+    options = ReadOptions(shuffle, seed, shuffle_buffer, even="split")
     s3 = S3Settings.resolve(
         s3_endpoint,
         s3_access_key,
@@ -140,4 +127,4 @@ def as_iterable_dataset(
         retry_seconds=s3_retry_seconds,
     )
     plan = prepare(source, sql, s3=s3, cache_dir=cache_dir)
-    return iterable_dataset(plan, shuffle=shuffle, seed=seed, shuffle_buffer=shuffle_buffer)
+    return iterable_dataset(plan, options)

@@ -198,22 +198,17 @@ def _append(catalog: LakehouseCatalog, table: str, key: str, files: list[str]) -
         scan = f"read_parquet({listed})"
         # Named apart from any column of the data (COCO rows have a `filename`).
         ordered = f"(SELECT *, file_index AS {_FILE} FROM read_parquet({listed}, file_row_number = true))"
-        catalog._with_retries(
-            "create the table",
-            lambda: catalog._run(f"CREATE TABLE IF NOT EXISTS {name} AS FROM {scan} LIMIT 0", on=con),
-        )
+        catalog.write("create the table", f"CREATE TABLE IF NOT EXISTS {name} AS FROM {scan} LIMIT 0", on=con)
         # Only one append reads the table and inserts at a time: two that overlapped would both
         # add the keys neither saw.
-        with catalog._exclusive_append(table):
-            catalog._with_retries(
+        with catalog.exclusive_append(table):
+            catalog.write(
                 "append the rows",
-                lambda: catalog._run(
-                    # BY NAME: a table that gained columns since (schema evolution) still takes the rows.
-                    # ORDER BY the rows' place in the files: the table keeps the dataset's order.
-                    f"INSERT INTO {name} BY NAME SELECT s.* EXCLUDE ({_FILE}, {_ROW}) FROM {ordered} s "
-                    f"ANTI JOIN {name} t ON t.{column} = s.{column} ORDER BY s.{_FILE}, s.{_ROW}",
-                    on=con,
-                ),
+                # BY NAME: a table that gained columns since (schema evolution) still takes the rows.
+                # ORDER BY the rows' place in the files: the table keeps the dataset's order.
+                f"INSERT INTO {name} BY NAME SELECT s.* EXCLUDE ({_FILE}, {_ROW}) FROM {ordered} s "
+                f"ANTI JOIN {name} t ON t.{column} = s.{column} ORDER BY s.{_FILE}, s.{_ROW}",
+                on=con,
             )
 
 

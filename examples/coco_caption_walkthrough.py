@@ -6,15 +6,15 @@ Run it from the repository root::
 
 It needs no server: the catalog is a local DuckLake file and the data local folders. Against a
 shared lakehouse, give PostgreSQL and S3 (keys from ``AWS_ACCESS_KEY_ID`` and
-``AWS_SECRET_ACCESS_KEY``); ``python -m duckstream.devservices`` starts local ones, creates the
+``AWS_SECRET_ACCESS_KEY``); ``python -m duckstream.services`` starts local ones, creates the
 bucket ``datasets`` and prints the environment to export::
 
     .venv/bin/python examples/coco_caption_walkthrough.py --catalog postgresql://user:pw@db:5432/lake \\
         --bucket datasets --s3-endpoint http://localhost:29000
 
-Each section is one function of the package (``duckstream.walkthrough_data``,
-``duckstream.walkthrough_streams``, ``duckstream.walkthrough_reports``,
-``duckstream.walkthrough_patterns``, ``duckstream.walkthrough_tiers``), run in this order:
+Each section is one function of the package (``duckstream.demo.data``,
+``duckstream.demo.streams``, ``duckstream.demo.reports``, ``duckstream.demo.patterns``,
+``duckstream.demo.tiers``), run in this order:
 
  1. ingest: a Hugging Face dataset saved with ``save_to_disk``, synced with ``sync_from_hf`` into
     Parquet files and appended to the DuckLake table ``captions`` (key ``imgid``); the ``test``
@@ -27,7 +27,7 @@ Each section is one function of the package (``duckstream.walkthrough_data``,
     Hugging Face ``IterableDataset`` (``as_iterable_dataset``); 10. shuffled vs plain order;
     11. reshuffling per epoch with ``stream_batches(shuffle=True)``
 12. one epoch's loader statistics (``LoaderMeter``: rows, batches, rows/s, waiting time) recorded on
-    the run and, with caption statistics and a histogram, logged to W&B offline (``duckstream.metrics``)
+    the run and, with caption statistics and a histogram, logged to W&B offline (``duckstream.runs.metrics``)
 13. ``duckstream.quality.profile`` of the pinned table, with a key and checks (one fails on purpose),
     and its HTML report; 14. the run completed with its metrics
 15-21. the seven lakehouse patterns: schema evolution, time travel, a join of runs with data,

@@ -15,8 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from duckstream.devservices import PostgresCluster, PostgresService, S3Service, SeaweedFS
 from duckstream.errors import ServiceError
+from duckstream.services import PostgresCluster, PostgresService, S3Service, SeaweedFS
 
 
 @pytest.fixture(scope="session")

@@ -4,11 +4,13 @@ run tracking, pinned tables as stream sources, and bad input."""
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -22,8 +24,8 @@ import pytest
 
 from duckstream.catalog import LakehouseCatalog
 from duckstream.core.world import World
-from duckstream.devservices import PostgresService, S3Service
 from duckstream.errors import CatalogError, ConfigurationError, DuckstreamError
+from duckstream.services import PostgresService, S3Service
 from duckstream.stream import DuckStreamDataset, DuckStreamLoader, stream_batches
 from tests.conftest import upload_dir
 from tests.plans import plan_nodes
@@ -484,7 +486,7 @@ def test_a_second_writer_on_a_file_catalog_gets_a_clear_error(tmp_path: Path) ->
 
 @pytest.mark.services
 def test_unreachable_and_wrong_password_postgres(postgres_server: PostgresService, tmp_path: Path) -> None:
-    from duckstream.devservices import free_port
+    from duckstream.services import free_port
 
     wrong = f"postgresql://ducklake:wrong-password-123@127.0.0.1:{postgres_server.port}/ducklake"
     with pytest.raises(CatalogError) as raised:
@@ -538,6 +540,48 @@ def test_two_processes_register_runs_concurrently_on_postgres(
         experiments = cat.con.execute("SELECT count(*) FROM experiments").fetchone()
     assert rows == [("completed", 6), ("running", 6)]
     assert experiments == (1,)
+
+
+@pytest.mark.services
+def test_commits_that_collide_are_retried(
+    postgres_server: PostgresService, pg_database: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Two catalogs record a run each in lockstep: PostgreSQL holds both commits at the insert of
+    # the next snapshot until both wait there, so both claim the same snapshot id and one loses.
+    # DuckLake's own retries are off, so the collision reaches the catalog, which must retry.
+    import psycopg
+
+    dsn, files = postgres_server.dsn(pg_database), tmp_path / "files"
+    with LakehouseCatalog(dsn, files) as setup:
+        experiment = setup.register_experiment("collide").experiment_id
+    with (
+        LakehouseCatalog(dsn, files) as first,
+        LakehouseCatalog(dsn, files) as second,
+        ThreadPoolExecutor(2) as pool,
+        psycopg.connect(dsn, autocommit=True) as watcher,
+    ):
+        for catalog in (first, second):
+            catalog.con.execute("SET ducklake_max_retry_count = 0")
+        with psycopg.connect(dsn) as holder:
+            holder.execute("LOCK TABLE ducklake_snapshot IN EXCLUSIVE MODE")
+            futures = [pool.submit(catalog.register_run, experiment) for catalog in (first, second)]
+            waiting = 0
+            for _ in range(1200):  # until both commits wait on the lock (at most a minute)
+                waiting = watcher.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND wait_event_type = 'Lock'",
+                    [pg_database],
+                ).fetchone()[0]  # type: ignore[index]
+                if waiting == 2 or any(f.done() for f in futures):
+                    break
+                time.sleep(0.05)
+            assert waiting == 2, "the two commits never met"
+            with caplog.at_level(logging.INFO, logger="duckstream"):
+                holder.commit()  # both go on: one commits, the other collides
+                runs = [future.result(timeout=120) for future in futures]
+        recorded = first.con.execute("SELECT run_id FROM simulation_runs ORDER BY run_id").fetchall()
+    assert sorted((run.run_id,) for run in runs) == recorded
+    retries = [r.getMessage() for r in caplog.records if "commit conflict" in r.getMessage()]
+    assert len(retries) == 1, retries
 
 
 @pytest.mark.services

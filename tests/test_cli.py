@@ -12,7 +12,7 @@ import pytest
 
 from duckstream.cli import main
 from duckstream.demo import caption_table
-from duckstream.devservices import S3Service
+from duckstream.services import S3Service
 from tests.conftest import upload_dir
 
 

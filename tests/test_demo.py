@@ -22,9 +22,10 @@ from duckstream.demo import (
     run_walkthrough,
     save_caption_dataset,
 )
+from duckstream.demo.frame import WalkthroughSettings
+from duckstream.demo.render import box_table
 from duckstream.errors import ConfigurationError
-from duckstream.walkthrough import WalkthroughSettings
-from duckstream.walkthrough_render import box_table
+from tests.dev_install import require
 
 
 @settings(max_examples=40, deadline=None)
@@ -65,7 +66,7 @@ def test_make_caption_dataset_splits_the_rows_into_files(tmp_path: Path) -> None
 
 
 def test_save_caption_dataset_groups_splits_like_the_hub(tmp_path: Path) -> None:
-    datasets = pytest.importorskip("datasets")
+    datasets = require("datasets")
     path = save_caption_dataset(tmp_path / "saved", images=120, seed=5, renames={"filename": "image_file"})
     saved = datasets.load_from_disk(str(path))
     assert sorted(saved) == ["test", "train", "validation"]
@@ -82,8 +83,8 @@ def test_save_caption_dataset_groups_splits_like_the_hub(tmp_path: Path) -> None
 
 
 def test_a_folder_made_with_other_parameters_is_refused(tmp_path: Path) -> None:
-    pytest.importorskip("wandb")
-    pytest.importorskip("torch")
+    require("wandb")
+    require("torch")
     (tmp_path / "walkthrough.json").write_text('{"images": 40, "seed": 0}')
     with pytest.raises(ConfigurationError, match="made with") as raised:
         run_walkthrough(WalkthroughSettings(tmp_path, images=60), echo=lambda _: None)

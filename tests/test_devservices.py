@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from duckstream.devservices import PostgresCluster, PostgresService, S3Service, SeaweedFS, free_port
 from duckstream.errors import ServiceError
+from duckstream.services import PostgresCluster, PostgresService, S3Service, SeaweedFS, free_port
 
 pytestmark = pytest.mark.services
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,9 +75,9 @@ def test_kept_s3_directory_survives_a_restart(tmp_path: Path) -> None:
         assert s3.boto3_client().get_object(Bucket="kept", Key="k")["Body"].read() == b"value"
 
 
-def test_devservices_help_shows_the_defaults() -> None:
+def test_services_help_shows_the_defaults() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "duckstream.devservices", "--help"],
+        [sys.executable, "-m", "duckstream.services", "--help"],
         capture_output=True,
         text=True,
         env={**os.environ, "COLUMNS": "200"},
@@ -113,7 +113,7 @@ def test_the_readme_services_path_runs_the_walkthrough_on_postgres_and_s3(open_t
     # The README's command, run with this interpreter, in a folder and on ports of its own (the
     # default ports may be taken on a machine that runs the tests).
     started = shlex.split(start.rsplit(" && ", 1)[-1])
-    assert started[:3] == [".venv/bin/python", "-m", "duckstream.devservices"]
+    assert started[:3] == [".venv/bin/python", "-m", "duckstream.services"]
     s3_port, pg_port = free_port(below=55536), free_port()
     own = ["--dir", str(open_tmp_dir / "svc"), "--s3-port", str(s3_port), "--pg-port", str(pg_port)]
     process = subprocess.Popen(
@@ -136,7 +136,7 @@ def test_the_readme_services_path_runs_the_walkthrough_on_postgres_and_s3(open_t
         text = "".join(lines)
         assert "Ctrl-C" in text, text + (process.stderr.read() if process.stderr else "")
         printed = [line.strip() for line in lines if line.strip().startswith("export ")]
-        # What the README shows is what devservices prints on its default ports, real values.
+        # What the README shows is what duckstream.services prints on its default ports, real values.
         on_default_ports = [
             line.replace(f"127.0.0.1:{s3_port}", "127.0.0.1:29000").replace(
                 f"127.0.0.1:{pg_port}", "127.0.0.1:55432"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from duckstream.devservices import PostgresService, S3Service
 from duckstream.engine import sql_literal
 from duckstream.query import LakehouseQuery
+from duckstream.services import PostgresService, S3Service
 
 pytestmark = pytest.mark.services
 

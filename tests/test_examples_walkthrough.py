@@ -21,18 +21,18 @@ import pytest
 
 from duckstream.catalog import LakehouseCatalog
 from duckstream.demo import caption_table, run_walkthrough
-from duckstream.devservices import PostgresService, S3Service, free_port
+from duckstream.demo.data import STOP_WORDS
+from duckstream.demo.frame import Section, WalkthroughSettings
+from duckstream.demo.patterns import EVOLVED_COLUMN, EVOLVED_TABLE, PATTERNS
+from duckstream.demo.reports import BATCH_SIZE, QUALITY_CHECKS
+from duckstream.demo.tiers import TIERS
 from duckstream.errors import ConfigurationError, DuckstreamError
-from duckstream.walkthrough import Section, WalkthroughSettings
-from duckstream.walkthrough_data import STOP_WORDS
-from duckstream.walkthrough_patterns import EVOLVED_COLUMN, EVOLVED_TABLE, PATTERNS
-from duckstream.walkthrough_reports import BATCH_SIZE, QUALITY_CHECKS
-from duckstream.walkthrough_tiers import TIERS
+from duckstream.services import PostgresService, S3Service, free_port
+from tests.dev_install import require
 from tests.wandb_records import history, offline_run_files
 
-pytest.importorskip("torch")
-pytest.importorskip("datasets")
-pytest.importorskip("wandb")
+for package in ("torch", "datasets", "wandb"):  # what the walkthrough runs on
+    require(package)
 
 IMAGES = 300
 
@@ -469,6 +469,7 @@ def test_ingest_is_idempotent(embedded: Walk, truth: list[dict[str, Any]]) -> No
 
 def test_analytics_per_split(embedded: Walk, truth: list[dict[str, Any]]) -> None:
     per_split = embedded.facts("Analytics")["per_split"]
+    assert sorted(per_split) == sorted({r["split"] for r in truth})  # every split the lake holds
     for split, stats in per_split.items():
         rows = [r for r in truth if r["split"] == split]
         texts = captions(rows)

@@ -40,6 +40,8 @@ import pytest
 from hypothesis import HealthCheck, Phase, Verbosity, given, settings
 from hypothesis import strategies as st
 
+from tests.dev_install import require
+
 pytestmark = pytest.mark.slow
 
 DRIVER = Path(__file__).with_name("fuzz_driver.py")
@@ -168,7 +170,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def states(workdir: Path) -> dict[str, Any]:
     """Real states of every kind, saved mid-epoch by the driver (see save_states there)."""
-    pytest.importorskip("torchdata.stateful_dataloader")
+    require("torchdata.stateful_dataloader")
     stderr_path = workdir / "states.stderr"
     code = _driver(workdir, ["states"], stderr_path)
     assert code == 0, (

@@ -11,15 +11,14 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import datasets
 import pytest
 
 from duckstream.catalog import LakehouseCatalog
 from duckstream.core.lake import LakeTable
-from duckstream.devservices import PostgresService, S3Service
+from duckstream.services import PostgresService, S3Service
 from duckstream.stream import stream_batches
 from duckstream.sync import sync_from_hf
-
-datasets = pytest.importorskip("datasets")
 
 READERS = 8
 EPOCHS = 3

@@ -16,8 +16,8 @@ import pytest
 from duckstream.catalog import LakehouseCatalog
 from duckstream.core.planning import prepare
 from duckstream.core.world import World
-from duckstream.devservices import PostgresService, S3Service
 from duckstream.errors import CatalogError
+from duckstream.services import PostgresService, S3Service
 from duckstream.stream import DuckStreamDataset, DuckStreamLoader, stream_batches
 from tests.conftest import upload_dir
 

@@ -16,8 +16,8 @@ from lightning.pytorch.loggers import WandbLogger
 
 from duckstream.errors import ConfigurationError
 from duckstream.lightning import DuckStreamDataModule, LoaderMetricsCallback
-from duckstream.loader_stats import EpochStats, LoaderMeter
-from duckstream.metrics import column_statistics, loader_metrics, log_metrics
+from duckstream.runs.loader_stats import EpochStats, LoaderMeter
+from duckstream.runs.metrics import column_statistics, loader_metrics, log_metrics
 from duckstream.stream import DuckStreamDataset, DuckStreamLoader
 from tests.test_lightning import IdRecorder, trainer
 from tests.wandb_records import history, offline_run_files

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from duckstream.devservices import S3Service
 from duckstream.errors import S3AccessError
 from duckstream.query import LakehouseQuery
+from duckstream.services import S3Service
 from tests.conftest import upload_dir
 from tests.plans import scan_filters
 

@@ -40,7 +40,7 @@ def test_try_it_starts_the_servers_before_the_walkthrough_that_needs_them() -> N
     readme = (ROOT / "README.md").read_text()
     try_it = readme.split("## Try it", 1)[1].split("\n## ", 1)[0]
     blocks = _bash_blocks(try_it)
-    starts = [i for i, block in enumerate(blocks) if "-m duckstream.devservices" in block]
+    starts = [i for i, block in enumerate(blocks) if "-m duckstream.services" in block]
     on_s3 = [i for i, block in enumerate(blocks) if "duckstream demo --bucket" in block]
     assert len(starts) == len(on_s3) == 1
     assert starts[0] < on_s3[0]

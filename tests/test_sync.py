@@ -14,15 +14,14 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import datasets
 import pyarrow.parquet as pq
 import pytest
 
-from duckstream.devservices import S3Service
 from duckstream.errors import ConfigurationError, SyncError
+from duckstream.services import S3Service
 from duckstream.stream import stream_batches
 from duckstream.sync import SyncResult, sync_from_hf
-
-datasets = pytest.importorskip("datasets")
 
 
 def karpathy(rows: int, offset: int = 0) -> Any:

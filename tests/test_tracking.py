@@ -16,11 +16,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from duckstream.catalog import LakehouseCatalog
-from duckstream.devservices import PostgresCluster, PostgresService
 from duckstream.errors import CatalogError, ConfigurationError
 from duckstream.lightning import CatalogCallback, DuckStreamDataModule
+from duckstream.runs.tracking import RunTracker
+from duckstream.services import PostgresCluster, PostgresService
 from duckstream.stream import DuckStreamDataset, DuckStreamLoader
-from duckstream.tracking import RunTracker
 from tests.conftest import numbers_table
 from tests.test_lightning import IdRecorder, Interrupted, trainer
 
@@ -140,7 +140,7 @@ def test_a_data_path_the_catalog_does_not_store_stops_the_run_before_training(
             )
     assert model.seen == {}  # stopped at fit start
     assert callback.run_id is None
-    assert not [r.getMessage() for r in caplog.records if r.name == "duckstream.tracking"]
+    assert not [r.getMessage() for r in caplog.records if r.name == "duckstream.runs.tracking"]
     with LakehouseCatalog(path) as catalog:  # nothing was left open, nothing was recorded
         assert catalog.con.execute("SELECT count(*) FROM simulation_runs").fetchone() == (0,)
 
@@ -229,7 +229,7 @@ def test_a_wrong_catalog_password_is_said_at_once_not_waited_out(
     # reconcile_timeout is 30 s: an outage would be waited out for that long at the end
     assert time.monotonic() - began < 15
     assert (tracker.run_id, tracker.pending) == (None, 0)
-    shown = [r.getMessage() for r in caplog.records if r.name == "duckstream.tracking"]
+    shown = [r.getMessage() for r in caplog.records if r.name == "duckstream.runs.tracking"]
     assert shown
     assert "CatalogError" in shown[0]
     assert "password authentication failed" in shown[0]
@@ -286,7 +286,7 @@ def test_a_catalog_outage_during_training_leaves_training_done_and_the_run_recon
         trainer(tmp_path, max_epochs=4, callbacks=[callback, outage]).fit(model, datamodule=data)
     assert sorted(model.seen) == [0, 1, 2, 3]  # training went on
     assert all(sorted(ids) == list(range(300)) for ids in model.seen.values())
-    warnings = [r.getMessage() for r in caplog.records if r.name == "duckstream.tracking"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "duckstream.runs.tracking"]
     assert any("catalog unreachable" in w and "record epoch 1" in w for w in warnings)
     assert any("reachable again" in w for w in warnings)
     assert not any(service.password in w for w in warnings)

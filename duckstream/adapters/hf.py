@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from copy import copy
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -17,10 +18,9 @@ import pyarrow as pa
 from datasets import Features, IterableDataset
 from datasets.iterable_dataset import _BaseExamplesIterable
 
-from duckstream.core.pipeline import read_slot
+from duckstream.core.cursor import EpochCursor
+from duckstream.core.options import ReadOptions
 from duckstream.core.planning import StreamPlan
-from duckstream.core.shuffle import default_shuffle_buffer
-from duckstream.core.state import read_count
 from duckstream.core.world import World
 from duckstream.errors import StateError
 
@@ -29,7 +29,6 @@ __all__ = ["DuckExamplesIterable", "iterable_dataset"]
 # What datasets is told the shard count is: divisible by every world size and worker count up
 # to 16, so it always splits by shards; any (num_shards, index) is served exactly anyway.
 ADVERTISED_SHARDS = 720_720
-_READ_ROWS = 1_024
 
 
 class DuckExamplesIterable(_BaseExamplesIterable):  # type: ignore[misc]
@@ -37,24 +36,23 @@ class DuckExamplesIterable(_BaseExamplesIterable):  # type: ignore[misc]
 
     ``splits`` are the (num_shards, index) requests applied so far (node, then worker); their
     product is one slot of duckstream's partition. ``key`` seeds the order (None: storage
-    order). The state is the number of rows yielded, so a resume skips exactly those.
+    order). The state counts the rows yielded (see :meth:`EpochCursor.rows_state`), so a
+    resume skips exactly those.
     """
 
     def __init__(
         self,
         plan: StreamPlan,
+        options: ReadOptions,
         *,
-        seed: int,
         key: int | None,
-        shuffle_buffer: int,
         splits: tuple[tuple[int, int], ...] = (),
     ) -> None:
         super().__init__()
         self._sleep_on_threads_shutdown = False  # no background threads to wait for
         self.plan = plan
-        self.seed = seed
+        self.options = options
         self.key = key
-        self.shuffle_buffer = shuffle_buffer
         self.splits = splits
 
     @property
@@ -63,6 +61,11 @@ class DuckExamplesIterable(_BaseExamplesIterable):  # type: ignore[misc]
         for count, part in self.splits:
             total, index = total * count, index * count + part
         return World(index, total)
+
+    @property
+    def cursor(self) -> EpochCursor:
+        """A cursor over the plan, shuffled when a key is set."""
+        return EpochCursor(self.plan, replace(self.options, shuffle=self.key is not None))
 
     @property
     def num_shards(self) -> int:
@@ -76,25 +79,12 @@ class DuckExamplesIterable(_BaseExamplesIterable):  # type: ignore[misc]
     def is_typed(self) -> bool:
         return True
 
-    def _batches(self) -> Iterator[pa.RecordBatch]:
-        return read_slot(
-            self.plan,
-            world=self.world,
-            seed=self.seed,
-            epoch=self.key or 0,
-            shuffle=self.key is not None,
-            even="split",
-            done=[],
-            shuffle_buffer=self.shuffle_buffer,
-            batch_size=_READ_ROWS,
-            drop_last=False,
-        )
-
     def _skipped(self) -> Iterator[tuple[int, pa.RecordBatch]]:
         """Batches after the rows the state says were yielded, with the index of their first row."""
-        done = self._rows_done()
+        cursor = self.cursor
+        done = self._rows_done(cursor)
         position = 0
-        for batch in self._batches():
+        for batch in cursor.open(self.world, epoch=self.key or 0).batches:
             if position + batch.num_rows > done:
                 offset = max(0, done - position)
                 yield position + offset, batch.slice(offset)
@@ -105,7 +95,7 @@ class DuckExamplesIterable(_BaseExamplesIterable):  # type: ignore[misc]
                 f"{position}: the state was saved for other data or another split"
             )
 
-    def _rows_done(self) -> int:
+    def _rows_done(self, cursor: EpochCursor) -> int:
         # datasets merges a loaded state into the one _init_state_dict made, value by value,
         # so only the values can be wrong here, not the keys.
         if not self._state_dict:
@@ -115,7 +105,7 @@ class DuckExamplesIterable(_BaseExamplesIterable):  # type: ignore[misc]
             raise StateError(
                 f"expected the state's examples iterable to be {type(self).__name__!r}, found {kind!r}"
             )
-        return read_count(self._state_dict.get("rows"), "the state's 'rows'")
+        return cursor.read_rows_state(self._state_dict)
 
     def __iter__(self) -> Iterator[tuple[str, dict[str, Any]]]:
         slot = self.world.rank
@@ -153,20 +143,17 @@ class DuckExamplesIterable(_BaseExamplesIterable):  # type: ignore[misc]
         return self
 
     def _init_state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"rows": 0, "type": type(self).__name__}
+        state: dict[str, Any] = {**self.cursor.rows_state(0), "type": type(self).__name__}
         self._state_dict = state
         return state
 
 
-def iterable_dataset(
-    plan: StreamPlan, *, shuffle: bool, seed: int, shuffle_buffer: int | None
-) -> IterableDataset:
+def iterable_dataset(plan: StreamPlan, options: ReadOptions) -> IterableDataset:
     """A ``datasets.IterableDataset`` over ``plan``, with features from its Arrow schema."""
     examples = DuckExamplesIterable(
         plan,
-        seed=seed,
-        key=int(np.random.default_rng([seed]).integers(0, 2**62)) if shuffle else None,
-        shuffle_buffer=shuffle_buffer or default_shuffle_buffer(plan.row_bytes),
+        replace(options.sized(plan.row_bytes), even="split", batch_size=None),
+        key=int(np.random.default_rng([options.seed]).integers(0, 2**62)) if options.shuffle else None,
     )
     from datasets import DatasetInfo
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import replace
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -14,23 +14,18 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torch.utils.data._utils.pin_memory import pin_memory
 
 from duckstream.adapters.collate import OUTPUTS, Output, collate_batch, collate_rows
-from duckstream.adapters.torchdata import is_stateful_loader_state, merge_stateful_loader_state
 from duckstream.adapters.transport import Ring, pack, ring_capacity, ring_fits, unpack, unpack_item
-from duckstream.core.options import ReadOptions
+from duckstream.core.cursor import EpochCursor, SlotRead, SlotResume
+from duckstream.core.options import ROW_MODE_READ_ROWS, ReadOptions
 from duckstream.core.partition import Even, rank_rows, worker_rows
-from duckstream.core.pipeline import SlotStart, locate_slot, read_slot, read_streams, rebatch
+from duckstream.core.pipeline import rebatch
 from duckstream.core.planning import Source, StreamPlan, prepare
-from duckstream.core.resume import Stage, fold, worker_items
-from duckstream.core.shuffle import default_shuffle_buffer
-from duckstream.core.state import is_slot_state, make_state, read_slot_state, read_state, slot_state
+from duckstream.core.resume import fold, worker_items
 from duckstream.core.world import World, ranks_from_env
 from duckstream.errors import ConfigurationError, StateError
 from duckstream.storage import S3Settings
 
-__all__ = ["DuckStreamDataset", "DuckStreamLoader", "detect_ranks"]
-
-# Rows per batch read from storage when items are rows (batch_size=None).
-_ROW_MODE_READ = 1_024
+__all__ = ["DuckStreamDataset", "DuckStreamLoader", "Transport", "detect_ranks"]
 
 
 def detect_ranks() -> tuple[int, int]:
@@ -38,6 +33,17 @@ def detect_ranks() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return ranks_from_env()
+
+
+@dataclass
+class Transport:
+    """How the items of a pass travel, as the loader set it up: reading slots per rank,
+    items per transfer, and whether workers send Arrow batches (through ``ring``)."""
+
+    num_workers: int = 1
+    chunk: int = 1
+    ship_arrow: bool = False
+    ring: Ring | None = None
 
 
 class DuckStreamDataset(IterableDataset[Any]):
@@ -71,7 +77,7 @@ class DuckStreamDataset(IterableDataset[Any]):
         threads: int | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
     ) -> None:
-        ReadOptions(shuffle, seed, shuffle_buffer, even, threads, batch_size)  # validates
+        options = ReadOptions(shuffle, seed, shuffle_buffer, even, threads, batch_size, drop_last)
         if output not in OUTPUTS:
             raise ConfigurationError(f"output must be one of {list(OUTPUTS)}, found {output!r}")
         s3 = S3Settings.resolve(
@@ -83,37 +89,57 @@ class DuckStreamDataset(IterableDataset[Any]):
             retry_seconds=s3_retry_seconds,
         )
         self.plan: StreamPlan = prepare(source, sql, s3=s3, cache_dir=cache_dir)
-        self._plan_summary = self.plan.summary()
-        self.batch_size = batch_size
-        self.drop_last = drop_last
-        self.shuffle = shuffle
-        self.seed = seed
-        # Rows per shuffle window; by default 8,192, fewer for wide rows (64 MiB per window).
-        self.shuffle_buffer: int = shuffle_buffer or default_shuffle_buffer(self.plan.row_bytes)
-        self.even: Even = even
+        self.cursor = EpochCursor(self.plan, options)
         self.output: Output = output
         self.transform = transform
-        self.threads = threads
-        self._ranks = detect_ranks()
-        self._num_workers = 1  # reading slots per rank; DuckStreamLoader sets its worker count
-        self._chunk = 1  # batches per DataLoader transfer; DuckStreamLoader sets it for its workers
-        self._epoch = 0
+        # Where the rank and world size come from (the loader asks again when a pass starts).
+        self.detect_ranks: Callable[[], tuple[int, int]] = detect_ranks
+        self.ranks = World(*self.detect_ranks())  # this rank of the world (workers apart)
+        self.transport = Transport()  # DuckStreamLoader sets it up for each pass
         # Persistent DataLoader workers keep the copy of the dataset they started with: the
         # epoch, and whether resumed stages still apply, reach them through shared memory.
         self._shared = torch.zeros(2, dtype=torch.int64)
         self._shared.share_memory_()  # type: ignore[no-untyped-call]
-        self._done: list[Stage] = []  # stretches of this epoch read before a resume
-        self._consumed = 0  # items handed out by in-process iteration in the current stretch
-        self._finished = False
-        # Set by DuckStreamLoader: workers send Arrow batches and the loader collates them,
-        # since pickling Python strings between processes costs more than reading them.
-        self._ship_arrow = False
-        self._ring: Ring | None = None  # where workers put those batches, made by the loader
-        # Inside a DataLoader worker: the slot it reads and the items it yielded in the current
-        # stage, which torchdata's StatefulDataLoader asks each worker for.
-        self._slot: tuple[int, Stage, SlotStart] | None = None
-        self._slot_yielded = 0
-        self._slot_resume: tuple[int, list[Stage], Stage, int] | None = None
+        # Inside a DataLoader worker: the read it makes and the items it yielded, which
+        # torchdata's StatefulDataLoader asks each worker for; a worker state loaded for it.
+        self._read: SlotRead | None = None
+        self._read_yielded = 0
+        self._resume: SlotResume | None = None
+
+    # -- settings --------------------------------------------------------------------------
+
+    @property
+    def options(self) -> ReadOptions:
+        return self.cursor.options
+
+    @property
+    def batch_size(self) -> int | None:
+        return self.options.batch_size
+
+    @property
+    def drop_last(self) -> bool:
+        return self.options.drop_last
+
+    @property
+    def shuffle(self) -> bool:
+        return self.options.shuffle
+
+    @property
+    def seed(self) -> int:
+        return self.options.seed
+
+    @property
+    def shuffle_buffer(self) -> int:
+        """Rows per shuffle window; by default 64 MiB of rows, at most 32,768."""
+        return self.options.buffer
+
+    @property
+    def even(self) -> Even:
+        return self.options.even
+
+    @property
+    def threads(self) -> int | None:
+        return self.options.threads
 
     # -- sizes -----------------------------------------------------------------------------
 
@@ -124,43 +150,24 @@ class DuckStreamDataset(IterableDataset[Any]):
 
     def __len__(self) -> int:
         """Items this rank yields in one epoch under the loader that iterates the dataset."""
-        rank_total = rank_rows(self.num_rows, self._ranks[1], self.even, self._ranks[0])
-        size, drop = self._item_rows()
-        return sum(worker_items(rows, size, drop) for rows in worker_rows(rank_total, self._num_workers))
-
-    def _item_rows(self) -> tuple[int, bool]:
-        return (1, False) if self.batch_size is None else (self.batch_size, self.drop_last)
+        rank_total = rank_rows(self.num_rows, self.ranks.world_size, self.even, self.ranks.rank)
+        per_worker = worker_rows(rank_total, self.transport.num_workers)
+        return sum(worker_items(rows, self.options.item_rows, self.options.drops_last) for rows in per_worker)
 
     # -- epochs and state ------------------------------------------------------------------
 
     def set_epoch(self, epoch: int) -> None:
         """Read ``epoch`` next; a resumed epoch keeps its progress when set again."""
-        if epoch < 0:
-            raise ConfigurationError(f"epoch must be non-negative, found {epoch}")
-        if epoch != self._epoch or self._finished:
-            self._epoch, self._done, self._consumed, self._finished = epoch, [], 0, False
+        self.cursor.set_epoch(epoch)
         self._publish()
 
     def _publish(self) -> None:
-        self._shared[0] = self._epoch
-        self._shared[1] = 1 if self._done else 0
+        self._shared[0] = self.cursor.epoch
+        self._shared[1] = 1 if self.cursor.done else 0
 
     @property
     def epoch(self) -> int:
-        return self._epoch
-
-    def _stage(self, consumed: int) -> Stage:
-        size, drop = self._item_rows()
-        return Stage(
-            self._ranks[1],
-            self._num_workers,
-            size,
-            drop,
-            self.shuffle_buffer,
-            consumed,
-            self._chunk,
-            read_streams(self.plan),
-        )
+        return self.cursor.epoch
 
     def state_dict(self) -> dict[str, Any]:
         """Progress of in-process iteration; with workers, ask the loader instead.
@@ -169,31 +176,15 @@ class DuckStreamDataset(IterableDataset[Any]):
         worker's own progress; the StatefulDataLoader's state holds every worker's, and loads
         into this dataset or a DuckStreamLoader as a whole.
         """
-        if get_worker_info() is not None and self._slot is not None:
-            epoch, stage, start = self._slot
-            items = start.items + self._slot_yielded
-            return slot_state(
-                self._state_of(epoch, list(start.prior)),
-                worker=start.world.worker,
-                stage=replace(stage, consumed=items),
-            )
-        return self._state(self._consumed)
-
-    def _state(self, consumed: int) -> dict[str, Any]:
-        if self._finished:
-            return self._state_of(self._epoch + 1, [])
-        return self._state_of(self._epoch, fold(self._done, self._stage(consumed)))
-
-    def _state_of(self, epoch: int, stages: list[Stage]) -> dict[str, Any]:
-        return make_state(
-            fingerprint=self.plan.fingerprint,
-            seed=self.seed,
-            shuffle=self.shuffle,
-            even=self.even,
-            epoch=epoch,
-            stages=stages,
-            plan=self._plan_summary,
+        if get_worker_info() is not None and self._read is not None:
+            return self.cursor.slot_state_dict(self._read, self._read_yielded)
+        current = self.cursor.stage(
+            world_size=self.ranks.world_size,
+            num_workers=self.transport.num_workers,
+            chunk=self.transport.chunk,
+            consumed=self.cursor.consumed,
         )
+        return self.cursor.state_dict(current)
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Continue where ``state`` left off, under this process's world size and workers.
@@ -201,111 +192,58 @@ class DuckStreamDataset(IterableDataset[Any]):
         ``state`` is a dataset or DuckStreamLoader state, or the state of a torchdata
         StatefulDataLoader over this dataset.
         """
-        if is_stateful_loader_state(state):
-            state = merge_stateful_loader_state(state)
-        elif is_slot_state(state):
+        resume = self.cursor.load_state_dict(state)
+        if resume is not None:
             if get_worker_info() is None:
                 raise StateError(
                     "this is one DataLoader worker's state; load the state of the whole loader "
                     "(StatefulDataLoader.state_dict()) instead"
                 )
-            self._load_slot_state(state)
+            # In a worker torchdata restores: continue this very worker's role, and only for
+            # the next pass; the shared epoch belongs to the main process.
+            self._resume = resume
             return
-        epoch, stages = self._read_state(state)
-        self._epoch, self._done, self._consumed, self._finished = epoch, stages, 0, False
         self._publish()
-
-    def _read_state(self, state: Mapping[str, Any]) -> tuple[int, list[Stage]]:
-        return read_state(
-            state,
-            fingerprint=self.plan.fingerprint,
-            seed=self.seed,
-            shuffle=self.shuffle,
-            even=self.even,
-            plan=self._plan_summary,
-        )
-
-    def _load_slot_state(self, state: Mapping[str, Any]) -> None:
-        # In a worker torchdata restores: continue this very worker's role, and only for the
-        # next pass; the shared epoch belongs to the main process.
-        prior_state, worker, stage = read_slot_state(state)
-        epoch, prior = self._read_state(prior_state)
-        self._slot_resume = (epoch, prior, stage, worker)
 
     # -- iteration -------------------------------------------------------------------------
 
     def __iter__(self) -> Iterator[Any]:
         info = get_worker_info()
-        rank, world_size = self._ranks
         world = World(
-            rank,
-            world_size,
+            self.ranks.rank,
+            self.ranks.world_size,
             info.id if info is not None else 0,
             info.num_workers if info is not None else 1,
         )
-        epoch = self._epoch
-        done = list(self._done)
-        slot_items: tuple[int, int] | None = None
         if info is not None:
-            epoch = int(self._shared[0])
-            done = done if int(self._shared[1]) else []
-            if self._slot_resume is not None:
-                epoch, prior, stage, role = self._slot_resume
-                self._slot_resume = None
-                done, slot_items = [*prior, stage], (role, stage.consumed)
+            resume, self._resume = self._resume, None
+            read = self.cursor.open(
+                world,
+                epoch=int(self._shared[0]),
+                done=self.cursor.done if int(self._shared[1]) else [],
+                chunk=self.transport.chunk,
+                resume=resume,
+            )
         else:
-            self._num_workers, self._chunk = 1, 1
-            # In-process: a new pass after a finished one starts the epoch over.
-            if self._finished:
-                self._done, self._consumed, self._finished = [], 0, False
-            elif self._consumed:
-                self._done = done = fold(done, self._stage(self._consumed))
-                self._consumed = 0
-        item_rows, drop = self._item_rows()
-        current = replace(self._stage(0), world_size=world.world_size, num_workers=world.num_workers)
-        start = locate_slot(
-            self.plan.num_rows,
-            world=world,
-            seed=self.seed,
-            epoch=epoch,
-            shuffle=self.shuffle,
-            even=self.even,
-            done=done,
-            current=current,
-            slot_items=slot_items,
-            layout=self.plan.layout,
-        )
-        self._slot = (epoch, current, start)
-        self._slot_yielded = 0
-        batches = read_slot(
-            self.plan,
-            world=world,
-            seed=self.seed,
-            epoch=epoch,
-            shuffle=self.shuffle,
-            even=self.even,
-            done=done,
-            shuffle_buffer=self.shuffle_buffer,
-            batch_size=self.batch_size or _ROW_MODE_READ,
-            drop_last=drop,
-            item_rows=item_rows,
-            threads=self.threads,
-            start=start,
-        )
-        if info is not None and self._ship_arrow and self.batch_size is None:
-            return self._row_transfers(batches, start.items, info.id)
-        items = self._items(batches)
+            self.transport = Transport()
+            self.cursor.begin_pass(world.world_size)
+            read = self.cursor.open(world)
+        self._read, self._read_yielded = read, 0
+        transport = self.transport
+        if info is not None and transport.ship_arrow and self.batch_size is None:
+            return self._row_transfers(read.batches, read.start.items, info.id)
+        items = self._items(read.batches)
         if info is not None:
             counted = self._worker_counted(items)
-            return self._chunked(counted, start.items) if self._chunk > 1 else counted
+            return self._chunked(counted, read.start.items) if transport.chunk > 1 else counted
         return self._counted(items)
 
     def _items(self, batches: Iterator[Any]) -> Iterator[Any]:
         transform = self.transform
-        if self._ship_arrow and self.batch_size is not None:
+        if self.transport.ship_arrow and self.batch_size is not None:
             info = get_worker_info()
             worker = info.id if info is not None else 0
-            yield from (pack(batch, self._ring, worker) for batch in batches)
+            yield from (pack(batch, self.transport.ring, worker) for batch in batches)
             return
         for batch in batches:
             if self.batch_size is None:
@@ -320,40 +258,42 @@ class DuckStreamDataset(IterableDataset[Any]):
     ) -> Iterator[Any]:
         # Rows travel as Arrow batches of `chunk` rows, made into rows by the loader. As with
         # batches, the first transfer of a resumed worker finishes the one the loop was inside.
-        first = self._chunk - items_before % self._chunk
-        for transfer in rebatch(batches, self._chunk, drop_last=False, first=first):
-            self._slot_yielded += transfer.num_rows
-            yield pack(transfer, self._ring, worker)
+        chunk = self.transport.chunk
+        first = chunk - items_before % chunk
+        for transfer in rebatch(batches, chunk, drop_last=False, first=first):
+            self._read_yielded += transfer.num_rows
+            yield pack(transfer, self.transport.ring, worker)
 
     def _chunked(self, items: Iterator[Any], items_before: int) -> Iterator[list[Any]]:
         # Transfers hold `chunk` items counted from the start of the slot's stage, so a resumed
         # worker first finishes the transfer the training loop was inside.
-        size = self._chunk - items_before % self._chunk
+        chunk = self.transport.chunk
+        size = chunk - items_before % chunk
         held: list[Any] = []
         for item in items:
             held.append(item)
             if len(held) == size:
                 yield held
-                held, size = [], self._chunk
+                held, size = [], chunk
         if held:
             yield held
 
     def _worker_counted(self, items: Iterator[Any]) -> Iterator[Any]:
         for item in items:
-            self._slot_yielded += 1
+            self._read_yielded += 1
             yield item
 
     def _counted(self, items: Iterator[Any]) -> Iterator[Any]:
         for item in items:
-            self._consumed += 1
+            self.cursor.advance()
             yield item
-        self._finished = True
+        self.cursor.finish()
 
     def __repr__(self) -> str:
         return (
             f"DuckStreamDataset(files={len(self.plan.files)}, rows={self.num_rows}, "
             f"batch_size={self.batch_size}, shuffle={self.shuffle}, seed={self.seed}, "
-            f"epoch={self._epoch}, output={self.output!r})"
+            f"epoch={self.epoch}, output={self.output!r})"
         )
 
 
@@ -370,7 +310,7 @@ _TRANSFERS_PER_WORKER = 64
 
 def _batches_per_transfer(dataset: DuckStreamDataset) -> int:
     if dataset.batch_size is None:  # rows: about 1 MiB of them, at most a read batch
-        return max(1, min(_ROW_MODE_READ, _TRANSFER_BYTES // max(1, dataset.plan.row_bytes)))
+        return max(1, min(ROW_MODE_READ_ROWS, _TRANSFER_BYTES // max(1, dataset.plan.row_bytes)))
     batch_bytes = max(1, dataset.plan.row_bytes * dataset.batch_size)
     return max(1, min(_MAX_BATCHES_PER_TRANSFER, _TRANSFER_BYTES // batch_bytes))
 
@@ -419,12 +359,13 @@ class DuckStreamLoader(DataLoader[Any]):
         if batches_per_transfer is not None and batches_per_transfer < 1:
             raise ConfigurationError(f"batches_per_transfer must be at least 1, found {batches_per_transfer}")
         super().__init__(dataset, batch_size=None, num_workers=num_workers, collate_fn=_identity, **kwargs)
-        dataset._num_workers = max(1, num_workers)
         # A dataset built before torch.distributed started must still count this rank's share.
-        dataset._ranks = detect_ranks()
+        dataset.ranks = World(*dataset.detect_ranks())
+        dataset.transport = Transport(num_workers=max(1, num_workers))
         self._batches_per_transfer = batches_per_transfer or _batches_per_transfer(dataset)
         self._given_per_transfer = batches_per_transfer is not None
-        self._chunk = 1  # batches per transfer of the current pass
+        self._chunk = 1  # items per transfer of the current pass
+        self._ring: Ring | None = None  # where this pass's workers put their batches
         self._epoch = dataset.epoch
         self._consumed = 0
         self._resuming = False
@@ -448,14 +389,14 @@ class DuckStreamLoader(DataLoader[Any]):
         """
         if self._given_per_transfer or not dataset.shuffle:
             return self._batches_per_transfer
-        rows = dataset.plan.num_rows / (dataset._ranks[1] * max(1, self.num_workers))
+        rows = dataset.plan.num_rows / (dataset.ranks.world_size * max(1, self.num_workers))
         items = rows / (dataset.batch_size or 1)
         return max(1, min(self._batches_per_transfer, int(items // _TRANSFERS_PER_WORKER)))
 
     def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
         dataset = self.duck_dataset
-        dataset._num_workers = max(1, self.num_workers)
-        dataset._ranks = detect_ranks()
+        cursor = dataset.cursor
+        dataset.ranks = World(*dataset.detect_ranks())
         if self._resuming:
             self._resuming = False
         else:
@@ -476,21 +417,22 @@ class DuckStreamLoader(DataLoader[Any]):
             batch_bytes = dataset.plan.row_bytes * (dataset.batch_size or 1)
             capacity = ring_capacity(batch_bytes * self._chunk)
             fits = ring_fits(self.num_workers, capacity)
-            dataset._ring = Ring(self.num_workers, capacity) if fits else None
-        ring = dataset._ring
+            self._ring = Ring(self.num_workers, capacity) if fits else None
+        ring = self._ring
         if self.num_workers == 0:
             # In-process the dataset counts for itself; folding its progress keeps one truth.
-            dataset._consumed = 0
+            cursor.drop_stretch()
         # Workers copy the dataset when they start (in super().__iter__): they ship Arrow
         # batches in transfers of `chunk`; the dataset itself goes back to plain items.
-        dataset._ship_arrow, dataset._chunk = ship, self._chunk
+        workers = max(1, self.num_workers)
+        dataset.transport = Transport(workers, self._chunk, ship, ring)
         iterator: Iterator[Any]
         try:
             # In-process, DataLoader would only hand over each item (about 10 us a row); the
             # dataset's own iterator is the same stream.
             iterator = super().__iter__() if self.num_workers else iter(dataset)
         finally:
-            dataset._ship_arrow, dataset._chunk = False, 1
+            dataset.transport = Transport(workers, ring=ring)
         # DataLoader pins what workers send (here: where a batch lies), not the tensors collated
         # from it: those, and items read in-process, are pinned here, as DataLoader would.
         pin = (
@@ -531,14 +473,18 @@ class DuckStreamLoader(DataLoader[Any]):
     def state_dict(self) -> dict[str, Any]:
         """What the training loop consumed, as a dataset state (loads into either)."""
         dataset = self.duck_dataset
+        cursor = dataset.cursor
         if self._resuming:
-            return dataset._state(0)
+            return cursor.state(cursor.done)
         if self._between_epochs:
-            return dataset._state_of(self._epoch, [])
-        stage = replace(
-            dataset._stage(self._consumed), num_workers=max(1, self.num_workers), chunk=self._chunk
+            return cursor.state([], epoch=self._epoch)
+        stage = cursor.stage(
+            world_size=dataset.ranks.world_size,
+            num_workers=max(1, self.num_workers),
+            chunk=self._chunk,
+            consumed=self._consumed,
         )
-        return dataset._state_of(dataset.epoch, fold(dataset._done, stage))
+        return cursor.state(fold(cursor.done, stage))
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """The next pass continues ``state``'s epoch where it stopped."""

@@ -5,7 +5,7 @@ new segment and a file descriptor per tensor). Both cost a lot per item on few c
 moves 60 KiB in several blocking reads, a segment is created, mapped and unmapped per batch.
 
 So each worker owns a ring in one shared-memory tensor made before the workers start: it
-writes each message there and sends only where it lies (:class:`RingSlot`); the main process
+writes each message there and sends only where it lies (:class:`RingPlace`); the main process
 copies the message out (Arrow output, which the loop may keep), or collates it where it lies
 and copies only the arrays that still point into the ring, then marks the ring read up to the
 message's end. A worker never waits for room:
@@ -25,7 +25,7 @@ import torch
 
 from duckstream.adapters.collate import Output, collate_batch
 
-__all__ = ["Ring", "RingSlot", "pack", "ring_capacity", "ring_fits", "unpack", "unpack_item"]
+__all__ = ["Ring", "RingPlace", "pack", "ring_capacity", "ring_fits", "unpack", "unpack_item"]
 
 # Above this size a shared-memory segment costs less than copying through the pipe (measured
 # here: 60 KiB caption batches were 2x faster as bytes, 2.5 MiB image batches faster shared).
@@ -61,7 +61,7 @@ _SLACK = 64  # bytes reserved beyond the computed message size (alignment paddin
 _ALIGNMENT = 64
 
 
-class RingSlot(NamedTuple):
+class RingPlace(NamedTuple):
     """Where a worker wrote one message in its ring."""
 
     worker: int
@@ -110,7 +110,7 @@ class Ring:
         # buffers do: arrays read in place are then aligned for numpy and torch.
         return -(-size // _ALIGNMENT) * _ALIGNMENT
 
-    def write(self, worker: int, batch: pa.RecordBatch) -> RingSlot | None:
+    def write(self, worker: int, batch: pa.RecordBatch) -> RingPlace | None:
         """Write ``batch`` as an IPC stream into ``worker``'s ring, or ``None`` when it does not fit now."""
         size = self.room_for(batch)
         if size > self.capacity // 4:
@@ -128,27 +128,27 @@ class Ring:
         with pa.ipc.new_stream(sink, batch.schema) as writer:
             writer.write_batch(batch)
         positions[worker, _WRITTEN] = end
-        return RingSlot(worker, offset, sink.tell(), end)
+        return RingPlace(worker, offset, sink.tell(), end)
 
-    def read(self, slot: RingSlot) -> pa.RecordBatch:
-        """The batch at ``slot``, copied out (the caller may keep it); frees its room."""
+    def read(self, place: RingPlace) -> pa.RecordBatch:
+        """The batch at ``place``, copied out (the caller may keep it); frees its room."""
         data, _ = self._arrays()
-        copy = pa.allocate_buffer(slot.size)  # from Arrow's pool, whose memory is reused warm
-        np.frombuffer(copy, dtype=np.uint8)[:] = data[slot.worker, slot.offset : slot.offset + slot.size]
-        self.release(slot)
+        copy = pa.allocate_buffer(place.size)  # from Arrow's pool, whose memory is reused warm
+        np.frombuffer(copy, dtype=np.uint8)[:] = data[place.worker, place.offset : place.offset + place.size]
+        self.release(place)
         return pa.ipc.open_stream(copy).read_next_batch()
 
-    def borrow(self, slot: RingSlot) -> pa.RecordBatch:
-        """The batch at ``slot``, in the ring itself: valid only until :meth:`release`."""
+    def borrow(self, place: RingPlace) -> pa.RecordBatch:
+        """The batch at ``place``, in the ring itself: valid only until :meth:`release`."""
         data, _ = self._arrays()
-        message = pa.py_buffer(data[slot.worker, slot.offset : slot.offset + slot.size])
+        message = pa.py_buffer(data[place.worker, place.offset : place.offset + place.size])
         return pa.ipc.open_stream(message).read_next_batch()
 
-    def release(self, slot: RingSlot) -> None:
-        """Give the room of ``slot`` back to its worker."""
+    def release(self, place: RingPlace) -> None:
+        """Give the room of ``place`` back to its worker."""
         # Messages of one worker are read in the order written: releasing this one frees the
         # room of any before it that were dropped unread (an epoch left early).
-        self._arrays()[1][slot.worker, _RELEASED] = slot.end
+        self._arrays()[1][place.worker, _RELEASED] = place.end
 
     def holds(self, address: int) -> bool:
         """Whether memory at ``address`` lies in the rings (a value borrowed from them)."""
@@ -156,12 +156,14 @@ class Ring:
         return start <= address < start + self.data.numel()
 
 
-def pack(batch: pa.RecordBatch, ring: Ring | None = None, worker: int = 0) -> RingSlot | bytes | torch.Tensor:
+def pack(
+    batch: pa.RecordBatch, ring: Ring | None = None, worker: int = 0
+) -> RingPlace | bytes | torch.Tensor:
     """``batch`` as an IPC message (schema not included): in ``ring``, or bytes, or a shared tensor."""
     if ring is not None:
-        slot = ring.write(worker, batch)
-        if slot is not None:
-            return slot
+        place = ring.write(worker, batch)
+        if place is not None:
+            return place
     message = batch.serialize()
     if message.size < SHARED_MEMORY_BYTES:
         small: bytes = message.to_pybytes()
@@ -173,10 +175,10 @@ def pack(batch: pa.RecordBatch, ring: Ring | None = None, worker: int = 0) -> Ri
 
 
 def unpack(
-    packed: RingSlot | bytes | torch.Tensor, schema: pa.Schema, ring: Ring | None = None
+    packed: RingPlace | bytes | torch.Tensor, schema: pa.Schema, ring: Ring | None = None
 ) -> pa.RecordBatch:
     """The batch :func:`pack` made, read in place (a ring message is copied out first)."""
-    if isinstance(packed, RingSlot):
+    if isinstance(packed, RingPlace):
         if ring is None:
             raise ValueError("a ring message needs the ring it was written to")
         return ring.read(packed)
@@ -187,7 +189,7 @@ def unpack(
 
 
 def unpack_item(
-    packed: RingSlot | bytes | torch.Tensor, schema: pa.Schema, output: Output, ring: Ring | None = None
+    packed: RingPlace | bytes | torch.Tensor, schema: pa.Schema, output: Output, ring: Ring | None = None
 ) -> Any:
     """The item :func:`~duckstream.adapters.collate.collate_batch` makes of the batch :func:`pack` made.
 
@@ -195,7 +197,7 @@ def unpack_item(
     message is then collated where it lies, and only the arrays still pointing into the ring
     are copied, not the whole message.
     """
-    if output == "arrow" or ring is None or not isinstance(packed, RingSlot):
+    if output == "arrow" or ring is None or not isinstance(packed, RingPlace):
         return collate_batch(unpack(packed, schema, ring), output)
     try:
         item = collate_batch(ring.borrow(packed), output)

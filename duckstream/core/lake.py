@@ -1,19 +1,31 @@
-"""DuckLake tables as sources: where the catalog lives, and a table pinned to one snapshot."""
+"""DuckLake tables as sources: where the catalog lives, a table pinned to one snapshot, and a
+connection that reads it."""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 from urllib.parse import unquote, urlsplit
 
+import duckdb
+
+from duckstream import engine
 from duckstream.engine import sql_literal
 from duckstream.errors import ConfigurationError
 from duckstream.redact import MASK, register_secret
 from duckstream.storage import S3Settings
 
-__all__ = ["CatalogLocation", "LakeAccess", "LakeTable", "file_index_fence", "quote_name"]
+__all__ = [
+    "AttachedCatalog",
+    "CatalogLocation",
+    "LakeAccess",
+    "LakeTable",
+    "file_index_fence",
+    "open_pinned",
+    "quote_name",
+]
 
 
 # Ends a query over a lake scan that filters on `file_index`. A filter the user's SQL puts
@@ -115,6 +127,16 @@ def quote_name(name: str) -> str:
     return ".".join('"' + p.replace('"', '""') + '"' for p in parts)
 
 
+class AttachedCatalog(Protocol):
+    """What a pinned table uses of the catalog it came from (a ``LakehouseCatalog``)."""
+
+    @property
+    def closed(self) -> bool: ...
+
+    @property
+    def con(self) -> duckdb.DuckDBPyConnection: ...
+
+
 @dataclass(frozen=True, eq=False)
 class LakeTable:
     """A DuckLake table pinned to snapshot ``version``: a source that never changes.
@@ -129,7 +151,7 @@ class LakeTable:
     s3: S3Settings
     alias: str = "lake"
     # The LakehouseCatalog it came from, used for planning in this process; never pickled.
-    catalog: Any = field(default=None, repr=False, compare=False)
+    catalog: AttachedCatalog | None = field(default=None, repr=False, compare=False)
 
     @property
     def scan(self) -> str:
@@ -146,6 +168,24 @@ class LakeTable:
 
     def __repr__(self) -> str:
         return f"LakeTable({self.name!r}, version={self.version}, catalog={self.location!r})"
+
+
+def open_pinned(table: LakeTable) -> duckdb.DuckDBPyConnection:
+    """A connection on which ``table.scan`` reads the pinned table; the caller closes it.
+
+    A cursor of the catalog the table came from while that is open in this process, else a new
+    connection that attaches the catalog read-only (a PostgreSQL password stays out of errors).
+    """
+    if table.catalog is not None and not table.catalog.closed:
+        return table.catalog.con.cursor()
+    con = engine.connect(s3=table.s3, extensions=engine.ALL_EXTENSIONS)
+    attach = table.location.attach_sql(table.alias, read_only=True)
+    try:
+        con.execute(attach)
+    except duckdb.Error as exc:
+        con.close()
+        raise engine.query_error(exc, attach, s3=table.s3) from None
+    return con
 
 
 @dataclass(frozen=True)

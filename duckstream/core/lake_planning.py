@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import duckdb
@@ -21,9 +22,8 @@ from duckstream import engine
 from duckstream.core import sql as sqlmod
 from duckstream.core.batch_sql import BatchQuery, output_schema
 from duckstream.core.counting import FILE, ROW, count_per_range, counting_query
-from duckstream.core.lake import LakeAccess, LakeTable, file_index_fence
+from duckstream.core.lake import LakeAccess, LakeTable, file_index_fence, open_pinned
 from duckstream.core.lake_files import DirectFile, all_deleted, direct_files
-from duckstream.core.plan import Shard, plan_fingerprint, skip_empty_groups
 from duckstream.core.planning import (
     StreamPlan,
     batch_query,
@@ -35,10 +35,44 @@ from duckstream.core.planning import (
     row_bytes,
     sql_batch_rows,
 )
+from duckstream.core.shards import Shard, plan_fingerprint, skip_empty_groups
 from duckstream.errors import CatalogError
 from duckstream.redact import redact
 
 __all__ = ["prepare_lake", "worker_attach"]
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    """A run of one file's rows as the catalog lists them (a row of the layout query)."""
+
+    file_index: int
+    rows: int
+    first: int  # file row numbers, inclusive
+    last: int
+    name: str | None  # the file's path, unless a user column hides it
+
+    @classmethod
+    def of(cls, row: tuple[Any, ...]) -> _Chunk:
+        file_index, _, rows, first, last, name = row
+        return cls(int(file_index), int(rows), int(first), int(last), name)
+
+
+@dataclass(frozen=True)
+class _Direct:
+    """A lake file pyarrow reads itself, with the rows the snapshot deleted."""
+
+    file: DirectFile
+    deleted: np.ndarray
+
+
+@dataclass(frozen=True)
+class _Piece:
+    """A candidate shard: file rows ``start..stop``, ``rows`` of them visible before any filter."""
+
+    start: int
+    stop: int
+    rows: int
 
 
 def prepare_lake(
@@ -50,16 +84,7 @@ def prepare_lake(
 ) -> StreamPlan:
     """Plan a pinned DuckLake table: shards are row ranges of its data files (and inlined rows)
     as the catalog lists them at the snapshot, with deletes and later writes already excluded."""
-    owned = table.catalog is None or table.catalog._con is None
-    if owned:
-        con = engine.connect(s3=table.s3, extensions=engine.ALL_EXTENSIONS)
-        try:
-            con.execute(table.location.attach_sql(table.alias, read_only=True))
-        except duckdb.Error as exc:
-            con.close()
-            raise engine.query_error(exc, table.location.attach_sql(table.alias, read_only=True)) from None
-    else:
-        con = table.catalog.con.cursor()
+    con = open_pinned(table)
     try:
         try:
             con.execute(f"CREATE OR REPLACE TEMP VIEW source AS SELECT * FROM {table.scan}")
@@ -74,7 +99,8 @@ def prepare_lake(
             ).fetchall()
         except duckdb.Error as exc:
             raise _lake_error(exc, table) from None
-        names = {int(row[0]): row[5] for row in layout}
+        chunks = [_Chunk.of(row) for row in layout]
+        names = {chunk.file_index: chunk.name for chunk in chunks}
         file_indexes = list(names)
         files = [names[i] or f"{table.name} file {i}" for i in file_indexes]
         _check_files_exist([n for n in names.values() if n is not None], table)
@@ -86,10 +112,10 @@ def prepare_lake(
             result = materialise(con, query, files, key_parts, shape.ordered, cache_dir)
             return prepare(result, None, s3=table.s3, cache_dir=cache_dir, original_schema=source_schema)
         try:
-            layout_files = _direct_layout(con, table, source_schema, layout, file_indexes)
+            layout_files = _direct_layout(con, table, source_schema, chunks, file_indexes)
         except duckdb.Error as exc:
             raise _lake_error(exc, table) from None
-        direct = [d[0] if d is not None else None for d in layout_files]
+        direct = [d.file if d is not None else None for d in layout_files]
         files = [d.meta.path if d is not None else f for d, f in zip(direct, files, strict=True)]
         schema = result_schema(con, query or "SELECT * FROM source")
         batch: BatchQuery | None = None
@@ -99,7 +125,7 @@ def prepare_lake(
             if batch is not None:
                 schema = output_schema(query, batch, source_schema)
         shards, counts = _lake_shards(
-            con, table, query, shape.keeps_rows, layout, layout_files, file_indexes, shard_rows
+            con, table, query, shape.keeps_rows, chunks, layout_files, file_indexes, shard_rows
         )
         attach = worker_attach(con, table, cache_dir)
     finally:
@@ -136,9 +162,9 @@ def _direct_layout(
     con: duckdb.DuckDBPyConnection,
     table: LakeTable,
     schema: pa.Schema,
-    layout: Sequence[tuple[Any, ...]],
+    chunks: Sequence[_Chunk],
     file_indexes: Sequence[int],
-) -> list[tuple[DirectFile, np.ndarray] | None]:
+) -> list[_Direct | None]:
     """For each planned file, how pyarrow reads it (None: through the catalog's scan).
 
     DuckLake numbers a snapshot's files (``file_index``) in the order it lists them; a file
@@ -148,10 +174,10 @@ def _direct_layout(
     listed = direct_files(con, table, schema)
     visible: dict[int, int] = {}
     named: dict[int, str | None] = {}
-    for row in layout:
-        visible[int(row[0])] = visible.get(int(row[0]), 0) + int(row[2])
-        named[int(row[0])] = row[5]
-    found: list[tuple[DirectFile, np.ndarray] | None] = []
+    for chunk in chunks:
+        visible[chunk.file_index] = visible.get(chunk.file_index, 0) + chunk.rows
+        named[chunk.file_index] = chunk.name
+    found: list[_Direct | None] = []
     for file_index in file_indexes:
         candidate = listed[file_index] if file_index < len(listed) else None
         if candidate is None or named[file_index] not in (None, candidate.meta.path):
@@ -159,7 +185,7 @@ def _direct_layout(
             continue
         deleted = all_deleted(candidate.delete_file, candidate.inlined_deletes, candidate.meta.path, table.s3)
         ok = candidate.meta.rows - len(deleted) == visible[file_index]
-        found.append((candidate, deleted) if ok else None)
+        found.append(_Direct(candidate, deleted) if ok else None)
     return found
 
 
@@ -168,8 +194,8 @@ def _lake_shards(
     table: LakeTable,
     query: str | None,
     keeps_rows: bool,
-    layout: Sequence[tuple[Any, ...]],
-    direct: Sequence[tuple[DirectFile, np.ndarray] | None],
+    chunks: Sequence[_Chunk],
+    direct: Sequence[_Direct | None],
     file_indexes: Sequence[int],
     shard_rows: int,
 ) -> tuple[list[Shard], list[int]]:
@@ -181,44 +207,45 @@ def _lake_shards(
     never read.
     """
     index = {file_index: i for i, file_index in enumerate(file_indexes)}
-    chunks: dict[int, list[tuple[int, int, int]]] = {}
-    for row in layout:
-        chunks.setdefault(index[int(row[0])], []).append((int(row[3]), int(row[4]) + 1, int(row[2])))
-    # Candidate pieces per file, in order: (start, stop, rows visible before any filter).
-    pieces: list[list[tuple[int, int, int]]] = []
+    by_file: dict[int, list[_Piece]] = {}
+    for chunk in chunks:
+        by_file.setdefault(index[chunk.file_index], []).append(
+            _Piece(chunk.first, chunk.last + 1, chunk.rows)
+        )
+    # Candidate pieces per file, in order.
+    pieces: list[list[_Piece]] = []
     for file, found in enumerate(direct):
         if found is None:
-            pieces.append(chunks[file])
+            pieces.append(by_file[file])
             continue
-        groups = found[0].meta.row_groups
-        deleted = found[1]
+        groups = found.file.meta.row_groups
         starts = np.concatenate(([0], np.cumsum(groups, dtype=np.int64)))
-        gone = np.searchsorted(deleted, starts)
+        gone = np.searchsorted(found.deleted, starts)
         pieces.append(
             [
-                (int(starts[g]), int(starts[g + 1]), int(groups[g] - (gone[g + 1] - gone[g])))
+                _Piece(int(starts[g]), int(starts[g + 1]), int(groups[g] - (gone[g + 1] - gone[g])))
                 for g in range(len(groups))
             ]
         )
     counted = (
-        [[p[2] for p in file_pieces] for file_pieces in pieces]
+        [[p.rows for p in file_pieces] for file_pieces in pieces]
         if keeps_rows or query is None
         else _count_lake(con, table, query, pieces, file_indexes)
     )
     if counted is None:
         assert query is not None
-        whole = [Shard(f, p[0], p[1]) for f, file_pieces in enumerate(pieces) for p in file_pieces]
+        whole = [Shard(f, p.start, p.stop) for f, file_pieces in enumerate(pieces) for p in file_pieces]
         return whole, count_rows(con, query, [_lake_shard(table.scan, file_indexes, s) for s in whole])
     yields = counted
     shards: list[Shard] = []
     counts: list[int] = []
     for file, (found, file_pieces, file_yields) in enumerate(zip(direct, pieces, yields, strict=True)):
         if found is None:
-            shards.extend(Shard(file, p[0], p[1]) for p in file_pieces)
+            shards.extend(Shard(file, p.start, p.stop) for p in file_pieces)
             counts.extend(file_yields)
             continue
         # Row groups merge as in plan_shards; empty ones (all deleted, or filtered out) drop.
-        sizes = [p[1] - p[0] for p in file_pieces]
+        sizes = [p.stop - p.start for p in file_pieces]
         file_shards, file_counts = skip_empty_groups([sizes], [file_yields], target_rows=shard_rows)
         shards.extend(Shard(file, s.start, s.stop) for s in file_shards)
         counts.extend(file_counts)
@@ -229,7 +256,7 @@ def _count_lake(
     con: duckdb.DuckDBPyConnection,
     table: LakeTable,
     query: str,
-    pieces: Sequence[Sequence[tuple[int, int, int]]],
+    pieces: Sequence[Sequence[_Piece]],
     file_indexes: Sequence[int],
 ) -> list[list[int]] | None:
     """Rows a filtering query yields in each piece, in one pass over the catalog's scan."""
@@ -237,7 +264,7 @@ def _count_lake(
     if reduced is None:
         return None
     keys = [file_indexes[f] for f, file_pieces in enumerate(pieces) for _ in file_pieces]
-    starts = [p[0] for file_pieces in pieces for p in file_pieces]
+    starts = [p.start for file_pieces in pieces for p in file_pieces]
     tagged = (
         f"SELECT *, file_index AS {FILE}, file_row_number AS {ROW} FROM {table.scan} {file_index_fence()}"
     )

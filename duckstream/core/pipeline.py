@@ -8,27 +8,22 @@ from __future__ import annotations
 
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
 import numpy as np
 import pyarrow as pa
 
 from duckstream.core.gather import Window
-from duckstream.core.interleave import DEFAULT_STREAMS, Layout, stripe_rows
+from duckstream.core.interleave import DEFAULT_STREAMS, stripe_rows
+from duckstream.core.options import ReadOptions
 from duckstream.core.order import epoch_order
-from duckstream.core.partition import Even, partition
+from duckstream.core.partition import partition
 from duckstream.core.planning import StreamPlan
 from duckstream.core.ranges import slice_ranges
 from duckstream.core.read_ahead import Producer, read_ahead_each
 from duckstream.core.reader import ShardReader, default_threads, read_batch_rows
-from duckstream.core.resume import (
-    Stage,
-    continuation,
-    read_span,
-    rows_emitted,
-    stage_sequence,
-    window_key,
-)
-from duckstream.core.shuffle import window_permutation
+from duckstream.core.resume import Stage, continuation, read_span, rows_emitted, stage_sequence
+from duckstream.core.shuffle import window_key, window_permutation
 from duckstream.core.world import World
 from duckstream.errors import ConfigurationError, StateError
 
@@ -45,11 +40,14 @@ __all__ = [
 
 MAX_READ_AHEAD_LANES = 4
 
+T = TypeVar("T")
+
 
 @dataclass(frozen=True)
 class SlotStart:
     """Where one slot's read of an epoch begins, after the stages already done."""
 
+    epoch: int
     sequence: np.ndarray  # positions still owed at the start of the current stage
     prior: tuple[Stage, ...]  # the stages of the epoch before the current one
     world: World  # the slot read: a resumed worker may continue another worker's role
@@ -64,17 +62,14 @@ class SlotStart:
 
 
 def locate_slot(
-    num_rows: int,
+    plan: StreamPlan,
+    options: ReadOptions,
     *,
     world: World,
-    seed: int,
     epoch: int,
-    shuffle: bool,
-    even: Even,
     done: Sequence[Stage],
     current: Stage,
     slot_items: tuple[int, int] | None = None,
-    layout: Layout | None = None,
 ) -> SlotStart:
     """Where ``world``'s slot starts reading ``epoch`` after the stages ``done``.
 
@@ -82,7 +77,6 @@ def locate_slot(
     DataLoader's round robin restarts at worker 0, so the workers' roles rotate to continue
     the interrupted order. ``slot_items`` (role, items), from a per-worker state such as
     torchdata's StatefulDataLoader keeps, continues one role exactly, without rotation.
-    ``layout`` is the plan's (:attr:`StreamPlan.layout`), needed where stages interleave.
     """
     continuing = bool(done) and done[-1].same_setup(current)
     if slot_items is not None and not continuing:
@@ -93,19 +87,26 @@ def locate_slot(
         )
     prior = tuple(done[:-1] if continuing else done)
     sequence = stage_sequence(
-        num_rows, prior, seed=seed, epoch=epoch, shuffle=shuffle, even=even, layout=layout
+        plan.num_rows,
+        prior,
+        seed=options.seed,
+        epoch=epoch,
+        shuffle=options.shuffle,
+        even=options.even,
+        layout=plan.layout,
     )
     if not continuing:
-        return SlotStart(sequence, prior, world, 0, 0, current.streams)
+        return SlotStart(epoch, sequence, prior, world, 0, 0, current.streams)
     stage = done[-1]
     if slot_items is not None:
         role, items = slot_items
         world = replace(world, worker=role)
-        rows = partition(sequence, world, even).rows
-        return SlotStart(sequence, prior, world, min(items * stage.batch_size, rows), items, stage.streams)
-    world = continuation(sequence, stage, world, even)
-    emitted = rows_emitted(sequence, stage, world, even)
-    return SlotStart(sequence, prior, world, emitted, -(-emitted // stage.batch_size), stage.streams)
+        rows = partition(sequence, world, options.even).rows
+        emitted = min(items * stage.batch_size, rows)
+        return SlotStart(epoch, sequence, prior, world, emitted, items, stage.streams)
+    world = continuation(sequence, stage, world, options.even)
+    emitted = rows_emitted(sequence, stage, world, options.even)
+    return SlotStart(epoch, sequence, prior, world, emitted, -(-emitted // stage.batch_size), stage.streams)
 
 
 def read_streams(plan: StreamPlan) -> int:
@@ -114,49 +115,16 @@ def read_streams(plan: StreamPlan) -> int:
     return DEFAULT_STREAMS if plan.decodes else 1
 
 
-def read_slot(
-    plan: StreamPlan,
-    *,
-    world: World,
-    seed: int,
-    epoch: int,
-    shuffle: bool,
-    even: Even,
-    done: Sequence[Stage],
-    shuffle_buffer: int,
-    batch_size: int,
-    drop_last: bool,
-    item_rows: int | None = None,
-    threads: int | None = None,
-    start: SlotStart | None = None,
-) -> Iterator[pa.RecordBatch]:
-    """This slot's share of ``epoch`` after the stages ``done``, in batches of ``batch_size``.
+def read_slot(plan: StreamPlan, options: ReadOptions, start: SlotStart) -> Iterator[pa.RecordBatch]:
+    """One slot's share of ``start.epoch`` from ``start`` (:func:`locate_slot`'s answer), in
+    batches of ``options.read_rows``.
 
-    ``item_rows`` is the rows per item the training loop counts (1 for rows; defaults to
-    ``batch_size``). When the last stage in ``done`` had this very setup, the read continues
-    it exactly where it stopped, as if never interrupted; otherwise the rows still owed are
-    partitioned afresh. ``start`` is :func:`locate_slot`'s answer, when the caller has it.
+    A read that continues an interrupted stage goes on exactly where it stopped, as if never
+    interrupted; otherwise the rows still owed are partitioned afresh. ``options`` must be
+    sized (:meth:`ReadOptions.sized`).
     """
-    if start is None:
-        current = Stage(
-            world.world_size,
-            world.num_workers,
-            item_rows or batch_size,
-            drop_last,
-            shuffle_buffer,
-            streams=read_streams(plan),
-        )
-        start = locate_slot(
-            plan.num_rows,
-            world=world,
-            seed=seed,
-            epoch=epoch,
-            shuffle=shuffle,
-            even=even,
-            done=done,
-            current=current,
-            layout=plan.layout,
-        )
+    seed, epoch, shuffle, even = options.seed, start.epoch, options.shuffle, options.even
+    shuffle_buffer, batch_size, drop_last = options.buffer, options.read_rows, options.drops_last
     world = start.world
     key = window_key(seed, epoch, start.stage_index, world)
     span, owners, window_rows = read_span(
@@ -175,7 +143,7 @@ def read_slot(
     order = epoch_order(len(plan.shards), seed=seed, epoch=epoch, shuffle=shuffle)
     # Read batches stay near 4 MiB even when a shuffle window is larger (wide rows): pyarrow
     # decodes 64 MiB batches of 10 KiB images about half as fast.
-    threads = threads or default_threads(world.num_workers)
+    threads = options.threads or default_threads(world.num_workers)
     # pyarrow decodes in the thread that asks for a batch. With two threads or more, threads
     # of their own (up to 4, each with a reader) decode the next pieces while this one gathers
     # (or the training step runs). From an object store the lanes mostly wait on it: all 4 run
@@ -197,7 +165,7 @@ def read_slot(
             ranges, owned = _slice_owned(span.ranges, owners, begin, span.rows)
             batch_rows = min(read_batch_rows(plan.row_bytes), stripe_rows(window_rows, start.streams))
 
-            def lane_batches(mask: np.ndarray, each_ahead: bool) -> Iterator[pa.RecordBatch]:
+            def lane_ranges(mask: np.ndarray, each_ahead: bool) -> Iterator[list[pa.RecordBatch]]:
                 return _interleaved(
                     ranges[mask],
                     owned[mask],
@@ -208,21 +176,24 @@ def read_slot(
                 )
 
             if not lanes:
-                batches = lane_batches(np.ones(len(ranges), dtype=bool), False)
+                every = lane_ranges(np.ones(len(ranges), dtype=bool), False)
+                batches = (batch for held in every for batch in held)
             else:
                 # Lanes share out the streams; each decodes its streams' stripes in read order,
-                # up to a window ahead between them. From an object store each stream of plain
-                # columns reads ahead on its own too, so that its requests overlap. SQL streams
-                # keep to their lane's thread: with a thread each, a lake table read through
-                # SQL by two workers failed about one run in ten under load ("closed pending
-                # query result" from a stream's own DuckDB connection; cause not found yet).
-                depth = max(2, -(-window_rows // batch_rows) // lanes)
+                # up to a window ahead between them (counted in stripes: a stripe may come in
+                # a few slices). From an object store each stream of plain columns reads ahead
+                # on its own too, so that its requests overlap. SQL streams keep to their
+                # lane's thread: with a thread each, a lake table read through SQL by two
+                # workers failed about one run in ten under load ("closed pending query
+                # result" from a stream's own DuckDB connection; cause not found yet).
+                stripe = stripe_rows(window_rows, start.streams)
+                depth = max(2, -(-window_rows // stripe) // lanes + 1)
                 each_ahead = plan.remote and plan.batch is None
                 lane_of = _dealt(owned, lanes)
                 lane_streams = [
-                    _ahead(lane_batches(lane_of == lane, each_ahead), depth=depth) for lane in range(lanes)
+                    _ahead(lane_ranges(lane_of == lane, each_ahead), depth=depth) for lane in range(lanes)
                 ]
-                batches = _merged(ranges, lane_of, lane_streams)
+                batches = _merged(lane_of, lane_streams)
         elif lanes:
             # Each lane may run a window ahead: while one window is gathered, the next decodes.
             # Lanes beyond the threads only overlap waiting: together they hold what the
@@ -261,7 +232,8 @@ def _dealt(owners: np.ndarray, lanes: int) -> np.ndarray:
     streams, first = np.unique(owners, return_index=True)
     lane = np.empty(int(streams.max()) + 1 if len(streams) else 0, dtype=np.int64)
     lane[streams[np.argsort(first, kind="stable")]] = np.arange(len(streams)) % lanes
-    return lane[owners]
+    dealt: np.ndarray = lane[owners]
+    return dealt
 
 
 def _slice_owned(ranges: np.ndarray, owners: np.ndarray, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
@@ -311,8 +283,9 @@ def _interleaved(
     plan: StreamPlan,
     *,
     each_ahead: bool,
-) -> Generator[pa.RecordBatch, None, None]:
-    """The rows of ``ranges`` in order, each range read from its owner's stream.
+) -> Generator[list[pa.RecordBatch], None, None]:
+    """The rows of ``ranges`` in order, each range read from its owner's stream: one list
+    of batches (slices) per range.
 
     A stream opens at its first range and closes after its last, so only the pieces of one
     group are open at a time. ``each_ahead``: every open stream reads ahead in a thread of
@@ -333,7 +306,7 @@ def _interleaved(
                     for batch in reader.read(plan.shards[shard], lo, hi)
                 )
                 stream = open_streams[int(owner)] = _Stream(reads, reader, ahead=each_ahead)
-            yield from stream.take(int(stop - start))
+            yield list(stream.take(int(stop - start)))
             left[owner] -= stop - start
             if left[owner] == 0:
                 open_streams.pop(int(owner)).close()
@@ -343,29 +316,20 @@ def _interleaved(
 
 
 def _merged(
-    ranges: np.ndarray, lane_of: np.ndarray, lanes: Sequence[Generator[pa.RecordBatch, None, None]]
+    lane_of: np.ndarray, lanes: Sequence[Generator[list[pa.RecordBatch], None, None]]
 ) -> Generator[pa.RecordBatch, None, None]:
-    """The rows of ``ranges`` in order, range ``k`` taken from lane ``lane_of[k]``."""
-    held: list[pa.RecordBatch | None] = [None] * len(lanes)
+    """The rows of the ranges in order, range ``k``'s batches taken from lane ``lane_of[k]``."""
     try:
-        for (start, stop), lane in zip(ranges, lane_of, strict=True):
-            want = int(stop - start)
-            while want > 0:
-                batch = held[lane]
-                if batch is None or not batch.num_rows:
-                    batch = next(lanes[lane])
-                piece = batch.slice(0, want)
-                held[lane] = batch.slice(piece.num_rows)
-                want -= piece.num_rows
-                yield piece
+        for lane in lane_of:
+            yield from next(lanes[lane])
     finally:
         for lane_batches in lanes:
             lane_batches.close()
 
 
-def _ahead(batches: Iterator[pa.RecordBatch], *, depth: int) -> Generator[pa.RecordBatch, None, None]:
-    """``batches`` produced by a thread of their own, up to ``depth`` ahead."""
-    producer = Producer(batches, depth)
+def _ahead(items: Iterator[T], *, depth: int) -> Generator[T, None, None]:
+    """``items`` produced by a thread of their own, up to ``depth`` ahead."""
+    producer = Producer(items, depth)
     try:
         yield from producer
     finally:

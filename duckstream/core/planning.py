@@ -28,7 +28,8 @@ from duckstream.core.batch_sql import BatchQuery, output_schema, split_query
 from duckstream.core.counting import FILE, ROW, count_per_range, counting_query
 from duckstream.core.interleave import Layout
 from duckstream.core.lake import LakeAccess, LakeTable
-from duckstream.core.plan import (
+from duckstream.core.retry import patiently
+from duckstream.core.shards import (
     DEFAULT_SHARD_ROWS,
     Shard,
     plan_fingerprint,
@@ -36,7 +37,6 @@ from duckstream.core.plan import (
     plan_summary,
     skip_empty_groups,
 )
-from duckstream.core.retry import patiently
 from duckstream.core.source import (
     FileMeta,
     SourceLike,

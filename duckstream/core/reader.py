@@ -16,8 +16,8 @@ from duckstream.core import remote_files
 from duckstream.core.batch_sql import BatchSQL
 from duckstream.core.lake import file_index_fence
 from duckstream.core.lake_files import all_deleted
-from duckstream.core.plan import Shard
 from duckstream.core.retry import Backoff, transient
+from duckstream.core.shards import Shard
 from duckstream.core.source import is_remote
 from duckstream.errors import SourceError
 from duckstream.redact import redact

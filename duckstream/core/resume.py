@@ -18,7 +18,7 @@ from duckstream.core.interleave import Layout, interleave, stripe_rows
 from duckstream.core.order import epoch_order
 from duckstream.core.partition import Even, SlotSpan, partition
 from duckstream.core.ranges import as_ranges, expand, merge_sorted, positions_to_ranges, slice_ranges
-from duckstream.core.shuffle import unread
+from duckstream.core.shuffle import unread, window_key
 from duckstream.core.world import World
 
 __all__ = [
@@ -31,7 +31,6 @@ __all__ = [
     "read_span",
     "rows_emitted",
     "stage_sequence",
-    "window_key",
     "worker_items",
 ]
 
@@ -160,11 +159,6 @@ def rows_emitted(sequence: np.ndarray, stage: Stage, world: World, even: Even) -
     items = [worker_items(span.rows, stage.batch_size, stage.drop_last) for span in spans]
     taken = items_per_worker(stage.consumed, items, stage.chunk)[world.worker]
     return min(taken * stage.batch_size, spans[world.worker].rows)
-
-
-def window_key(seed: int, epoch: int, stage: int, world: World) -> tuple[int, ...]:
-    """Seed material of one slot's shuffle windows."""
-    return (seed, epoch, stage, world.world_size, world.rank, world.num_workers, world.worker)
 
 
 def read_span(

@@ -11,29 +11,36 @@ import numpy as np
 
 from duckstream.core.order import seeded_rng
 from duckstream.core.ranges import expand
+from duckstream.core.world import World
 
 __all__ = [
     "DEFAULT_SHUFFLE_BUFFER",
     "default_shuffle_buffer",
     "emit_order",
     "unread",
+    "window_key",
     "window_permutation",
 ]
 
-DEFAULT_SHUFFLE_BUFFER = 16_384
+DEFAULT_SHUFFLE_BUFFER = 32_768
 # A window is read whole before its first row is emitted: by default it holds this many bytes
 # of rows, and at most DEFAULT_SHUFFLE_BUFFER rows. Interleaved stripes (core.interleave) already
 # mix rows from all over a worker's share into every window, so a larger window of narrow rows
-# shuffles hardly better (measured: |Spearman| and neighbours kept alike at 16,384 and 65,536
-# rows) but costs more: gathering from it misses the CPU's caches, and an epoch's first window
-# is decoded before anything else can overlap it. A window that holds a row group whole
-# shuffles it without entering it anywhere but its start, so nothing is decoded twice.
+# shuffles hardly better (|Spearman| and neighbours kept alike at 16,384 and 65,536 rows). The
+# cap is the fastest measured here for 185-byte rows: a larger window misses the CPU's caches
+# when gathered, a smaller one reads each piece in more, shorter stripes. A window that holds a
+# row group whole shuffles it without entering it anywhere but its start: nothing is decoded twice.
 SHUFFLE_BUFFER_BYTES = 64 * 1024 * 1024
 
 
 def default_shuffle_buffer(row_bytes: int) -> int:
-    """Rows per shuffle window: 64 MiB of rows, between 256 and 16,384 rows."""
+    """Rows per shuffle window: 64 MiB of rows, between 256 and 32,768 rows."""
     return max(256, min(DEFAULT_SHUFFLE_BUFFER, SHUFFLE_BUFFER_BYTES // max(1, row_bytes)))
+
+
+def window_key(seed: int, epoch: int, stage: int, world: World) -> tuple[int, ...]:
+    """Seed material of one slot's shuffle windows (and of its interleaved read order)."""
+    return (seed, epoch, stage, world.world_size, world.rank, world.num_workers, world.worker)
 
 
 def window_permutation(size: int, key: tuple[int, ...], window: int, shuffle: bool) -> np.ndarray:

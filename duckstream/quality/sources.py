@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import duckdb
 
 from duckstream import engine
-from duckstream.core.lake import LakeTable
+from duckstream.core.lake import LakeTable, open_pinned
 from duckstream.core.planning import Source
 from duckstream.core.source import is_remote, list_files, parquet_patterns
 from duckstream.errors import ConfigurationError
@@ -107,20 +107,10 @@ def _open_lake(table: LakeTable, elsewhere: bool) -> Iterator[tuple[duckdb.DuckD
     # is exactly what another connection beside an open catalog needs.
     from duckstream.core.lake_planning import worker_attach
 
-    owned = table.catalog is None or table.catalog._con is None
-    if owned:
-        con = engine.connect(s3=table.s3, extensions=engine.ALL_EXTENSIONS)
-        attach = table.location.attach_sql(table.alias, read_only=True)
-        try:
-            con.execute(_QUIET)
-            con.execute(attach)
-        except duckdb.Error as exc:
-            con.close()
-            raise engine.query_error(exc, attach, s3=table.s3) from None
-    else:
-        con = table.catalog.con.cursor()
+    con = open_pinned(table)
     try:
         try:
+            con.execute(_QUIET)  # a connection setting: a cursor's leaves the catalog's own alone
             con.execute(f"SELECT * FROM {table.scan} LIMIT 0")
         except duckdb.Error as exc:
             raise ConfigurationError(

@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from duckstream.devservices import free_port
+from duckstream.services import free_port
 from tests.conftest import numbers_table
 
 pytestmark = pytest.mark.slow

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import shutil
 from collections import Counter
 from itertools import pairwise
 from pathlib import Path
 
+import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from datasets.distributed import split_dataset_by_node
 
+from duckstream.errors import SourceError
 from duckstream.stream import as_iterable_dataset
-
-datasets = pytest.importorskip("datasets")
-from datasets.distributed import split_dataset_by_node  # noqa: E402
 
 ROWS = 1_001
 
@@ -61,7 +62,32 @@ def test_split_dataset_by_node_gives_exact_disjoint_shares(captions: Path, world
     shares = [ids(split_dataset_by_node(dataset, rank=r, world_size=world_size)) for r in range(world_size)]
     assert Counter(i for share in shares for i in share) == Counter(range(ROWS))
     sizes = [len(share) for share in shares]
-    assert max(sizes) - min(sizes) <= 1  # no rank reads everything and keeps one in N
+    assert max(sizes) - min(sizes) <= 1
+
+
+@pytest.mark.parametrize("world_size", [2, 3, 7])
+def test_each_node_reads_one_run_of_rows_never_one_row_in_n(captions: Path, world_size: int) -> None:
+    # Unshuffled, each node's share is one run of rows in storage order, the nodes' runs one
+    # after another; datasets' own fallback reads everything and keeps every N-th row.
+    dataset = as_iterable_dataset(captions)
+    shares = [ids(split_dataset_by_node(dataset, rank=r, world_size=world_size)) for r in range(world_size)]
+    assert [i for share in shares for i in share] == list(range(ROWS))
+
+
+@pytest.mark.parametrize(("rank", "absent"), [(0, "part-2.parquet"), (2, "part-0.parquet")])
+def test_a_node_opens_only_the_files_of_its_share(
+    captions: Path, tmp_path: Path, rank: int, absent: str
+) -> None:
+    # Of three nodes, the first reads rows 0..333 (files 0 and 1), the last 668..1000 (files 1
+    # and 2): each reads its share with the other end's file gone, which the whole source needs.
+    copied = tmp_path / "copied"
+    shutil.copytree(captions, copied)
+    dataset = as_iterable_dataset(copied)
+    (copied / absent).unlink()
+    share = split_dataset_by_node(dataset, rank=rank, world_size=3)
+    assert ids(share) == list(range(334 * rank, min(ROWS, 334 * (rank + 1))))
+    with pytest.raises(SourceError, match=absent):
+        ids(dataset)
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])

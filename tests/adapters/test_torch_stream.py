@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -71,10 +71,33 @@ def test_row_items_and_other_outputs(source: Path) -> None:
     assert python_item == {"id": 0, "value": 0.0, "label": "even-0", "vector": [0.0, 1.0, 2.0]}
 
 
-def test_drop_last_and_transform(source: Path) -> None:
-    dataset = make_dataset(source, batch_size=100, drop_last=True, transform=lambda b: b["id"].sum().item())
-    sums = list(dataset)
-    assert len(sums) == len(dataset) == 8
+class Summary(NamedTuple):
+    """What the transform below makes of an item."""
+
+    ids: list[int]
+    doubled_values: float
+
+
+def summarise(item: dict[str, Any]) -> Summary:
+    return Summary(ids_in(item), 2 * float(item["value"].sum()))
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+@pytest.mark.parametrize(
+    ("batch_size", "drop_last", "rows"), [(100, True, 800), (100, False, ROWS), (None, False, ROWS)]
+)
+def test_the_transform_makes_each_item_in_process_and_in_workers(
+    source: Path, num_workers: int, batch_size: int | None, drop_last: bool, rows: int
+) -> None:
+    dataset = make_dataset(source, batch_size=batch_size, drop_last=drop_last, transform=summarise)
+    items = list(DuckStreamLoader(dataset, num_workers=num_workers))
+    assert len(items) == len(dataset)
+    assert all(isinstance(item, Summary) for item in items)
+    # Each summary is of the item it was given: the values of exactly those rows.
+    assert all(item.doubled_values == sum(item.ids) for item in items)
+    ids = Counter(i for item in items for i in item.ids)
+    assert len(ids) == sum(ids.values()) == rows
+    assert set(ids) <= set(range(ROWS))
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
@@ -337,7 +360,7 @@ def test_without_room_for_rings_workers_send_batches_the_plain_way(
     assert sorted(i for item in DuckStreamLoader(dataset, num_workers=2) for i in ids_in(item)) == list(
         range(ROWS)
     )
-    assert dataset._ring is None
+    assert dataset.transport.ring is None
 
 
 @pytest.mark.parametrize("persistent", [False, True])
@@ -373,9 +396,9 @@ def test_a_new_pass_writes_to_a_ring_of_its_own_while_an_earlier_one_runs(source
     loader = DuckStreamLoader(make_dataset(source), num_workers=2)
     earlier = iter(loader)
     next(earlier)  # its workers stay alive, with batches in flight, as long as it is held
-    earlier_ring = loader.duck_dataset._ring
+    earlier_ring = loader.duck_dataset.transport.ring
     assert [i for item in loader for i in ids_in(item)] == expected[1]
-    assert loader.duck_dataset._ring is not earlier_ring
+    assert loader.duck_dataset.transport.ring is not earlier_ring
     del earlier
 
 

@@ -16,8 +16,9 @@ from duckstream.errors import StateError
 from duckstream.stream import DuckStreamDataset, DuckStreamLoader
 from tests.adapters.resume_check import ids_in
 from tests.conftest import numbers_table
+from tests.dev_install import require
 
-stateful = pytest.importorskip("torchdata.stateful_dataloader")
+stateful = require("torchdata.stateful_dataloader")
 StatefulDataLoader = stateful.StatefulDataLoader
 
 ROWS = 420
@@ -138,35 +139,3 @@ def test_slot_states_merge_only_when_complete_and_alike(source: Path) -> None:
         merge_slot_states([one, other_epoch])
     with pytest.raises(StateError, match="not one of the stage's 2 workers"):
         merge_slot_states([slot_state(base, worker=5, stage=stage)])
-
-
-def test_a_workers_own_progress_only_continues_the_setup_it_was_saved_under() -> None:
-    from duckstream.core.pipeline import locate_slot
-    from duckstream.core.world import World
-
-    saved = Stage(2, 2, 8, False, 40, 3)  # saved under world size 2
-    now = Stage(1, 2, 8, False, 40)
-    with pytest.raises(StateError, match="resumes under the setup it was saved with"):
-        locate_slot(
-            100,
-            world=World(0, 1, 0, 2),
-            seed=0,
-            epoch=0,
-            shuffle=True,
-            even="pad",
-            done=[saved],
-            current=now,
-            slot_items=(1, 3),
-        )
-    start = locate_slot(
-        100,
-        world=World(0, 2, 0, 2),
-        seed=0,
-        epoch=0,
-        shuffle=True,
-        even="pad",
-        done=[saved],
-        current=Stage(2, 2, 8, False, 40),
-        slot_items=(1, 3),
-    )
-    assert (start.world.worker, start.items, start.emitted, start.prior) == (1, 3, 24, ())

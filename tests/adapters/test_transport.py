@@ -7,7 +7,7 @@ import torch
 from duckstream.adapters.transport import (
     SHARED_MEMORY_BYTES,
     Ring,
-    RingSlot,
+    RingPlace,
     pack,
     ring_capacity,
     ring_fits,
@@ -42,7 +42,7 @@ def test_empty_batches_and_nested_types_round_trip(rows: int, in_ring: bool) -> 
     batch = table.to_batches()[0].slice(0, rows)
     ring = Ring(1, capacity=1 << 20) if in_ring else None
     packed = pack(batch, ring)
-    assert isinstance(packed, RingSlot) == in_ring
+    assert isinstance(packed, RingPlace) == in_ring
     assert unpack(packed, batch.schema, ring).equals(batch)
 
 
@@ -57,7 +57,7 @@ def test_ring_messages_wrap_around_and_free_their_room() -> None:
     sent = [_batch(index * 50, 50) for index in range(12)]
     for index, batch in enumerate(sent):
         packed = pack(batch, ring, worker=1)
-        assert isinstance(packed, RingSlot), index
+        assert isinstance(packed, RingPlace), index
         assert packed.offset + packed.size <= ring.capacity
         assert unpack(packed, batch.schema, ring).equals(batch)
     assert ring.positions[0].tolist() == [0, 0]  # the other worker's ring is untouched
@@ -68,7 +68,7 @@ def test_a_full_ring_falls_back_to_the_pipe_and_batches_stay_intact() -> None:
     ring = Ring(1, capacity=size * 4)
     sent = [_batch(index * 50, 50) for index in range(6)]
     packed = [pack(batch, ring) for batch in sent]  # nothing read yet: the ring fills up
-    assert [isinstance(p, RingSlot) for p in packed] == [True] * 4 + [False] * 2
+    assert [isinstance(p, RingPlace) for p in packed] == [True] * 4 + [False] * 2
     kept = [unpack(p, b.schema, ring) for p, b in zip(packed, sent, strict=True)]
     for later in range(6, 10):  # the ring is reused while the earlier batches are still held
         batch = _batch(later * 50, 50)
@@ -80,12 +80,12 @@ def test_reading_a_later_message_frees_messages_dropped_unread() -> None:
     size = Ring(1).room_for(_batch(0, 50))
     ring = Ring(1, capacity=size * 4)
     dropped = [pack(_batch(i * 50, 50), ring) for i in range(3)]
-    assert all(isinstance(p, RingSlot) for p in dropped)
+    assert all(isinstance(p, RingPlace) for p in dropped)
     last = pack(_batch(150, 50), ring)
-    assert isinstance(last, RingSlot)
+    assert isinstance(last, RingPlace)
     unpack(last, last_schema := _batch(0, 1).schema, ring)
     refill = [pack(_batch(i * 50, 50), ring) for i in range(4)]
-    assert all(isinstance(p, RingSlot) for p in refill)
+    assert all(isinstance(p, RingPlace) for p in refill)
     assert unpack(refill[3], last_schema, ring).equals(_batch(150, 50))
 
 
@@ -109,10 +109,10 @@ def test_rings_are_sized_to_the_transfers_and_to_the_room_in_shared_memory() -> 
 def test_items_collated_from_a_ring_message_outlive_the_reuse_of_its_room(output: str) -> None:
     ring = Ring(1, 64 * 1024)
     batch = numbers_table(0, 50).to_batches()[0]
-    slot = ring.write(0, batch)
-    assert isinstance(slot, RingSlot)
-    item = unpack_item(slot, batch.schema, output, ring)  # type: ignore[arg-type]
-    assert int(ring.positions[0, 1]) == slot.end  # the room is free again
+    place = ring.write(0, batch)
+    assert isinstance(place, RingPlace)
+    item = unpack_item(place, batch.schema, output, ring)  # type: ignore[arg-type]
+    assert int(ring.positions[0, 1]) == place.end  # the room is free again
     other = numbers_table(1_000, 1_050).to_batches()[0]
     for _ in range(40):  # the ring wraps around several times over the first message
         again = ring.write(0, other)
@@ -129,8 +129,8 @@ def test_messages_start_aligned_in_rings_of_any_size() -> None:
     batch = numbers_table(0, 7).to_batches()[0]
     for worker in range(3):
         for _ in range(30):  # wraps around
-            slot = ring.write(worker, batch)
-            assert slot is not None
-            assert (ring.data[worker, slot.offset :].data_ptr()) % 64 == 0
-            ring.release(slot)
+            place = ring.write(worker, batch)
+            assert place is not None
+            assert (ring.data[worker, place.offset :].data_ptr()) % 64 == 0
+            ring.release(place)
     assert ring_capacity(123_457) % 4096 == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -17,10 +18,9 @@ from duckstream.core.resume import (
     items_per_worker,
     next_worker,
     stage_sequence,
-    window_key,
     worker_items,
 )
-from duckstream.core.shuffle import emit_order
+from duckstream.core.shuffle import emit_order, window_key
 from duckstream.core.world import World
 
 
@@ -63,10 +63,11 @@ stages = st.builds(
     world_size=st.integers(1, 8),
     num_workers=st.integers(1, 4),
     batch_size=st.integers(1, 7),
-    drop_last=st.just(False),
+    drop_last=st.booleans(),
     shuffle_buffer=st.integers(1, 40),
     chunk=st.integers(1, 4),
 )
+whole_batches = stages.map(lambda stage: replace(stage, drop_last=False))
 common = {
     "total": st.integers(0, 300),
     "seed": st.integers(0, 2**31),
@@ -77,7 +78,7 @@ common = {
 
 
 @settings(max_examples=300, deadline=None)
-@given(stage=stages, **{**common, "even": st.sampled_from(["pad", "drop"])})
+@given(stage=whole_batches, **{**common, "even": st.sampled_from(["pad", "drop"])})
 def test_one_epoch_reads_every_row_once_with_equal_ranks(
     stage: Stage, total: int, seed: int, epoch: int, shuffle: bool, even: Even
 ) -> None:
@@ -93,9 +94,9 @@ def test_one_epoch_reads_every_row_once_with_equal_ranks(
     real = Counter(p for s in streams for item in s for p, is_real in item if is_real)
     expected = total if even == "pad" else rank_rows(total, stage.world_size, "drop") * stage.world_size
     assert real == Counter(range(expected))
-    # padding only ever repeats rows, and only as many as balance needs
+    # padding only ever repeats rows, and fewer than there are ranks: a rank reads ceil(total / ranks)
     padded = [p for s in streams for item in s for p, is_real in item if not is_real]
-    assert len(padded) == (rows_per_rank.pop() * stage.world_size - total if even == "pad" else 0)
+    assert len(padded) < stage.world_size if even == "pad" else not padded
     assert all(0 <= p < total for p in padded)
 
 
@@ -124,8 +125,15 @@ def test_resume_under_any_new_world_reads_the_rest_once(
             seen.update(p for item in stream[:consumed] for p, real in item if real)
         done.append(Stage(**{**stage.__dict__, "consumed": consumed}))
     assert max(seen.values(), default=1) == 1, "a row was read twice"
-    if even in ("pad", "split"):
-        assert set(seen) == set(range(total)), "a row was lost"
+    assert set(seen) <= set(range(total))
+    # Lost: what "drop" leaves out for balance (fewer rows than ranks, per stage), and under
+    # drop_last the partial batch (fewer rows than a batch) of each slot of the stage that ends
+    # the epoch; the batches a stage did not hand out are owed to the next.
+    allowed = sum(s.world_size - 1 for s in (first, second, third)) if even == "drop" else 0
+    if third.drop_last:
+        allowed += third.world_size * third.num_workers * (third.batch_size - 1)
+    lost = total - len(seen)
+    assert lost <= allowed, f"{lost} rows lost, at most {allowed} allowed"
 
 
 @given(total=st.integers(0, 300), world_size=st.integers(1, 8), num_workers=st.integers(1, 4))

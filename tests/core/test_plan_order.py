@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from duckstream.core.order import epoch_order
-from duckstream.core.plan import Shard, plan_fingerprint, plan_shards, skip_empty_groups
+from duckstream.core.shards import Shard, plan_fingerprint, plan_shards, skip_empty_groups
 
 row_group_lists = st.lists(st.lists(st.integers(0, 300), max_size=6), min_size=1, max_size=8)
 

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 
 import pytest
 from hypothesis import given, settings
@@ -30,20 +29,29 @@ def test_items_arrive_in_order(items: list[int], depth: int) -> None:
 
 
 @pytest.mark.parametrize("depth", [1, 3])
-def test_the_producer_runs_at_most_depth_items_ahead(depth: int) -> None:
+def test_the_producer_runs_exactly_depth_items_ahead(depth: int) -> None:
     produced: list[int] = []
+    made = threading.Condition()
 
     def source() -> Iterator[int]:
         for i in range(20):
-            produced.append(i)
+            with made:
+                produced.append(i)
+                made.notify_all()
             yield i
+
+    def produced_at_least(count: int) -> Callable[[], bool]:
+        return lambda: len(produced) >= count
 
     stream = read_ahead(source(), depth)
     for taken in range(1, 6):
         next(stream)
-        time.sleep(0.05)  # let the producer fill the queue
-        # the queue holds `depth`; the producer may hold one more it cannot put yet
-        assert taken <= len(produced) <= taken + depth + 1
+        # The queue fills to `depth` and the producer makes one more it cannot put yet; once it
+        # has got that far it waits for the next item to be taken, making nothing more.
+        ahead = taken + depth + 1
+        with made:
+            assert made.wait_for(produced_at_least(ahead), timeout=60)
+            assert len(produced) == ahead
     stream.close()
 
 

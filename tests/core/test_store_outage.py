@@ -17,8 +17,8 @@ from duckstream.adapters.torch import DuckStreamDataset, DuckStreamLoader
 from duckstream.catalog import LakehouseCatalog
 from duckstream.core.planning import prepare
 from duckstream.core.retry import Backoff, transient
-from duckstream.devservices import PostgresService, S3Service, SeaweedFS, free_port
 from duckstream.errors import DuckstreamError, StoreUnavailableError
+from duckstream.services import PostgresService, S3Service, SeaweedFS, free_port
 from duckstream.storage import ENV_RETRY_SECONDS
 from duckstream.stream import as_iterable_dataset, stream_batches
 from tests.conftest import upload_dir, write_wide_file

@@ -14,8 +14,8 @@ import pytest
 from duckstream.core import remote_files
 from duckstream.core.planning import prepare
 from duckstream.core.world import World
-from duckstream.devservices import S3Service
 from duckstream.errors import S3AccessError, SourceError
+from duckstream.services import S3Service
 from duckstream.storage import S3Settings, pyarrow_s3
 from duckstream.stream import DuckStreamDataset, DuckStreamLoader, stream_batches
 from tests.adapters.resume_check import ids_in

@@ -4,6 +4,7 @@ itself (without the statement check) cannot write, read other files or change it
 from __future__ import annotations
 
 import glob
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import pytest
 from duckstream.catalog import LakehouseCatalog
 from duckstream.errors import ConfigurationError, DuckstreamError, QueryError, RefusedStatementError
 from duckstream.quality import LakehouseDeps
+from tests.dev_install import require
 from tests.quality.data import mixed_table, write_parts
 
 
@@ -144,27 +146,53 @@ ENGINE_ESCAPES = [
     "SELECT * FROM read_csv('{tmp}/secret.csv')",
     "SELECT * FROM read_text('/etc/passwd')",
     "ATTACH '{tmp}/other.duckdb'",
-    "INSTALL spatial",
-    "LOAD spatial",
-    "LOAD '{tmp}/secret.csv'",
-    "SET enable_external_access = true",
+    "INSTALL '{tpch}'",
+    "INSTALL tpch FROM '{repository}'",
+    "LOAD '{tpch}'",
+    # (DuckDB itself never turns external access back on while a database runs.)
+    "SET autoload_known_extensions = true",
     "SET allowed_directories = ['/']",
     "RESET lock_configuration",
     "EXPORT DATABASE '{tmp}/export'",
 ]
 
 
+@pytest.fixture(scope="module")
+def extension(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """An extension duckstream never loads (tpch): its binary, and a local repository holding it."""
+    package = require("duckdb_extension_tpch")
+    version = f"v{duckdb.__version__}"
+    binary = Path(next(iter(package.__path__)), "extensions", version, "tpch.duckdb_extension")
+    repository = tmp_path_factory.mktemp("repository")
+    platform = duckdb.connect().execute("PRAGMA platform").fetchall()[0][0]
+    (repository / version / platform).mkdir(parents=True)
+    shutil.copy(binary, repository / version / platform)
+    return {"tpch": binary, "repository": repository}
+
+
 @pytest.mark.parametrize("sql", ENGINE_ESCAPES)
-def test_the_engine_itself_cannot_get_out(sql: str, deps: LakehouseDeps, home: Path) -> None:
+def test_the_engine_itself_cannot_get_out(
+    sql: str, deps: LakehouseDeps, home: Path, extension: dict[str, Path]
+) -> None:
     """Read-only by construction: even SQL that skips the session's check stays inside, on the
     engine and on its DuckDB connection itself."""
     engine = deps.query_engine()
     with pytest.raises(DuckstreamError):
-        engine.execute(sql.format(tmp=home)).fetchall()
+        engine.execute(sql.format(tmp=home, **extension)).fetchall()
     with pytest.raises(duckdb.Error):  # the connection the session locked, which no user gets
-        engine._connection().execute(sql.format(tmp=home)).fetchall()
+        engine._connection().execute(sql.format(tmp=home, **extension)).fetchall()
     assert sorted(p.name for p in home.iterdir()) == ["mixed", "secret.csv"]
     assert engine.execute("SELECT count(*) FROM captions").fetchall() == [(60,)]
+
+
+@pytest.mark.parametrize("sql", ENGINE_ESCAPES)
+def test_each_way_out_works_on_a_connection_left_unlocked(
+    sql: str, tmp_path: Path, extension: dict[str, Path]
+) -> None:
+    """The ways out above are real: on a DuckDB connection nobody locked, each one succeeds."""
+    (tmp_path / "secret.csv").write_text("user,password\nroot,hunter2\n")
+    with duckdb.connect(config={"extension_directory": str(tmp_path / "extensions")}) as con:
+        con.execute(sql.format(tmp=tmp_path, **extension))
 
 
 def test_the_engine_gives_out_no_connection_that_could_overwrite_a_source(tmp_path: Path) -> None:

@@ -12,9 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from duckstream.catalog import LakehouseCatalog
-from duckstream.devservices import PostgresService, S3Service
 from duckstream.errors import QueryError, RefusedStatementError
 from duckstream.quality import LakehouseDeps, profile
+from duckstream.services import PostgresService, S3Service
 from tests.conftest import upload_dir
 from tests.quality.data import mixed_table, write_parts
 

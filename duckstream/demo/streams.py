@@ -13,7 +13,7 @@ from typing import Any
 
 from duckstream.catalog import Run
 from duckstream.core.lake import LakeTable
-from duckstream.walkthrough import Lakehouse, Section, rows_table, short
+from duckstream.demo.frame import Lakehouse, Section, rows_table, short
 
 __all__ = [
     "describe_source",

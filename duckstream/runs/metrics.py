@@ -18,7 +18,7 @@ import pyarrow as pa
 from duckstream.core.planning import Source
 from duckstream.core.world import World
 from duckstream.errors import ConfigurationError
-from duckstream.loader_stats import EpochStats
+from duckstream.runs.loader_stats import EpochStats
 
 __all__ = ["column_statistics", "loader_metrics", "log_metrics"]
 

@@ -10,14 +10,14 @@ import pyarrow as pa
 
 from duckstream._optional import require
 from duckstream.catalog import Run
-from duckstream.sync import SyncResult, sync_from_hf
-from duckstream.walkthrough import (
+from duckstream.demo.frame import (
     CAPTIONS_TABLE,
     INGEST_SPLITS,
     Lakehouse,
     Section,
     rows_table,
 )
+from duckstream.sync import SyncResult, sync_from_hf
 
 __all__ = [
     "CAPTION_ROWS",

@@ -1,4 +1,4 @@
-"""torchdata's StatefulDataLoader: read its state dict as a duckstream state.
+"""torchdata's StatefulDataLoader: read its state dict as a duckstream state (no torch needed).
 
 A StatefulDataLoader over a DuckStreamDataset asks each worker's copy of the dataset for its
 state and keeps them in its own layout. Merged, they are the state DuckStreamLoader would have

@@ -1,9 +1,10 @@
 """Walkthrough sections that report on the data: loader metrics to W&B (offline) and a quality profile.
 
 The metrics section times one epoch of the run's pinned table through ``DuckStreamLoader`` with a
-:class:`~duckstream.loader_stats.LoaderMeter`, records the statistics on the run in the catalog,
-and sends them with :mod:`duckstream.metrics` to an offline W&B run. The quality section profiles
-the pinned table with :func:`duckstream.quality.profile`, key and declarative checks included.
+:class:`~duckstream.runs.loader_stats.LoaderMeter`, records the statistics on the run in the
+catalog, and sends them with :mod:`duckstream.runs.metrics` to an offline W&B run. The quality
+section profiles the pinned table with :func:`duckstream.quality.profile`, key and declarative
+checks included.
 """
 
 from __future__ import annotations
@@ -18,12 +19,12 @@ from duckstream._environ import environment
 from duckstream._optional import require
 from duckstream.catalog import Run
 from duckstream.core.lake import LakeTable
-from duckstream.loader_stats import EpochStats, LoaderMeter
-from duckstream.metrics import column_statistics, loader_metrics, log_metrics
+from duckstream.demo.data import CAPTION_ROWS
+from duckstream.demo.frame import CAPTIONS_TABLE, Lakehouse, Section, rows_table
 from duckstream.quality import QualityReport, profile
 from duckstream.quality.render import render_html, render_text
-from duckstream.walkthrough import CAPTIONS_TABLE, Lakehouse, Section, rows_table
-from duckstream.walkthrough_data import CAPTION_ROWS
+from duckstream.runs.loader_stats import EpochStats, LoaderMeter
+from duckstream.runs.metrics import column_statistics, loader_metrics, log_metrics
 
 __all__ = ["BATCH_SIZE", "QUALITY_CHECKS", "quality_section", "wandb_metrics_section"]
 

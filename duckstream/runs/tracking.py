@@ -22,8 +22,8 @@ import duckdb
 from duckstream.catalog import LakehouseCatalog, Run, refused_credentials
 from duckstream.core.lake import LakeTable
 from duckstream.errors import CatalogError, ConfigurationError, QueryError
-from duckstream.loader_stats import EpochStats, LoaderMeter, count_rows
 from duckstream.redact import get_logger, redact
+from duckstream.runs.loader_stats import EpochStats, LoaderMeter, count_rows
 
 __all__ = ["RunTracker", "is_unreachable", "snapshots_of"]
 

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from duckstream.core.lake import LakeTable
-from duckstream.walkthrough import CAPTIONS_TABLE, Lakehouse, Section, rows_table
-from duckstream.walkthrough_data import EXPERIMENT
-from duckstream.walkthrough_streams import describe_source
+from duckstream.demo.data import EXPERIMENT
+from duckstream.demo.frame import CAPTIONS_TABLE, Lakehouse, Section, rows_table
+from duckstream.demo.streams import describe_source
 
 __all__ = ["TIERS", "TIER_SELECT", "Tier", "tiers_section"]
 

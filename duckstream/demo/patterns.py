@@ -1,6 +1,6 @@
 """Walkthrough sections on lakehouse patterns 1 to 6 (schema evolution, time travel, cross-plane
 joins, pushdown, idempotent ingest, analytics) and the closing table of all seven; pattern 7,
-streamable tiers, lives in ``walkthrough_tiers``.
+streamable tiers, lives in ``tiers``.
 
 Every pattern leaves the lake table ``captions`` as it found it, so that a rerun streams the
 same rows in the same order: schema evolution works on a table of its own, made once.
@@ -12,10 +12,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from duckstream.catalog import Run
+from duckstream.demo.data import CAPTION_ROWS, EXPERIMENT, ingest
+from duckstream.demo.frame import CAPTIONS_TABLE, INGEST_SPLITS, Lakehouse, Section, rows_table
 from duckstream.engine import sql_literal
 from duckstream.query import LakehouseQuery
-from duckstream.walkthrough import CAPTIONS_TABLE, INGEST_SPLITS, Lakehouse, Section, rows_table
-from duckstream.walkthrough_data import CAPTION_ROWS, EXPERIMENT, ingest
 
 __all__ = [
     "EVOLVED_COLUMN",

@@ -1,9 +1,8 @@
 """The lakehouse walkthrough's frame: where its lakehouse lives, the open lakehouse, and sections.
 
-The sections themselves live in ``walkthrough_data`` (ingest, the run record, OLAP queries),
-``walkthrough_streams`` (PyTorch, Hugging Face and Arrow streams), ``walkthrough_reports``
-(metrics and quality), ``walkthrough_patterns`` (the lakehouse patterns) and
-``walkthrough_tiers`` (streamable tiers, each a recorded run);
+The sections themselves live beside it in ``data`` (ingest, the run record, OLAP queries),
+``streams`` (PyTorch, Hugging Face and Arrow streams), ``reports`` (metrics and quality),
+``patterns`` (the lakehouse patterns) and ``tiers`` (streamable tiers, each a recorded run);
 :func:`duckstream.demo.run_walkthrough` runs them in order.
 """
 
@@ -23,10 +22,10 @@ from duckstream import engine
 from duckstream._closing import ClosesOnExit
 from duckstream.catalog import LakehouseCatalog, Run
 from duckstream.core.lake import CatalogLocation, LakeTable
+from duckstream.demo.render import box_table
 from duckstream.errors import ConfigurationError
 from duckstream.query import LakehouseQuery
 from duckstream.storage import S3Settings
-from duckstream.walkthrough_render import box_table
 
 __all__ = [
     "CAPTIONS_TABLE",

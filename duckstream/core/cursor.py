@@ -1,0 +1,227 @@
+"""An epoch's progress over one plan, without torch: the one place a stream's position lives.
+
+The cursor knows which epoch is read, the stretches of it already read (*stages*, one per
+resume under another setup), and how many items the current stretch handed out. It saves and
+restores that progress in every form a loader keeps it (the dataset's or DuckStreamLoader's
+state, one DataLoader worker's state, torchdata's StatefulDataLoader state, and the count of
+rows a Hugging Face examples iterable keeps), and it opens one slot's read of an epoch, which
+``stream_batches``, ``as_iterable_dataset`` and ``DuckStreamDataset`` all go through. The
+adapters add only their framework's glue (worker info, shared memory, transport).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import pyarrow as pa
+
+from duckstream.core.options import ReadOptions
+from duckstream.core.pipeline import SlotStart, locate_slot, read_slot, read_streams
+from duckstream.core.planning import StreamPlan
+from duckstream.core.resume import Stage, fold
+from duckstream.core.state import (
+    STATE_VERSION,
+    is_slot_state,
+    make_state,
+    read_count,
+    read_slot_state,
+    read_state,
+    slot_state,
+)
+from duckstream.core.torchdata_state import is_stateful_loader_state, merge_stateful_loader_state
+from duckstream.core.world import World
+from duckstream.errors import ConfigurationError, StateError
+
+__all__ = ["EpochCursor", "SlotRead", "SlotResume"]
+
+
+@dataclass(frozen=True)
+class SlotResume:
+    """One DataLoader worker's saved progress: it continues exactly its ``role``."""
+
+    epoch: int
+    prior: tuple[Stage, ...]  # the stages of the epoch before the worker's own
+    stage: Stage  # the worker's stage; ``consumed`` is the items that worker yielded
+    role: int
+
+
+@dataclass(frozen=True)
+class SlotRead:
+    """One slot's read of an epoch: the setup it reads under, where it starts, its batches."""
+
+    stage: Stage
+    start: SlotStart
+    batches: Iterator[pa.RecordBatch]
+
+    @property
+    def epoch(self) -> int:
+        return self.start.epoch
+
+
+class EpochCursor:
+    """Progress through the epochs of ``plan`` read with ``options``.
+
+    ``epoch``: the epoch read next (or being read); ``done``: stretches of it read before the
+    current one; ``consumed``: items the current in-process stretch handed out; ``finished``:
+    the current in-process pass came to its end.
+    """
+
+    def __init__(self, plan: StreamPlan, options: ReadOptions) -> None:
+        self.plan = plan
+        self.options = options.sized(plan.row_bytes)
+        self.streams = read_streams(plan)
+        self._summary = plan.summary()
+        self.epoch = 0
+        self.done: list[Stage] = []
+        self.consumed = 0
+        self.finished = False
+
+    # -- epochs and progress ---------------------------------------------------------------
+
+    def set_epoch(self, epoch: int) -> None:
+        """Read ``epoch`` next; a resumed epoch keeps its progress when set again."""
+        if epoch < 0:
+            raise ConfigurationError(f"epoch must be non-negative, found {epoch}")
+        if epoch != self.epoch or self.finished:
+            self._restart(epoch)
+
+    def _restart(self, epoch: int, done: Sequence[Stage] = ()) -> None:
+        self.epoch, self.done, self.consumed, self.finished = epoch, list(done), 0, False
+
+    def stage(self, *, world_size: int, num_workers: int = 1, chunk: int = 1, consumed: int = 0) -> Stage:
+        """The stage a read under this world and loader setup makes."""
+        return Stage(
+            world_size,
+            num_workers,
+            self.options.item_rows,
+            self.options.drops_last,
+            self.options.buffer,
+            consumed,
+            chunk,
+            self.streams,
+        )
+
+    def begin_pass(self, world_size: int) -> None:
+        """An in-process pass starts: after a finished one the epoch starts over; otherwise
+        the items the last pass handed out become a stage done."""
+        if self.finished:
+            self._restart(self.epoch)
+        elif self.consumed:
+            self.done = fold(self.done, self.stage(world_size=world_size, consumed=self.consumed))
+            self.consumed = 0
+
+    def advance(self, items: int = 1) -> None:
+        """The in-process pass handed out ``items`` more."""
+        self.consumed += items
+
+    def finish(self) -> None:
+        """The in-process pass came to its end: the next state is the next epoch's start."""
+        self.finished = True
+
+    def drop_stretch(self) -> None:
+        """Forget the items of the current stretch (a loader counts them itself)."""
+        self.consumed = 0
+
+    # -- state -----------------------------------------------------------------------------
+
+    def state(self, stages: Sequence[Stage], *, epoch: int | None = None) -> dict[str, Any]:
+        """The state of ``epoch`` (default: the cursor's) after ``stages``."""
+        return make_state(
+            fingerprint=self.plan.fingerprint,
+            seed=self.options.seed,
+            shuffle=self.options.shuffle,
+            even=self.options.even,
+            epoch=self.epoch if epoch is None else epoch,
+            stages=list(stages),
+            plan=self._summary,
+        )
+
+    def state_dict(self, current: Stage) -> dict[str, Any]:
+        """The progress so far, the current stretch read under ``current`` (its ``consumed``
+        the items the training loop took)."""
+        if self.finished:
+            return self.state([], epoch=self.epoch + 1)
+        return self.state(fold(self.done, current))
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> SlotResume | None:
+        """Continue where ``state`` left off: a dataset or DuckStreamLoader state, or a
+        StatefulDataLoader's. One worker's own state is returned, not applied: only that
+        worker's next read continues it."""
+        if is_stateful_loader_state(state):
+            state = merge_stateful_loader_state(state)
+        elif is_slot_state(state):
+            prior_state, role, stage = read_slot_state(state)
+            epoch, prior = self._read(prior_state)
+            return SlotResume(epoch, tuple(prior), stage, role)
+        epoch, stages = self._read(state)
+        self._restart(epoch, stages)
+        return None
+
+    def _read(self, state: Mapping[str, Any]) -> tuple[int, list[Stage]]:
+        return read_state(
+            state,
+            fingerprint=self.plan.fingerprint,
+            seed=self.options.seed,
+            shuffle=self.options.shuffle,
+            even=self.options.even,
+            plan=self._summary,
+        )
+
+    def slot_state_dict(self, read: SlotRead, items: int) -> dict[str, Any]:
+        """One worker's own state after it yielded ``items`` of ``read``."""
+        return slot_state(
+            self.state(read.start.prior, epoch=read.epoch),
+            worker=read.start.world.worker,
+            stage=replace(read.stage, consumed=read.start.items + items),
+        )
+
+    def rows_state(self, rows: int) -> dict[str, Any]:
+        """A count of rows read from one slot's share (what a Hugging Face examples iterable
+        keeps), versioned and tied to this plan."""
+        return {"version": STATE_VERSION, "fingerprint": self.plan.fingerprint, "rows": rows}
+
+    def read_rows_state(self, state: Mapping[str, Any]) -> int:
+        """The rows a :meth:`rows_state` counted; states saved before it held a version and
+        fingerprint hold only the count."""
+        if "version" in state and state["version"] != STATE_VERSION:
+            raise StateError(f"expected state['version'] == {STATE_VERSION}, found {state['version']!r}")
+        if "fingerprint" in state and state["fingerprint"] != self.plan.fingerprint:
+            raise StateError(
+                "state does not fit this dataset: it was saved for another plan "
+                f"(fingerprint {state['fingerprint']!r}, now {self.plan.fingerprint!r})"
+            )
+        return read_count(state.get("rows"), "the state's 'rows'")
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def open(
+        self,
+        world: World,
+        *,
+        epoch: int | None = None,
+        done: Sequence[Stage] | None = None,
+        chunk: int = 1,
+        resume: SlotResume | None = None,
+    ) -> SlotRead:
+        """``world``'s slot of ``epoch`` (default: the cursor's) after the stages ``done``
+        (default: the cursor's), or continuing one worker's ``resume``; ``chunk`` items per
+        DataLoader transfer."""
+        epoch = self.epoch if epoch is None else epoch
+        done = list(self.done if done is None else done)
+        slot_items: tuple[int, int] | None = None
+        if resume is not None:
+            epoch, done = resume.epoch, [*resume.prior, resume.stage]
+            slot_items = (resume.role, resume.stage.consumed)
+        current = self.stage(world_size=world.world_size, num_workers=world.num_workers, chunk=chunk)
+        start = locate_slot(
+            self.plan,
+            self.options,
+            world=world,
+            epoch=epoch,
+            done=done,
+            current=current,
+            slot_items=slot_items,
+        )
+        return SlotRead(current, start, read_slot(self.plan, self.options, start))

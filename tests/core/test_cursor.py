@@ -1,0 +1,123 @@
+"""The epoch cursor, without torch: exact resume, state forms and refusals."""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from duckstream.core.cursor import EpochCursor
+from duckstream.core.options import ReadOptions
+from duckstream.core.planning import StreamPlan, prepare
+from duckstream.core.resume import Stage
+from duckstream.core.state import slot_state
+from duckstream.core.world import World
+from duckstream.errors import ConfigurationError, StateError
+from duckstream.storage import S3Settings
+
+ROWS = 523
+
+
+@pytest.fixture(scope="module")
+def plan(tmp_path_factory: pytest.TempPathFactory) -> StreamPlan:
+    folder = tmp_path_factory.mktemp("cursor")
+    # Uneven files and row groups, so that stages cut through them.
+    bounds = [0, 200, 201, 390, ROWS]
+    for index, (lo, hi) in enumerate(itertools.pairwise(bounds)):
+        table = pa.table({"id": pa.array(range(lo, hi), pa.int64())})
+        pq.write_table(table, folder / f"part-{index}.parquet", row_group_size=37)
+    return prepare(str(folder), s3=S3Settings.resolve())
+
+
+def ids(batches: object) -> list[int]:
+    return [i for batch in batches for i in batch.column("id").to_pylist()]  # type: ignore[attr-defined]
+
+
+def test_an_interrupted_epoch_resumes_exactly_in_a_new_cursor(plan: StreamPlan) -> None:
+    options = ReadOptions(shuffle=True, seed=3, shuffle_buffer=64, batch_size=10)
+    whole = ids(EpochCursor(plan, options).open(World(0, 1)).batches)
+    first = EpochCursor(plan, options)
+    first.set_epoch(0)
+    read = first.open(World(0, 1))
+    taken = ids(itertools.islice(read.batches, 7))
+    first.advance(7)
+    state = first.state_dict(first.stage(world_size=1, consumed=first.consumed))
+    second = EpochCursor(plan, options)
+    assert second.load_state_dict(state) is None
+    assert taken + ids(second.open(World(0, 1)).batches) == whole
+    assert sorted(whole) == list(range(ROWS))
+
+
+def test_a_finished_pass_saves_the_next_epoch(plan: StreamPlan) -> None:
+    cursor = EpochCursor(plan, ReadOptions(shuffle=True, batch_size=100))
+    cursor.set_epoch(4)
+    cursor.advance(6)
+    cursor.finish()
+    state = cursor.state_dict(cursor.stage(world_size=1, consumed=6))
+    assert (state["epoch"], state["stages"]) == (5, [])
+    cursor.begin_pass(1)
+    assert (cursor.epoch, cursor.done, cursor.consumed, cursor.finished) == (4, [], 0, False)
+    with pytest.raises(ConfigurationError, match="non-negative"):
+        cursor.set_epoch(-1)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    before=st.integers(1, 4),
+    after=st.integers(1, 4),
+    batch_size=st.integers(1, 40),
+    take=st.integers(0, 30),
+    shuffle=st.booleans(),
+    seed=st.integers(0, 3),
+)
+def test_every_row_once_across_a_resume_under_another_world_size(
+    plan: StreamPlan, before: int, after: int, batch_size: int, take: int, shuffle: bool, seed: int
+) -> None:
+    options = ReadOptions(shuffle=shuffle, seed=seed, shuffle_buffer=50, even="split", batch_size=batch_size)
+    cursor = EpochCursor(plan, options)
+    seen: Counter[int] = Counter()
+    # Every rank of the first world takes `take` items (fewer where its share is shorter).
+    for rank in range(before):
+        seen.update(ids(itertools.islice(cursor.open(World(rank, before)).batches, take)))
+    state = cursor.state_dict(cursor.stage(world_size=before, consumed=take))
+    resumed = EpochCursor(plan, options)
+    resumed.load_state_dict(state)
+    for rank in range(after):
+        seen.update(ids(resumed.open(World(rank, after)).batches))
+    assert sorted(seen) == list(range(ROWS))
+    assert set(seen.values()) == {1}
+
+
+def test_a_workers_own_progress_only_continues_the_setup_it_was_saved_under(plan: StreamPlan) -> None:
+    cursor = EpochCursor(plan, ReadOptions(shuffle=True, shuffle_buffer=40, batch_size=8))
+    saved = Stage(2, 2, 8, False, 40, 3, 1, cursor.streams)
+    worker_state = slot_state(cursor.state([]), worker=1, stage=saved)
+    resume = cursor.load_state_dict(worker_state)
+    assert resume is not None
+    assert (resume.role, resume.stage, resume.prior) == (1, saved, ())
+    with pytest.raises(StateError, match="resumes under the setup it was saved with"):
+        cursor.open(World(0, 1, 0, 2), resume=resume)
+    read = cursor.open(World(0, 2, 0, 2), resume=resume)
+    assert (read.start.world.worker, read.start.items, read.start.emitted) == (1, 3, 24)
+    assert cursor.slot_state_dict(read, 2)["slot"] == {
+        "worker": 1,
+        "stage": {**worker_state["slot"]["stage"], "consumed": 5},
+    }
+
+
+def test_a_row_count_state_is_tied_to_its_plan(plan: StreamPlan, tmp_path: Path) -> None:
+    cursor = EpochCursor(plan, ReadOptions())
+    assert cursor.read_rows_state(cursor.rows_state(17)) == 17
+    assert cursor.read_rows_state({"rows": 9}) == 9  # saved before states held a version
+    pq.write_table(pa.table({"id": [1, 2, 3]}), tmp_path / "other.parquet")
+    other = EpochCursor(prepare(str(tmp_path), s3=S3Settings.resolve()), ReadOptions())
+    with pytest.raises(StateError, match="another plan"):
+        other.read_rows_state(cursor.rows_state(17))
+    with pytest.raises(StateError, match="version"):
+        cursor.read_rows_state({**cursor.rows_state(1), "version": 99})
