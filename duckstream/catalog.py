@@ -47,14 +47,17 @@ _CONFLICT_MARKERS = (
 # DuckDB refusing a second writer of a catalog file says "conflict" too, but no retry helps while
 # the other writer keeps the file open.
 _FILE_BUSY_MARKERS = ("could not set lock on file", "unique file handle conflict")
-# PostgreSQL refusing the catalog's credentials: waiting cannot fix that, so it is no outage.
-_AUTH_MARKERS = ("password authentication failed", "no password supplied", "no pg_hba.conf entry")
+# How a CatalogError says that PostgreSQL refused the credentials (see _credentials_error).
+_REFUSED = "PostgreSQL refused the credentials of catalog"
 
 
-def refused_credentials(message: str) -> bool:
-    """Whether a catalog error says PostgreSQL refused the user or password."""
-    text = message.lower()
-    return any(marker in text for marker in _AUTH_MARKERS)
+def refused_credentials(exc: BaseException) -> bool:
+    """Whether a catalog error says PostgreSQL refused the user or password (a server that
+    answered: waiting cannot help). A QueryError was judged on DuckDB's own words, before any
+    secret was masked in them."""
+    if getattr(exc, "credentials_refused", False):
+        return True
+    return _REFUSED in str(exc) or engine.credentials_refused(str(exc))
 
 
 def _commit_conflict(exc: DuckstreamError) -> bool:
@@ -231,8 +234,8 @@ class LakehouseCatalog(RunRecords, ClosesOnExit):
             lock = psycopg.connect(self.location.target, autocommit=True, connect_timeout=30)
         except psycopg.Error as exc:
             text = redact(str(exc)).strip()
-            if refused_credentials(text):
-                raise CatalogError(_credentials_message(self.location, text)) from None
+            if engine.credentials_refused(str(exc)):
+                raise _credentials_error(self.location, text) from None
             raise CatalogError(f"could not lock table {name!r} for an append: {text}") from None
         with lock:
             row = lock.execute("SELECT pg_try_advisory_lock(%s)", [key]).fetchone()
@@ -309,8 +312,8 @@ def _attach_error(location: CatalogLocation, exc: DuckstreamError) -> Duckstream
             "(a DuckDB-file catalog allows one writer): close it there, open this one "
             f"with read_only=True, or use a PostgreSQL catalog; DuckDB said: {exc}"
         )
-    if location.kind == "postgres" and refused_credentials(text):
-        return CatalogError(_credentials_message(location, text))
+    if location.kind == "postgres" and refused_credentials(exc):
+        return _credentials_error(location, text)
     return exc
 
 
@@ -318,10 +321,9 @@ def _attach_error(location: CatalogLocation, exc: DuckstreamError) -> Duckstream
 _STORED_DATA_PATH = re.compile(r'existing data path in the catalog "([^"]*)"')
 
 
-def _credentials_message(location: CatalogLocation, text: str) -> str:
+def _credentials_error(location: CatalogLocation, text: str) -> CatalogError:
     fatal = text.split("FATAL:", 1)[-1].split(" -- in statement")[0]
     reason = " ".join(fatal.split())
-    return (
-        f"PostgreSQL refused the credentials of catalog {location!r}: {reason}; check the user and "
-        "password in the DSN (retrying cannot help)"
+    return CatalogError(
+        f"{_REFUSED} {location!r}: {reason}; check the user and password in the DSN (retrying cannot help)"
     )

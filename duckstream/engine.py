@@ -160,6 +160,17 @@ _STATEMENT_PREVIEW = 300
 _HINT_PREFIXES = ("Candidate bindings", "Did you mean", "Candidate tables")
 
 
+# PostgreSQL refusing a catalog's user or password: waiting cannot fix that, so it is no outage.
+_CREDENTIALS_REFUSED = ("password authentication failed", "no password supplied", "no pg_hba.conf entry")
+
+
+def credentials_refused(message: str) -> bool:
+    """Whether an error message (unredacted: a masked secret may cut a word) says PostgreSQL
+    refused the user or password."""
+    text = message.lower()
+    return any(marker in text for marker in _CREDENTIALS_REFUSED)
+
+
 def query_error(exc: duckdb.Error, statement: str, *, s3: S3Settings | None = None) -> QueryError:
     """Translate a DuckDB error into a :class:`QueryError` naming the statement and files.
 
@@ -187,7 +198,10 @@ def query_error(exc: duckdb.Error, statement: str, *, s3: S3Settings | None = No
             "(or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY) and the bucket's permissions"
         )
         return S3AccessError(summary, statement=clean_sql, files=files, engine_message=message)
-    return QueryError(summary, statement=clean_sql, files=files, engine_message=message)
+    refused = credentials_refused(str(exc))
+    return QueryError(
+        summary, statement=clean_sql, files=files, engine_message=message, credentials_refused=refused
+    )
 
 
 def _first_line(text: str) -> str:

@@ -29,6 +29,9 @@ everything that reaches a message passes through :func:`duckstream.redact.redact
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 __all__ = [
     "CatalogError",
     "CollateError",
@@ -107,11 +110,25 @@ class QueryError(DuckstreamError):
         statement: str,
         files: tuple[str, ...] = (),
         engine_message: str = "",
+        credentials_refused: bool = False,
     ) -> None:
         super().__init__(message)
         self.statement = statement
         self.files = files
         self.engine_message = engine_message
+        # Judged on the engine's own words: a secret masked inside them could hide the reason.
+        self.credentials_refused = credentials_refused
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Rebuilt with its keyword-only fields, so the error crosses processes whole.
+        rebuild = functools.partial(
+            type(self),
+            statement=self.statement,
+            files=self.files,
+            engine_message=self.engine_message,
+            credentials_refused=self.credentials_refused,
+        )
+        return rebuild, self.args
 
 
 class S3AccessError(QueryError):

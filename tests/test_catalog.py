@@ -22,7 +22,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from duckstream.catalog import LakehouseCatalog
+from duckstream import redact as redact_module
+from duckstream.catalog import LakehouseCatalog, refused_credentials
 from duckstream.core.world import World
 from duckstream.errors import CatalogError, ConfigurationError, DuckstreamError
 from duckstream.services import PostgresService, S3Service
@@ -464,7 +465,8 @@ def test_a_second_writer_on_a_file_catalog_gets_a_clear_error(tmp_path: Path) ->
         script = textwrap.dedent(
             f"""
             import logging
-            from duckstream.catalog import LakehouseCatalog
+            from duckstream import redact as redact_module
+from duckstream.catalog import LakehouseCatalog, refused_credentials
             from duckstream.errors import DuckstreamError
             logging.basicConfig(level=logging.INFO)
             try:
@@ -482,6 +484,22 @@ def test_a_second_writer_on_a_file_catalog_gets_a_clear_error(tmp_path: Path) ->
     assert "read_only=True" in result.stdout
     # at once: the other writer keeps the file until it closes, so waiting would only delay this
     assert "retry" not in result.stderr
+
+
+@pytest.mark.services
+def test_a_refused_password_is_known_where_a_secret_masks_part_of_the_reason(
+    postgres_server: PostgresService, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A registered secret that happens to occur inside PostgreSQL's words ("au***tication")
+    # must not turn a refused password into an outage to wait out.
+    monkeypatch.setattr(redact_module, "_registered", {*redact_module._registered, "then"})
+    wrong = f"postgresql://ducklake:wrong-password-123@127.0.0.1:{postgres_server.port}/ducklake"
+    began = time.monotonic()
+    with pytest.raises(CatalogError, match="PostgreSQL refused the credentials") as raised:
+        LakehouseCatalog(wrong, tmp_path / "files")
+    assert refused_credentials(raised.value)
+    assert time.monotonic() - began < 10
+    assert "wrong-password-123" not in str(raised.value)
 
 
 @pytest.mark.services

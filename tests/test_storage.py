@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
+from duckstream import redact as redact_module
 from duckstream.errors import ConfigurationError
 from duckstream.storage import DEFAULT_REGION, S3Settings
 
@@ -99,6 +102,17 @@ secret_text = st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126
 BASELINE = repr(S3Settings.resolve("h:1", "placeholder-key", "placeholder-secret", environ={}))
 
 
+@pytest.fixture
+def registry_restored() -> Iterator[None]:
+    # Random "secrets" stay registered for the whole process and would mask words in the
+    # messages of later tests ("then" in "authentication"): forget them afterwards.
+    saved = set(redact_module._registered)
+    yield
+    redact_module._registered.clear()
+    redact_module._registered.update(saved)
+
+
+@pytest.mark.usefixtures("registry_restored")
 @given(key=secret_text, secret=secret_text)
 def test_repr_never_shows_keys(key: str, secret: str) -> None:
     # A "secret" such as "Fals" can occur in the repr's own text (use_ssl=False): not a leak.

@@ -47,7 +47,7 @@ def is_unreachable(exc: BaseException) -> bool:
 
     A server that answered to refuse the user or password was reached: waiting cannot help.
     """
-    if refused_credentials(f"{exc} {getattr(exc, 'engine_message', '')}"):
+    if refused_credentials(exc):
         return False
     if isinstance(exc, _UNREACHABLE_TYPES):
         return True
@@ -248,7 +248,7 @@ class RunTracker:
         except Exception as exc:
             if is_unreachable(exc):
                 return  # the registration waits in the queue
-            if refused_credentials(f"{exc} {getattr(exc, 'engine_message', '')}"):
+            if refused_credentials(exc):
                 self._give_up(exc)
                 return
             raise
