@@ -339,6 +339,18 @@ def _add_bench_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
         ),
     )
     bench.add_argument(
+        "--scale-sim",
+        action="store_true",
+        help=(
+            "instead: simulate planning at scale on synthetic metadata (no files read): time and peak "
+            "memory of one rank's share, size of the shared plan, and checks on sampled slots"
+        ),
+    )
+    bench.add_argument(
+        "--files", type=int, default=1_000_000, help="with --scale-sim: files (default 1,000,000)"
+    )
+    bench.add_argument("--ranks", type=int, default=4096, help="with --scale-sim: ranks (default 4,096)")
+    bench.add_argument(
         "--mosaic-python",
         type=Path,
         metavar="PATH",
@@ -477,6 +489,13 @@ def _run_demo(args: argparse.Namespace, out: TextIO) -> None:
 
 
 def _run_bench(args: argparse.Namespace, out: TextIO) -> int:
+    if args.scale_sim:
+        from duckstream.benchmarks.scale import run_and_report
+
+        # --workers is a list for the loader benchmark: the simulation takes its first count.
+        workers = args.workers[0] if args.workers else 8
+        code: int = run_and_report(args.files, args.ranks, workers, args.json, out)
+        return code
     if args.peers is not None:
         return _run_bench_peers(args, out)
     from duckstream.benchmarks.loader import BenchConfig, run_bench

@@ -21,6 +21,7 @@ slot's rows and a key: which rows a slot has emitted after ``n`` is known withou
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,7 +29,7 @@ import numpy as np
 from duckstream.core.order import seeded_rng
 from duckstream.core.ranges import length, slice_ranges
 
-__all__ = ["DEFAULT_STREAMS", "Layout", "interleave", "stripe_rows"]
+__all__ = ["DEFAULT_STREAMS", "Entries", "Layout", "interleave", "stripe_rows"]
 
 # Pieces read at once: enough that a window mixes rows from all over a slot's share; each
 # holds a decoder and a stripe, so memory stays near one shuffle window.
@@ -37,17 +38,44 @@ _MIN_STRIPE_ROWS = 64
 
 
 @dataclass(frozen=True)
+class Entries:
+    """Per shard, an array of offsets, held as one flat array cut at ``bounds`` (a million
+    shards are two arrays, not a million)."""
+
+    flat: np.ndarray
+    bounds: np.ndarray  # shard i's offsets are flat[bounds[i]:bounds[i + 1]]
+
+    @classmethod
+    def of(cls, arrays: Sequence[np.ndarray]) -> Entries:
+        sizes = np.fromiter((len(a) for a in arrays), dtype=np.int64, count=len(arrays))
+        bounds = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        flat = np.concatenate([np.asarray(a, dtype=np.int64) for a in arrays]) if len(arrays) else bounds[:0]
+        return cls(flat.astype(np.int64), bounds)
+
+    def __len__(self) -> int:
+        return len(self.bounds) - 1
+
+    def __getitem__(self, shard: int) -> np.ndarray:
+        return self.flat[self.bounds[shard] : self.bounds[shard + 1]]
+
+
+@dataclass(frozen=True)
 class Layout:
     """What the read order needs to know of a plan's shards.
 
     ``counts``: rows each shard yields; ``entries``: per shard, the offsets (in rows it
     yields, after its first) where a read can start without decoding rows it drops (its row
-    groups' first rows); ``anywhere``: per shard, whether starting elsewhere costs little.
+    groups' first rows), kept as :class:`Entries` whatever sequence of arrays is given;
+    ``anywhere``: per shard, whether starting elsewhere costs little.
     """
 
     counts: np.ndarray
-    entries: tuple[np.ndarray, ...]
+    entries: Entries | Sequence[np.ndarray]
     anywhere: np.ndarray
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.entries, Entries):
+            object.__setattr__(self, "entries", Entries.of(self.entries))
 
     @property
     def num_rows(self) -> int:

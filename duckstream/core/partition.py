@@ -7,6 +7,7 @@ cut short (``even="drop"``). Within a rank, workers' spans differ by at most one
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -15,7 +16,7 @@ import numpy as np
 from duckstream.core.ranges import length, slice_ranges
 from duckstream.core.world import World
 
-__all__ = ["Even", "SlotSpan", "partition", "rank_rows", "worker_rows"]
+__all__ = ["Even", "SlotSpan", "partition", "partition_of", "rank_rows", "slot_bounds", "worker_rows"]
 
 # "split" (used by the Hugging Face adapter) shares rows exactly, ranks differing by one row.
 Even = Literal["pad", "drop", "split"]
@@ -38,7 +39,8 @@ def rank_rows(total: int, world_size: int, even: Even, rank: int = 0) -> int:
     if even == "pad":
         return -(-total // world_size)
     if even == "split":
-        return worker_rows(total, world_size)[rank]
+        base, extra = divmod(total, world_size)
+        return base + (1 if rank < extra else 0)
     return total // world_size
 
 
@@ -48,21 +50,36 @@ def worker_rows(rows: int, num_workers: int) -> list[int]:
     return [base + (1 if w < extra else 0) for w in range(num_workers)]
 
 
+def slot_bounds(total: int, world: World, even: Even) -> tuple[int, int]:
+    """Where ``world``'s slot begins and ends among ``total`` rows (past ``total``: padding)."""
+    rows = rank_rows(total, world.world_size, even, world.rank)
+    if even == "split":
+        base, extra = divmod(total, world.world_size)
+        rank_begin = base * world.rank + min(world.rank, extra)
+    else:
+        rank_begin = rows * world.rank
+    base, extra = divmod(rows, world.num_workers)
+    begin = rank_begin + base * world.worker + min(world.worker, extra)
+    return begin, begin + base + (1 if world.worker < extra else 0)
+
+
 def partition(sequence: np.ndarray, world: World, even: Even) -> SlotSpan:
     """The span of ``sequence`` (ranges, in order) that ``world``'s slot reads."""
-    total = length(sequence)
-    ranks = [rank_rows(total, world.world_size, even, r) for r in range(world.world_size)]
-    sizes = worker_rows(ranks[world.rank], world.num_workers)
-    begin = sum(ranks[: world.rank]) + sum(sizes[: world.worker])
-    end = begin + sizes[world.worker]
+    return partition_of(length(sequence), lambda lo, hi: slice_ranges(sequence, lo, hi), world, even)
+
+
+def partition_of(total: int, items: Callable[[int, int], np.ndarray], world: World, even: Even) -> SlotSpan:
+    """:func:`partition` of a sequence of ``total`` rows known only by ``items(lo, hi)``, its
+    items ``lo`` to ``hi`` as ranges: only the slot's own are asked for."""
+    begin, end = slot_bounds(total, world, even)
     real_end = min(end, total)
-    parts = [slice_ranges(sequence, begin, real_end)]
+    parts = [items(begin, real_end)]
     # Padding: indices past the end wrap around to the start of the sequence.
     pad_from, pad_count = max(begin, total) - total, end - max(begin, total)
     while pad_count > 0 and total > 0:
         start = pad_from % total
         take = min(pad_count, total - start)
-        parts.append(slice_ranges(sequence, start, start + take))
+        parts.append(items(start, start + take))
         pad_from += take
         pad_count -= take
     return SlotSpan(np.concatenate(parts), max(0, real_end - begin))
