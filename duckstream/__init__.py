@@ -15,6 +15,7 @@ __version__ = "0.1.0"
 _EXPORTS: dict[str, str] = {
     "DuckStreamDataset": "duckstream.stream",
     "DuckStreamLoader": "duckstream.stream",
+    "DuckStreamMix": "duckstream.stream",
     "LakeTable": "duckstream.core.lake",
     "LakehouseCatalog": "duckstream.catalog",
     "LakehouseQuery": "duckstream.query",
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from duckstream.query import LakehouseQuery as LakehouseQuery
     from duckstream.stream import DuckStreamDataset as DuckStreamDataset
     from duckstream.stream import DuckStreamLoader as DuckStreamLoader
+    from duckstream.stream import DuckStreamMix as DuckStreamMix
     from duckstream.stream import as_iterable_dataset as as_iterable_dataset
     from duckstream.stream import stream_batches as stream_batches
     from duckstream.sync import sync_from_hf as sync_from_hf

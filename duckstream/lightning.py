@@ -22,6 +22,7 @@ except ModuleNotFoundError:  # name the extra to install
     require("lightning")
     raise
 
+from duckstream.adapters.mix import DuckStreamMix
 from duckstream.adapters.torch import DuckStreamDataset, DuckStreamLoader
 from duckstream.catalog import LakehouseCatalog
 from duckstream.core.lake import LakeTable
@@ -60,7 +61,7 @@ class MeteredLoader(DuckStreamLoader):
 
     def __init__(
         self,
-        dataset: DuckStreamDataset,
+        dataset: DuckStreamDataset | DuckStreamMix,
         num_workers: int = 0,
         *,
         meter: LoaderMeter,
@@ -76,17 +77,18 @@ class MeteredLoader(DuckStreamLoader):
         epoch = None if self._epoch_of is None else self._epoch_of()
         if epoch is not None:
             self.set_epoch(epoch)
-        yield from self.meter.measure(super().__iter__(), lambda: self.duck_dataset.epoch)
+        sources = self.source_items if isinstance(self.dataset, DuckStreamMix) else None
+        yield from self.meter.measure(super().__iter__(), lambda: self.epoch, sources=sources)
 
 
 class DuckStreamDataModule(L.LightningDataModule):
     """Train/val/test/predict splits read by duckstream, for ``Trainer.fit(model, datamodule=...)``.
 
     Each split is a source (path, glob, ``s3://`` URI, list, ``LakeTable``) or a ready
-    :class:`DuckStreamDataset` (kept as it is). Sources become datasets with ``sql``,
-    ``batch_size``, ``seed`` and ``dataset_kwargs``; only ``train`` is shuffled. The train
-    loader reads the trainer's epoch each epoch, and its state resumes a checkpoint mid-epoch
-    with no sample repeated or lost. ``loader_kwargs`` go to every DataLoader
+    :class:`DuckStreamDataset` or :class:`DuckStreamMix` (kept as it is). Sources become
+    datasets with ``sql``, ``batch_size``, ``seed`` and ``dataset_kwargs``; only ``train`` is
+    shuffled. The train loader reads the trainer's epoch each epoch, and its state resumes a
+    checkpoint mid-epoch with no sample repeated or lost. ``loader_kwargs`` go to every DataLoader
     (``pin_memory``, ``persistent_workers``, ``multiprocessing_context``, ...). ``meters``
     hold each split's loader statistics.
     """
@@ -132,13 +134,13 @@ class DuckStreamDataModule(L.LightningDataModule):
             if split in self.sources:
                 # Lightning's own from_datasets sets hooks per instance too; a partial pickles.
                 setattr(self, f"{split}_dataloader", partial(self._loader, split))
-        self._datasets: dict[Split, DuckStreamDataset] = {}
+        self._datasets: dict[Split, DuckStreamDataset | DuckStreamMix] = {}
         self._train_loader: MeteredLoader | None = None
         self._train_state: dict[str, Any] | None = None
 
     # -- datasets --------------------------------------------------------------------------
 
-    def dataset(self, split: Split) -> DuckStreamDataset:
+    def dataset(self, split: Split) -> DuckStreamDataset | DuckStreamMix:
         """The dataset of ``split``, built on first use (in this process, so on each rank)."""
         if split not in self.sources:
             raise ConfigurationError(
@@ -146,7 +148,7 @@ class DuckStreamDataModule(L.LightningDataModule):
             )
         if split not in self._datasets:
             source = self.sources[split]
-            if isinstance(source, DuckStreamDataset):
+            if isinstance(source, DuckStreamDataset | DuckStreamMix):
                 self._datasets[split] = source
             else:
                 self._datasets[split] = DuckStreamDataset(
@@ -161,7 +163,8 @@ class DuckStreamDataModule(L.LightningDataModule):
 
     def _rows_of(self, split: Split) -> Callable[[Any], int]:
         source = self.sources[split]
-        batch_size = source.batch_size if isinstance(source, DuckStreamDataset) else self.batch_size
+        ready = isinstance(source, DuckStreamDataset | DuckStreamMix)
+        batch_size = source.batch_size if ready else self.batch_size
         return count_rows if batch_size is not None else _one_row
 
     def setup(self, stage: str) -> None:
@@ -183,6 +186,20 @@ class DuckStreamDataModule(L.LightningDataModule):
                 found[split] = {"table": source.name, "version": source.version}
             elif isinstance(source, DuckStreamDataset) and source.plan.lake is not None:
                 found[split] = {"scan": source.plan.lake.scan, "fingerprint": source.plan.fingerprint}
+            elif isinstance(source, DuckStreamMix):
+                # Every mixed source, files or table: what it read, at which snapshot.
+                for name, dataset, weight in zip(source.names, source.datasets, source.weights, strict=True):
+                    plan = dataset.plan
+                    summary = plan.summary()
+                    found[f"{split}/{name}"] = {
+                        "scan": plan.lake.scan if plan.lake is not None else None,
+                        "fingerprint": plan.fingerprint,
+                        "files": summary["files"],
+                        "first_file": summary["first_file"],
+                        "rows": plan.num_rows,
+                        "sql": plan.query,
+                        "weight": weight,
+                    }
         return found
 
     # -- loaders ---------------------------------------------------------------------------
@@ -301,6 +318,15 @@ class CatalogCallback(L.Callback):
                 "shuffle": datamodule.shuffle,
                 "sql": datamodule.sql,
             }
+            train = datamodule.sources.get("train")
+            if isinstance(train, DuckStreamMix):
+                config["data"]["mix"] = {
+                    "sources": list(train.names),
+                    "weights": list(train.weights),
+                    "stopping": train.stopping,
+                    "num_items": train.num_items,
+                    "seed": train.seed,
+                }
         self.tracker = None
         tracker = RunTracker(
             self.catalog,
@@ -394,7 +420,7 @@ class LoaderMetricsCallback(L.Callback):
         source = self.column_source
         if source is None:
             train = datamodule.sources.get("train") if isinstance(datamodule, DuckStreamDataModule) else None
-            if train is None or isinstance(train, DuckStreamDataset):
+            if train is None or isinstance(train, DuckStreamDataset | DuckStreamMix):
                 raise ConfigurationError(
                     "LoaderMetricsCallback(column_sql=...) needs a source to query: pass column_source=, "
                     "or give the DuckStreamDataModule its train split as a source, not a dataset"
@@ -425,6 +451,8 @@ def _read_keywords(datamodule: Any) -> dict[str, Any]:
     train = datamodule.sources.get("train")
     if isinstance(train, DuckStreamDataset):
         return _s3_keywords(train.plan.s3)
+    if isinstance(train, DuckStreamMix):
+        return _s3_keywords(train.datasets[0].plan.s3)
     return {key: value for key, value in datamodule.dataset_kwargs.items() if key in _READ_KEYWORDS}
 
 

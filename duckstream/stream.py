@@ -1,11 +1,12 @@
 """The public face of the stream: stream_batches (Arrow, no torch), DuckStreamDataset,
-DuckStreamLoader and as_iterable_dataset (imported lazily with their optional stacks)."""
+DuckStreamLoader, DuckStreamMix and as_iterable_dataset (imported lazily with their optional stacks)."""
 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pyarrow as pa
 
@@ -17,17 +18,19 @@ from duckstream.core.world import World, ranks_from_env
 from duckstream.errors import ConfigurationError
 from duckstream.storage import S3Settings
 
-__all__ = ["DuckStreamDataset", "DuckStreamLoader", "as_iterable_dataset", "stream_batches"]
+__all__ = ["DuckStreamDataset", "DuckStreamLoader", "DuckStreamMix", "as_iterable_dataset", "stream_batches"]
 
 if TYPE_CHECKING:
     import datasets
 
+    from duckstream.adapters.mix import DuckStreamMix as DuckStreamMix
     from duckstream.adapters.torch import DuckStreamDataset as DuckStreamDataset
     from duckstream.adapters.torch import DuckStreamLoader as DuckStreamLoader
 
 _LAZY = {
     "DuckStreamDataset": ("duckstream.adapters.torch", "torch"),
     "DuckStreamLoader": ("duckstream.adapters.torch", "torch"),
+    "DuckStreamMix": ("duckstream.adapters.mix", "torch"),
 }
 
 
@@ -91,7 +94,7 @@ def stream_batches(
 
 
 def as_iterable_dataset(
-    source: Source,
+    source: Source | DuckStreamMix,
     sql: str | None = None,
     *,
     shuffle: bool = False,
@@ -105,7 +108,8 @@ def as_iterable_dataset(
     s3_retry_seconds: float | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
 ) -> datasets.IterableDataset:
-    """``source`` through ``sql`` as a real ``datasets.IterableDataset`` of rows.
+    """``source`` through ``sql`` as a real ``datasets.IterableDataset`` of rows; ``source`` may
+    also be a :class:`DuckStreamMix` (its sources as set up, read as rows; other arguments unused).
 
     ``split_dataset_by_node`` and DataLoader workers get exact, disjoint shares (every row once
     per epoch, for any world size); ``set_epoch`` gives a new order when shuffled; ``.shuffle``,
@@ -115,6 +119,12 @@ def as_iterable_dataset(
     from duckstream._optional import require
 
     require("datasets")
+    # A DuckStreamMix (its module is loaded once one exists): its sources, as they are set up.
+    mix_module = sys.modules.get("duckstream.adapters.mix")
+    if mix_module is not None and isinstance(source, mix_module.DuckStreamMix):
+        from duckstream.adapters.hf_mix import mix_iterable_dataset
+
+        return mix_iterable_dataset(source)
     from duckstream.adapters.hf import iterable_dataset
 
     options = ReadOptions(shuffle, seed, shuffle_buffer, even="split")
@@ -126,5 +136,5 @@ def as_iterable_dataset(
         use_ssl=s3_use_ssl,
         retry_seconds=s3_retry_seconds,
     )
-    plan = prepare(source, sql, s3=s3, cache_dir=cache_dir)
+    plan = prepare(cast(Source, source), sql, s3=s3, cache_dir=cache_dir)
     return iterable_dataset(plan, options)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import torch
@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torch.utils.data._utils.pin_memory import pin_memory
 
 from duckstream.adapters.collate import OUTPUTS, Output, collate_batch, collate_rows
+from duckstream.adapters.plan_share import shared_plan
 from duckstream.adapters.transport import Ring, pack, ring_capacity, ring_fits, unpack, unpack_item
 from duckstream.core.cursor import EpochCursor, SlotRead, SlotResume
 from duckstream.core.options import ROW_MODE_READ_ROWS, ReadOptions
@@ -26,6 +27,9 @@ from duckstream.errors import ConfigurationError, StateError
 from duckstream.storage import S3Settings
 
 __all__ = ["DuckStreamDataset", "DuckStreamLoader", "Transport", "detect_ranks"]
+
+if TYPE_CHECKING:
+    from duckstream.adapters.mix import DuckStreamMix, MixPasses
 
 
 def detect_ranks() -> tuple[int, int]:
@@ -53,6 +57,10 @@ class DuckStreamDataset(IterableDataset[Any]):
     ``even="pad"`` padding). Items are rows (``batch_size=None``) or batches; see the package
     docs for their shape per ``output``. Call :meth:`set_epoch` each epoch (DuckStreamLoader
     does), and use :meth:`state_dict`/:meth:`load_state_dict` to resume mid-epoch.
+
+    Under an initialised ``torch.distributed``, construction is a collective: rank 0 plans and
+    the other ranks receive its plan, so every rank must construct the dataset. ``cache_dir``
+    (a folder or ``s3://`` prefix) keeps plans for the next start while the files are unchanged.
     """
 
     def __init__(
@@ -88,7 +96,8 @@ class DuckStreamDataset(IterableDataset[Any]):
             use_ssl=s3_use_ssl,
             retry_seconds=s3_retry_seconds,
         )
-        self.plan: StreamPlan = prepare(source, sql, s3=s3, cache_dir=cache_dir)
+        # Under torch.distributed rank 0 plans and the others receive it (a collective).
+        self.plan: StreamPlan = shared_plan(lambda: prepare(source, sql, s3=s3, cache_dir=cache_dir), s3)
         self.cursor = EpochCursor(self.plan, options)
         self.output: Output = output
         self.transform = transform
@@ -328,7 +337,7 @@ def _pinned(batch: dict[str, Any]) -> dict[str, Any]:
 
 
 class DuckStreamLoader(DataLoader[Any]):
-    """A DataLoader for a :class:`DuckStreamDataset`: each pass is the next epoch.
+    """A DataLoader for a :class:`DuckStreamDataset` (or a DuckStreamMix): each pass is the next epoch.
 
     Items are the dataset's, unchanged (batching lives in the dataset). It knows how many
     items the training loop took, so :meth:`state_dict` resumes exactly, also with workers.
@@ -336,17 +345,19 @@ class DuckStreamLoader(DataLoader[Any]):
 
     def __init__(
         self,
-        dataset: DuckStreamDataset,
+        dataset: DuckStreamDataset | DuckStreamMix,
         num_workers: int = 0,
         *,
         batches_per_transfer: int | None = None,
         **kwargs: Any,
     ) -> None:
         """``batches_per_transfer``: batches (rows, when the dataset yields rows) a worker hands
-        over at once (default: about 1 MiB)."""
-        if not isinstance(dataset, DuckStreamDataset):
+        over at once (default: about 1 MiB; a mix's workers hand over one item at a time)."""
+        from duckstream.adapters.mix import DuckStreamMix, MixPasses
+
+        if not isinstance(dataset, DuckStreamDataset | DuckStreamMix):
             raise ConfigurationError(
-                f"DuckStreamLoader reads a DuckStreamDataset, found {type(dataset).__name__}"
+                f"DuckStreamLoader reads a DuckStreamDataset or DuckStreamMix, found {type(dataset).__name__}"
             )
         for key in ("batch_size", "sampler", "batch_sampler", "shuffle", "collate_fn"):
             if kwargs.get(key) not in (None, False):
@@ -359,6 +370,11 @@ class DuckStreamLoader(DataLoader[Any]):
         if batches_per_transfer is not None and batches_per_transfer < 1:
             raise ConfigurationError(f"batches_per_transfer must be at least 1, found {batches_per_transfer}")
         super().__init__(dataset, batch_size=None, num_workers=num_workers, collate_fn=_identity, **kwargs)
+        # A mix's passes and state live in MixPasses (see duckstream.adapters.mix).
+        self._mix: MixPasses | None = None
+        if isinstance(dataset, DuckStreamMix):
+            self._mix = MixPasses(dataset, num_workers)
+            return
         # A dataset built before torch.distributed started must still count this rank's share.
         dataset.ranks = World(*dataset.detect_ranks())
         dataset.transport = Transport(num_workers=max(1, num_workers))
@@ -377,7 +393,18 @@ class DuckStreamLoader(DataLoader[Any]):
         assert isinstance(self.dataset, DuckStreamDataset)
         return self.dataset
 
+    @property
+    def epoch(self) -> int:
+        """The epoch of the dataset (or mix) read."""
+        return self._mix.mix.epoch if self._mix is not None else self.duck_dataset.epoch
+
+    def source_items(self) -> dict[str, int] | None:
+        """For a mix: items each source gave in the pass's epoch (all ranks); else None."""
+        return None if self._mix is None else self._mix.source_items()
+
     def __len__(self) -> int:
+        if self._mix is not None:
+            return len(self._mix.mix)
         return len(self.duck_dataset)
 
     def _transfer_items(self, dataset: DuckStreamDataset) -> int:
@@ -394,6 +421,9 @@ class DuckStreamLoader(DataLoader[Any]):
         return max(1, min(self._batches_per_transfer, int(items // _TRANSFERS_PER_WORKER)))
 
     def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
+        if self._mix is not None:
+            yield from self._mix.passes(self.num_workers, lambda: DataLoader.__iter__(self))
+            return
         dataset = self.duck_dataset
         cursor = dataset.cursor
         dataset.ranks = World(*dataset.detect_ranks())
@@ -462,6 +492,9 @@ class DuckStreamLoader(DataLoader[Any]):
     def set_epoch(self, epoch: int) -> None:
         """Read ``epoch`` on the next pass; a loaded state of that same epoch keeps its progress,
         a loaded state of another epoch is dropped (a trainer that counts epochs itself decides)."""
+        if self._mix is not None:
+            self._mix.set_epoch(epoch)
+            return
         if epoch < 0:
             raise ConfigurationError(f"epoch must be non-negative, found {epoch}")
         if self._resuming and epoch == self.duck_dataset.epoch:
@@ -472,6 +505,8 @@ class DuckStreamLoader(DataLoader[Any]):
 
     def state_dict(self) -> dict[str, Any]:
         """What the training loop consumed, as a dataset state (loads into either)."""
+        if self._mix is not None:
+            return self._mix.state_dict()
         dataset = self.duck_dataset
         cursor = dataset.cursor
         if self._resuming:
@@ -488,6 +523,9 @@ class DuckStreamLoader(DataLoader[Any]):
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """The next pass continues ``state``'s epoch where it stopped."""
+        if self._mix is not None:
+            self._mix.load_state_dict(state, running=self.persistent_workers and self._iterator is not None)
+            return
         if self.persistent_workers and self._iterator is not None:
             raise ConfigurationError(
                 "this loader's persistent workers are already running; load the state into a "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Generator, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 __all__ = ["EpochStats", "LoaderMeter", "count_rows"]
@@ -17,7 +17,8 @@ class EpochStats:
     """One pass over a loader, as the consumer saw it.
 
     ``seconds`` runs from the first request for an item to the hand-over of the last one;
-    ``wait_seconds`` is the part of it the consumer spent blocked in ``next()``.
+    ``wait_seconds`` is the part of it the consumer spent blocked in ``next()``; ``sources``
+    (a mix's passes only) the items each mixed source gave in the epoch, all ranks together.
     """
 
     epoch: int
@@ -25,6 +26,7 @@ class EpochStats:
     batches: int
     seconds: float
     wait_seconds: float
+    sources: Mapping[str, int] | None = None
 
     @property
     def rows_per_second(self) -> float:
@@ -35,9 +37,9 @@ class EpochStats:
         """Share of the pass spent waiting for data: near 0 the loader keeps up, near 1 it does not."""
         return self.wait_seconds / self.seconds if self.seconds > 0 else 0.0
 
-    def as_dict(self) -> dict[str, float | int]:
+    def as_dict(self) -> dict[str, Any]:
         """Plain values for JSON (the catalog) and metric loggers."""
-        return {
+        found: dict[str, Any] = {
             "epoch": self.epoch,
             "rows": self.rows,
             "batches": self.batches,
@@ -46,6 +48,9 @@ class EpochStats:
             "rows_per_second": round(self.rows_per_second, 3),
             "wait_fraction": round(self.wait_fraction, 6),
         }
+        if self.sources is not None:
+            found["sources"] = dict(self.sources)
+        return found
 
 
 def count_rows(item: Any) -> int:
@@ -78,6 +83,7 @@ class LoaderMeter:
         self._finished: list[EpochStats] = []
         self._running: EpochStats | None = None
         self._pass = 0  # which pass owns _running; an abandoned pass must not end a newer one
+        self._sources: Callable[[], Mapping[str, int] | None] | None = None
 
     @property
     def epochs(self) -> list[EpochStats]:
@@ -87,16 +93,28 @@ class LoaderMeter:
     def current(self) -> EpochStats | None:
         """The pass in progress, else the last finished one, else None."""
         if self._running is not None:
-            return self._running
+            return self._with_sources(self._running)
         return self._finished[-1] if self._finished else None
 
-    def measure(self, items: Iterable[T], epoch: int | Callable[[], int]) -> Generator[T, None, None]:
+    def _with_sources(self, stats: EpochStats) -> EpochStats:
+        found = None if self._sources is None else self._sources()
+        return stats if found is None else replace(stats, sources=dict(found))
+
+    def measure(
+        self,
+        items: Iterable[T],
+        epoch: int | Callable[[], int],
+        *,
+        sources: Callable[[], Mapping[str, int] | None] | None = None,
+    ) -> Generator[T, None, None]:
         """Yield ``items`` unchanged, timing each ``next()``, as the pass of ``epoch``.
 
         ``epoch`` may be a function, asked after the first item (when a loader that picks its
-        epoch as it starts has done so).
+        epoch as it starts has done so). ``sources``, when given, counts the items each mixed
+        source gave; it is asked when the pass is read or ends, not per item.
         """
         self._end_pass()  # a pass the consumer abandoned without closing it
+        self._sources = sources
         self._pass += 1
         this_pass = self._pass
         iterator = iter(items)
@@ -127,5 +145,5 @@ class LoaderMeter:
 
     def _end_pass(self) -> None:
         if self._running is not None:
-            self._finished.append(self._running)
+            self._finished.append(self._with_sources(self._running))
             self._running = None

@@ -28,7 +28,10 @@ _STATS_KEYS = ("rows", "batches", "seconds", "wait_seconds", "rows_per_second", 
 def loader_metrics(stats: EpochStats, *, prefix: str = "loader/") -> dict[str, float]:
     """One pass's statistics as ``{prefix + name: value}`` (rows, batches, rows/s, wait...)."""
     values = stats.as_dict()
-    return {f"{prefix}{key}": float(values[key]) for key in _STATS_KEYS}
+    found = {f"{prefix}{key}": float(values[key]) for key in _STATS_KEYS}
+    for name, items in (stats.sources or {}).items():  # a mix: items per source
+        found[f"{prefix}source/{name}"] = float(items)
+    return found
 
 
 def column_statistics(

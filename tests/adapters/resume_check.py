@@ -13,7 +13,7 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 from duckstream._environ import environment
-from duckstream.stream import DuckStreamDataset, DuckStreamLoader
+from duckstream.stream import DuckStreamDataset, DuckStreamLoader, DuckStreamMix
 
 
 def as_rank(rank: int, world_size: int) -> AbstractContextManager[None]:
@@ -29,7 +29,7 @@ def ids_in(item: Any) -> list[int]:
 
 
 def run_world(
-    make: Callable[[], DuckStreamDataset],
+    make: Callable[[], DuckStreamDataset | DuckStreamMix],
     world_size: int,
     num_workers: int,
     *,
