@@ -465,8 +465,7 @@ def test_a_second_writer_on_a_file_catalog_gets_a_clear_error(tmp_path: Path) ->
         script = textwrap.dedent(
             f"""
             import logging
-            from duckstream import redact as redact_module
-from duckstream.catalog import LakehouseCatalog, refused_credentials
+            from duckstream.catalog import LakehouseCatalog
             from duckstream.errors import DuckstreamError
             logging.basicConfig(level=logging.INFO)
             try:
