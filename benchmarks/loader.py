@@ -25,6 +25,7 @@ from tqdm import tqdm
 from duckstream.errors import ConfigurationError
 from duckstream.redact import redact
 
+from .checks import check_at_least_one, check_choices, check_workers, preset_rows
 from .datasets import DatasetSpec, PresetName, ensure_dataset, preset
 from .epoch import LoaderName, ids_file
 from .memory import SampledRun, run_sampled
@@ -65,33 +66,18 @@ class BenchConfig:
     plot_dir: Path | None = None  # draw each shuffled configuration's first epoch here (plot.py)
 
     def __post_init__(self) -> None:
-        for what, given, known in (
-            ("presets", self.presets, get_args(PresetName)),
-            ("paths", self.paths, get_args(PathGroup)),
-            ("loaders", self.loaders, get_args(LoaderName)),
-            ("lake catalogs", self.lake_catalogs, get_args(LakeCatalogKind)),
-        ):
-            if not given or set(given) - set(known):
-                raise ConfigurationError(f"{what} must be among {list(known)}, found {list(given)}")
-        if not self.workers or min(self.workers) < 0:
-            raise ConfigurationError(f"workers must be counts of 0 or more, found {list(self.workers)}")
+        check_choices("presets", self.presets, get_args(PresetName))
+        check_choices("paths", self.paths, get_args(PathGroup))
+        check_choices("loaders", self.loaders, get_args(LoaderName))
+        check_choices("lake catalogs", self.lake_catalogs, get_args(LakeCatalogKind))
+        check_workers(self.workers)
         if self.s3_delay_ms < 0:
             raise ConfigurationError(f"the S3 delay must be 0 ms or more, found {self.s3_delay_ms}")
-        for name, value in (
-            ("rows", self.rows),
-            ("scale", self.scale),
-            ("batch size", self.batch_size),
-            ("repeat", self.repeat),
-        ):
-            if value is not None and value < 1:
-                raise ConfigurationError(f"{name} must be at least 1, found {value}")
+        check_at_least_one(rows=self.rows, scale=self.scale, batch_size=self.batch_size, repeat=self.repeat)
 
     def rows_of(self, name: PresetName) -> int:
         """The 1x row count of preset ``name`` under this configuration."""
-        if self.rows is not None:
-            return self.rows
-        shape = preset(name)
-        return shape.quick_rows if self.quick else shape.rows
+        return preset_rows(name, self.rows, quick=self.quick)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .peers import PEERS, PeerConfig, PeerMeasurement
+from .report import aligned_table
 from .shuffle_quality import uniform_expectation
 
 __all__ = ["format_peer_table", "report_peers", "write_peer_json"]
@@ -47,22 +48,7 @@ def format_peer_table(measurements: Sequence[PeerMeasurement]) -> str:
     A loader without figures says why in their place: ``not installed: <why> (<how>)`` or
     ``failed: <why>`` (cut short; :func:`report_peers` prints the whole reason below the table).
     """
-    body = [_cells(m) for m in measurements]
-    full = [list(_HEADERS), *(row for row in body if len(row) == len(_HEADERS))]
-    head = [list(_HEADERS[:_HEAD]), *(row[:_HEAD] for row in body)]
-    widths = [max(len(row[i]) for row in (head if i < _HEAD else full)) for i in range(len(_HEADERS))]
-
-    def line(cells: Sequence[str]) -> str:
-        aligned = [
-            cell.ljust(width) if i in _TEXT_COLUMNS else cell.rjust(width)
-            for i, (cell, width) in enumerate(zip(cells[: len(widths)], widths, strict=False))
-        ]
-        if len(cells) != len(_HEADERS):
-            aligned = [*aligned[:_HEAD], *cells[_HEAD:]]
-        return "  ".join(aligned).rstrip()
-
-    rule = "  ".join("-" * width for width in widths)
-    return "\n".join([line(_HEADERS), rule, *(line(cells) for cells in body)])
+    return aligned_table(_HEADERS, [_cells(m) for m in measurements], text=_TEXT_COLUMNS, head=_HEAD)
 
 
 def _cells(m: PeerMeasurement) -> list[str]:

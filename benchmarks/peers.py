@@ -26,9 +26,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, get_args
 
-from duckstream.errors import ConfigurationError
 from duckstream.redact import redact
 
+from .checks import check_at_least_one, check_choices, check_workers, preset_rows
 from .datasets import DatasetSpec, PresetName, default_cache_root, ensure_dataset, preset
 from .memory import SampledRun, run_sampled
 from .peer_epoch import CONVERTS, PeerName, ids_path
@@ -123,29 +123,16 @@ class PeerConfig:
     mosaic_python: Path | None = None  # an interpreter with mosaicml-streaming
 
     def __post_init__(self) -> None:
-        for what, given, known in (
-            ("presets", self.presets, get_args(PresetName)),
-            ("peers", self.peers, get_args(PeerName)),
-        ):
-            if not given or set(given) - set(known):
-                raise ConfigurationError(f"{what} must be among {list(known)}, found {list(given)}")
-        if not self.workers or min(self.workers) < 0:
-            raise ConfigurationError(f"workers must be counts of 0 or more, found {list(self.workers)}")
-        for name, value in (
-            ("rows", self.rows),
-            ("batch size", self.batch_size),
-            ("shuffle buffer", self.shuffle_buffer),
-            ("repeat", self.repeat),
-        ):
-            if value is not None and value < 1:
-                raise ConfigurationError(f"{name} must be at least 1, found {value}")
+        check_choices("presets", self.presets, get_args(PresetName))
+        check_choices("peers", self.peers, get_args(PeerName))
+        check_workers(self.workers)
+        check_at_least_one(
+            rows=self.rows, batch_size=self.batch_size, shuffle_buffer=self.shuffle_buffer, repeat=self.repeat
+        )
 
     def rows_of(self, name: PresetName) -> int:
         """The row count of preset ``name`` under this configuration."""
-        if self.rows is not None:
-            return self.rows
-        shape = preset(name)
-        return shape.quick_rows if self.quick else shape.rows
+        return preset_rows(name, self.rows, quick=self.quick)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -24,6 +24,7 @@ from .shuffle_quality import uniform_expectation
 
 __all__ = [
     "Ratio",
+    "aligned_table",
     "format_table",
     "ratio_lines",
     "ratios",
@@ -69,23 +70,30 @@ def format_table(measurements: Sequence[Measurement]) -> str:
     A configuration without figures says why in place of them: ``skipped: <why>`` or
     ``failed: <why>`` (cut short; :func:`report` prints the whole reason below the table).
     """
-    body = [_cells(m) for m in measurements]
-    full = [list(_HEADERS), *(row for row in body if len(row) == len(_HEADERS))]
-    head = [list(_HEADERS[:_HEAD]), *(row[:_HEAD] for row in body)]
-    widths = [max(len(row[i]) for row in (head if i < _HEAD else full)) for i in range(len(_HEADERS))]
+    return aligned_table(_HEADERS, [_cells(m) for m in measurements], text=_TEXT_COLUMNS, head=_HEAD)
+
+
+def aligned_table(
+    headers: Sequence[str], body: Sequence[Sequence[str]], *, text: frozenset[int], head: int
+) -> str:
+    """Rows of cells as an aligned plain-text table under ``headers``: the columns in ``text``
+    align left, figures right. A row shorter than the headers has its first ``head`` cells,
+    then a note where the figures would start (not counted in the column widths)."""
+    full = [list(headers), *(row for row in body if len(row) == len(headers))]
+    heads = [list(headers[:head]), *(row[:head] for row in body)]
+    widths = [max(len(row[i]) for row in (heads if i < head else full)) for i in range(len(headers))]
 
     def line(cells: Sequence[str]) -> str:
-        # A line without figures has the head cells, then its note where the figures would start.
         aligned = [
-            cell.ljust(width) if i in _TEXT_COLUMNS else cell.rjust(width)
+            cell.ljust(width) if i in text else cell.rjust(width)
             for i, (cell, width) in enumerate(zip(cells[: len(widths)], widths, strict=False))
         ]
-        if len(cells) != len(_HEADERS):
-            aligned = [*aligned[:_HEAD], *cells[_HEAD:]]
+        if len(cells) != len(headers):
+            aligned = [*aligned[:head], *cells[head:]]
         return "  ".join(aligned).rstrip()
 
     rule = "  ".join("-" * width for width in widths)
-    return "\n".join([line(_HEADERS), rule, *(line(cells) for cells in body)])
+    return "\n".join([line(headers), rule, *(line(cells) for cells in body)])
 
 
 def _cells(m: Measurement) -> list[str]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from copy import copy
 from dataclasses import replace
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import pyarrow as pa
@@ -24,34 +24,25 @@ from duckstream.core.planning import StreamPlan
 from duckstream.core.world import World
 from duckstream.errors import StateError
 
-__all__ = ["DuckExamplesIterable", "iterable_dataset"]
+__all__ = ["DuckExamplesIterable", "SlotExamplesIterable", "iterable_dataset"]
 
 # What datasets is told the shard count is: divisible by every world size and worker count up
 # to 16, so it always splits by shards; any (num_shards, index) is served exactly anyway.
 ADVERTISED_SHARDS = 720_720
 
 
-class DuckExamplesIterable(_BaseExamplesIterable):  # type: ignore[misc]
-    """Examples of one share of a :class:`StreamPlan`, in its deterministic order.
+class SlotExamplesIterable(_BaseExamplesIterable):  # type: ignore[misc]
+    """What every duckstream examples iterable shares: it serves duckstream's exact slot of the
+    (num_shards, index) requests datasets makes, a new ``key`` (epoch) when datasets shuffles,
+    and a state of its own type.
 
     ``splits`` are the (num_shards, index) requests applied so far (node, then worker); their
-    product is one slot of duckstream's partition. ``key`` seeds the order (None: storage
-    order). The state counts the rows yielded (see :meth:`EpochCursor.rows_state`), so a
-    resume skips exactly those.
+    product is one slot of duckstream's partition.
     """
 
-    def __init__(
-        self,
-        plan: StreamPlan,
-        options: ReadOptions,
-        *,
-        key: int | None,
-        splits: tuple[tuple[int, int], ...] = (),
-    ) -> None:
+    def __init__(self, *, key: int | None, splits: tuple[tuple[int, int], ...]) -> None:
         super().__init__()
         self._sleep_on_threads_shutdown = False  # no background threads to wait for
-        self.plan = plan
-        self.options = options
         self.key = key
         self.splits = splits
 
@@ -63,21 +54,69 @@ class DuckExamplesIterable(_BaseExamplesIterable):  # type: ignore[misc]
         return World(index, total)
 
     @property
+    def num_shards(self) -> int:
+        return ADVERTISED_SHARDS
+
+    @property
+    def is_typed(self) -> bool:
+        return True
+
+    def _loaded_state(self) -> dict[str, Any] | None:
+        """The state to resume from, checked to be this iterable's kind; None when fresh."""
+        # datasets merges a loaded state into the one _init_state_dict made, value by value,
+        # so only the values can be wrong here, not the keys.
+        if not self._state_dict:
+            return None
+        kind = self._state_dict.get("type")
+        if kind != type(self).__name__:
+            raise StateError(
+                f"expected the state's examples iterable to be {type(self).__name__!r}, found {kind!r}"
+            )
+        state: dict[str, Any] = self._state_dict
+        return state
+
+    def shuffle_data_sources(self, generator: np.random.Generator) -> Self:
+        # datasets passes a generator derived from (seed, epoch): a new order per epoch.
+        shuffled = copy(self)
+        shuffled.key = int(generator.integers(0, 2**62))
+        return shuffled
+
+    def shard_data_sources(self, num_shards: int, index: int, contiguous: bool = True) -> Self:
+        shard = copy(self)
+        shard.splits = (*self.splits, (num_shards, index))
+        return shard
+
+    def reshard_data_sources(self) -> Self:
+        return self
+
+
+class DuckExamplesIterable(SlotExamplesIterable):
+    """Examples of one share of a :class:`StreamPlan`, in its deterministic order.
+
+    ``key`` seeds the order (None: storage order). The state counts the rows yielded (see
+    :meth:`EpochCursor.rows_state`), so a resume skips exactly those.
+    """
+
+    def __init__(
+        self,
+        plan: StreamPlan,
+        options: ReadOptions,
+        *,
+        key: int | None,
+        splits: tuple[tuple[int, int], ...] = (),
+    ) -> None:
+        super().__init__(key=key, splits=splits)
+        self.plan = plan
+        self.options = options
+
+    @property
     def cursor(self) -> EpochCursor:
         """A cursor over the plan, shuffled when a key is set."""
         return EpochCursor(self.plan, replace(self.options, shuffle=self.key is not None))
 
     @property
-    def num_shards(self) -> int:
-        return ADVERTISED_SHARDS
-
-    @property
     def features(self) -> Features:
         return Features.from_arrow_schema(self.plan.schema)
-
-    @property
-    def is_typed(self) -> bool:
-        return True
 
     def _skipped(self) -> Iterator[tuple[int, pa.RecordBatch]]:
         """Batches after the rows the state says were yielded, with the index of their first row."""
@@ -96,16 +135,8 @@ class DuckExamplesIterable(_BaseExamplesIterable):  # type: ignore[misc]
             )
 
     def _rows_done(self, cursor: EpochCursor) -> int:
-        # datasets merges a loaded state into the one _init_state_dict made, value by value,
-        # so only the values can be wrong here, not the keys.
-        if not self._state_dict:
-            return 0
-        kind = self._state_dict.get("type")
-        if kind != type(self).__name__:
-            raise StateError(
-                f"expected the state's examples iterable to be {type(self).__name__!r}, found {kind!r}"
-            )
-        return cursor.read_rows_state(self._state_dict)
+        state = self._loaded_state()
+        return 0 if state is None else cursor.read_rows_state(state)
 
     def __iter__(self) -> Iterator[tuple[str, dict[str, Any]]]:
         slot = self.world.rank
@@ -125,22 +156,6 @@ class DuckExamplesIterable(_BaseExamplesIterable):  # type: ignore[misc]
             if self._state_dict:
                 self._state_dict["rows"] += batch.num_rows
             yield f"{slot}_{first}", pa.Table.from_batches([batch])
-
-    def shuffle_data_sources(self, generator: np.random.Generator) -> DuckExamplesIterable:
-        # datasets passes a generator derived from (seed, epoch): a new order per epoch.
-        shuffled = copy(self)
-        shuffled.key = int(generator.integers(0, 2**62))
-        return shuffled
-
-    def shard_data_sources(
-        self, num_shards: int, index: int, contiguous: bool = True
-    ) -> DuckExamplesIterable:
-        shard = copy(self)
-        shard.splits = (*self.splits, (num_shards, index))
-        return shard
-
-    def reshard_data_sources(self) -> DuckExamplesIterable:
-        return self
 
     def _init_state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {**self.cursor.rows_state(0), "type": type(self).__name__}

@@ -9,16 +9,14 @@ yielded; a resume skips exactly those (the schedule and the reads being determin
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from copy import copy
 from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 from datasets import DatasetInfo, Features, IterableDataset
-from datasets.iterable_dataset import _BaseExamplesIterable
 
-from duckstream.adapters.hf import ADVERTISED_SHARDS
+from duckstream.adapters.hf import SlotExamplesIterable
 from duckstream.adapters.mix import DuckStreamMix
 from duckstream.core.mix import MixSpec, SourceRead, open_slot
 from duckstream.core.mix_state import mix_fingerprint
@@ -26,17 +24,15 @@ from duckstream.core.options import ReadOptions
 from duckstream.core.pipeline import read_streams
 from duckstream.core.planning import StreamPlan
 from duckstream.core.state import read_count
-from duckstream.core.world import World
 from duckstream.errors import StateError
 
 __all__ = ["MixExamplesIterable", "mix_iterable_dataset"]
 
 
-class MixExamplesIterable(_BaseExamplesIterable):  # type: ignore[misc]
+class MixExamplesIterable(SlotExamplesIterable):
     """Rows of one share of a mix, in its deterministic order.
 
-    ``splits`` are the (num_shards, index) requests applied so far; ``key`` is the epoch the
-    mix reads (0 until datasets shuffles, then one drawn per epoch).
+    ``key`` is the epoch the mix reads (0 until datasets shuffles, then one drawn per epoch).
     """
 
     def __init__(
@@ -48,51 +44,34 @@ class MixExamplesIterable(_BaseExamplesIterable):  # type: ignore[misc]
         key: int | None,
         splits: tuple[tuple[int, int], ...] = (),
     ) -> None:
-        super().__init__()
-        self._sleep_on_threads_shutdown = False  # no background threads to wait for
+        super().__init__(key=key, splits=splits)
         self.spec = spec
         self.plans = tuple(plans)
         self.options = tuple(options)
-        self.key = key
-        self.splits = splits
         self.fingerprint = mix_fingerprint(spec, [p.fingerprint for p in self.plans])
-
-    @property
-    def world(self) -> World:
-        total, index = 1, 0
-        for count, part in self.splits:
-            total, index = total * count, index * count + part
-        return World(index, total)
-
-    @property
-    def num_shards(self) -> int:
-        return ADVERTISED_SHARDS
 
     @property
     def features(self) -> Features:
         return Features.from_arrow_schema(self.plans[0].schema)
-
-    @property
-    def is_typed(self) -> bool:
-        return True
 
     def _rows(self) -> Iterator[dict[str, Any]]:
         done = self._rows_done()
         read = open_slot(
             self.spec, self.plans, self.options, epoch=self.key or 0, stages=[], world=self.world
         )
-        rows = [_rows_of(batches) for batches in read.batches]
         schedule = read.schedule
         if done > len(schedule):
             raise StateError(
                 f"the state's 'rows' says {done} rows of this share were read, but it holds only "
                 f"{len(schedule)}: the state was saved for other data or another split"
             )
+        # The rows each source gave before the resume point are skipped as batch slices, never
+        # made into Python rows.
+        given = np.bincount(schedule[:done], minlength=len(read.batches))
+        rows = [_rows_of(batches, int(skip)) for batches, skip in zip(read.batches, given, strict=True)]
         try:
-            for position, source in enumerate(schedule.tolist()):
-                row = next(rows[source])
-                if position >= done:
-                    yield row
+            for source in schedule[done:].tolist():
+                yield next(rows[source])
         finally:
             for batches in read.batches:
                 close = getattr(batches, "close", None)
@@ -100,19 +79,15 @@ class MixExamplesIterable(_BaseExamplesIterable):  # type: ignore[misc]
                     close()
 
     def _rows_done(self) -> int:
-        if not self._state_dict:
+        state = self._loaded_state()
+        if state is None:
             return 0
-        kind = self._state_dict.get("type")
-        if kind != type(self).__name__:
-            raise StateError(
-                f"expected the state's examples iterable to be {type(self).__name__!r}, found {kind!r}"
-            )
-        if self._state_dict.get("fingerprint") != self.fingerprint:
+        if state.get("fingerprint") != self.fingerprint:
             raise StateError(
                 "state does not fit this mix: it was saved for other sources, weights or settings "
-                f"(fingerprint {self._state_dict.get('fingerprint')!r}, now {self.fingerprint!r})"
+                f"(fingerprint {state.get('fingerprint')!r}, now {self.fingerprint!r})"
             )
-        return read_count(self._state_dict.get("rows"), "the state's 'rows'")
+        return read_count(state.get("rows"), "the state's 'rows'")
 
     def __iter__(self) -> Iterator[tuple[str, dict[str, Any]]]:
         slot = self.world.rank
@@ -121,28 +96,20 @@ class MixExamplesIterable(_BaseExamplesIterable):  # type: ignore[misc]
                 self._state_dict["rows"] += 1
             yield f"{slot}_{index}", row
 
-    def shuffle_data_sources(self, generator: np.random.Generator) -> MixExamplesIterable:
-        shuffled = copy(self)
-        shuffled.key = int(generator.integers(0, 2**62))
-        return shuffled
-
-    def shard_data_sources(self, num_shards: int, index: int, contiguous: bool = True) -> MixExamplesIterable:
-        shard = copy(self)
-        shard.splits = (*self.splits, (num_shards, index))
-        return shard
-
-    def reshard_data_sources(self) -> MixExamplesIterable:
-        return self
-
     def _init_state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {"type": type(self).__name__, "fingerprint": self.fingerprint, "rows": 0}
         self._state_dict = state
         return state
 
 
-def _rows_of(batches: Iterator[pa.RecordBatch]) -> Iterator[dict[str, Any]]:
+def _rows_of(batches: Iterator[pa.RecordBatch], skip: int) -> Iterator[dict[str, Any]]:
+    """The rows of ``batches`` after the first ``skip``."""
     for batch in batches:
-        yield from batch.to_pylist()
+        if skip >= batch.num_rows:
+            skip -= batch.num_rows
+            continue
+        yield from batch.slice(skip).to_pylist()
+        skip = 0
 
 
 def mix_iterable_dataset(mix: DuckStreamMix) -> IterableDataset:
