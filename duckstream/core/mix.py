@@ -37,9 +37,9 @@ from duckstream.core.options import ReadOptions
 from duckstream.core.partition import Even, SlotSpan, partition, worker_rows
 from duckstream.core.pipeline import SlotStart, read_slot
 from duckstream.core.planning import StreamPlan
-from duckstream.core.ranges import as_ranges, expand, merge_sorted, positions_to_ranges, slice_ranges
-from duckstream.core.resume import Stage, items_per_worker, next_worker, read_span, worker_items
-from duckstream.core.shuffle import unread, window_key
+from duckstream.core.ranges import as_ranges, merge_sorted
+from duckstream.core.resume import Stage, items_per_worker, next_worker, slot_unread, worker_items
+from duckstream.core.shuffle import window_key
 from duckstream.core.world import World
 from duckstream.errors import ConfigurationError
 
@@ -260,27 +260,17 @@ def _owed(
     src: SourceRead, epoch: int, index: int, world: World, sequence: np.ndarray, emitted: int
 ) -> list[np.ndarray]:
     """The positions of ``sequence`` that ``world``'s slot still owes after ``emitted`` rows."""
-    key = window_key(src.seed, epoch, index, world)
-    span, _, window_rows = read_span(
+    return slot_unread(
         partition(sequence, world, src.even),
-        layout=src.layout,
-        key=key,
+        emitted,
+        key=window_key(src.seed, epoch, index, world),
         seed=src.seed,
         epoch=epoch,
         shuffle=src.shuffle,
         streams=src.streams,
         buffer=src.buffer,
+        layout=src.layout,
     )
-    buffered, unread_from = unread(span.rows, emitted, window_rows, key, src.shuffle)
-    # Padding repeats rows other slots own: only real rows are owed.
-    buffered = buffered[buffered < span.real]
-    found: list[np.ndarray] = []
-    if len(buffered):
-        lo = int(buffered[0])
-        window = expand(slice_ranges(span.ranges, lo, int(buffered[-1]) + 1))
-        found.append(positions_to_ranges(window[buffered - lo]))
-    found.append(slice_ranges(span.ranges, unread_from, span.real))
-    return found
 
 
 @dataclass(frozen=True)

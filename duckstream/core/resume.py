@@ -33,6 +33,7 @@ __all__ = [
     "rows_emitted",
     "slot_span",
     "slot_spans",
+    "slot_unread",
     "stage_sequence",
     "worker_items",
 ]
@@ -278,27 +279,23 @@ def _stage_slots(
     return _Slots(total, begin.reshape(-1), rows.reshape(-1), real.reshape(-1), emitted.reshape(-1), owed)
 
 
-def _slot_unread(
+def slot_unread(
     span: SlotSpan,
     emitted: int,
-    stage: Stage,
-    key: tuple[int, ...],
     *,
+    key: tuple[int, ...],
     seed: int,
     epoch: int,
     shuffle: bool,
+    streams: int,
+    buffer: int,
     layout: Layout | None,
 ) -> list[np.ndarray]:
-    """The real rows of one slot's ``span`` that it did not emit, as disjoint ranges."""
+    """The real rows of one slot's ``span`` (as partitioned, before its read order) that it did
+    not emit in its first ``emitted`` rows, read with ``streams`` and windows of ``buffer``:
+    disjoint ranges, rows left in a shuffle window first."""
     span, _, window_rows = read_span(
-        span,
-        layout=layout,
-        key=key,
-        seed=seed,
-        epoch=epoch,
-        shuffle=shuffle,
-        streams=stage.streams,
-        buffer=stage.shuffle_buffer,
+        span, layout=layout, key=key, seed=seed, epoch=epoch, shuffle=shuffle, streams=streams, buffer=buffer
     )
     parts: list[np.ndarray] = []
     buffered, unread_from = unread(span.rows, emitted, window_rows, key, shuffle)
@@ -362,14 +359,15 @@ def _unread_after(
             parts.append(items(begin, begin + int(slots.real[slot])))
             continue
         parts.extend(
-            _slot_unread(
+            slot_unread(
                 partition_of(total, items, world, even),
                 int(slots.emitted[slot]),
-                stage,
-                window_key(seed, epoch, index, world),
+                key=window_key(seed, epoch, index, world),
                 seed=seed,
                 epoch=epoch,
                 shuffle=shuffle,
+                streams=stage.streams,
+                buffer=stage.shuffle_buffer,
                 layout=layout,
             )
         )
@@ -506,14 +504,15 @@ class _Owed:
                     slot // stage.num_workers, stage.world_size, slot % stage.num_workers, stage.num_workers
                 )
                 span = partition_of(slots.total, lambda lo, hi: self.items(index, lo, hi), world, self._even)
-                parts = _slot_unread(
+                parts = slot_unread(
                     span,
                     int(slots.emitted[slot]),
-                    stage,
-                    window_key(self._seed, self._epoch, index, world),
+                    key=window_key(self._seed, self._epoch, index, world),
                     seed=self._seed,
                     epoch=self._epoch,
                     shuffle=self._shuffle,
+                    streams=stage.streams,
+                    buffer=stage.shuffle_buffer,
                     layout=self._layout,
                 )
                 found = _joined(np.concatenate(parts))
