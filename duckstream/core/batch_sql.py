@@ -28,6 +28,7 @@ import pyarrow as pa
 from duckstream import engine
 from duckstream.core import sql as sqlmod
 from duckstream.core.gather import take_views, viewable
+from duckstream.core.interleave import DEFAULT_STREAMS
 
 __all__ = ["BatchQuery", "BatchSQL", "output_schema", "split_query"]
 
@@ -283,10 +284,12 @@ class BatchSQL:
 
 # Connections of this process not in use: each epoch's readers take one instead of opening
 # their own (about 10 ms a reader). Keyed by process, since a forked worker must not use its
-# parent's connections.
+# parent's connections. A shuffled read keeps a reader per stream it reads side by side, so as
+# many are kept: with fewer, every group of streams opened some anew (11 connects an epoch, a
+# third of an expression's read time).
 _IDLE: dict[int, list[duckdb.DuckDBPyConnection]] = {}
 _IDLE_LOCK = threading.Lock()
-_MAX_IDLE = 8
+_MAX_IDLE = DEFAULT_STREAMS
 
 
 def _acquire() -> duckdb.DuckDBPyConnection:
