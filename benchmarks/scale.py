@@ -3,9 +3,9 @@
 Synthetic metadata stands in for the files (row counts drawn uneven, row groups of a fixed
 size); the planning is the library's own: epoch order, the rows a first stage under another
 world size left owed (resume accounting), partition, and each worker's interleaved read order.
-It times one rank's share, measures its peak memory, sizes the plan every worker receives, and
-checks on a sample of slots (and on every slot of a smaller run) that the shares are disjoint,
-cover every row once and are equal per rank.
+It times one rank's share, measures its peak memory, sizes the plan every worker receives (a
+real StreamPlan, pickled), and checks on a sample of slots (and on every slot of a smaller run)
+that the shares are disjoint, cover every row once and are equal per rank.
 
     python -m duckstream.benchmarks.scale --files 1000000 --ranks 4096 --workers 8 --json scale.json
 """
@@ -24,20 +24,23 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
+import pyarrow as pa
 
-from duckstream.core.interleave import DEFAULT_STREAMS, Entries, Layout
+from duckstream.core.interleave import DEFAULT_STREAMS, Layout
 from duckstream.core.partition import Even, SlotSpan, partition, rank_rows, slot_bounds
+from duckstream.core.planning import StreamPlan
 from duckstream.core.ranges import as_ranges, expand
 from duckstream.core.resume import Stage, owed_rows, read_span, rows_emitted, slot_spans
+from duckstream.core.shards import FileNames, RowGroups, ShardTable, plan_fingerprint
 from duckstream.core.shuffle import emit_order, window_key
 from duckstream.core.world import World
 from duckstream.errors import ConfigurationError
+from duckstream.storage import S3Settings
 
 __all__ = ["ScaleConfig", "ScaleResult", "main", "rank_share", "run_scale", "synthetic_plan"]
 
 _ROW_GROUP_ROWS = 1024
 _ROW_BYTES = 256
-_CHEAP_ENTRY_BYTES = 1 << 20
 _BUFFER = 32_768
 # Small enough that a full check of every slot stays quick.
 _FULL_CHECK_FILES = 1_000
@@ -71,35 +74,38 @@ class ScaleResult:
     share_seconds: float
     share_peak_bytes: int
     share_rows: int
-    plan_bytes: int  # the plan every worker receives, pickled: names and layout
-    layout_bytes: int  # of which the layout
+    plan_bytes: int  # the plan every worker receives, pickled
+    layout_bytes: int  # the layout each worker derives from it, pickled
     verified: bool
     checks: dict[str, bool]
 
 
-@dataclass(frozen=True)
-class SyntheticPlan:
-    """What every worker needs of a plan: its files' names and the layout of its shards."""
-
-    names: np.ndarray  # the file names, encoded, one after another
-    name_lengths: np.ndarray  # bytes of each name
-    layout: Layout
-
-
-def synthetic_plan(files: int, seed: int = 0) -> SyntheticPlan:
-    """``files`` files of uneven row counts (log-normal, a median of about 2,000 rows), one
-    shard each, row groups of 1,024 rows."""
+def synthetic_plan(files: int, seed: int = 0) -> StreamPlan:
+    """A plan of ``files`` files of uneven row counts (log-normal, a median of about 2,000
+    rows), one shard each, row groups of 1,024 rows: a plan as planning makes it, from
+    metadata drawn here instead of read from footers."""
     rng = np.random.default_rng([seed, files])
     counts = np.maximum(1, rng.lognormal(np.log(2000), 1.0, files)).astype(np.int64)
     groups = -(-counts // _ROW_GROUP_ROWS)
-    bounds = np.concatenate([[0], np.cumsum(groups - 1)]).astype(np.int64)
-    # Row group starts after each shard's first: 1024, 2048, ... below its count.
-    inside = np.arange(int(bounds[-1]), dtype=np.int64) - np.repeat(bounds[:-1], groups - 1)
-    entries = Entries((inside + 1) * _ROW_GROUP_ROWS, bounds)
-    layout = Layout(counts, entries, counts * _ROW_BYTES <= _CHEAP_ENTRY_BYTES)
-    encoded = [f"s3://bucket/table/part-{i:07d}.parquet".encode() for i in range(files)]
-    lengths = np.fromiter((len(name) for name in encoded), dtype=np.uint16, count=files)
-    return SyntheticPlan(np.frombuffer(b"".join(encoded), dtype=np.uint8), lengths, layout)
+    bounds = np.concatenate([[0], np.cumsum(groups)]).astype(np.int64)
+    # Each file's row groups: 1,024 rows, its last the rest.
+    sizes = np.full(int(bounds[-1]), _ROW_GROUP_ROWS, dtype=np.int64)
+    sizes[bounds[1:] - 1] = counts - (groups - 1) * _ROW_GROUP_ROWS
+    names = FileNames.of(f"s3://bucket/table/part-{i:07d}.parquet" for i in range(files))
+    shards = ShardTable(np.arange(files, dtype=np.int64), np.zeros(files, dtype=np.int64), counts.copy())
+    return StreamPlan(
+        files=names,
+        row_groups=RowGroups(sizes, bounds),
+        shards=shards,
+        counts=counts,
+        query=None,
+        narrow=True,
+        columns=("id",),
+        schema=pa.schema([("id", pa.int64())]),
+        s3=S3Settings(),
+        fingerprint=plan_fingerprint(names, shards, counts, None),
+        row_bytes=_ROW_BYTES,
+    )
 
 
 def _stages(config: ScaleConfig, total: int) -> tuple[Stage, Stage]:
@@ -148,7 +154,7 @@ def _emitted(layout: Layout, config: ScaleConfig, stage: Stage, world: World) ->
     """The real rows a slot of the first stage emitted, replayed from its read and emit order."""
     sequence = as_ranges([(0, layout.num_rows)])
     span, window = _read(layout, config, 0, partition(sequence, world, config.even), world)
-    emitted = rows_emitted(sequence, stage, world, config.even)
+    emitted = rows_emitted(layout.num_rows, stage, world, config.even)
     key = window_key(config.seed, config.epoch, 0, world)
     indices = emit_order(as_ranges([(0, span.rows)]), window, key, True)[:emitted]
     indices = indices[indices < span.real]
@@ -157,14 +163,13 @@ def _emitted(layout: Layout, config: ScaleConfig, stage: Stage, world: World) ->
 
 def _owed_count(layout: Layout, config: ScaleConfig, stage: Stage) -> int:
     """Rows the first stage left owed, counted slot by slot from its counters."""
-    sequence = as_ranges([(0, layout.num_rows)])
     owed = 0
     for rank in range(stage.world_size):
         for worker in range(stage.num_workers):
             world = World(rank, stage.world_size, worker, stage.num_workers)
             begin, end = slot_bounds(layout.num_rows, world, config.even)
             real = max(0, min(end, layout.num_rows) - begin)
-            emitted = rows_emitted(sequence, stage, world, config.even)
+            emitted = rows_emitted(layout.num_rows, stage, world, config.even)
             owed += real - (
                 len(_emitted(layout, config, stage, world))
                 if emitted and real < end - begin
@@ -235,9 +240,9 @@ def _check_all(config: ScaleConfig) -> dict[str, bool]:
 def run_scale(config: ScaleConfig, *, echo: TextIO | None = None) -> ScaleResult:
     """Plan, time and measure one rank's share, and check the sampled slots."""
     plan = synthetic_plan(config.files, config.seed)
+    plan_bytes = len(pickle.dumps(plan, protocol=pickle.HIGHEST_PROTOCOL))  # as sent: no layout yet
     layout = plan.layout
     prior, _ = _stages(config, layout.num_rows)
-    plan_bytes = len(pickle.dumps(plan, protocol=pickle.HIGHEST_PROTOCOL))
     layout_bytes = len(pickle.dumps(layout, protocol=pickle.HIGHEST_PROTOCOL))
     rank = config.ranks // 2
 
@@ -280,7 +285,7 @@ def report(result: ScaleResult, out: TextIO) -> None:
         f"  one rank's share: {result.share_seconds:.2f} s, peak {result.share_peak_bytes / 2**20:.1f} MiB, "
         f"{result.share_rows:,} rows\n"
         f"  shared plan: {result.plan_bytes / 2**20:.1f} MiB pickled "
-        f"(layout {result.layout_bytes / 2**20:.1f} MiB, the rest file names)\n"
+        f"(the layout each worker derives from it: {result.layout_bytes / 2**20:.1f} MiB)\n"
         f"  verified: {result.verified} ({', '.join(f'{k}={v}' for k, v in result.checks.items())})",
         file=out,
     )

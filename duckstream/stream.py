@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, cast
 import pyarrow as pa
 
 from duckstream.core.cursor import EpochCursor
+from duckstream.core.late_filter import Count
 from duckstream.core.options import ReadOptions
 from duckstream.core.partition import Even
 from duckstream.core.planning import Source, prepare
@@ -68,12 +69,17 @@ def stream_batches(
     s3_retry_seconds: float | None = None,
     threads: int | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
+    count: Count = "exact",
 ) -> Iterator[pa.RecordBatch]:
     """Arrow record batches of ``source`` through ``sql``: one epoch of this process's share.
 
     ``world`` defaults to RANK/WORLD_SIZE from the environment (one reader per rank). Batches
     hold ``batch_size`` rows except the last (dropped with ``drop_last``). Planning and SQL
     checks happen at the call, reading as the iterator is consumed.
+
+    ``count="skip"`` plans a filtering ``sql`` without counting the rows it keeps: batches
+    are of ``batch_size`` source rows, each then filtered and projected by ``sql``, so they
+    vary in size and may be empty (see the README, "Skipping the count of a filter").
     """
     options = ReadOptions(shuffle, seed, shuffle_buffer, even, threads, batch_size, drop_last)
     if epoch < 0:
@@ -86,7 +92,7 @@ def stream_batches(
         use_ssl=s3_use_ssl,
         retry_seconds=s3_retry_seconds,
     )
-    plan = prepare(source, sql, s3=s3, cache_dir=cache_dir)
+    plan = prepare(source, sql, s3=s3, cache_dir=cache_dir, count=count)
     if world is None:
         rank, world_size = ranks_from_env()
         world = World(rank, world_size)
@@ -107,6 +113,7 @@ def as_iterable_dataset(
     s3_use_ssl: bool | None = None,
     s3_retry_seconds: float | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
+    count: Count = "exact",
 ) -> datasets.IterableDataset:
     """``source`` through ``sql`` as a real ``datasets.IterableDataset`` of rows; ``source`` may
     also be a :class:`DuckStreamMix` (its sources as set up, read as rows; other arguments unused).
@@ -115,6 +122,9 @@ def as_iterable_dataset(
     per epoch, for any world size); ``set_epoch`` gives a new order when shuffled; ``.shuffle``,
     ``.map``, ``.batch``, ``.with_format`` work as in datasets, and ``state_dict`` /
     ``load_state_dict`` resume exactly (without a ``.shuffle`` buffer on top).
+
+    ``count="skip"`` plans a filtering ``sql`` without counting the rows it keeps (shares are
+    then even in source rows read, not in rows yielded; see :func:`stream_batches`).
     """
     from duckstream._optional import require
 
@@ -136,5 +146,5 @@ def as_iterable_dataset(
         use_ssl=s3_use_ssl,
         retry_seconds=s3_retry_seconds,
     )
-    plan = prepare(cast(Source, source), sql, s3=s3, cache_dir=cache_dir)
+    plan = prepare(cast(Source, source), sql, s3=s3, cache_dir=cache_dir, count=count)
     return iterable_dataset(plan, options)

@@ -73,7 +73,8 @@ class DuckStreamMix(IterableDataset[Any]):
         if len(self.names) != len(datasets) or len(set(self.names)) != len(self.names):
             raise ConfigurationError(f"expected {len(datasets)} distinct names, found {list(self.names)}")
         self.datasets = datasets
-        self.weights = weights_of(weights, [d.num_rows for d in datasets])
+        # Rows each source's items count (source rows where a filter's rows are not counted).
+        self.weights = weights_of(weights, [d.plan.num_rows for d in datasets])
         self.spec = MixSpec(
             tuple(SourceRead.of(d.plan, d.cursor.options, d.cursor.streams) for d in datasets),
             self.weights,
@@ -257,7 +258,7 @@ def _check_datasets(datasets: Sequence[Any]) -> None:
             raise ConfigurationError(
                 f"DuckStreamMix mixes DuckStreamDatasets; dataset {index} is a {type(dataset).__name__}"
             )
-        if dataset.num_rows == 0:
+        if dataset.plan.num_rows == 0:
             raise SourceError(
                 f"dataset {index} of the mix ({dataset.plan.summary().get('first_file')!r}, sql "
                 f"{dataset.plan.query!r}) has no rows: an empty source would never be drawn"

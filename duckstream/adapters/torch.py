@@ -17,6 +17,7 @@ from duckstream.adapters.collate import OUTPUTS, Output, collate_batch, collate_
 from duckstream.adapters.plan_share import shared_plan
 from duckstream.adapters.transport import Ring, pack, ring_capacity, ring_fits, unpack, unpack_item
 from duckstream.core.cursor import EpochCursor, SlotRead, SlotResume
+from duckstream.core.late_filter import Count
 from duckstream.core.options import ROW_MODE_READ_ROWS, ReadOptions
 from duckstream.core.partition import Even, rank_rows, worker_rows
 from duckstream.core.pipeline import rebatch
@@ -61,6 +62,12 @@ class DuckStreamDataset(IterableDataset[Any]):
     Under an initialised ``torch.distributed``, construction is a collective: rank 0 plans and
     the other ranks receive its plan, so every rank must construct the dataset. ``cache_dir``
     (a folder or ``s3://`` prefix) keeps plans for the next start while the files are unchanged.
+
+    ``count="skip"`` plans a filtering ``sql`` without counting the rows it keeps (the
+    default ``"exact"`` counts them in one pass when planning): shares, ``even``, ``len()``
+    and states then count source rows, each item is a batch of ``batch_size`` source rows
+    filtered and projected by ``sql`` (varying in size, possibly empty, always yielded, so
+    ranks stay in lockstep), ``num_rows`` raises, and ``batch_size`` must be set.
     """
 
     def __init__(
@@ -84,6 +91,7 @@ class DuckStreamDataset(IterableDataset[Any]):
         s3_retry_seconds: float | None = None,
         threads: int | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
+        count: Count = "exact",
     ) -> None:
         options = ReadOptions(shuffle, seed, shuffle_buffer, even, threads, batch_size, drop_last)
         if output not in OUTPUTS:
@@ -97,7 +105,15 @@ class DuckStreamDataset(IterableDataset[Any]):
             retry_seconds=s3_retry_seconds,
         )
         # Under torch.distributed rank 0 plans and the others receive it (a collective).
-        self.plan: StreamPlan = shared_plan(lambda: prepare(source, sql, s3=s3, cache_dir=cache_dir), s3)
+        self.plan: StreamPlan = shared_plan(
+            lambda: prepare(source, sql, s3=s3, cache_dir=cache_dir, count=count), s3
+        )
+        if self.plan.late is not None and batch_size is None:
+            raise ConfigurationError(
+                "count='skip' needs a batch_size: items are then batches of source rows, each "
+                "filtered by the SQL, and rows that fail the filter would leave no item to count; "
+                "set batch_size, or use count='exact' (the default) to yield rows"
+            )
         self.cursor = EpochCursor(self.plan, options)
         self.output: Output = output
         self.transform = transform
@@ -154,12 +170,22 @@ class DuckStreamDataset(IterableDataset[Any]):
 
     @property
     def num_rows(self) -> int:
-        """Rows of the source after the SQL (before padding or dropping for balance)."""
+        """Rows of the source after the SQL (before padding or dropping for balance).
+
+        Not known under ``count="skip"``, which never counts the rows the SQL keeps: raises
+        :class:`ConfigurationError` (``len()`` still gives the items per epoch)."""
+        if self.plan.late is not None:
+            raise ConfigurationError(
+                "num_rows is not known: this dataset was planned with count='skip', which does not "
+                f"count the rows the SQL keeps (the source holds {self.plan.num_rows} rows before it); "
+                "len() still gives this rank's items per epoch, or plan with count='exact' (the default)"
+            )
         return self.plan.num_rows
 
     def __len__(self) -> int:
-        """Items this rank yields in one epoch under the loader that iterates the dataset."""
-        rank_total = rank_rows(self.num_rows, self.ranks.world_size, self.even, self.ranks.rank)
+        """Items this rank yields in one epoch under the loader that iterates the dataset
+        (under ``count="skip"``: batches of source rows, some of them short or empty)."""
+        rank_total = rank_rows(self.plan.num_rows, self.ranks.world_size, self.even, self.ranks.rank)
         per_worker = worker_rows(rank_total, self.transport.num_workers)
         return sum(worker_items(rows, self.options.item_rows, self.options.drops_last) for rows in per_worker)
 
@@ -300,7 +326,8 @@ class DuckStreamDataset(IterableDataset[Any]):
 
     def __repr__(self) -> str:
         return (
-            f"DuckStreamDataset(files={len(self.plan.files)}, rows={self.num_rows}, "
+            f"DuckStreamDataset(files={len(self.plan.files)}, "
+            f"{'rows' if self.plan.late is None else 'source_rows'}={self.plan.num_rows}, "
             f"batch_size={self.batch_size}, shuffle={self.shuffle}, seed={self.seed}, "
             f"epoch={self.epoch}, output={self.output!r})"
         )

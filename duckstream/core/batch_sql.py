@@ -52,11 +52,18 @@ class BatchQuery:
     passed: tuple[str | None, ...]  # per output column: the source column it passes through
     keeps_rows: bool
     statement: str  # the user's query, which errors name
+    source: pa.Schema | None = None  # the source's columns, as pyarrow decodes them
 
     @property
     def wide(self) -> tuple[str, ...]:
         """Passed columns DuckDB does not read: decoded apart, in batches of their own size."""
         return tuple(dict.fromkeys(c for c in self.passed if c is not None and c not in self.reads))
+
+    @property
+    def decoded(self) -> pa.Schema:
+        """The columns the query needs, as decoded: those DuckDB reads, then the wide ones."""
+        assert self.source is not None
+        return pa.schema([self.source.field(c) for c in dict.fromkeys((*self.reads, *self.wide))])
 
 
 def split_query(
@@ -71,7 +78,9 @@ def split_query(
     names = {name.lower(): name for name in source_schema.names}
     select = sqlmod.single_select(tree)
     if select is None:
-        return BatchQuery(query, _referenced(tree, names, source_schema.names), (), keeps_rows, query)
+        return BatchQuery(
+            query, _referenced(tree, names, source_schema.names), (), keeps_rows, query, source_schema
+        )
     aliases = {SOURCE, str(select["from_table"].get("alias") or "").lower()} - {""}
     passed: list[str | None] = []
     computed: list[dict[str, Any]] = []
@@ -83,14 +92,16 @@ def split_query(
         else:
             passed.extend(expanded)
     if not any(p is not None for p in passed):
-        return BatchQuery(query, _referenced(tree, names, source_schema.names), (), keeps_rows, query)
+        return BatchQuery(
+            query, _referenced(tree, names, source_schema.names), (), keeps_rows, query, source_schema
+        )
     select["select_list"] = [
         *computed,
         {"class": "COLUMN_REF", "type": "COLUMN_REF", "alias": "", "column_names": [POSITION]},
     ]
     sql = sqlmod.unparse(con, tree)
     reads = tuple(c for c in _referenced(tree, names, source_schema.names) if c != POSITION)
-    return BatchQuery(sql, reads, tuple(passed), keeps_rows, query)
+    return BatchQuery(sql, reads, tuple(passed), keeps_rows, query, source_schema)
 
 
 def output_schema(query: str, batch: BatchQuery, source_schema: pa.Schema) -> pa.Schema:
@@ -189,6 +200,29 @@ class BatchSQL:
             yield from self._split(batch, result, pieces, batch_rows)
         if pieces is not None and pieces.pending():
             raise ValueError("the passed columns hold more rows than the columns DuckDB read")
+
+    def over(self, rows: pa.Table) -> pa.Table:
+        """The query's output over ``rows`` (its :attr:`BatchQuery.decoded` columns, any
+        batches), in one DuckDB run; for a query that keeps rows, output row k is row k."""
+        query = self._query
+        read = rows.select(list(query.reads)).to_batches()
+        wide = rows.select(list(query.wide)).to_batches() if query.wide else None
+        out = self.apply(read, wide, batch_rows=max(1, rows.num_rows), group_rows=max(1, rows.num_rows))
+        return pa.Table.from_batches([_typed(batch, self._schema) for batch in out], schema=self._schema)
+
+    def each(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """The query's output over ``batch`` (which holds every column the query names) as one
+        batch of the output schema, empty when no row passes: one batch out per batch in."""
+        query = self._query
+        result = self._duckdb(batch.select(list(query.reads)))
+        if not query.passed:
+            return _typed(result, self._schema)
+        positions = result.column(POSITION).to_numpy()
+        if not len(positions):
+            return pa.RecordBatch.from_pylist([], schema=self._schema)
+        out = self._output(batch, result, positions, 0, None, 0)
+        # Wide values a filter selected come as views: one batch here is an item, of plain types.
+        return out if out.schema == self._schema else out.cast(self._schema)
 
     def _connection(self) -> duckdb.DuckDBPyConnection:
         if self._con is None:

@@ -24,6 +24,7 @@ from duckstream.core.batch_sql import BatchQuery, output_schema
 from duckstream.core.counting import FILE, ROW, count_per_range, counting_query
 from duckstream.core.lake import LakeAccess, LakeTable, file_index_fence, open_pinned
 from duckstream.core.lake_files import DirectFile, all_deleted, direct_files
+from duckstream.core.late_filter import Count, LateQuery, late_query
 from duckstream.core.planning import (
     StreamPlan,
     batch_query,
@@ -35,7 +36,14 @@ from duckstream.core.planning import (
     row_bytes,
     sql_batch_rows,
 )
-from duckstream.core.shards import Shard, plan_fingerprint, skip_empty_groups
+from duckstream.core.shards import (
+    FileNames,
+    RowGroups,
+    Shard,
+    ShardTable,
+    plan_fingerprint,
+    skip_empty_groups,
+)
 from duckstream.errors import CatalogError
 from duckstream.redact import redact
 
@@ -81,9 +89,13 @@ def prepare_lake(
     *,
     cache_dir: str | os.PathLike[str] | None,
     shard_rows: int,
+    count: Count = "exact",
 ) -> StreamPlan:
     """Plan a pinned DuckLake table: shards are row ranges of its data files (and inlined rows)
-    as the catalog lists them at the snapshot, with deletes and later writes already excluded."""
+    as the catalog lists them at the snapshot, with deletes and later writes already excluded.
+
+    ``count="skip"``: a filtering query is not counted but run on each batch (see
+    :mod:`duckstream.core.late_filter`); shards count the rows visible at the snapshot."""
     con = open_pinned(table)
     try:
         try:
@@ -106,7 +118,8 @@ def prepare_lake(
         _check_files_exist([n for n in names.values() if n is not None], table)
         query = sqlmod.name_the_source(sql, [table.name]) if sql else None
         shape = sqlmod.shape_of(con, query, source_schema.names)
-        if not shape.row_local:
+        skipping = late_query(con, query, shape, source_schema) if count == "skip" else None
+        if not shape.row_local and skipping is None:
             assert query is not None
             key_parts: list[object] = [repr(table), layout]
             result = materialise(con, query, files, key_parts, shape.ordered, cache_dir)
@@ -119,29 +132,36 @@ def prepare_lake(
         files = [d.meta.path if d is not None else f for d, f in zip(direct, files, strict=True)]
         schema = result_schema(con, query or "SELECT * FROM source")
         batch: BatchQuery | None = None
-        if shape.columns is None:
+        late: LateQuery | None = None
+        if skipping is not None:
+            late, schema = skipping
+        elif shape.columns is None:
             assert query is not None
             batch, _ = batch_query(con, query, source_schema, shape.keeps_rows)
             if batch is not None:
                 schema = output_schema(query, batch, source_schema)
+        keeps_rows = shape.keeps_rows or late is not None
         shards, counts = _lake_shards(
-            con, table, query, shape.keeps_rows, chunks, layout_files, file_indexes, shard_rows
+            con, table, query, keeps_rows, chunks, layout_files, file_indexes, shard_rows
         )
         attach = worker_attach(con, table, cache_dir)
     finally:
         con.close()
-    decodes = shape.columns is not None or batch is not None
+    decodes = shape.columns is not None or batch is not None or late is not None
+    metas = [d.meta for d in direct if d is not None]
     return StreamPlan(
-        files=tuple(files),
-        row_groups=tuple(d.meta.row_groups if d is not None else () for d in direct),
-        shards=tuple(shards),
-        counts=tuple(counts),
+        files=FileNames.of(files),
+        row_groups=RowGroups.of([d.meta.row_groups if d is not None else () for d in direct]),
+        shards=ShardTable.of(shards),
+        counts=np.asarray(counts, dtype=np.int64),
         query=query,
-        narrow=shape.keeps_rows,  # for the files pyarrow reads; the catalog's scan always skips
-        columns=shape.columns,
+        narrow=keeps_rows,  # for the files pyarrow reads; the catalog's scan always skips
+        columns=late.columns if late is not None else shape.columns,
         schema=schema,
         s3=table.s3,
-        fingerprint=plan_fingerprint(files, shards, counts, f"{table.scan}|{query}"),
+        fingerprint=plan_fingerprint(
+            files, shards, counts, f"{table.scan}|{'' if late is None else 'count=skip|'}{query}"
+        ),
         lake=LakeAccess(
             attach=attach,
             scan=table.scan,
@@ -152,9 +172,10 @@ def prepare_lake(
             renames=tuple(d.renames if d is not None else () for d in direct),
             inlined_deletes=tuple(d.inlined_deletes if d is not None else () for d in direct),
         ),
-        row_bytes=row_bytes([d.meta for d in direct if d is not None]),
+        row_bytes=row_bytes(metas, late.columns) if late is not None else row_bytes(metas),
         batch=batch,
-        sql_batch_rows=sql_batch_rows([d.meta for d in direct if d is not None], batch),
+        sql_batch_rows=sql_batch_rows(metas, batch),
+        late=late,
     )
 
 

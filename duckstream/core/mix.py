@@ -339,7 +339,7 @@ def open_slot(
         items = int(given[source])
         if spec.num_items is None:
             emitted = min(items * src.item_rows, slot.spans[source].rows)
-            begin = SlotStart(epoch, state.sequences[source], prior, world, emitted, items, src.streams)
+            begin = SlotStart(epoch, slot.spans[source], prior, world, emitted, items, src.streams)
             reads.append(read_slot(plan, opts, begin))
         else:
             share = src.items(slot.spans[source].rows)
@@ -364,10 +364,10 @@ def _cyclic(
     taken, share = skip
     number, items = divmod(taken, share) if share else (0, 0)
     while True:
-        span_rows = partition(_full(src.rows), world, src.even).rows
-        emitted = min(items * src.item_rows, span_rows)
+        span = partition(_full(src.rows), world, src.even)
+        emitted = min(items * src.item_rows, span.rows)
         read_epoch = pass_epoch(spec, epoch, stage, source, number)
-        begin = SlotStart(read_epoch, _full(src.rows), (), world, emitted, items, src.streams)
+        begin = SlotStart(read_epoch, span, (), world, emitted, items, src.streams)
         yield from read_slot(plan, options, begin)
         number, items = number + 1, 0
 

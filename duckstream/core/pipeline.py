@@ -13,16 +13,18 @@ from typing import TypeVar
 import numpy as np
 import pyarrow as pa
 
+from duckstream.core import late_filter
+from duckstream.core.batch_sql import BatchSQL
 from duckstream.core.gather import Window
 from duckstream.core.interleave import DEFAULT_STREAMS, stripe_rows
 from duckstream.core.options import ReadOptions
 from duckstream.core.order import epoch_order
-from duckstream.core.partition import partition
+from duckstream.core.partition import SlotSpan
 from duckstream.core.planning import StreamPlan
 from duckstream.core.ranges import slice_ranges
 from duckstream.core.read_ahead import Producer, read_ahead_each
 from duckstream.core.reader import ShardReader, default_threads, read_batch_rows
-from duckstream.core.resume import Stage, continuation, read_span, rows_emitted, stage_sequence
+from duckstream.core.resume import Owed, Stage, continuation, read_span, rows_emitted
 from duckstream.core.shuffle import window_key, window_permutation
 from duckstream.core.world import World
 from duckstream.errors import ConfigurationError, StateError
@@ -48,7 +50,7 @@ class SlotStart:
     """Where one slot's read of an epoch begins, after the stages already done."""
 
     epoch: int
-    sequence: np.ndarray  # positions still owed at the start of the current stage
+    span: SlotSpan  # the slot's share of the positions owed at the start of the current stage
     prior: tuple[Stage, ...]  # the stages of the epoch before the current one
     world: World  # the slot read: a resumed worker may continue another worker's role
     emitted: int  # rows of this slot's span emitted before the read starts
@@ -77,6 +79,9 @@ def locate_slot(
     DataLoader's round robin restarts at worker 0, so the workers' roles rotate to continue
     the interrupted order. ``slot_items`` (role, items), from a per-worker state such as
     torchdata's StatefulDataLoader keeps, continues one role exactly, without rotation.
+
+    Only this slot's share of what the epoch still owes is listed (:class:`Owed`): a slot of
+    a large world costs little whatever the world.
     """
     continuing = bool(done) and done[-1].same_setup(current)
     if slot_items is not None and not continuing:
@@ -86,7 +91,7 @@ def locate_slot(
             "or worker count, load it into the dataset or a DuckStreamLoader first"
         )
     prior = tuple(done[:-1] if continuing else done)
-    sequence = stage_sequence(
+    owed = Owed(
         plan.num_rows,
         prior,
         seed=options.seed,
@@ -96,17 +101,18 @@ def locate_slot(
         layout=plan.layout,
     )
     if not continuing:
-        return SlotStart(epoch, sequence, prior, world, 0, 0, current.streams)
+        return SlotStart(epoch, owed.span(world), prior, world, 0, 0, current.streams)
     stage = done[-1]
     if slot_items is not None:
         role, items = slot_items
         world = replace(world, worker=role)
-        rows = partition(sequence, world, options.even).rows
-        emitted = min(items * stage.batch_size, rows)
-        return SlotStart(epoch, sequence, prior, world, emitted, items, stage.streams)
-    world = continuation(sequence, stage, world, options.even)
-    emitted = rows_emitted(sequence, stage, world, options.even)
-    return SlotStart(epoch, sequence, prior, world, emitted, -(-emitted // stage.batch_size), stage.streams)
+        span = owed.span(world)
+        emitted = min(items * stage.batch_size, span.rows)
+        return SlotStart(epoch, span, prior, world, emitted, items, stage.streams)
+    world = continuation(owed.rows, stage, world, options.even)
+    emitted = rows_emitted(owed.rows, stage, world, options.even)
+    items = -(-emitted // stage.batch_size)
+    return SlotStart(epoch, owed.span(world), prior, world, emitted, items, stage.streams)
 
 
 def read_streams(plan: StreamPlan) -> int:
@@ -123,12 +129,15 @@ def read_slot(plan: StreamPlan, options: ReadOptions, start: SlotStart) -> Itera
     interrupted; otherwise the rows still owed are partitioned afresh. ``options`` must be
     sized (:meth:`ReadOptions.sized`).
     """
-    seed, epoch, shuffle, even = options.seed, start.epoch, options.shuffle, options.even
+    if plan.late is not None:  # count="skip": source rows are read, the SQL runs on each batch
+        yield from late_filter.filtered(plan, read_slot(late_filter.reading(plan), options, start))
+        return
+    seed, epoch, shuffle = options.seed, start.epoch, options.shuffle
     shuffle_buffer, batch_size, drop_last = options.buffer, options.read_rows, options.drops_last
     world = start.world
     key = window_key(seed, epoch, start.stage_index, world)
     span, owners, window_rows = read_span(
-        partition(start.sequence, world, even),
+        start.span,
         layout=plan.layout,
         key=key,
         seed=seed,
@@ -152,6 +161,14 @@ def read_slot(plan: StreamPlan, options: ReadOptions, start: SlotStart) -> Itera
     ahead = plan.decodes and (threads > 1 or plan.remote)
     lanes = (MAX_READ_AHEAD_LANES if plan.remote else min(MAX_READ_AHEAD_LANES, threads)) if ahead else 0
     interleaved = shuffle and start.streams > 1
+    # A query that keeps rows (no WHERE, no UNNEST) runs once a window instead of once a
+    # stripe: stripes are short, and each DuckDB run costs about 3 ms whatever its rows.
+    window_sql = (
+        BatchSQL(plan.batch, plan.schema)
+        if interleaved and plan.batch is not None and plan.narrow and plan.batch.reads
+        else None
+    )
+    read_plan = _decoding(plan) if window_sql is not None else plan
     # An interleaved read opens a reader per piece; otherwise one per lane, or one.
     readers = (
         []
@@ -169,7 +186,7 @@ def read_slot(plan: StreamPlan, options: ReadOptions, start: SlotStart) -> Itera
                 return _interleaved(
                     ranges[mask],
                     owned[mask],
-                    lambda: ShardReader(plan, threads=1, batch_rows=batch_rows),
+                    lambda: ShardReader(read_plan, threads=1, batch_rows=batch_rows),
                     lambda stream_ranges: _pieces(stream_ranges, order, plan.counts),
                     plan,
                     each_ahead=each_ahead,
@@ -182,13 +199,14 @@ def read_slot(plan: StreamPlan, options: ReadOptions, start: SlotStart) -> Itera
                 # Lanes share out the streams; each decodes its streams' stripes in read order,
                 # up to a window ahead between them (counted in stripes: a stripe may come in
                 # a few slices). From an object store each stream of plain columns reads ahead
-                # on its own too, so that its requests overlap. SQL streams keep to their
-                # lane's thread: with a thread each, a lake table read through SQL by two
-                # workers failed about one run in ten under load ("closed pending query
-                # result" from a stream's own DuckDB connection; cause not found yet).
+                # on its own too, so that its requests overlap (so do the columns a query
+                # reads, where the query runs once a window). Streams that run SQL themselves
+                # keep to their lane's thread: with a thread each, a lake table read through
+                # SQL by two workers failed about one run in ten under load ("closed pending
+                # query result" from a stream's own DuckDB connection; cause not found yet).
                 stripe = stripe_rows(window_rows, start.streams)
                 depth = max(2, -(-window_rows // stripe) // lanes + 1)
-                each_ahead = plan.remote and plan.batch is None
+                each_ahead = plan.remote and read_plan.batch is None
                 lane_of = _dealt(owned, lanes)
                 lane_streams = [
                     _ahead(lane_ranges(lane_of == lane, each_ahead), depth=depth) for lane in range(lanes)
@@ -218,12 +236,23 @@ def read_slot(plan: StreamPlan, options: ReadOptions, start: SlotStart) -> Itera
             batch_size=batch_size,
             drop_last=drop_last,
             schema=plan.schema,
+            read_schema=read_plan.schema,
+            over=window_sql.over if window_sql is not None else None,
         )
     finally:
         if isinstance(batches, Generator):
             batches.close()  # read-ahead threads stop before their readers close
         for reader in readers:
             reader.close()
+        if window_sql is not None:
+            window_sql.close()
+
+
+def _decoding(plan: StreamPlan) -> StreamPlan:
+    """``plan`` read as the columns its query needs, decoded, without the query."""
+    assert plan.batch is not None
+    decoded = plan.batch.decoded
+    return replace(plan, batch=None, query=None, columns=tuple(decoded.names), schema=decoded)
 
 
 def _dealt(owners: np.ndarray, lanes: int) -> np.ndarray:
@@ -343,7 +372,7 @@ def _piece_source(
     return lambda lane: readers[lane].read(plan.shards[shard], lo, hi)
 
 
-def _pieces(ranges: np.ndarray, order: np.ndarray, counts: Sequence[int]) -> Iterator[tuple[int, int, int]]:
+def _pieces(ranges: np.ndarray, order: np.ndarray, counts: np.ndarray) -> Iterator[tuple[int, int, int]]:
     """Epoch positions (ranges) as ``(shard, lo, hi)`` row ranges of shards, in order."""
     sizes = np.asarray(counts, dtype=np.int64)[order]
     ends = np.cumsum(sizes)
@@ -416,17 +445,19 @@ def shuffled_batches(
     batch_size: int,
     drop_last: bool,
     schema: pa.Schema,
+    read_schema: pa.Schema | None = None,
+    over: Callable[[pa.Table], pa.Table] | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """Batches of the stream with each window of ``buffer`` rows permuted.
 
     Each output batch is gathered straight from its window (one copy); the first ``skip``
-    rows of the first window's permuted order are left out (a resumed read).
+    rows of the first window's permuted order are left out (a resumed read). ``over`` turns
+    each window of ``batches`` (of ``read_schema``) into the rows it holds (of ``schema``).
     """
     carry: pa.RecordBatch | None = None
-    for index, pieces in enumerate(windows(batches, buffer, schema), start=first_window):
-        window = Window(pieces, schema)
-        order = window_permutation(window.num_rows, key, index, True)[skip:]
-        skip = 0
+    for window, order in _permuted(
+        batches, buffer, key, first_window, skip, schema, read_schema or schema, over
+    ):
         position = 0
         if carry is not None:
             need = batch_size - carry.num_rows
@@ -443,6 +474,25 @@ def shuffled_batches(
             carry = window.gather(order[position:])
     if carry is not None and carry.num_rows and not drop_last:
         yield carry
+
+
+def _permuted(
+    batches: Iterable[pa.RecordBatch],
+    buffer: int,
+    key: tuple[int, ...],
+    first_window: int,
+    skip: int,
+    schema: pa.Schema,
+    read_schema: pa.Schema,
+    over: Callable[[pa.Table], pa.Table] | None,
+) -> Iterator[tuple[Window, np.ndarray]]:
+    """Each window and the order its rows go out in."""
+    read = windows(batches, buffer, read_schema)
+    if over is not None:
+        read = map(over, read)
+    for index, table in enumerate(read, start=first_window):
+        yield Window(table, schema), window_permutation(table.num_rows, key, index, True)[skip:]
+        skip = 0
 
 
 def rebatch(

@@ -27,17 +27,23 @@ from duckstream import engine
 from duckstream.core import sql as sqlmod
 from duckstream.core.batch_sql import BatchQuery, output_schema, split_query
 from duckstream.core.counting import FILE, ROW, count_per_range, counting_query
-from duckstream.core.interleave import Layout
+from duckstream.core.interleave import Entries, Layout
 from duckstream.core.lake import LakeAccess, LakeTable
+from duckstream.core.late_filter import Count, LateQuery, check_count, late_query
 from duckstream.core.plan_cache import PlanCache
 from duckstream.core.retry import patiently
 from duckstream.core.shards import (
     DEFAULT_SHARD_ROWS,
+    FileNames,
+    RowGroups,
     Shard,
+    ShardTable,
+    packed,
     plan_fingerprint,
     plan_shards,
     plan_summary,
     skip_empty_groups,
+    starts_inside,
 )
 from duckstream.core.source import (
     FileMeta,
@@ -80,12 +86,18 @@ Source = SourceLike | LakeTable
 
 @dataclass(frozen=True)
 class StreamPlan:
-    """Everything a worker needs to read its share; plain, picklable data."""
+    """Everything a worker needs to read its share; plain, picklable data.
 
-    files: tuple[str, ...]
-    row_groups: tuple[tuple[int, ...], ...]
-    shards: tuple[Shard, ...]
-    counts: tuple[int, ...]  # rows each shard yields after the SQL
+    File names are one string and per-shard and per-row-group numbers int64 arrays, so that a
+    plan of a million files travels to every worker and rank as a few arrays, not millions of
+    objects.
+    """
+
+    files: FileNames  # files[f]: the path of file f
+    row_groups: RowGroups  # row_groups[f]: rows of each row group of file f
+    shards: ShardTable  # shards[i]: shard i as a Shard
+    # int64: rows each shard yields after the SQL (plans compare them through the fingerprint)
+    counts: np.ndarray = dataclasses.field(compare=False)
     query: str | None  # the SQL over `source`; None reads the columns below
     narrow: bool  # output row k of a shard is its row start+k: ranges narrow the read itself
     columns: tuple[str, ...] | None  # plain projection: read with pyarrow
@@ -97,23 +109,40 @@ class StreamPlan:
     # The query as DuckDB runs it over batches pyarrow decoded; None runs it per shard in DuckDB.
     batch: BatchQuery | None = None
     sql_batch_rows: int = _SQL_BATCH_MAX_ROWS  # rows of the columns DuckDB reads, at once
+    # count="skip": the SQL runs on each batch after the shuffle; shards, counts and columns
+    # are then the source's (see duckstream.core.late_filter), ``schema`` the SQL's output.
+    late: LateQuery | None = None
 
     @property
     def num_rows(self) -> int:
-        return sum(self.counts)
+        return int(self.counts.sum())
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The counts travel in the narrowest type that holds them, as the shards do; not at all
+        # where each shard yields its rows (no filter).
+        whole = np.array_equal(self.counts, self.shards.rows)
+        return {**self.__dict__, "counts": None if whole else packed(self.counts)}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        counts = state["counts"]
+        counts = state["shards"].rows if counts is None else np.asarray(counts, dtype=np.int64)
+        self.__dict__.update(state, counts=counts)
 
     @functools.cached_property
     def layout(self) -> Layout:
         """The shards as the read order sees them (see :mod:`duckstream.core.interleave`)."""
-        entries = []
-        for shard in self.shards:
-            starts = np.cumsum([0, *self.row_groups[shard.file]]) if self.row_groups else np.zeros(1)
-            # Row k of a shard is file row start + k only without a filter and deleted rows.
-            plain = self.narrow and (self.lake is None or not self.lake.deleted_rows(shard.file))
-            inside = starts[(starts > shard.start) & (starts < shard.stop)] - shard.start if plain else ()
-            entries.append(np.asarray(inside, dtype=np.int64))
+        shards = self.shards
+        # Row k of a shard is file row start + k only without a filter and deleted rows.
+        plain = np.full(len(shards), self.narrow and len(self.row_groups) > 0)
+        if self.lake is not None and plain.any():
+            deleted = np.array([self.lake.deleted_rows(f) for f in range(len(self.files))], dtype=bool)
+            plain &= ~deleted[shards.file]
+        if plain.any():
+            entries = Entries(*starts_inside(shards, self.row_groups, plain))
+        else:
+            entries = Entries(np.zeros(0, dtype=np.int64), np.zeros(len(shards) + 1, dtype=np.int64))
         counts = np.asarray(self.counts, dtype=np.int64)
-        return Layout(counts, tuple(entries), counts * self.row_bytes <= _CHEAP_ENTRY_BYTES)
+        return Layout(counts, entries, counts * self.row_bytes <= _CHEAP_ENTRY_BYTES)
 
     def summary(self) -> dict[str, Any]:
         """The plan as a saved state describes it (see :func:`plan_summary`)."""
@@ -145,10 +174,16 @@ def prepare(
     cache_dir: str | os.PathLike[str] | None = None,
     shard_rows: int = DEFAULT_SHARD_ROWS,
     original_schema: pa.Schema | None = None,
+    count: Count = "exact",
 ) -> StreamPlan:
     """Plan a stream over ``source`` through ``sql``; raises here, before any worker starts.
 
     ``source`` is Parquet (paths, globs, URIs) or a pinned :class:`LakeTable`.
+
+    ``count="exact"`` counts the rows a filtering ``sql`` keeps in each shard (one pass over
+    the predicate's columns). ``count="skip"`` plans a row-wise filtering ``sql`` on the
+    source's rows instead, from metadata alone, and runs it on each batch after the shuffle
+    (see :mod:`duckstream.core.late_filter`); any other SQL then raises ConfigurationError.
 
     ``original_schema`` is the schema of the data a materialised result was computed from,
     whose fixed-size lists the result gets back.
@@ -157,6 +192,7 @@ def prepare(
     planning again from the start, within ``s3.retry_seconds`` (a footer read that fails is
     retried on its own, in place).
     """
+    check_count(count)
     deadline = (source.s3 if isinstance(source, LakeTable) else s3).retry_seconds
     return patiently(
         lambda: _prepare(
@@ -166,6 +202,7 @@ def prepare(
             cache_dir=cache_dir,
             shard_rows=shard_rows,
             original_schema=original_schema,
+            count=count,
         ),
         what=lambda _: _named(source),
         deadline=deadline,
@@ -188,11 +225,12 @@ def _prepare(
     cache_dir: str | os.PathLike[str] | None,
     shard_rows: int,
     original_schema: pa.Schema | None,
+    count: Count,
 ) -> StreamPlan:
     if isinstance(source, LakeTable):
         from duckstream.core.lake_planning import prepare_lake  # it plans on top of this module
 
-        return prepare_lake(source, sql, cache_dir=cache_dir, shard_rows=shard_rows)
+        return prepare_lake(source, sql, cache_dir=cache_dir, shard_rows=shard_rows, count=count)
     patterns = parquet_patterns(source)
     spellings = [os.fspath(s) for s in ([source] if isinstance(source, (str, os.PathLike)) else source)]
     remote = any(is_remote(p) for p in patterns)
@@ -202,7 +240,9 @@ def _prepare(
         # A materialised result (original_schema set) is a local file: no use to other machines.
         cache = PlanCache(cache_dir, s3) if cache_dir is not None and original_schema is None else None
         if cache is not None:
-            key = cache.key([*spellings, *patterns], sql, shard_rows=shard_rows, layout=_plan_layout())
+            key = cache.key(
+                [*spellings, *patterns], sql, shard_rows=shard_rows, layout=_plan_layout(), count=count
+            )
             listing = cache.listing(files)
             kept = cache.load(key, listing)
             if isinstance(kept, StreamPlan):
@@ -213,7 +253,9 @@ def _prepare(
         con.execute(f"CREATE VIEW source AS SELECT * FROM read_parquet([{listed}])")
         query = sqlmod.name_the_source(sql, [*spellings, *patterns]) if sql else None
         shape = sqlmod.shape_of(con, query, source_schema.names)
-        if not shape.row_local:
+        # count="skip": None when the query keeps every row; raises for SQL not row-wise.
+        skipping = late_query(con, query, shape, source_schema) if count == "skip" else None
+        if not shape.row_local and skipping is None:
             assert query is not None
             result = materialise(con, query, files, metas, shape.ordered, cache_dir)
             return prepare(
@@ -227,13 +269,16 @@ def _prepare(
         row_groups = [m.row_groups for m in metas]
         shards = plan_shards(row_groups, target_rows=shard_rows)
         batch: BatchQuery | None = None
-        if shape.columns is not None:
+        late: LateQuery | None = None
+        if skipping is not None:
+            late, schema = skipping
+        elif shape.columns is not None:
             schema = pa.schema([source_schema.field(c) for c in shape.columns])
         else:
             assert query is not None
             batch, schema = batch_query(con, query, source_schema, shape.keeps_rows)
         schema = _restore_fixed_size(schema, original_schema or source_schema)
-        if shape.keeps_rows:
+        if shape.keeps_rows or late is not None:
             counts = [s.rows for s in shards]
         else:
             assert query is not None
@@ -243,19 +288,20 @@ def _prepare(
     finally:
         con.close()
     plan = StreamPlan(
-        files=tuple(files),
-        row_groups=tuple(m.row_groups for m in metas),
-        shards=tuple(shards),
-        counts=tuple(counts),
+        files=FileNames.of(files),
+        row_groups=RowGroups.of([m.row_groups for m in metas]),
+        shards=ShardTable.of(shards),
+        counts=np.asarray(counts, dtype=np.int64),
         query=None if shape.columns is not None else query,
-        narrow=shape.keeps_rows,
-        columns=shape.columns,
+        narrow=shape.keeps_rows or late is not None,
+        columns=late.columns if late is not None else shape.columns,
         schema=schema,
         s3=s3,
-        fingerprint=plan_fingerprint(files, shards, counts, query),
-        row_bytes=row_bytes(metas),
+        fingerprint=plan_fingerprint(files, shards, counts, query if late is None else f"count=skip|{query}"),
+        row_bytes=row_bytes(metas, late.columns) if late is not None else row_bytes(metas),
         batch=batch,
         sql_batch_rows=sql_batch_rows(metas, batch),
+        late=late,
     )
     if cache is not None:
         cache.store(key, listing, plan)
@@ -265,7 +311,17 @@ def _prepare(
 def _plan_layout() -> list[list[str]]:
     """The fields of what a kept plan holds: a plan kept by a build whose plans differ is
     another entry, never unpickled into a plan with fields missing."""
-    kinds = (StreamPlan, Shard, BatchQuery, S3Settings, LakeAccess)
+    kinds = (
+        StreamPlan,
+        Shard,
+        ShardTable,
+        RowGroups,
+        FileNames,
+        BatchQuery,
+        S3Settings,
+        LakeAccess,
+        LateQuery,
+    )
     return [[kind.__name__, *(f.name for f in dataclasses.fields(kind))] for kind in kinds]
 
 

@@ -22,6 +22,7 @@ from duckstream.core.shuffle import unread, window_key
 from duckstream.core.world import World
 
 __all__ = [
+    "Owed",
     "Stage",
     "continuation",
     "even_window",
@@ -138,21 +139,21 @@ def next_worker(consumed: int, items: Sequence[int], chunk: int = 1) -> int:
     return _next_in_turn([-(-t // chunk) for t in taken], chunks)
 
 
-def continuation(sequence: np.ndarray, stage: Stage, world: World, even: Even) -> World:
+def continuation(total: int, stage: Stage, world: World, even: Even) -> World:
     """The slot of ``stage`` that ``world``'s worker continues when a run resumes unchanged.
 
     A new DataLoader serves worker 0 first; the interrupted one would have served
     :func:`next_worker` next. Rotating the workers' roles by that much continues the very
     same sequence of items.
     """
-    items = _rank_items(length(sequence), stage, world.rank, even)
+    items = _rank_items(total, stage, world.rank, even)
     offset = next_worker(stage.consumed, items, stage.chunk)
     return replace(world, worker=(world.worker + offset) % world.num_workers)
 
 
-def rows_emitted(sequence: np.ndarray, stage: Stage, world: World, even: Even) -> int:
-    """Rows ``world``'s slot emitted during ``stage`` (its rank took ``stage.consumed`` items)."""
-    total = length(sequence)
+def rows_emitted(total: int, stage: Stage, world: World, even: Even) -> int:
+    """Rows ``world``'s slot emitted during ``stage`` (its rank took ``stage.consumed`` items)
+    from a sequence of ``total`` rows."""
     items = _rank_items(total, stage, world.rank, even)
     taken = items_per_worker(stage.consumed, items, stage.chunk)[world.worker]
     begin, end = slot_bounds(
@@ -427,7 +428,7 @@ def slot_spans(
     layout: Layout | None = None,
 ) -> list[SlotSpan]:
     """:func:`slot_span` of each of ``worlds`` (a rank's workers, say), sharing the work."""
-    owed = _Owed(total_rows, stages, seed=seed, epoch=epoch, shuffle=shuffle, even=even, layout=layout)
+    owed = Owed(total_rows, stages, seed=seed, epoch=epoch, shuffle=shuffle, even=even, layout=layout)
     return [owed.span(world) for world in worlds]
 
 
@@ -443,7 +444,7 @@ def owed_rows(
     return total
 
 
-class _Owed:
+class Owed:
     """The sequences owed after each stage, known by their slots' counts; items asked for are
     recomputed from the slots that owe them (each slot once)."""
 
@@ -471,7 +472,13 @@ class _Owed:
             self._lengths.append(int(slots.owed[-1]))
         self._owed_by_slot: dict[tuple[int, int], np.ndarray] = {}
 
+    @property
+    def rows(self) -> int:
+        """Rows owed after the last stage."""
+        return self._lengths[-1]
+
     def span(self, world: World) -> SlotSpan:
+        """``world``'s share of the rows owed after the last stage (see :func:`slot_span`)."""
         stage = len(self._stages)
         return partition_of(self._lengths[stage], lambda lo, hi: self.items(stage, lo, hi), world, self._even)
 

@@ -47,7 +47,8 @@ def test_a_kept_plan_is_reused_while_the_listing_is_unchanged(
     _junk_of_same_size(parquet_dir / "part-0.parquet")
     again = prepare(parquet_dir, sql, s3=LOCAL, cache_dir=cache)
     assert again.fingerprint == first.fingerprint
-    assert (again.counts, again.shards, again.files) == (first.counts, first.shards, first.files)
+    assert again.counts.tolist() == first.counts.tolist()
+    assert (again.shards, again.files) == (first.shards, first.files)
     assert again.s3 == LOCAL
     with pytest.raises(SourceError):
         prepare(parquet_dir, sql, s3=LOCAL)  # without the cache, planning reads the footer
@@ -62,7 +63,7 @@ def test_a_stale_plan_is_never_used(parquet_dir: Path, tmp_path: Path, sql: str 
     changed = prepare(parquet_dir, sql, s3=LOCAL, cache_dir=cache)
     fresh = prepare(parquet_dir, sql, s3=LOCAL)
     assert changed.fingerprint == fresh.fingerprint
-    assert changed.counts == fresh.counts
+    assert changed.counts.tolist() == fresh.counts.tolist()
     # A file added is a change too, and the entry replaced is the one reused next.
     _write(parquet_dir, 3, 1_000, 1_050)
     added = prepare(parquet_dir, sql, s3=LOCAL, cache_dir=cache)

@@ -1,14 +1,25 @@
 from __future__ import annotations
 
 import itertools
+import os
+import pickle
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from duckstream.core.order import epoch_order
-from duckstream.core.shards import Shard, plan_fingerprint, plan_shards, skip_empty_groups
+from duckstream.core.shards import (
+    FileNames,
+    RowGroups,
+    Shard,
+    ShardTable,
+    plan_fingerprint,
+    plan_shards,
+    skip_empty_groups,
+    starts_inside,
+)
 
 row_group_lists = st.lists(st.lists(st.integers(0, 300), max_size=6), min_size=1, max_size=8)
 
@@ -125,3 +136,62 @@ def test_skipping_empty_groups_refuses_counts_that_cannot_be() -> None:
         skip_empty_groups([[5, 5]], [[1]])
     with pytest.raises(ValueError, match="cannot yield"):
         skip_empty_groups([[0]], [[3]])
+
+
+def test_the_fingerprint_of_a_shard_table_is_that_of_its_shards() -> None:
+    shards = [Shard(0, 0, 10), Shard(1, 5, 300)]
+    files = ["a.parquet", "b.parquet"]
+    table = ShardTable.of(shards)
+    # The value states saved before plans held arrays carry.
+    assert plan_fingerprint(files, shards, [10, 7], None) == "84f349920ec71c85"
+    assert plan_fingerprint(files, table, np.array([10, 7]), None) == "84f349920ec71c85"
+
+
+@given(row_groups=row_group_lists, target=st.integers(1, 700))
+def test_shard_tables_and_row_groups_read_and_pickle_as_the_tuples_they_hold(
+    row_groups: list[list[int]], target: int
+) -> None:
+    shards = plan_shards(row_groups, target_rows=target)
+    table = ShardTable.of(shards)
+    groups = RowGroups.of(row_groups)
+    assert len(table) == len(shards)
+    assert list(table) == shards
+    assert [table[i] for i in range(len(table))] == shards
+    assert table.rows.tolist() == [s.rows for s in shards]
+    assert [groups[f] for f in range(len(groups))] == [tuple(g) for g in row_groups]
+    for kept, back in (
+        (table, pickle.loads(pickle.dumps(table))),
+        (groups, pickle.loads(pickle.dumps(groups))),
+    ):
+        assert back == kept
+        assert all(getattr(back, name).dtype == np.int64 for name in vars(back))
+
+
+@given(names=st.lists(st.text(max_size=12), max_size=8))
+@example(names=["a.parquet", os.fsdecode(b"caf\xe9.parquet")])  # not UTF-8 on disk
+def test_file_names_read_and_pickle_as_the_names_they_hold(names: list[str]) -> None:
+    held = FileNames.of(names)
+    assert list(held) == names
+    assert [held[i] for i in range(-len(names), len(names))] == names + names
+    assert pickle.loads(pickle.dumps(held)) == held
+    assert list(pickle.loads(pickle.dumps(held))) == names
+    with pytest.raises(IndexError):
+        held[len(names)]
+
+
+@given(
+    row_groups=row_group_lists,
+    spans=st.lists(st.tuples(st.integers(0, 7), st.integers(0, 2_000), st.integers(1, 2_000)), max_size=12),
+    plain=st.lists(st.booleans(), min_size=12, max_size=12),
+)
+def test_starts_inside_are_the_row_group_starts_strictly_inside_each_shard(
+    row_groups: list[list[int]], spans: list[tuple[int, int, int]], plain: list[bool]
+) -> None:
+    shards = [Shard(f % len(row_groups), start, start + rows) for f, start, rows in spans]
+    flat, bounds = starts_inside(
+        ShardTable.of(shards), RowGroups.of(row_groups), np.array(plain[: len(shards)])
+    )
+    for i, shard in enumerate(shards):
+        starts = np.cumsum([0, *row_groups[shard.file]])
+        inside = starts[(starts > shard.start) & (starts < shard.stop)] - shard.start
+        assert flat[bounds[i] : bounds[i + 1]].tolist() == (inside.tolist() if plain[i] else [])

@@ -181,11 +181,11 @@ def test_counted_emission_matches_the_partitioned_one(
         data.draw(st.integers(0, stage.num_workers - 1)),
         stage.num_workers,
     )
-    assert rows_emitted(sequence, stage, world, even) == reference_rows_emitted(sequence, stage, world, even)
+    assert rows_emitted(total, stage, world, even) == reference_rows_emitted(sequence, stage, world, even)
     spans = reference_spans(sequence, stage, world.rank, even)
     items = [worker_items(span.rows, stage.batch_size, stage.drop_last) for span in spans]
     offset = next_worker(stage.consumed, items, stage.chunk)
-    assert continuation(sequence, stage, world, even).worker == (world.worker + offset) % world.num_workers
+    assert continuation(total, stage, world, even).worker == (world.worker + offset) % world.num_workers
 
 
 @given(st.lists(st.lists(st.integers(0, 10**12), max_size=5), max_size=20))

@@ -43,7 +43,13 @@ def keys(s3: S3Service) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize(
-    "sql", [None, "SELECT id, label FROM source", "SELECT id FROM source WHERE id % 2 = 0"]
+    "sql",
+    [
+        None,
+        "SELECT id, label FROM source",
+        "SELECT id FROM source WHERE id % 2 = 0",
+        "SELECT id, value * 2 AS twice, label FROM source",  # read ahead by stream, SQL by window
+    ],
 )
 def test_all_slots_together_read_every_row_once(
     s3_server: S3Service, s3_source: str, sql: str | None
@@ -58,6 +64,8 @@ def test_all_slots_together_read_every_row_once(
             ):
                 seen.update(batch.column("id").to_pylist())
                 rows += batch.num_rows
+                if "twice" in batch.schema.names:
+                    assert batch.column("twice").to_pylist() == batch.column("id").to_pylist()
         per_rank.append(rows)
     expected = range(0, ROWS, 2) if sql and "WHERE" in sql else range(ROWS)
     assert seen == Counter(expected)
