@@ -27,10 +27,11 @@ import numpy as np
 import pyarrow as pa
 
 from duckstream.core.interleave import DEFAULT_STREAMS, Layout
+from duckstream.core.owed import owed_rows, slot_spans
 from duckstream.core.partition import Even, SlotSpan, partition, rank_rows, slot_bounds
 from duckstream.core.planning import StreamPlan
 from duckstream.core.ranges import as_ranges, expand
-from duckstream.core.resume import Stage, owed_rows, read_span, rows_emitted, slot_spans
+from duckstream.core.resume import Stage, read_span, rows_emitted
 from duckstream.core.shards import FileNames, RowGroups, ShardTable, plan_fingerprint
 from duckstream.core.shuffle import emit_order, window_key
 from duckstream.core.world import World

@@ -19,12 +19,13 @@ from duckstream.core.gather import Window
 from duckstream.core.interleave import DEFAULT_STREAMS, stripe_rows
 from duckstream.core.options import ReadOptions
 from duckstream.core.order import epoch_order
+from duckstream.core.owed import Owed
 from duckstream.core.partition import SlotSpan
 from duckstream.core.planning import StreamPlan
 from duckstream.core.ranges import slice_ranges
 from duckstream.core.read_ahead import Producer, read_ahead_each
 from duckstream.core.reader import ShardReader, default_threads, read_batch_rows
-from duckstream.core.resume import Owed, Stage, continuation, read_span, rows_emitted
+from duckstream.core.resume import Stage, continuation, read_span, rows_emitted
 from duckstream.core.shuffle import window_key, window_permutation
 from duckstream.core.world import World
 from duckstream.errors import ConfigurationError, StateError

@@ -11,15 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from duckstream.core.owed import stage_sequence
 from duckstream.core.partition import Even, partition, rank_rows, worker_rows
 from duckstream.core.ranges import as_ranges, expand, length, merge_sorted, slice_ranges
-from duckstream.core.resume import (
-    Stage,
-    items_per_worker,
-    next_worker,
-    stage_sequence,
-    worker_items,
-)
+from duckstream.core.resume import Stage, items_per_worker, next_worker, worker_items
 from duckstream.core.shuffle import emit_order, window_key
 from duckstream.core.world import World
 

@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from duckstream.core.interleave import Entries, Layout
+from duckstream.core.owed import owed_rows, slot_span, stage_sequence
 from duckstream.core.partition import Even, SlotSpan, partition, rank_rows, worker_rows
 from duckstream.core.ranges import as_ranges, expand, length, merge_sorted, positions_to_ranges, slice_ranges
 from duckstream.core.resume import (
@@ -20,11 +21,8 @@ from duckstream.core.resume import (
     continuation,
     items_per_worker,
     next_worker,
-    owed_rows,
     read_span,
     rows_emitted,
-    slot_span,
-    stage_sequence,
     worker_items,
 )
 from duckstream.core.shuffle import unread, window_key
