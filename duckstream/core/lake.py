@@ -4,14 +4,17 @@ connection that reads it."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar, overload
 from urllib.parse import unquote, urlsplit
 
 import duckdb
+import numpy as np
 
 from duckstream import engine
+from duckstream.core.shards import FileNames, packed
 from duckstream.engine import sql_literal
 from duckstream.errors import ConfigurationError
 from duckstream.redact import MASK, register_secret
@@ -22,6 +25,7 @@ __all__ = [
     "CatalogLocation",
     "LakeAccess",
     "LakeTable",
+    "SparseFiles",
     "file_index_fence",
     "open_pinned",
     "quote_name",
@@ -188,29 +192,195 @@ def open_pinned(table: LakeTable) -> duckdb.DuckDBPyConnection:
     return con
 
 
-@dataclass(frozen=True)
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True, eq=False)
+class SparseFiles(Sequence[_T]):
+    """What only some files of a plan have (a delete file, renamed columns), held for those
+    files alone: ``sparse[f]`` is file ``f``'s, ``missing`` where it has none. A million files
+    of which a thousand have one are a thousand values, not a million.
+
+    Pickled, the files are steps from the previous one, in the narrowest type that holds them
+    (see :func:`~duckstream.core.shards.packed`).
+    """
+
+    size: int  # files of the plan
+    files: np.ndarray  # int64, ascending: the files that have one
+    values: Sequence[_T]  # values[i] is file files[i]'s
+    missing: _T
+
+    @classmethod
+    def of(
+        cls,
+        per_file: Iterable[_T],
+        missing: _T,
+        store: Callable[[list[Any]], Sequence[_T]] = tuple,
+    ) -> SparseFiles[_T]:
+        """From each file's value; a file whose value equals ``missing`` has none. ``store``
+        holds the values that are kept."""
+        if isinstance(per_file, SparseFiles):
+            return per_file
+        listed = list(per_file)
+        files = [f for f, value in enumerate(listed) if value != missing]
+        return cls(len(listed), np.asarray(files, dtype=np.int64), store([listed[f] for f in files]), missing)
+
+    def mask(self) -> np.ndarray:
+        """Whether each file has one, as a bool array."""
+        having = np.zeros(self.size, dtype=bool)
+        having[self.files] = True
+        return having
+
+    def __len__(self) -> int:
+        return self.size
+
+    @overload
+    def __getitem__(self, file: int) -> _T: ...
+    @overload
+    def __getitem__(self, file: slice) -> Sequence[_T]: ...
+    def __getitem__(self, file: int | slice) -> _T | Sequence[_T]:
+        if isinstance(file, slice):
+            return [self[f] for f in range(self.size)[file]]
+        if file < 0:
+            file += self.size
+        if not 0 <= file < self.size:
+            raise IndexError(f"expected a file number below {self.size}, found {file}")
+        if not len(self.files):
+            return self.missing
+        at = int(np.searchsorted(self.files, file))
+        if at < len(self.files) and self.files[at] == file:
+            return self.values[at]
+        return self.missing
+
+    def __iter__(self) -> Iterator[_T]:
+        every = [self.missing] * self.size
+        for file, value in zip(self.files.tolist(), self.values, strict=True):
+            every[file] = value
+        return iter(every)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SparseFiles):
+            return NotImplemented
+        return (
+            self.size == other.size
+            and np.array_equal(self.files, other.files)
+            and list(self.values) == list(other.values)
+            and self.missing == other.missing
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"SparseFiles({len(self.files)} of {self.size} files)"
+
+    def __reduce__(self) -> tuple[Any, tuple[int, np.ndarray, Sequence[_T], _T]]:
+        steps = np.diff(self.files, prepend=0)
+        return _unpack_sparse, (self.size, packed(steps), self.values, self.missing)
+
+
+def _unpack_sparse(size: int, steps: np.ndarray, values: Sequence[_T], missing: _T) -> SparseFiles[_T]:
+    return SparseFiles(size, np.cumsum(steps, dtype=np.int64), values, missing)
+
+
+def _shared(values: list[Any]) -> tuple[Any, ...]:
+    """The values with equal ones one object: pickle then writes each once."""
+    seen: dict[Any, Any] = {}
+    return tuple(seen.setdefault(value, value) for value in values)
+
+
+@dataclass(frozen=True, eq=False)
 class LakeAccess:
-    """How a worker reads a pinned lake table: attach the catalog read-only, scan at a snapshot."""
+    """How a worker reads a pinned lake table: attach the catalog read-only, scan at a snapshot.
+
+    Held per file as arrays and :class:`SparseFiles`: a table of a million files pickles as a
+    few arrays, not millions of objects. Build it with :meth:`of`.
+    """
 
     attach: str = field(repr=False)  # may hold a PostgreSQL password
     scan: str
     postgres: bool
-    # DuckLake's `file_index` of each planned file, which workers filter on: unlike the
+    # int64: DuckLake's `file_index` of each planned file, which workers filter on: unlike the
     # virtual `filename` column, a user column cannot hide it (COCO tables have a `filename`).
-    file_indexes: tuple[int, ...] = ()
-    # Per planned file: read straight from Parquet (see core.lake_files), its delete file, and
-    # the names it stores table columns under where they differ.
-    direct: tuple[bool, ...] = ()
-    deletes: tuple[str | None, ...] = ()
-    renames: tuple[tuple[tuple[str, str], ...], ...] = ()
-    inlined_deletes: tuple[tuple[int, ...], ...] = ()  # rows deleted that the catalog keeps
+    file_indexes: np.ndarray
+    # Per planned file: read straight from Parquet (bool; see core.lake_files), its delete
+    # file, and the names it stores table columns under where they differ.
+    direct: np.ndarray
+    deletes: SparseFiles[str | None]
+    renames: SparseFiles[tuple[tuple[str, str], ...]]
+    inlined_deletes: SparseFiles[tuple[int, ...]]  # rows deleted that the catalog keeps
+
+    @classmethod
+    def of(
+        cls,
+        attach: str,
+        scan: str,
+        postgres: bool,
+        *,
+        file_indexes: Sequence[int],
+        direct: Sequence[bool],
+        deletes: Sequence[str | None],
+        renames: Sequence[tuple[tuple[str, str], ...]],
+        inlined_deletes: Sequence[tuple[int, ...]],
+    ) -> LakeAccess:
+        """From each planned file's values, in plan order."""
+        sizes = {len(file_indexes), len(direct), len(deletes), len(renames), len(inlined_deletes)}
+        if len(sizes) > 1:
+            raise ValueError(f"expected one value per planned file, found {sorted(sizes)} values")
+        return cls(
+            attach,
+            scan,
+            postgres,
+            file_indexes=np.asarray(file_indexes, dtype=np.int64).reshape(-1),
+            direct=np.asarray(direct, dtype=bool).reshape(-1),
+            deletes=SparseFiles.of(deletes, None, FileNames.of),
+            renames=SparseFiles.of(renames, (), _shared),
+            inlined_deletes=SparseFiles.of(inlined_deletes, (), tuple),
+        )
 
     def deleted_rows(self, file: int) -> bool:
         """Whether rows of file ``file`` are deleted (so its row k is not file row k)."""
-        return bool(self.deletes and self.deletes[file]) or bool(
-            self.inlined_deletes and self.inlined_deletes[file]
-        )
+        return bool(self.deletes[file]) or bool(self.inlined_deletes[file])
+
+    def with_deleted_rows(self) -> np.ndarray:
+        """:meth:`deleted_rows` of every file, as a bool array."""
+        deleted: np.ndarray = self.deletes.mask() | self.inlined_deletes.mask()
+        return deleted
 
     def stored_names(self, file: int) -> dict[str, str]:
         """table column -> the name file ``file`` stores it under, where they differ."""
-        return dict(self.renames[file]) if self.renames else {}
+        return dict(self.renames[file])
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, LakeAccess):
+            return NotImplemented
+        return (
+            (self.attach, self.scan, self.postgres) == (other.attach, other.scan, other.postgres)
+            and np.array_equal(self.file_indexes, other.file_indexes)
+            and np.array_equal(self.direct, other.direct)
+            and (self.deletes, self.renames, self.inlined_deletes)
+            == (other.deletes, other.renames, other.inlined_deletes)
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # file_index ascends in plan order: steps of 1 travel as one byte each.
+        steps = packed(np.diff(self.file_indexes, prepend=0))
+        flags = np.packbits(self.direct)
+        sparse = (self.deletes, self.renames, self.inlined_deletes)
+        return _unpack_lake, (self.attach, self.scan, self.postgres, steps, flags, *sparse)
+
+
+def _unpack_lake(
+    attach: str,
+    scan: str,
+    postgres: bool,
+    steps: np.ndarray,
+    flags: np.ndarray,
+    deletes: SparseFiles[str | None],
+    renames: SparseFiles[tuple[tuple[str, str], ...]],
+    inlined_deletes: SparseFiles[tuple[int, ...]],
+) -> LakeAccess:
+    file_indexes = np.cumsum(steps, dtype=np.int64)
+    direct = np.unpackbits(flags, count=len(file_indexes)).astype(bool)
+    return LakeAccess(attach, scan, postgres, file_indexes, direct, deletes, renames, inlined_deletes)

@@ -162,15 +162,15 @@ def prepare_lake(
         fingerprint=plan_fingerprint(
             files, shards, counts, f"{table.scan}|{'' if late is None else 'count=skip|'}{query}"
         ),
-        lake=LakeAccess(
+        lake=LakeAccess.of(
             attach=attach,
             scan=table.scan,
             postgres=table.location.kind == "postgres",
-            file_indexes=tuple(file_indexes),
-            direct=tuple(decodes and d is not None for d in direct),
-            deletes=tuple(d.delete_file if d is not None else None for d in direct),
-            renames=tuple(d.renames if d is not None else () for d in direct),
-            inlined_deletes=tuple(d.inlined_deletes if d is not None else () for d in direct),
+            file_indexes=file_indexes,
+            direct=[decodes and d is not None for d in direct],
+            deletes=[d.delete_file if d is not None else None for d in direct],
+            renames=[d.renames if d is not None else () for d in direct],
+            inlined_deletes=[d.inlined_deletes if d is not None else () for d in direct],
         ),
         row_bytes=row_bytes(metas, late.columns) if late is not None else row_bytes(metas),
         batch=batch,

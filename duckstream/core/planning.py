@@ -28,7 +28,7 @@ from duckstream.core import sql as sqlmod
 from duckstream.core.batch_sql import BatchQuery, output_schema, split_query
 from duckstream.core.counting import FILE, ROW, count_per_range, counting_query
 from duckstream.core.interleave import Entries, Layout
-from duckstream.core.lake import LakeAccess, LakeTable
+from duckstream.core.lake import LakeAccess, LakeTable, SparseFiles
 from duckstream.core.late_filter import Count, LateQuery, check_count, late_query
 from duckstream.core.plan_cache import PlanCache
 from duckstream.core.retry import patiently
@@ -135,8 +135,7 @@ class StreamPlan:
         # Row k of a shard is file row start + k only without a filter and deleted rows.
         plain = np.full(len(shards), self.narrow and len(self.row_groups) > 0)
         if self.lake is not None and plain.any():
-            deleted = np.array([self.lake.deleted_rows(f) for f in range(len(self.files))], dtype=bool)
-            plain &= ~deleted[shards.file]
+            plain &= ~self.lake.with_deleted_rows()[shards.file]
         if plain.any():
             entries = Entries(*starts_inside(shards, self.row_groups, plain))
         else:
@@ -153,12 +152,14 @@ class StreamPlan:
         """Whether pyarrow decodes file ``file`` (else DuckDB reads it, one shard at a time)."""
         if self.columns is None and self.batch is None:
             return False
-        return self.lake is None or self.lake.direct[file]
+        return self.lake is None or bool(self.lake.direct[file])
 
     @property
     def decodes(self) -> bool:
         """Whether pyarrow decodes every file."""
-        return all(self.decoded(file) for file in range(len(self.files)))
+        if len(self.files) == 0:
+            return True
+        return self.decoded(0) and (self.lake is None or bool(self.lake.direct.all()))
 
     @property
     def remote(self) -> bool:
@@ -320,6 +321,7 @@ def _plan_layout() -> list[list[str]]:
         BatchQuery,
         S3Settings,
         LakeAccess,
+        SparseFiles,
         LateQuery,
     )
     return [[kind.__name__, *(f.name for f in dataclasses.fields(kind))] for kind in kinds]

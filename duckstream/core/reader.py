@@ -157,12 +157,11 @@ class ShardReader:
         lake = self._plan.lake
         if lake is None:
             return _NONE_DELETED
-        inlined = lake.inlined_deletes[file] if lake.inlined_deletes else ()
-        if lake.deletes[file] is None and not inlined:
+        if not lake.deleted_rows(file):
             return _NONE_DELETED
         if file not in self._deleted:
             self._deleted[file] = all_deleted(
-                lake.deletes[file], inlined, self._plan.files[file], self._plan.s3
+                lake.deletes[file], lake.inlined_deletes[file], self._plan.files[file], self._plan.s3
             )
         return self._deleted[file]
 
