@@ -179,6 +179,7 @@ def duckstream_epochs(
     output: Literal["torch", "arrow"] = "torch",
     ids_dir: str | Path | None = None,
     ids_column: str = "id",
+    count: Literal["exact", "skip"] = "exact",
 ) -> list[EpochResult]:
     """``repeat`` shuffled epochs through one ``DuckStreamLoader``, as a training run reads them.
 
@@ -191,6 +192,7 @@ def duckstream_epochs(
     ``output="arrow"`` yields the ``pyarrow.RecordBatch`` itself. With ``ids_dir``, each epoch's
     ``ids_column`` goes to :func:`ids_file` as the batches arrive, workers' batches interleaved
     as the loader yields them: written, not kept, so the memory figures do not grow with it.
+    ``count`` is the dataset's: ``"skip"`` plans a filter without counting it.
     """
     import numpy as np
 
@@ -223,6 +225,7 @@ def duckstream_epochs(
             shuffle=True,
             seed=seed,
             output=output,
+            count=count,
             **keywords,
         )
         loader = DuckStreamLoader(dataset, num_workers=workers, persistent_workers=workers > 0)
@@ -277,6 +280,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--lake-data-path", help="the DuckLake catalog's data path")
     parser.add_argument("--lake-table", default="bench", help="the DuckLake table (default bench)")
+    parser.add_argument(
+        "--count", choices=("exact", "skip"), default="exact", help="duckstream*: count a filter, or skip"
+    )
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers (duckstream*)")
     parser.add_argument("--seed", type=int, default=0)
@@ -320,6 +326,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             repeat=args.repeat,
             output="arrow" if args.loader == "duckstream-arrow" else "torch",
             ids_dir=args.ids_dir,
+            count=args.count,
         )
     # The first epoch is cold (planning, worker start, the page cache); a training run spends
     # most of its time in the later, warm ones. Timings on a shared machine wander between

@@ -244,6 +244,7 @@ def _measure(
     ]
     if base.loader not in _FLOORS:
         command.append(f"--sql={path_sql(path, spec.columns, spec.rows)}")
+        command.append(f"--count={path.count}")
     env = {**os.environ, **target.env}
     shuffles = base.loader not in _FLOORS and "id" in spec.columns
     with tempfile.TemporaryDirectory(prefix="duckstream-bench-ids-") as ids_dir:

@@ -248,8 +248,9 @@ def _add_bench_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
         default="all",
         metavar="NAME[,NAME...]",
         help=(
-            "read paths: plain (SELECT the columns), expr (captions[1]), filter (id %% 2 = 0, and a 1%% "
-            "filter: filter1pct), lake (a DuckLake table over the same files, and with a PostgreSQL "
+            "read paths: plain (SELECT the columns), expr (captions[1]), filter (id %% 2 = 0, a 1%% "
+            "filter: filter1pct, and the first planned with count='skip': filter-skip), lake (a "
+            "DuckLake table over the same files, and with a PostgreSQL "
             "catalog one over their S3 objects: lake-s3), s3 (the files on a local SeaweedFS), "
             "s3-delay (the same through a proxy adding --s3-delay-ms a request), a comma-separated "
             "list of them, or all (default)"

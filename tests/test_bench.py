@@ -352,6 +352,7 @@ def test_table_says_why_a_configuration_has_no_figures() -> None:
         ("expr", "SELECT id, captions[1] AS caption, image FROM source"),
         ("filter", "SELECT id, captions, image FROM source WHERE id % 2 = 0"),
         ("filter1pct", "SELECT id, captions, image FROM source WHERE id < 500"),
+        ("filter-skip", "SELECT id, captions, image FROM source WHERE id % 2 = 0"),
         ("lake", "SELECT id, captions, image FROM source"),
         ("lake-s3", "SELECT id, captions, image FROM source"),
         ("s3-delay", "SELECT id, captions, image FROM source"),
@@ -366,7 +367,7 @@ def test_paths_bring_their_floors_and_their_baselines() -> None:
         return [(p.name, asked) for p, asked in expand(groups, catalogs)]
 
     assert plan("expr") == [("plain", False), ("expr", True)]  # plain's scans only: expr's floor
-    assert plan("filter") == [("plain", True), ("filter", True), ("filter1pct", True)]
+    assert plan("filter") == [("plain", True), ("filter", True), ("filter1pct", True), ("filter-skip", True)]
     assert plan("lake", catalogs=("duckdb",)) == [("plain", True), ("lake", True)]
     # With PostgreSQL, lake also brings the table over the S3 objects, and s3: its floor and baseline.
     assert plan("lake", catalogs=("postgres",)) == [
@@ -591,7 +592,7 @@ def test_bench_quick_every_path_gives_figures_or_a_stated_skip(tmp_path: Path) -
     measurements = json.loads(report.read_text())["measurements"]
     delivered = {m["path"]: m["rows_read"] for m in measurements if m["loader"] == "duckstream-arrow"}
     assert delivered["plain"] == delivered["expr"] == 4_000
-    assert delivered["filter"] == 2_000
+    assert delivered["filter"] == delivered["filter-skip"] == 2_000
     assert delivered["filter1pct"] == 40
     for name in ("lake", "lake-pg", "s3", "lake-s3", "s3-delay"):
         assert delivered[name] in (4_000, None), name  # None: skipped, as the table says

@@ -90,7 +90,7 @@ def late_query(
             f"count='exact' (the default) -- in statement: {statement}"
         )
     try:
-        batch = split_query(con, query, source_schema, keeps_rows=False)
+        batch = split_query(con, query, source_schema, keeps_rows=False, positions=True)
         schema = output_schema(query, batch, source_schema)
     except (duckdb.Error, pa.ArrowException, ValueError) as exc:
         raise ConfigurationError(
@@ -123,14 +123,27 @@ def filtered(plan: StreamPlan, batches: Iterator[pa.RecordBatch]) -> Generator[p
         yield from batches
         return
     sql = BatchSQL(late.batch, plan.schema)
+    held: list[pa.RecordBatch] = []
+    rows = size = 0
     try:
         for batch in batches:
-            yield sql.each(batch)
+            held.append(batch)
+            rows, size = rows + batch.num_rows, size + batch.nbytes
+            if rows >= GROUP_ROWS or size >= GROUP_BYTES:
+                yield from sql.each_of(held)
+                held, rows, size = [], 0, 0
+        yield from sql.each_of(held)
     finally:
         if isinstance(batches, Generator):
             batches.close()
         sql.close()
 
+
+# Source rows the SQL runs over at once, at most: the batches of that many (or of that many
+# bytes) go through one DuckDB run, cut back into one output batch per batch (a run costs about
+# a millisecond whatever its rows). Batches are held until then: bytes bound the memory.
+GROUP_ROWS = 16_384
+GROUP_BYTES = 16 * 1024 * 1024
 
 # The operators of a query that runs on each batch alone: one output row per input row at most.
 _ROW_WISE = frozenset({"ARROW_SCAN", "ARROW_SCAN_DUMB", "PROJECTION", "FILTER", "EMPTY_RESULT"})

@@ -126,9 +126,9 @@ def read_slot(plan: StreamPlan, options: ReadOptions, start: SlotStart) -> Itera
     """One slot's share of ``start.epoch`` from ``start`` (:func:`locate_slot`'s answer), in
     batches of ``options.read_rows``.
 
-    A read that continues an interrupted stage goes on exactly where it stopped, as if never
-    interrupted; otherwise the rows still owed are partitioned afresh. ``options`` must be
-    sized (:meth:`ReadOptions.sized`).
+    ``start.span`` is the slot's share of the rows the epoch still owes; a read that
+    continues an interrupted stage goes on exactly where it stopped, as if never interrupted.
+    ``options`` must be sized (:meth:`ReadOptions.sized`).
     """
     if plan.late is not None:  # count="skip": source rows are read, the SQL runs on each batch
         yield from late_filter.filtered(plan, read_slot(late_filter.reading(plan), options, start))
