@@ -10,6 +10,7 @@ replayed in order once a write succeeds again, so training never stops for the c
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -82,7 +83,11 @@ class RunTracker:
     ``catalog_options`` such as ``data_path``, and closed by :meth:`close`). The run's
     ``snapshots`` name the table and snapshot of each ``LakeTable`` among ``sources`` (keyed
     as there), plus any ``snapshots`` given; its ``config`` holds ``config``, ``seed`` and
-    ``world_size``.
+    ``world_size`` (by default the process group's, else 1).
+
+    Under an initialised ``torch.distributed`` only rank 0 writes: every rank may create and
+    drive a tracker as a plain training loop does, and the job is one run (the other ranks'
+    trackers record nothing and have no ``run_id``).
 
     Call :meth:`start` before training, :meth:`record_epoch` (or iterate through
     :meth:`measure`) after each epoch, and :meth:`complete` or :meth:`fail` at the end; as a
@@ -106,7 +111,7 @@ class RunTracker:
         sources: Mapping[str, Any] | None = None,
         snapshots: Mapping[str, Any] | None = None,
         seed: int | None = None,
-        world_size: int = 1,
+        world_size: int | None = None,
         catalog_options: Mapping[str, Any] | None = None,
         reconcile_timeout: float = 30.0,
     ) -> None:
@@ -136,6 +141,7 @@ class RunTracker:
         self._unopenable: str | None = None  # why the catalog given by DSN/path cannot be opened
         self._started = False
         self._ended = False
+        self._quiet = False  # a rank other than 0 of a process group: writes nothing
 
     # -- the record ------------------------------------------------------------------------
 
@@ -159,12 +165,16 @@ class RunTracker:
         return {
             "config": self.config,
             "seed": self.seed,
-            "world_size": self.world_size,
+            "world_size": self.world_size or (process_group() or (0, 1))[1],
         }
 
     def start(self) -> None:
         """Register the run (status ``running``); a second call does nothing."""
         if self._started:
+            return
+        group = process_group()
+        if group is not None and group[0] != 0:
+            self._started = self._quiet = True
             return
         if self._given is None:
             self._open_or_raise()
@@ -254,6 +264,8 @@ class RunTracker:
             raise
 
     def _submit(self, write: _Write) -> None:
+        if self._quiet:
+            return
         if self._unopenable is not None:
             log.info("not trying to %s: %s", write.what, self._unopenable)
             return
@@ -382,6 +394,18 @@ class RunTracker:
             f"RunTracker(experiment={self.experiment!r}, run_id={self._run_id!r}, "
             f"epochs={len(self._epochs)}, pending={len(self._queue)})"
         )
+
+
+def process_group() -> tuple[int, int] | None:
+    """This process's rank and the world size under an initialised ``torch.distributed``,
+    else None (torch is not imported here: a process that never imported it has no group)."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return None
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()):
+        return None
+    return int(dist.get_rank()), int(dist.get_world_size())
 
 
 def _known(run_id: str | None) -> str:
