@@ -7,15 +7,13 @@ The shuffle columns are those of the read-path table (``report.py``), judged the
 from __future__ import annotations
 
 import json
-import os
-import platform
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TextIO
 
 from .peers import PEERS, PeerConfig, PeerMeasurement
-from .report import aligned_table
+from .report import aligned_table, machine
 from .shuffle_quality import uniform_expectation
 
 __all__ = ["format_peer_table", "report_peers", "write_peer_json"]
@@ -120,11 +118,7 @@ def write_peer_json(path: str | Path, config: PeerConfig, measurements: Sequence
             "cache_dir": None if config.cache_dir is None else str(config.cache_dir),
             "mosaic_python": None if config.mosaic_python is None else str(config.mosaic_python),
         },
-        "machine": {
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-        },
+        "machine": machine(),
         "measurements": [
             {
                 **asdict(m),

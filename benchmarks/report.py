@@ -283,6 +283,11 @@ def ratio_lines(measurements: Sequence[Measurement]) -> list[str]:
     return lines
 
 
+def machine() -> dict[str, Any]:
+    """The machine a report's figures come from."""
+    return {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count()}
+
+
 def write_json(path: str | Path, config: BenchConfig, measurements: Sequence[Measurement]) -> None:
     """Write the configuration, the machine and every measurement to ``path`` as JSON."""
     document: dict[str, Any] = {
@@ -291,11 +296,7 @@ def write_json(path: str | Path, config: BenchConfig, measurements: Sequence[Mea
             "cache_dir": None if config.cache_dir is None else str(config.cache_dir),
             "plot_dir": None if config.plot_dir is None else str(config.plot_dir),
         },
-        "machine": {
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-        },
+        "machine": machine(),
         "measurements": [
             {
                 **asdict(m),

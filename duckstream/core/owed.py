@@ -9,14 +9,14 @@ world costs little.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from duckstream.core.interleave import Layout
 from duckstream.core.partition import Even, SlotSpan, partition_of, rank_rows
-from duckstream.core.ranges import as_ranges, length, merge_sorted, slice_ranges
+from duckstream.core.ranges import as_ranges, slice_ranges
 from duckstream.core.resume import Stage, items_per_worker, slot_unread, worker_items
 from duckstream.core.shuffle import unread, window_key
 from duckstream.core.world import World
@@ -99,65 +99,6 @@ def _needs_layout(stage: Stage, *, shuffle: bool, layout: Layout | None) -> None
         raise ValueError("an interleaved read order needs the plan's layout")
 
 
-def _items_of(sequence: np.ndarray) -> Callable[[int, int], np.ndarray]:
-    """``slice_ranges`` over one ``sequence``, its running sums computed once."""
-    sizes = sequence[:, 1] - sequence[:, 0]
-    ends = np.cumsum(sizes)
-    begins = ends - sizes
-
-    def items(lo: int, hi: int) -> np.ndarray:
-        if hi <= lo or len(sequence) == 0:
-            return sequence[:0]
-        first, last = int(np.searchsorted(ends, lo, side="right")), int(np.searchsorted(begins, hi))
-        picked: np.ndarray = sequence[first:last].copy()
-        offsets = begins[first:last]
-        picked[:, 0] += np.maximum(lo - offsets, 0)
-        picked[:, 1] -= np.maximum(offsets + sizes[first:last] - hi, 0)
-        return picked
-
-    return items
-
-
-def _unread_after(
-    sequence: np.ndarray,
-    stage: Stage,
-    index: int,
-    *,
-    seed: int,
-    epoch: int,
-    shuffle: bool,
-    even: Even,
-    layout: Layout | None,
-) -> np.ndarray:
-    _needs_layout(stage, shuffle=shuffle, layout=layout)
-    total = length(sequence)
-    slots = _stage_slots(total, stage, index, seed=seed, epoch=epoch, shuffle=shuffle, even=even)
-    items = _items_of(sequence)
-    parts: list[np.ndarray] = []
-    for slot in np.flatnonzero(np.diff(slots.owed)).tolist():
-        world = World(
-            slot // stage.num_workers, stage.world_size, slot % stage.num_workers, stage.num_workers
-        )
-        if slots.emitted[slot] == 0:  # owes its real rows, in position order
-            begin = int(slots.begin[slot])
-            parts.append(items(begin, begin + int(slots.real[slot])))
-            continue
-        parts.extend(
-            slot_unread(
-                partition_of(total, items, world, even),
-                int(slots.emitted[slot]),
-                key=window_key(seed, epoch, index, world),
-                seed=seed,
-                epoch=epoch,
-                shuffle=shuffle,
-                streams=stage.streams,
-                buffer=stage.shuffle_buffer,
-                layout=layout,
-            )
-        )
-    return merge_sorted(parts)
-
-
 def stage_sequence(
     total_rows: int,
     stages: Sequence[Stage],
@@ -172,12 +113,10 @@ def stage_sequence(
 
     ``layout`` (the plan's) is needed where a stage read shuffled pieces side by side.
     """
-    sequence = as_ranges([(0, total_rows)])
-    for index, stage in enumerate(stages):
-        sequence = _unread_after(
-            sequence, stage, index, seed=seed, epoch=epoch, shuffle=shuffle, even=even, layout=layout
-        )
-    return sequence
+    if not stages:
+        return as_ranges([(0, total_rows)])
+    owed = Owed(total_rows, stages, seed=seed, epoch=epoch, shuffle=shuffle, even=even, layout=layout)
+    return owed.items(len(stages), 0, owed.rows)
 
 
 def slot_span(
@@ -311,7 +250,7 @@ class Owed:
 
 
 def _joined(ranges: np.ndarray) -> np.ndarray:
-    """Disjoint ranges sorted by position, those that touch joined (as :func:`merge_sorted`)."""
+    """Disjoint ranges sorted by position, those that touch joined."""
     ranges = ranges[ranges[:, 1] > ranges[:, 0]]
     if len(ranges) == 0:
         return np.empty((0, 2), dtype=np.int64)

@@ -75,3 +75,30 @@ def assert_resumes(
     repeats = sum(seen.values()) - total_rows
     # only padding repeats rows: fewer than a world's worth per stretch
     assert repeats <= (before[0] - 1) + (after[0] - 1), f"{repeats} rows read twice"
+
+
+def lockstep_epochs(loader: DuckStreamLoader, rank: int, world_size: int, out: str) -> None:
+    """Two epochs in lockstep under an initialised gloo group (an all-reduce per step, as a
+    gradient all-reduce would force: unequal counts would hang), the loader's state saved after
+    four items of the first; rank 0 writes every rank's ids, states, ``len`` and items to ``out``."""
+    import json
+    from pathlib import Path
+
+    import torch
+    import torch.distributed as dist
+
+    epochs, states, items = [], [], []
+    for epoch in range(2):
+        ids: list[int] = []
+        step = -1
+        for step, batch in enumerate(loader):
+            dist.all_reduce(torch.ones(1))
+            ids.extend(batch["id"].tolist())
+            if epoch == 0 and step == 3:
+                states.append(loader.state_dict())
+        epochs.append(ids)
+        items.append(step + 1)
+    gathered: list[object] = [None] * world_size
+    dist.all_gather_object(gathered, {"epochs": epochs, "states": states, "len": len(loader), "items": items})
+    if rank == 0:
+        Path(out).write_text(json.dumps(gathered))

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from duckstream.services import free_port
+from tests.adapters.resume_check import lockstep_epochs
 from tests.conftest import numbers_table
 
 pytestmark = pytest.mark.slow
@@ -26,25 +26,7 @@ def _rank_main(rank: int, world_size: int, port: int, source: str, out: str, num
     try:
         dataset = DuckStreamDataset(source, batch_size=32, shuffle=True, seed=11)
         loader = DuckStreamLoader(dataset, num_workers=num_workers)
-        epochs, states, items = [], [], []
-        for epoch in range(2):
-            ids: list[int] = []
-            step = -1
-            for step, batch in enumerate(loader):
-                # lockstep, as gradient all-reduce would force: unequal counts would hang here
-                flag = torch.ones(1)
-                dist.all_reduce(flag)
-                ids.extend(batch["id"].tolist())
-                if epoch == 0 and step == 3:
-                    states.append(loader.state_dict())
-            epochs.append(ids)
-            items.append(step + 1)
-        gathered: list[object] = [None] * world_size
-        dist.all_gather_object(
-            gathered, {"epochs": epochs, "states": states, "len": len(loader), "items": items}
-        )
-        if rank == 0:
-            Path(out).write_text(json.dumps(gathered))
+        lockstep_epochs(loader, rank, world_size, out)
     finally:
         dist.destroy_process_group()
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from duckstream.services import free_port
+from tests.adapters.resume_check import lockstep_epochs
 from tests.conftest import numbers_table
 
 pytestmark = pytest.mark.slow
@@ -36,24 +36,7 @@ def _rank_main(rank: int, world_size: int, port: int, root: str, out: str, num_w
             seed=3,
         )
         loader = DuckStreamLoader(mix, num_workers=num_workers)
-        epochs, states, items = [], [], []
-        for epoch in range(2):
-            ids: list[int] = []
-            step = -1
-            for step, batch in enumerate(loader):
-                flag = torch.ones(1)
-                dist.all_reduce(flag)  # lockstep: unequal counts would hang here
-                ids.extend(batch["id"].tolist())
-                if epoch == 0 and step == 3:
-                    states.append(loader.state_dict())
-            epochs.append(ids)
-            items.append(step + 1)
-        gathered: list[object] = [None] * world_size
-        dist.all_gather_object(
-            gathered, {"epochs": epochs, "states": states, "len": len(loader), "items": items}
-        )
-        if rank == 0:
-            Path(out).write_text(json.dumps(gathered))
+        lockstep_epochs(loader, rank, world_size, out)
     finally:
         dist.destroy_process_group()
 

@@ -8,6 +8,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -70,6 +71,32 @@ def test_all_slots_together_read_every_row_once(
     expected = range(0, ROWS, 2) if sql and "WHERE" in sql else range(ROWS)
     assert seen == Counter(expected)
     assert per_rank[0] == per_rank[1]
+
+
+def test_a_filter_planned_without_counting_reads_every_passing_row_once_on_s3(
+    s3_server: S3Service, s3_source: str
+) -> None:
+    seen: Counter[int] = Counter()
+    items = []
+    for rank in range(2):
+        batches: list[pa.RecordBatch] = []
+        for worker in range(2):
+            batches += stream_batches(
+                s3_source,
+                "SELECT id, value * 2 AS twice FROM source WHERE id % 3 = 0",
+                world=World(rank, 2, worker, 2),
+                shuffle=True,
+                seed=4,
+                batch_size=32,
+                count="skip",
+                **keys(s3_server),
+            )
+        items.append(len(batches))
+        for batch in batches:
+            seen.update(batch.column("id").to_pylist())
+            assert batch.column("twice").to_pylist() == batch.column("id").to_pylist()
+    assert seen == Counter(range(0, ROWS, 3))
+    assert items[0] == items[1]  # batches of source rows: the ranks in lockstep
 
 
 def test_globs_and_uri_spelled_sql_work_on_s3(s3_server: S3Service, s3_source: str) -> None:
