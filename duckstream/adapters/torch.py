@@ -121,6 +121,9 @@ class DuckStreamDataset(IterableDataset[Any]):
         self.detect_ranks: Callable[[], tuple[int, int]] = detect_ranks
         self.ranks = World(*self.detect_ranks())  # this rank of the world (workers apart)
         self.transport = Transport()  # DuckStreamLoader sets it up for each pass
+        # The epoch an in-process DuckStreamLoader reads after this pass, if it knows: that
+        # read begins while this pass's last windows go out.
+        self.next_epoch: int | None = None
         # Persistent DataLoader workers keep the copy of the dataset they started with: the
         # epoch, and whether resumed stages still apply, reach them through shared memory.
         self._shared = torch.zeros(2, dtype=torch.int64)
@@ -262,7 +265,7 @@ class DuckStreamDataset(IterableDataset[Any]):
         else:
             self.transport = Transport()
             self.cursor.begin_pass(world.world_size)
-            read = self.cursor.open(world)
+            read = self.cursor.open(world, then=self.next_epoch)
         self._read, self._read_yielded = read, 0
         transport = self.transport
         if info is not None and transport.ship_arrow and self.batch_size is None:
@@ -487,9 +490,15 @@ class DuckStreamLoader(DataLoader[Any]):
         try:
             # In-process, DataLoader would only hand over each item (about 10 us a row); the
             # dataset's own iterator is the same stream.
-            iterator = super().__iter__() if self.num_workers else iter(dataset)
+            if self.num_workers:
+                iterator = super().__iter__()
+            else:
+                # The next pass reads the next epoch unless the loop says otherwise.
+                dataset.next_epoch = dataset.epoch + 1
+                iterator = iter(dataset)
         finally:
             dataset.transport = Transport(workers, ring=ring)
+            dataset.next_epoch = None
         # DataLoader pins what workers send (here: where a batch lies), not the tensors collated
         # from it: those, and items read in-process, are pinned here, as DataLoader would.
         pin = (

@@ -17,10 +17,11 @@ from typing import Any
 
 import pyarrow as pa
 
+from duckstream.core.next_epoch import StartedRead
 from duckstream.core.options import ReadOptions
 from duckstream.core.pipeline import SlotStart, locate_slot, read_slot, read_streams
 from duckstream.core.planning import StreamPlan
-from duckstream.core.resume import Stage, fold
+from duckstream.core.resume import Stage, even_window, fold
 from duckstream.core.state import (
     STATE_VERSION,
     is_slot_state,
@@ -77,6 +78,7 @@ class EpochCursor:
         self.done: list[Stage] = []
         self.consumed = 0
         self.finished = False
+        self._started: StartedRead | None = None
 
     # -- epochs and progress ---------------------------------------------------------------
 
@@ -204,10 +206,17 @@ class EpochCursor:
         done: Sequence[Stage] | None = None,
         chunk: int = 1,
         resume: SlotResume | None = None,
+        then: int | None = None,
     ) -> SlotRead:
         """``world``'s slot of ``epoch`` (default: the cursor's) after the stages ``done``
         (default: the cursor's), or continuing one worker's ``resume``; ``chunk`` items per
-        DataLoader transfer."""
+        DataLoader transfer.
+
+        ``then``: the epoch the next pass reads, when the caller knows it. A shuffled read
+        then begins that epoch's read (from its start, same world) while its own last two
+        windows go out (:mod:`duckstream.core.next_epoch`); the next ``open`` takes it if it asks for
+        exactly that read, and drops it otherwise.
+        """
         epoch = self.epoch if epoch is None else epoch
         done = list(self.done if done is None else done)
         slot_items: tuple[int, int] | None = None
@@ -215,13 +224,50 @@ class EpochCursor:
             epoch, done = resume.epoch, [*resume.prior, resume.stage]
             slot_items = (resume.role, resume.stage.consumed)
         current = self.stage(world_size=world.world_size, num_workers=world.num_workers, chunk=chunk)
-        start = locate_slot(
-            self.plan,
-            self.options,
-            world=world,
-            epoch=epoch,
-            done=done,
-            current=current,
-            slot_items=slot_items,
-        )
-        return SlotRead(current, start, read_slot(self.plan, self.options, start))
+        started, self._started = self._started, None
+        key = (epoch, tuple(done), world, chunk, slot_items)
+        batches: Iterator[pa.RecordBatch]
+        if started is not None and started.usable and started.key == key:
+            start, batches = started.start, started.take()
+        else:
+            if started is not None and started.usable:
+                started.drop()
+            start = locate_slot(
+                self.plan,
+                self.options,
+                world=world,
+                epoch=epoch,
+                done=done,
+                current=current,
+                slot_items=slot_items,
+            )
+            batches = read_slot(self.plan, self.options, start)
+        if then is not None and self.options.shuffle and self.plan.late is None:
+            batches = self._then(batches, start, world, chunk, then)
+        return SlotRead(current, start, batches)
+
+    def _then(
+        self, batches: Iterator[pa.RecordBatch], start: SlotStart, world: World, chunk: int, epoch: int
+    ) -> Iterator[pa.RecordBatch]:
+        """``batches``, beginning ``epoch``'s read once fewer than two windows are left: the
+        read threads have then decoded this pass's last window, or nearly."""
+        left = start.span.rows - start.emitted
+        window = even_window(start.span.rows, self.options.buffer)
+        for batch in batches:
+            yield batch
+            left -= batch.num_rows
+            if left < 2 * window and self._started is None:
+                current = self.stage(world_size=world.world_size, num_workers=world.num_workers, chunk=chunk)
+                following = locate_slot(
+                    self.plan, self.options, world=world, epoch=epoch, done=[], current=current
+                )
+                self._started = StartedRead(
+                    (epoch, (), world, chunk, None),
+                    following,
+                    read_slot(self.plan, self.options, following),
+                    owner=self,
+                )
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A read begun early stays with the process that began it.
+        return {**self.__dict__, "_started": None}

@@ -54,6 +54,7 @@ class Window:
 
     def __init__(self, rows: pa.Table, schema: pa.Schema | None = None) -> None:
         self.num_rows = rows.num_rows
+        self.row_bytes = rows.nbytes // max(1, rows.num_rows)
         self._schema = schema or rows.schema
         self._columns = [
             _column(rows.column(index), self._schema.field(index).type) for index in range(rows.num_columns)

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from duckstream import engine
-from duckstream.core import remote_files
+from duckstream.core import local_footers, remote_files
 from duckstream.core.batch_sql import BatchSQL
 from duckstream.core.lake import file_index_fence
 from duckstream.core.lake_files import all_deleted
@@ -257,13 +257,17 @@ class ShardReader:
             handle = remote_files.open_remote(path, self._filesystem)
             metadata = metadata or remote_files.footer(path)
         else:
-            handle = path
+            # A path would have pyarrow resolve its filesystem on every open.
+            handle = pa.OSFile(path.removeprefix("file://"))
+            metadata = metadata or local_footers.footer(path)
         # Coalesced range reads pay off on object stores; locally they only delay the first rows.
         # Local pages stream through a small buffer: read whole, a column chunk of a large row
         # group (80 MB of images at 8,192 rows) would set the peak memory.
         parquet = pq.ParquetFile(
             handle, metadata=metadata, pre_buffer=is_remote(path), buffer_size=_READ_BUFFER_BYTES
         )
+        if not is_remote(path) and metadata is None:
+            local_footers.remember(path, parquet.metadata)
         self._parquet[slot] = (path, parquet)
         return parquet
 

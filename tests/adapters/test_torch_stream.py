@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from duckstream.adapters import torch as torch_adapter
+from duckstream.core.pipeline import read_slot
 from duckstream.errors import ConfigurationError, StateError
 from duckstream.stream import DuckStreamDataset, DuckStreamLoader
 from tests.adapters.resume_check import as_rank, assert_resumes, ids_in, run_world
@@ -373,6 +374,38 @@ def test_a_pass_left_early_still_moves_to_the_next_epoch(source: Path, persisten
             break
     epochs = [[i for item in loader for i in ids_in(item)] for _ in range(2)]
     assert epochs == expected[1:]
+
+
+def test_in_process_the_next_epoch_is_read_during_the_last_windows_of_this_one(
+    source: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def alone(epoch: int) -> list[int]:
+        dataset = make_dataset(source)
+        dataset.set_epoch(epoch)
+        return [i for item in dataset for i in ids_in(item)]
+
+    expected = {epoch: alone(epoch) for epoch in (0, 1, 2, 6)}
+    opened: list[int] = []
+    real = read_slot
+
+    def counted(plan: Any, options: Any, start: Any) -> Any:
+        opened.append(start.epoch)
+        return real(plan, options, start)
+
+    monkeypatch.setattr("duckstream.core.cursor.read_slot", counted)
+    loader = DuckStreamLoader(make_dataset(source), num_workers=0)
+    epochs = [[i for item in loader for i in ids_in(item)] for _ in range(3)]
+    # Each pass began the next epoch's read, and the next pass took it.
+    assert opened == [0, 1, 2, 3]
+    assert epochs == [expected[0], expected[1], expected[2]]
+    # The loop chose another epoch: that one is read, not the one begun.
+    loader.set_epoch(6)
+    assert [i for item in loader for i in ids_in(item)] == expected[6]
+    assert opened == [0, 1, 2, 3, 6, 7]
+    # A state loaded between passes is read as it says.
+    state = loader.state_dict()
+    loader.load_state_dict({**state, "epoch": 2})
+    assert [i for item in loader for i in ids_in(item)] == expected[2]
 
 
 def test_pin_memory_without_an_accelerator_still_reads_everything(source: Path) -> None:
