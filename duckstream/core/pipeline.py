@@ -179,7 +179,10 @@ def read_slot(plan: StreamPlan, options: ReadOptions, start: SlotStart) -> Itera
         if interleaved
         else [ShardReader(plan, threads=1) for _ in range(lanes)] or [ShardReader(plan, threads=threads)]
     )
-    pieces = _pieces(slice_ranges(span.ranges, begin, span.rows), order, plan.counts)
+    # Where each shard ends in the epoch order, found once: each stream looks its pieces up in it.
+    sizes = np.asarray(plan.counts, dtype=np.int64)[order]
+    ends = np.cumsum(sizes)
+    pieces = _pieces(slice_ranges(span.ranges, begin, span.rows), order, sizes, ends)
     batches: Iterable[pa.RecordBatch] = ()
     try:
         if interleaved:
@@ -191,7 +194,7 @@ def read_slot(plan: StreamPlan, options: ReadOptions, start: SlotStart) -> Itera
                     ranges[mask],
                     owned[mask],
                     lambda: ShardReader(read_plan, threads=1, batch_rows=batch_rows),
-                    lambda stream_ranges: _pieces(stream_ranges, order, plan.counts),
+                    lambda stream_ranges: _pieces(stream_ranges, order, sizes, ends),
                     plan,
                     each_ahead=each_ahead,
                 )
@@ -385,10 +388,11 @@ def _piece_source(
     return lambda lane: readers[lane].read(plan.shards[shard], lo, hi)
 
 
-def _pieces(ranges: np.ndarray, order: np.ndarray, counts: np.ndarray) -> Iterator[tuple[int, int, int]]:
-    """Epoch positions (ranges) as ``(shard, lo, hi)`` row ranges of shards, in order."""
-    sizes = np.asarray(counts, dtype=np.int64)[order]
-    ends = np.cumsum(sizes)
+def _pieces(
+    ranges: np.ndarray, order: np.ndarray, sizes: np.ndarray, ends: np.ndarray
+) -> Iterator[tuple[int, int, int]]:
+    """Epoch positions (ranges) as ``(shard, lo, hi)`` row ranges of shards, in order; ``sizes``
+    and ``ends``: each shard's rows and where it ends, in the epoch ``order``."""
     pending: tuple[int, int, int] | None = None
     for start, stop in ranges:
         index = int(np.searchsorted(ends, start, side="right"))
