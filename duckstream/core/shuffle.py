@@ -15,6 +15,7 @@ from duckstream.core.world import World
 
 __all__ = [
     "DEFAULT_SHUFFLE_BUFFER",
+    "SHUFFLE_BUFFER_BYTES",
     "default_shuffle_buffer",
     "emit_order",
     "unread",
