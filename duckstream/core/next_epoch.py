@@ -83,6 +83,8 @@ class StartedRead:
     def drop(self, *, wait: bool = False) -> None:
         """Stop the read: at once if its first batch is in, else as soon as it is (``wait``:
         return only then)."""
+        if os.getpid() != self._pid:
+            return  # a forked copy: its lock may have been held at the fork, its thread is gone
         self._finalizer.detach()
         with self._lock:
             self._dropped = True

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import itertools
+import multiprocessing
 import pickle
 import subprocess
 import sys
@@ -212,3 +213,21 @@ def test_a_process_that_ends_while_the_next_epoch_is_read_ends_cleanly(tmp_path:
         )
         assert (done.returncode, done.stdout.strip()) == (0, "60000"), done.stderr[-2_000:]
         assert "terminate" not in done.stderr
+
+
+def _read_in_child(cursor: EpochCursor, out: Any) -> None:
+    out.put(ids(cursor.open(World(0, 1), epoch=5).batches))
+
+
+def test_a_forked_copy_leaves_the_read_begun_early_to_its_parent(plan: StreamPlan) -> None:
+    options = ReadOptions(shuffle=True, seed=2, shuffle_buffer=256, batch_size=32)
+    cursor = EpochCursor(plan, options)
+    ids(cursor.open(World(0, 1), epoch=0, then=1).batches)
+    context = multiprocessing.get_context("fork")
+    out = context.Queue()
+    child = context.Process(target=_read_in_child, args=(cursor, out))
+    child.start()
+    assert out.get(timeout=60) == fresh(plan, options, World(0, 1), 5)
+    child.join(60)
+    assert child.exitcode == 0
+    assert ids(cursor.open(World(0, 1), epoch=1).batches) == fresh(plan, options, World(0, 1), 1)
