@@ -207,9 +207,9 @@ def read_slot(plan: StreamPlan, options: ReadOptions, start: SlotStart) -> Itera
                 # up to two windows ahead between them while that is 64 MiB or less, else one
                 # (counted in stripes: a stripe may come in a few slices): one window ahead kept
                 # the lanes and the gathering thread taking turns on the cores (captions, one
-                # process: epochs 5-8% longer). From an object store each stream of plain columns reads ahead
-                # on its own too, so that its requests overlap (so do the columns a query
-                # reads, where the query runs once a window). Streams that run SQL themselves
+                # process: epochs 5-8% longer). From an object store each stream of plain
+                # columns reads ahead on its own too, so that its requests overlap (so do the
+                # columns a query reads, where the query runs once a window). Streams that run SQL themselves
                 # keep to their lane's thread: with a thread each, a lake table read through
                 # SQL by two workers failed about one run in ten under load ("closed pending
                 # query result" from a stream's own DuckDB connection; cause not found yet).
