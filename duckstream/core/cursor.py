@@ -225,7 +225,7 @@ class EpochCursor:
             slot_items = (resume.role, resume.stage.consumed)
         current = self.stage(world_size=world.world_size, num_workers=world.num_workers, chunk=chunk)
         started, self._started = self._started, None
-        key = (epoch, tuple(done), world, chunk, slot_items)
+        key = _read_key(epoch, done, world, chunk, slot_items)
         batches: Iterator[pa.RecordBatch]
         if started is not None and started.usable and started.key == key:
             start, batches = started.start, started.take()
@@ -243,11 +243,17 @@ class EpochCursor:
             )
             batches = read_slot(self.plan, self.options, start)
         if then is not None and self.options.shuffle and self.plan.late is None:
-            batches = self._then(batches, start, world, chunk, then)
+            batches = self._then(batches, start, current, world, chunk, then)
         return SlotRead(current, start, batches)
 
     def _then(
-        self, batches: Iterator[pa.RecordBatch], start: SlotStart, world: World, chunk: int, epoch: int
+        self,
+        batches: Iterator[pa.RecordBatch],
+        start: SlotStart,
+        current: Stage,
+        world: World,
+        chunk: int,
+        epoch: int,
     ) -> Iterator[pa.RecordBatch]:
         """``batches``, beginning ``epoch``'s read once fewer than two windows are left: the
         read threads have then decoded this pass's last window, or nearly."""
@@ -257,12 +263,11 @@ class EpochCursor:
             yield batch
             left -= batch.num_rows
             if left < 2 * window and self._started is None:
-                current = self.stage(world_size=world.world_size, num_workers=world.num_workers, chunk=chunk)
                 following = locate_slot(
                     self.plan, self.options, world=world, epoch=epoch, done=[], current=current
                 )
                 self._started = StartedRead(
-                    (epoch, (), world, chunk, None),
+                    _read_key(epoch, [], world, chunk, None),
                     following,
                     read_slot(self.plan, self.options, following),
                     owner=self,
@@ -271,3 +276,10 @@ class EpochCursor:
     def __getstate__(self) -> dict[str, Any]:
         # A read begun early stays with the process that began it.
         return {**self.__dict__, "_started": None}
+
+
+def _read_key(
+    epoch: int, done: Sequence[Stage], world: World, chunk: int, slot_items: tuple[int, int] | None
+) -> tuple[object, ...]:
+    """What tells one slot's read from another: the same key, the same batches."""
+    return (epoch, tuple(done), world, chunk, slot_items)

@@ -1,9 +1,10 @@
 """Footers of local Parquet files, parsed once per process instead of once per read.
 
 A shuffled read opens each row group of an epoch on its own (16 at a time), so one file is
-opened several times an epoch, every epoch: parsing its footer each time cost about a tenth of
-a narrow epoch's decoding. A footer is kept with the file's size and modification time, and
-used only while both are unchanged: a file rewritten in place is read afresh.
+opened several times an epoch, every epoch: opening and parsing its footer each time took
+about 8% of the read threads' time on a narrow epoch. A footer is kept with the file's size
+and modification time, and used only while both are unchanged: a file rewritten in place is
+read afresh.
 """
 
 from __future__ import annotations

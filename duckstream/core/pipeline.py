@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import Generic, TypeVar
+from typing import TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -219,7 +219,7 @@ def read_slot(plan: StreamPlan, options: ReadOptions, start: SlotStart) -> Itera
                 each_ahead = plan.remote and read_plan.batch is None
                 lane_of = _dealt(owned, lanes)
                 lane_streams = [
-                    _Ahead(lane_ranges(lane_of == lane, each_ahead), depth=depth) for lane in range(lanes)
+                    Producer(lane_ranges(lane_of == lane, each_ahead), depth) for lane in range(lanes)
                 ]
                 batches = _merged(lane_of, lane_streams)
         elif lanes:
@@ -291,7 +291,7 @@ class _Stream:
         self._reader = reader
         # A thread of its own decodes the piece's next batches while the others are used.
         self._producer = Producer(batches, _STREAM_DEPTH) if ahead else None
-        self._batches = iter(self._producer) if self._producer is not None else batches
+        self._batches = self._producer if self._producer is not None else batches
         self._held: pa.RecordBatch | None = None
 
     def take(self, rows: int) -> Iterator[pa.RecordBatch]:
@@ -355,7 +355,7 @@ def _interleaved(
 
 
 def _merged(
-    lane_of: np.ndarray, lanes: Sequence[_Ahead[list[pa.RecordBatch]]]
+    lane_of: np.ndarray, lanes: Sequence[Producer[list[pa.RecordBatch]]]
 ) -> Generator[pa.RecordBatch, None, None]:
     """The rows of the ranges in order, range ``k``'s batches taken from lane ``lane_of[k]``."""
     try:
@@ -363,25 +363,7 @@ def _merged(
             yield from next(lanes[lane])
     finally:
         for lane_batches in lanes:
-            lane_batches.close()
-
-
-class _Ahead(Generic[T]):
-    """``items`` produced by a thread of their own, up to ``depth`` ahead, from now on: every
-    lane starts decoding at once, not when the merge first asks it for a stripe."""
-
-    def __init__(self, items: Iterator[T], *, depth: int) -> None:
-        self._producer = Producer(items, depth)
-        self._items = iter(self._producer)
-
-    def __iter__(self) -> Iterator[T]:
-        return self
-
-    def __next__(self) -> T:
-        return next(self._items)
-
-    def close(self) -> None:
-        self._producer.stop()
+            lane_batches.stop()
 
 
 def _piece_source(

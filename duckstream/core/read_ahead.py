@@ -32,11 +32,13 @@ class _Failed:
 
 
 class Producer(Generic[T]):
-    """A thread, started at once, that puts ``items`` into a queue of ``depth``."""
+    """A thread, started at once, that puts ``items`` into a queue of ``depth``; iterating
+    the producer takes them out, in order."""
 
     def __init__(self, items: Iterable[T], depth: int) -> None:
         self._ready: queue.Queue[T | _End | _Failed] = queue.Queue(maxsize=max(1, depth))
         self._stop = threading.Event()
+        self._ended = False
         self._thread = threading.Thread(target=self._produce, args=(items,), name=THREAD_NAME, daemon=True)
         self._thread.start()
 
@@ -64,13 +66,18 @@ class Producer(Generic[T]):
                 close()
 
     def __iter__(self) -> Iterator[T]:
-        while True:
-            item = self._ready.get()
-            if isinstance(item, _End):
-                return
+        return self
+
+    def __next__(self) -> T:
+        if self._ended:
+            raise StopIteration
+        item = self._ready.get()
+        if isinstance(item, _End | _Failed):
+            self._ended = True
             if isinstance(item, _Failed):
                 raise item.error
-            yield item
+            raise StopIteration
+        return item
 
     def stop(self) -> None:
         """Stop after the item being produced (if any) and wait for the thread."""

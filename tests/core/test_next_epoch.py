@@ -44,6 +44,27 @@ def plan(tmp_path_factory: pytest.TempPathFactory) -> StreamPlan:
     return prepare(str(folder), s3=S3Settings.resolve())
 
 
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT id, id * 2 AS twice FROM source",  # runs in DuckDB once a window
+        "SELECT id FROM source WHERE id % 3 = 0",  # runs in DuckDB in each stream
+    ],
+)
+def test_a_query_read_begun_early_yields_what_the_next_pass_would_read(
+    plan: StreamPlan, opened: list[int], sql: str
+) -> None:
+    queried = prepare(str(Path(plan.files[0]).parent), sql, s3=S3Settings.resolve())
+    options = ReadOptions(shuffle=True, seed=4, shuffle_buffer=500, batch_size=64)
+    cursor = EpochCursor(queried, options)
+    first = ids(cursor.open(World(0, 1), epoch=0, then=1).batches)
+    second = ids(cursor.open(World(0, 1), epoch=1).batches)
+    assert opened == [0, 1]
+    assert first == fresh(queried, options, World(0, 1), 0)
+    assert second == fresh(queried, options, World(0, 1), 1)
+    assert sorted(second) == sorted(first) != second
+
+
 @pytest.fixture
 def opened(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """The epochs of every read the cursor opens (early ones included)."""
