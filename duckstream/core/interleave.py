@@ -7,8 +7,9 @@ holds one shard's neighbouring rows, and the epoch's first tenth is a few shards
 to ``streams`` pieces are read at once, each from where it starts to its end and on from its
 first row to where it started (a *rotation*, so that no piece's first rows always come first),
 in *stripes* of about ``buffer / streams`` rows, the stripes of all pieces interleaved evenly
-over the stretch of the epoch they share. A slot with more pieces reads them in groups; each
-group takes every m-th piece in storage order, so that every group spans the whole storage.
+over the stretch of the epoch they share. A slot with more pieces reads them in groups: the
+pieces are dealt to the groups in storage order, back and forth, each to the group holding
+the fewest rows, so that every group spans the whole storage with about as many rows.
 
 Each piece is one sequential read (two with a rotation): its decoder continues where the last
 stripe stopped. Pieces are cut where row groups start and a rotation starts at a row group's
@@ -120,13 +121,14 @@ def interleave(
         pieces, entered = _split_small(pieces, entered, streams, stripe)
     rng = seeded_rng("interleave", *key)
     groups = -(-len(pieces) // streams)
-    # Storage order (shards are planned in it), then every m-th piece to each group.
+    # Storage order (shards are planned in it), dealt to the groups.
     by_storage = sorted(range(len(pieces)), key=lambda p: (int(order[pieces[p][2]]), pieces[p][0]))
     read: list[np.ndarray] = []
     owner: list[np.ndarray] = []
+    dealt = _deal([pieces[p][1] - pieces[p][0] for p in by_storage], groups)
     for group in rng.permutation(groups):
         parts, owners, times = [], [], []
-        members = by_storage[int(group) :: groups]
+        members = [by_storage[i] for i in np.flatnonzero(dealt == group).tolist()]
         # Phases spread evenly (each in its own slice of a stripe's time, the slices dealt at
         # random): any stretch of the read holds about as many stripes of every piece.
         phases = (rng.permutation(len(members)) + rng.random(len(members))) / len(members)
@@ -156,6 +158,24 @@ def interleave(
         np.concatenate([ordered[keep], padding]).astype(np.int64),
         np.concatenate([owned[keep], len(pieces) + np.arange(len(padding), dtype=np.int64)]),
     )
+
+
+def _deal(rows: Sequence[int], groups: int) -> np.ndarray:
+    """The group each piece (``rows`` each, in storage order) is read in: the one holding
+    the fewest rows so far, so that every group holds about as many rows and spans the whole
+    storage. Ties go to the lowest group, and every other round to the highest, as cards
+    are dealt back and forth: no group's pieces lie earlier in storage than another's (dealt
+    round and round, group ``g`` of equal pieces sat ``g`` pieces later, and the order the
+    groups are read in showed as order)."""
+    loads = [0] * groups
+    dealt = np.empty(len(rows), dtype=np.int64)
+    for index, count in enumerate(rows):
+        least = min(loads)
+        ties = [g for g, load in enumerate(loads) if load == least]
+        group = ties[0] if (index // groups) % 2 == 0 else ties[-1]
+        dealt[index] = group
+        loads[group] += count
+    return dealt
 
 
 def _pieces(

@@ -96,3 +96,34 @@ def test_a_large_shard_is_entered_only_where_its_row_groups_start() -> None:
             starts[0 if first < 40 else 1].add(first if first < 40 else first - 40)
     assert starts[0] <= {0, 10, 20, 30}
     assert len(starts[1]) > 4
+
+
+@settings(max_examples=100, deadline=None)
+@given(groups=st.integers(2, 6), streams=st.integers(2, 8), seed=st.integers(0, 2**16))
+def test_every_group_of_pieces_lies_as_far_into_the_storage_as_the_others(
+    groups: int, streams: int, seed: int
+) -> None:
+    # Shards of one large row group each, ``groups`` times as many as the streams: read in
+    # groups, one after another. Dealt round and round, group g sat g shards later in the
+    # storage than the first, and the order the groups were read in showed as order; dealt
+    # back and forth, the groups' mean positions lie within (groups - 1) / rounds shards of
+    # each other (the same, with an even number of rounds), and each holds as many rows.
+    shards, size = groups * streams, 100
+    layout = Layout(
+        np.full(shards, size),
+        tuple(np.zeros(0, dtype=np.int64) for _ in range(shards)),
+        np.zeros(shards, bool),
+    )
+    read, _ = interleave(
+        np.array([[0, shards * size]]),
+        shards * size,
+        layout=layout,
+        order=np.arange(shards),
+        key=(seed,),
+        streams=streams,
+        stripe=10,
+    )
+    means = [part.mean() for part in np.split(expand(read), groups)]
+    assert max(means) - min(means) <= size * (groups - 1) / streams + 1e-9
+    if streams % 2 == 0:
+        assert max(means) - min(means) < 1e-9
