@@ -30,6 +30,8 @@ from duckstream.core.planning import (
     batch_query,
     cache_directory,
     count_rows,
+    decoded_columns,
+    decoder_bytes,
     materialise,
     prepare,
     result_schema,
@@ -41,6 +43,7 @@ from duckstream.core.shards import (
     RowGroups,
     Shard,
     ShardTable,
+    kept_yields,
     plan_fingerprint,
     skip_empty_groups,
 )
@@ -141,7 +144,7 @@ def prepare_lake(
             if batch is not None:
                 schema = output_schema(query, batch, source_schema)
         keeps_rows = shape.keeps_rows or late is not None
-        shards, counts = _lake_shards(
+        shards, counts, yields = _lake_shards(
             con, table, query, keeps_rows, chunks, layout_files, file_indexes, shard_rows
         )
         attach = worker_attach(con, table, cache_dir)
@@ -173,9 +176,11 @@ def prepare_lake(
             inlined_deletes=[d.inlined_deletes if d is not None else () for d in direct],
         ),
         row_bytes=row_bytes(metas, late.columns) if late is not None else row_bytes(metas),
+        decoder_bytes=decoder_bytes(metas, decoded_columns(shape.columns, batch, late)),
         batch=batch,
         sql_batch_rows=sql_batch_rows(metas, batch),
         late=late,
+        yields=yields,
     )
 
 
@@ -219,8 +224,9 @@ def _lake_shards(
     direct: Sequence[_Direct | None],
     file_indexes: Sequence[int],
     shard_rows: int,
-) -> tuple[list[Shard], list[int]]:
-    """Shards of the lake's files and the rows each yields.
+) -> tuple[list[Shard], list[int], RowGroups | None]:
+    """Shards of the lake's files, the rows each yields and the rows each row group of a file
+    read directly yields (see ``StreamPlan.yields``).
 
     A file read directly is cut by its row groups (a decoder cannot start inside one); one
     read by the catalog's scan by ``shard_rows`` of its row numbers. A filtering query is
@@ -256,7 +262,7 @@ def _lake_shards(
     if counted is None:
         assert query is not None
         whole = [Shard(f, p.start, p.stop) for f, file_pieces in enumerate(pieces) for p in file_pieces]
-        return whole, count_rows(con, query, [_lake_shard(table.scan, file_indexes, s) for s in whole])
+        return whole, count_rows(con, query, [_lake_shard(table.scan, file_indexes, s) for s in whole]), None
     yields = counted
     shards: list[Shard] = []
     counts: list[int] = []
@@ -270,7 +276,10 @@ def _lake_shards(
         file_shards, file_counts = skip_empty_groups([sizes], [file_yields], target_rows=shard_rows)
         shards.extend(Shard(file, s.start, s.stop) for s in file_shards)
         counts.extend(file_counts)
-    return shards, counts
+    # Files the catalog's scan reads have no row groups in the plan.
+    held = [found.file.meta.row_groups if found is not None else () for found in direct]
+    in_groups = [y if found is not None else [] for found, y in zip(direct, yields, strict=True)]
+    return shards, counts, kept_yields(held, in_groups)
 
 
 def _count_lake(

@@ -45,6 +45,8 @@ MAX_READ_AHEAD_LANES = 4
 # Rows gathered from a shuffle window at once, in bytes: batches of narrow rows come in
 # groups of slices, wide rows one batch at a time (a held slice keeps its group alive).
 GATHER_BYTES = 1024 * 1024
+# What a shuffled read's open decoders may hold together (pages of 10 KiB images: 8 decoders).
+DECODER_BYTES = 192 * 1024 * 1024
 
 T = TypeVar("T")
 
@@ -121,8 +123,11 @@ def locate_slot(
 
 def read_streams(plan: StreamPlan) -> int:
     """Pieces a shuffled read of ``plan`` reads at once: only pyarrow's decoders continue a
-    piece where its last stripe stopped (DuckDB re-runs a query from its start)."""
-    return DEFAULT_STREAMS if plan.decodes else 1
+    piece where its last stripe stopped (DuckDB re-runs a query from its start). Each open
+    decoder holds its current pages: as many as fit in ``DECODER_BYTES``, 2 to 16."""
+    if not plan.decodes:
+        return 1
+    return max(2, min(DEFAULT_STREAMS, DECODER_BYTES // max(1, plan.decoder_bytes)))
 
 
 def read_slot(plan: StreamPlan, options: ReadOptions, start: SlotStart) -> Iterator[pa.RecordBatch]:

@@ -38,6 +38,7 @@ from duckstream.core.shards import (
     RowGroups,
     Shard,
     ShardTable,
+    kept_yields,
     packed,
     plan_fingerprint,
     plan_shards,
@@ -63,6 +64,8 @@ __all__ = [
     "batch_query",
     "cache_directory",
     "count_rows",
+    "decoded_columns",
+    "decoder_bytes",
     "materialise",
     "prepare",
     "result_schema",
@@ -72,6 +75,8 @@ __all__ = [
 
 _RESULT_ROW_GROUP = 8_192
 _SQL_BATCH_BYTES = 16 * 1024 * 1024
+_PAGE_BYTES = 1024 * 1024
+_PAGE_VALUES = 1_024
 _SQL_BATCH_MAX_ROWS = 65_536
 # A read may start inside a shard this small (decoding rows only to drop them) to vary where
 # each epoch reads it from.
@@ -106,12 +111,17 @@ class StreamPlan:
     fingerprint: str
     lake: LakeAccess | None = None  # set when the rows come from a pinned DuckLake table
     row_bytes: int = 256  # average uncompressed bytes of a source row, for sizing buffers
+    decoder_bytes: int = 0  # what one open decoder of the columns read holds (see decoder_bytes)
     # The query as DuckDB runs it over batches pyarrow decoded; None runs it per shard in DuckDB.
     batch: BatchQuery | None = None
     sql_batch_rows: int = _SQL_BATCH_MAX_ROWS  # rows of the columns DuckDB reads, at once
     # count="skip": the SQL runs on each batch after the shuffle; shards, counts and columns
     # are then the source's (see duckstream.core.late_filter), ``schema`` the SQL's output.
     late: LateQuery | None = None
+    # Rows each row group yields through the query and the snapshot's deletes, where counted
+    # per row group and some yield fewer than they hold (None: each yields its rows, or not
+    # known); a file read by the catalog's scan has none.
+    yields: RowGroups | None = None
 
     @property
     def num_rows(self) -> int:
@@ -132,12 +142,15 @@ class StreamPlan:
     def layout(self) -> Layout:
         """The shards as the read order sees them (see :mod:`duckstream.core.interleave`)."""
         shards = self.shards
-        # Row k of a shard is file row start + k only without a filter and deleted rows.
-        plain = np.full(len(shards), self.narrow and len(self.row_groups) > 0)
-        if self.lake is not None and plain.any():
-            plain &= ~self.lake.with_deleted_rows()[shards.file]
-        if plain.any():
-            entries = Entries(*starts_inside(shards, self.row_groups, plain))
+        # Files whose row groups a decoder reads; where row k of a shard is not file row
+        # start + k (a filter, deleted rows), only ``yields`` says where row groups begin.
+        by_groups = np.diff(self.row_groups.bounds)[shards.file] > 0
+        if self.yields is None:
+            by_groups &= self.narrow
+            if self.lake is not None:
+                by_groups &= ~self.lake.with_deleted_rows()[shards.file]
+        if by_groups.any():
+            entries = Entries(*starts_inside(shards, self.row_groups, by_groups, self.yields))
         else:
             entries = Entries(np.zeros(0, dtype=np.int64), np.zeros(len(shards) + 1, dtype=np.int64))
         counts = np.asarray(self.counts, dtype=np.int64)
@@ -269,6 +282,7 @@ def _prepare(
             )
         row_groups = [m.row_groups for m in metas]
         shards = plan_shards(row_groups, target_rows=shard_rows)
+        yields: RowGroups | None = None
         batch: BatchQuery | None = None
         late: LateQuery | None = None
         if skipping is not None:
@@ -285,7 +299,7 @@ def _prepare(
             assert query is not None
             if remote:  # DuckDB waits on one request per thread: count with more in flight
                 con.execute(f"SET threads = {_REMOTE_COUNT_THREADS}")
-            shards, counts = _count_filtered(con, query, files, row_groups, shard_rows)
+            shards, counts, yields = _count_filtered(con, query, files, row_groups, shard_rows)
     finally:
         con.close()
     plan = StreamPlan(
@@ -300,9 +314,11 @@ def _prepare(
         s3=s3,
         fingerprint=plan_fingerprint(files, shards, counts, query if late is None else f"count=skip|{query}"),
         row_bytes=row_bytes(metas, late.columns) if late is not None else row_bytes(metas),
+        decoder_bytes=decoder_bytes(metas, decoded_columns(shape.columns, batch, late)),
         batch=batch,
         sql_batch_rows=sql_batch_rows(metas, batch),
         late=late,
+        yields=yields,
     )
     if cache is not None:
         cache.store(key, listing, plan)
@@ -348,15 +364,16 @@ def _count_filtered(
     files: Sequence[str],
     row_groups: Sequence[Sequence[int]],
     shard_rows: int,
-) -> tuple[list[Shard], list[int]]:
-    """Shards and the rows each yields through a filtering query, counted in one pass.
+) -> tuple[list[Shard], list[int], RowGroups | None]:
+    """Shards, the rows each yields through a filtering query and the rows each row group
+    yields (None where counted shard by shard), counted in one pass.
 
     Row groups that yield nothing are left out of the plan, so they are never read.
     """
     reduced = counting_query(con, query)
     if reduced is None:
         shards = plan_shards(row_groups, target_rows=shard_rows)
-        return shards, count_rows(con, query, [_parquet_shard(files, s) for s in shards])
+        return shards, count_rows(con, query, [_parquet_shard(files, s) for s in shards]), None
     keys: list[str] = []
     starts: list[int] = []
     for path, groups in zip(files, row_groups, strict=True):
@@ -374,7 +391,8 @@ def _count_filtered(
     for groups in row_groups:
         per_file.append([int(c) for c in found[position : position + len(groups)]])
         position += len(groups)
-    return skip_empty_groups(row_groups, per_file, target_rows=shard_rows)
+    shards, counts = skip_empty_groups(row_groups, per_file, target_rows=shard_rows)
+    return shards, counts, kept_yields(row_groups, per_file)
 
 
 def result_schema(con: duckdb.DuckDBPyConnection, query: str) -> pa.Schema:
@@ -471,6 +489,42 @@ def row_bytes(metas: Sequence[FileMeta], columns: Sequence[str] | None = None) -
     wanted = set(columns)
     size = sum(n for m in metas for name, n in m.column_bytes if name in wanted)
     return max(1, size // rows)
+
+
+def decoded_columns(
+    columns: Sequence[str] | None, batch: BatchQuery | None, late: LateQuery | None
+) -> tuple[str, ...]:
+    """The source columns pyarrow decodes for a plan's reads (none where DuckDB reads)."""
+    if late is not None:
+        return tuple(late.columns)
+    if columns is not None:
+        return tuple(columns)
+    if batch is not None:
+        return (*batch.reads, *batch.wide)
+    return ()
+
+
+def decoder_bytes(metas: Sequence[FileMeta], columns: Sequence[str]) -> int:
+    """What one open decoder of ``columns`` holds, from the footers: per column its current
+    page, read and decompressed. Footers do not give page sizes; writers end a page at about
+    1 MiB, checking every 1,024 values (pyarrow), so a page of wide values is 1,024 of them
+    (10 MiB of 10 KiB images), and never more than the column's chunk of a row group.
+    """
+    rows = sum(m.rows for m in metas)
+    groups = sum(len(m.row_groups) for m in metas)
+    if not rows:
+        return 0
+    wanted = set(columns)
+    sizes: dict[str, int] = {}
+    for meta in metas:
+        for name, n in meta.column_bytes:
+            if name in wanted or not wanted:
+                sizes[name] = sizes.get(name, 0) + n
+    total = 0
+    for size in sizes.values():
+        page = max(_PAGE_BYTES, _PAGE_VALUES * size // rows)
+        total += 2 * min(size // max(1, groups), page)
+    return total
 
 
 def sql_batch_rows(metas: Sequence[FileMeta], batch: BatchQuery | None) -> int:

@@ -89,6 +89,7 @@ class ShardReader:
         self._filesystem: Any = None
         self._sql = BatchSQL(plan.batch, plan.schema) if plan.batch is not None else None
         self._deleted: dict[int, np.ndarray] = {}
+        self._yields: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     @property
     def batch_rows(self) -> int:
@@ -124,11 +125,11 @@ class ShardReader:
         batch = self._plan.batch
         assert batch is not None
         # Without a filter or UNNEST output row k is input row k: read only lo..hi. Otherwise
-        # output row lo is found by running the shard from its start.
+        # output row lo is found by running its row group (or the shard) from its start.
         if self._plan.narrow:
             (first, stop), skip = self._file_rows(shard, lo, hi), 0
         else:
-            first, stop, skip = shard.start, shard.stop, lo
+            first, stop, skip = self._yielding_rows(shard, lo, hi)
         read = self._read_parquet(
             shard.file, batch.reads, first, stop, typed=False, batch_rows=self._plan.sql_batch_rows
         )
@@ -152,6 +153,32 @@ class ShardReader:
         inside = deleted[(deleted >= shard.start) & (deleted < shard.stop)]
         kept = np.setdiff1d(np.arange(shard.start, shard.stop, dtype=np.int64), inside, assume_unique=True)
         return int(kept[lo]), int(kept[hi - 1]) + 1
+
+    def _yielding_rows(self, shard: Shard, lo: int, hi: int) -> tuple[int, int, int]:
+        """The file rows to run through the query for its rows ``lo..hi`` of a shard, and
+        how many it yields before row ``lo``: the row groups that yield those rows, where
+        the plan counted what each yields; else the whole shard."""
+        found = self._group_yields(shard.file)
+        if found is None:
+            return shard.start, shard.stop, lo
+        starts, yielded = found
+        base = int(yielded[np.searchsorted(starts, shard.start)])
+        first = int(np.searchsorted(yielded, base + lo, side="right")) - 1
+        stop = int(np.searchsorted(yielded, base + hi, side="left"))
+        return int(starts[first]), int(starts[stop]), base + lo - int(yielded[first])
+
+    def _group_yields(self, file: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """Where each row group of ``file`` starts, and the rows yielded before it."""
+        if self._plan.yields is None:
+            return None
+        if file not in self._yields:
+            groups = self._plan.row_groups[file]
+            if not groups:  # read by the catalog's scan
+                return None
+            starts = np.concatenate([[0], np.cumsum(groups, dtype=np.int64)])
+            yielded = np.concatenate([[0], np.cumsum(self._plan.yields[file], dtype=np.int64)])
+            self._yields[file] = (starts, yielded)
+        return self._yields[file]
 
     def _deleted_rows(self, file: int) -> np.ndarray:
         lake = self._plan.lake
@@ -309,11 +336,13 @@ class ShardReader:
         con = self._connection()
         query = self._plan.query or "SELECT * FROM source"
         # One output row per file row: narrow the file range itself. Otherwise (WHERE, UNNEST,
-        # or a lake file, whose deleted rows leave gaps) run the shard and keep rows lo..hi.
+        # or a lake file, whose deleted rows leave gaps) run the row groups holding rows
+        # lo..hi (the shard, unless the plan knows what each yields) and keep those.
         if self._plan.narrow and self._plan.lake is None:
             first, last, skip = shard.start + lo, shard.start + hi - 1, 0
         else:
-            first, last, skip = shard.start, shard.stop - 1, lo
+            first, stop, skip = self._yielding_rows(shard, lo, hi)
+            last = stop - 1
         want = hi - lo
         path = self._plan.files[shard.file]
         backoff = Backoff(self._plan.s3.retry_seconds)

@@ -18,6 +18,7 @@ __all__ = [
     "RowGroups",
     "Shard",
     "ShardTable",
+    "kept_yields",
     "packed",
     "plan_fingerprint",
     "plan_shards",
@@ -247,6 +248,13 @@ def plan_shards(row_groups: Sequence[Sequence[int]], *, target_rows: int = DEFAU
     return shards
 
 
+def kept_yields(row_groups: Sequence[Sequence[int]], yields: Sequence[Sequence[int]]) -> RowGroups | None:
+    """``yields`` (rows each row group yields) as a plan keeps them: None where every row
+    group yields all its rows."""
+    held, found = RowGroups.of(row_groups), RowGroups.of(yields)
+    return None if held == found else found
+
+
 def skip_empty_groups(
     row_groups: Sequence[Sequence[int]],
     group_counts: Sequence[Sequence[int]],
@@ -287,11 +295,16 @@ def skip_empty_groups(
 
 
 def starts_inside(
-    shards: ShardTable, row_groups: RowGroups, plain: np.ndarray
+    shards: ShardTable, row_groups: RowGroups, plain: np.ndarray, yields: RowGroups | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per shard, where its file's row groups start inside it (in rows after its first row),
     as one flat array cut at bounds: shard i's are ``flat[bounds[i]:bounds[i + 1]]``. A shard
-    where ``plain`` is false has none."""
+    where ``plain`` is false has none.
+
+    With ``yields`` (rows each row group yields through a filter or a snapshot's deletes;
+    shards then start where row groups do) the offsets count yielded rows, and a row group
+    that yields nothing adds no start of its own.
+    """
     # Row groups of all files one after another: file f's start at ends[g] for g from
     # row_groups.bounds[f] to row_groups.bounds[f + 1] (its last, the file's end).
     ends = np.zeros(len(row_groups.flat) + 1, dtype=np.int64)
@@ -306,7 +319,19 @@ def starts_inside(
     bounds = np.zeros(len(shards) + 1, dtype=np.int64)
     np.cumsum(sizes, out=bounds[1:])
     picks = np.arange(bounds[-1]) + np.repeat(lo - bounds[:-1], sizes)
-    return ends[picks] - np.repeat(base, sizes), bounds
+    if yields is None:
+        return ends[picks] - np.repeat(base, sizes), bounds
+    yielded = np.zeros(len(yields.flat) + 1, dtype=np.int64)
+    np.cumsum(yields.flat, out=yielded[1:])
+    offsets = yielded[picks] - np.repeat(yielded[lo - 1], sizes)
+    # A start no later than the one before it (or the shard's own) follows a group yielding nothing.
+    before = np.concatenate([[0], offsets[:-1]])
+    before[bounds[:-1][sizes > 0]] = 0
+    keep = offsets > before
+    owner = np.repeat(np.arange(len(shards)), sizes)
+    kept = np.zeros(len(shards) + 1, dtype=np.int64)
+    np.cumsum(np.bincount(owner[keep], minlength=len(shards)), out=kept[1:])
+    return offsets[keep], kept
 
 
 def plan_fingerprint(

@@ -1,0 +1,81 @@
+"""How many pieces a shuffled read keeps open: as many decoders as their pages allow."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from duckstream.core.pipeline import DECODER_BYTES, read_streams
+from duckstream.core.planning import StreamPlan, decoder_bytes, prepare
+from duckstream.core.source import FileMeta
+from duckstream.storage import S3Settings
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def small_plan(tmp_path_factory: pytest.TempPathFactory) -> StreamPlan:
+    folder = tmp_path_factory.mktemp("small")
+    pq.write_table(pa.table({"id": np.arange(100)}), folder / "a.parquet")
+    return prepare(folder, None, s3=S3Settings())
+
+
+def meta(rows: int, groups: int, **columns: int) -> FileMeta:
+    """A file of ``rows`` rows in ``groups`` equal row groups, ``columns`` bytes per row each."""
+    schema = pa.schema([(name, pa.binary()) for name in columns])
+    sizes = tuple(rows // groups for _ in range(groups))
+    per_column = tuple((name, per_row * rows) for name, per_row in columns.items())
+    return FileMeta("f.parquet", sizes, schema, sum(n for _, n in per_column), per_column)
+
+
+def test_a_decoder_holds_a_page_of_each_column_read_raw_and_decompressed() -> None:
+    images = [meta(50_000, 8, id=8, caption=360, image=10_240)]
+    # 1,024 images a page, two copies; the caption's 1 MiB page; the ids' whole chunk (50 KB).
+    expected = 2 * 1_024 * 10_240 + 2 * MiB + 2 * (8 * 50_000 // 8)
+    assert decoder_bytes(images, ["id", "caption", "image"]) == expected
+    assert decoder_bytes(images, ["id", "caption"]) == 2 * MiB + 2 * (8 * 50_000 // 8)
+    # Small row groups: a page is never more than a column's chunk.
+    small_groups = [meta(50_000, 500, image=10_240)]
+    assert decoder_bytes(small_groups, ["image"]) == 2 * 100 * 10_240
+
+
+@given(held=st.integers(1, 2 * DECODER_BYTES))
+def test_open_decoders_stay_within_their_budget_but_never_below_two(
+    small_plan: StreamPlan, held: int
+) -> None:
+    streams = read_streams(dataclasses.replace(small_plan, decoder_bytes=held))
+    assert 2 <= streams <= 16
+    assert streams == 2 or streams * held <= DECODER_BYTES
+    assert streams == 16 or (streams + 1) * held > DECODER_BYTES
+
+
+@pytest.mark.parametrize(
+    ("sql", "streams"),
+    [
+        (None, 9),  # 10 KiB images: 9 decoders of 2 x 10 MiB pages (and small columns) in 192 MiB
+        ("SELECT id FROM source", 16),
+        ("SELECT id, octet_length(image) AS n FROM source WHERE id % 2 = 0", 9),
+        ("SELECT id, text FROM source WHERE id % 2 = 0", 16),
+    ],
+)
+def test_wide_columns_read_fewer_pieces_at_once(tmp_path: Path, sql: str | None, streams: int) -> None:
+    rows = 2_048
+    image = np.random.default_rng(0).integers(0, 256, size=(rows, 10_240), dtype=np.uint8)
+    table = pa.table(
+        {
+            "id": np.arange(rows),
+            "text": [f"caption {i}" for i in range(rows)],
+            "image": pa.array([bytes(r) for r in image], pa.binary()),
+        }
+    )
+    pq.write_table(table, tmp_path / "images.parquet", row_group_size=rows)
+    plan = prepare(tmp_path, sql, s3=S3Settings())
+    assert plan.decodes
+    assert read_streams(plan) == streams
