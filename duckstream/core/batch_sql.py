@@ -18,7 +18,7 @@ from __future__ import annotations
 import itertools
 import os
 import threading
-from collections.abc import Generator, Iterable, Iterator, Sequence
+from collections.abc import Generator, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 
 from duckstream import engine
+from duckstream.core import kept_rows
 from duckstream.core import sql as sqlmod
 from duckstream.core.gather import take_views, viewable
 from duckstream.core.interleave import DEFAULT_STREAMS
@@ -194,20 +195,39 @@ class BatchSQL:
         *,
         batch_rows: int,
         group_rows: int,
+        key: Hashable | None = None,
     ) -> Generator[pa.RecordBatch, None, None]:
         """The query's output over the same rows decoded twice: the columns DuckDB reads
         (``read``) and the :attr:`BatchQuery.wide` ones (``wide``).
 
         DuckDB runs once per ``group_rows`` rows of ``read`` (decoders stop at each row group,
         which may be smaller). Output batches hold at most ``batch_rows`` rows of input, or
-        follow ``wide``'s batches.
+        follow ``wide``'s batches. ``key`` names the rows ``read`` holds, the same on every
+        read of them: then the rows a filter keeps are remembered (:mod:`kept_rows`).
         """
         pieces = _Pieces(iter(wide)) if wide is not None else None
+        remembers = key is not None and self.selects_only
+        done = 0
         for batch in _grouped(read, group_rows):
-            result = self._duckdb(batch)
+            group = (key, self._query.sql, done, batch.num_rows)
+            known = kept_rows.kept(group) if remembers else None
+            if known is not None:
+                result = pa.RecordBatch.from_arrays([pa.array(known)], names=[POSITION])
+            else:
+                result = self._duckdb(batch)
+                if remembers:
+                    kept_rows.remember(group, result.column(POSITION).to_numpy(), batch.num_rows)
+            done += batch.num_rows
             yield from self._split(batch, result, pieces, batch_rows)
         if pieces is not None and pieces.pending():
             raise ValueError("the passed columns hold more rows than the columns DuckDB read")
+
+    @property
+    def selects_only(self) -> bool:
+        """Whether the query only selects rows: every output column passes a source column
+        through, so DuckDB's result is the kept rows' positions alone."""
+        query = self._query
+        return not query.keeps_rows and bool(query.passed) and all(c is not None for c in query.passed)
 
     def over(self, rows: pa.Table) -> pa.Table:
         """The query's output over ``rows`` (its :attr:`BatchQuery.decoded` columns, any

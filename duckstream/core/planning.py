@@ -509,6 +509,7 @@ def decoder_bytes(metas: Sequence[FileMeta], columns: Sequence[str]) -> int:
     page, read and decompressed. Footers do not give page sizes; writers end a page at about
     1 MiB, checking every 1,024 values (pyarrow), so a page of wide values is 1,024 of them
     (10 MiB of 10 KiB images), and never more than the column's chunk of a row group.
+    No ``columns``: every column.
     """
     rows = sum(m.rows for m in metas)
     groups = sum(len(m.row_groups) for m in metas)

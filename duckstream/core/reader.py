@@ -138,7 +138,13 @@ class ShardReader:
             if batch.wide
             else None
         )
-        outputs = sql.apply(read, wide, batch_rows=self._batch_rows, group_rows=self._plan.sql_batch_rows)
+        outputs = sql.apply(
+            read,
+            wide,
+            batch_rows=self._batch_rows,
+            group_rows=self._plan.sql_batch_rows,
+            key=(self._plan.fingerprint, shard.file, first),
+        )
         try:
             yield from _rows(outputs, skip, hi - lo)
         finally:
