@@ -108,7 +108,8 @@ def test_a_filtered_read_enters_large_shards_where_their_row_groups_start(
             rhos.append(spearman(ids))
             kept.append(neighbours_kept(ids))
     print(
-        f"filtered, 100 row groups, world {world}, workers {workers}: |rho| median {np.median(rhos):.3f}, max {max(rhos):.3f}"
+        f"filtered, 100 row groups, world {world}, workers {workers}: "
+        f"|rho| median {np.median(rhos):.3f}, max {max(rhos):.3f}"
     )
     assert np.median(rhos) < 0.05, rhos
     assert max(rhos) < 0.1, rhos
