@@ -19,17 +19,7 @@ from duckstream.core.reader import ShardReader
 from duckstream.core.shards import RowGroups, Shard, ShardTable, starts_inside
 from duckstream.storage import S3Settings
 from tests.conftest import numbers_table
-
-
-def write_files(directory: Path, sizes: list[int], row_group: int) -> None:
-    start = 0
-    for index, rows in enumerate(sizes):
-        pq.write_table(
-            numbers_table(start, start + rows),
-            directory / f"part-{index:03d}.parquet",
-            row_group_size=row_group,
-        )
-        start += rows
+from tests.core.test_pipeline import write_files
 
 
 def queries(modulus: int, remainder: int) -> list[str]:
