@@ -103,6 +103,26 @@ def test_target_file_size_decides_rows_per_file(saved: Path, tmp_path: Path) -> 
     assert sizes[0] % 100 == 0
 
 
+def test_row_groups_hold_about_8_mib_of_rows_unless_told(tmp_path: Path) -> None:
+    # 20 KiB images: 409 a row group (8 MiB), not 8,192 (160 MB, read front to back by a
+    # shuffled epoch); narrow rows keep 8,192. The manifest keeps the choice for a rerun.
+    images = datasets.Dataset.from_dict(
+        {"id": list(range(1_000)), "image": [bytes([i % 251]) * 20_480 for i in range(1_000)]}
+    )
+    images.save_to_disk(str(tmp_path / "images"))
+    result = sync_from_hf(tmp_path / "images", "train", dest=tmp_path / "out", rows_per_file=900)
+    first = pq.ParquetFile(result.files[0]).metadata
+    per_group = 8 * 1024 * 1024 // (20_480 + 8 + 4)  # the image, the id, the binary's offset
+    assert [first.row_group(g).num_rows for g in range(first.num_row_groups)] == [per_group, per_group, 82]
+    manifest = json.loads((tmp_path / "out" / "_duckstream_manifest-train.json").read_text())
+    assert manifest["row_group_rows"] == per_group
+    narrow = sync_from_hf(tmp_path / "images", "train", dest=tmp_path / "told", row_group_rows=50)
+    assert pq.ParquetFile(narrow.files[0]).metadata.row_group(0).num_rows == 50
+    karpathy(9_000).save_to_disk(str(tmp_path / "captions"))
+    captions = sync_from_hf(tmp_path / "captions", "train", dest=tmp_path / "captions-out")
+    assert pq.ParquetFile(captions.files[0]).metadata.row_group(0).num_rows == 8_192
+
+
 @pytest.mark.services
 def test_sync_to_s3_and_rerun(saved: Path, s3_server: S3Service, s3_bucket: str) -> None:
     keys: dict[str, Any] = {
