@@ -15,7 +15,7 @@ from collections import OrderedDict
 
 import pyarrow.parquet as pq
 
-__all__ = ["footer", "remember"]
+__all__ = ["footer", "identity", "remember"]
 
 _MAX_FOOTERS = 8_192
 
@@ -23,7 +23,8 @@ _lock = threading.Lock()
 _footers: OrderedDict[str, tuple[tuple[int, int], pq.FileMetaData]] = OrderedDict()
 
 
-def _identity(path: str) -> tuple[int, int] | None:
+def identity(path: str) -> tuple[int, int] | None:
+    """The file's size and modification time (None if it cannot be read)."""
     try:
         stat = os.stat(path)
     except OSError:
@@ -35,18 +36,18 @@ def footer(path: str) -> pq.FileMetaData | None:
     """The footer kept for ``path``, if the file is unchanged since it was kept."""
     with _lock:
         kept = _footers.get(path)
-    if kept is None or kept[0] != _identity(path):
+    if kept is None or kept[0] != identity(path):
         return None
     return kept[1]
 
 
 def remember(path: str, metadata: pq.FileMetaData) -> None:
     """Keep ``path``'s footer, as the file is now."""
-    identity = _identity(path)
-    if identity is None:
+    now = identity(path)
+    if now is None:
         return
     with _lock:
-        _footers[path] = (identity, metadata)
+        _footers[path] = (now, metadata)
         _footers.move_to_end(path)
         while len(_footers) > _MAX_FOOTERS:
             _footers.popitem(last=False)

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from duckstream import engine
-from duckstream.core import local_footers, remote_files
+from duckstream.core import checked_rows, local_footers, remote_files
 from duckstream.core.batch_sql import BatchSQL
 from duckstream.core.lake import file_index_fence
 from duckstream.core.lake_files import all_deleted
@@ -220,6 +220,10 @@ class ShardReader:
         stored = self._plan.lake.stored_names(file) if self._plan.lake is not None else {}
         deleted = self._deleted_rows(file)
         backoff = Backoff(self._plan.s3.retry_seconds)
+        # Rows checked once are not checked again (see checked_rows), unless the local file
+        # changed since (objects in a store are taken as immutable, as their footers are).
+        local = None if is_remote(path) else local_footers.identity(path.removeprefix("file://"))
+        checking = (self._plan.fingerprint, file, tuple(columns), local)
         row = first
         while row < stop:
             try:
@@ -229,7 +233,9 @@ class ShardReader:
                 ):
                     if stored:
                         piece = piece.rename_columns(columns)
-                    _check_decoded(piece)
+                    if not checked_rows.checked(checking, row, row + piece.num_rows):
+                        _check_decoded(piece)
+                        checked_rows.remember(checking, row, row + piece.num_rows)
                     for kept in _without(piece, row, deleted):
                         yield self._typed(kept) if typed else kept
                     row += piece.num_rows
