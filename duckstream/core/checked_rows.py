@@ -9,23 +9,14 @@ and the columns read, the row ranges checked so far (a few merged ranges a file)
 from __future__ import annotations
 
 import bisect
-import os
-import threading
 from collections.abc import Hashable
+
+from duckstream.core.fork_safe import ForkSafeLock
 
 __all__ = ["checked", "forget", "remember"]
 
 _ranges: dict[Hashable, list[tuple[int, int]]] = {}  # sorted, disjoint, not touching
-_lock = threading.Lock()
-
-
-def _unlocked_in_child() -> None:
-    # A reader thread may have held the lock when a DataLoader worker was forked.
-    global _lock
-    _lock = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_unlocked_in_child)
+_lock = ForkSafeLock()
 
 
 def checked(key: Hashable, first: int, stop: int) -> bool:

@@ -11,11 +11,11 @@ the rows a group keeps are the same every epoch: kept here as a bitmap (one bit 
 
 from __future__ import annotations
 
-import os
-import threading
 from collections.abc import Hashable
 
 import numpy as np
+
+from duckstream.core.fork_safe import ForkSafeLock
 
 __all__ = ["KEPT_BYTES", "forget", "kept", "remember"]
 
@@ -23,16 +23,7 @@ KEPT_BYTES = 32 * 1024 * 1024  # one bit a row: 268 million rows of filters reme
 
 _kept: dict[Hashable, tuple[int, np.ndarray]] = {}
 _held = 0
-_lock = threading.Lock()
-
-
-def _unlocked_in_child() -> None:
-    # A reader thread may have held the lock when a DataLoader worker was forked.
-    global _lock
-    _lock = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_unlocked_in_child)
+_lock = ForkSafeLock()
 
 
 def kept(key: Hashable) -> np.ndarray | None:

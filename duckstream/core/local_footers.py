@@ -10,16 +10,17 @@ read afresh.
 from __future__ import annotations
 
 import os
-import threading
 from collections import OrderedDict
 
 import pyarrow.parquet as pq
+
+from duckstream.core.fork_safe import ForkSafeLock
 
 __all__ = ["footer", "identity", "remember"]
 
 _MAX_FOOTERS = 8_192
 
-_lock = threading.Lock()
+_lock = ForkSafeLock()
 _footers: OrderedDict[str, tuple[tuple[int, int], pq.FileMetaData]] = OrderedDict()
 
 
