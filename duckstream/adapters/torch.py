@@ -382,7 +382,8 @@ class DuckStreamLoader(DataLoader[Any]):
         **kwargs: Any,
     ) -> None:
         """``batches_per_transfer``: batches (rows, when the dataset yields rows) a worker hands
-        over at once (default: about 1 MiB; a mix's workers hand over one item at a time)."""
+        over at once (default: about 1 MiB of the rows read, also when a transform makes the
+        items; a mix's workers hand over one item at a time)."""
         from duckstream.adapters.mix import DuckStreamMix, MixPasses
 
         if not isinstance(dataset, DuckStreamDataset | DuckStreamMix):
@@ -470,7 +471,8 @@ class DuckStreamLoader(DataLoader[Any]):
         ship = self.num_workers > 0 and dataset.transform is None
         fresh_workers = not (self.persistent_workers and self._iterator is not None)
         if fresh_workers:
-            self._chunk = self._transfer_items(dataset) if ship else 1
+            # A transform's items share transfers too: each costs a DataLoader message.
+            self._chunk = self._transfer_items(dataset) if self.num_workers else 1
         if ship and fresh_workers:
             # New workers start with this pass and get a ring of their own: the workers of a
             # pass left early may still be finishing a batch, which they write to their ring.
@@ -500,10 +502,12 @@ class DuckStreamLoader(DataLoader[Any]):
             dataset.transport = Transport(workers, ring=ring)
             dataset.next_epoch = None
         # DataLoader pins what workers send (here: where a batch lies), not the tensors collated
-        # from it: those, and items read in-process, are pinned here, as DataLoader would.
+        # from it: those, and items read in-process, are pinned here, as DataLoader would. A
+        # transform's items are pinned too (they are what the loop copies to the device); plain
+        # Python or NumPy items are not walked, as pinning them would visit every value.
         pin = (
             (ship or not self.num_workers)
-            and dataset.output == "torch"
+            and (dataset.output == "torch" or dataset.transform is not None)
             and self.pin_memory
             and _accelerator_pins()
         )

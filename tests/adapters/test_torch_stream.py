@@ -408,6 +408,7 @@ def test_in_process_the_next_epoch_is_read_during_the_last_windows_of_this_one(
     assert [i for item in loader for i in ids_in(item)] == expected[2]
 
 
+@pytest.mark.skipif(torch.accelerator.is_available(), reason="an accelerator pins without a warning")
 def test_pin_memory_without_an_accelerator_still_reads_everything(source: Path) -> None:
     loader = DuckStreamLoader(make_dataset(source), num_workers=2, pin_memory=True)
     with pytest.warns(UserWarning, match="pin_memory"):
@@ -486,6 +487,40 @@ def test_pin_memory_pins_what_is_read_in_process(source: Path, batch_size: int |
     loader = DuckStreamLoader(make_dataset(source, batch_size=batch_size), num_workers=0, pin_memory=True)
     items = list(loader)
     assert all(item["id"].is_pinned() for item in items)
+
+
+def _as_tensors(batch: dict[str, Any]) -> dict[str, Any]:
+    return {"id": torch.tensor(batch["id"]), "label": batch["label"]}
+
+
+@pytest.mark.parametrize("transfer", [5, None])
+@pytest.mark.parametrize("take", [1, 7])
+def test_a_transforms_items_travel_several_at_once_and_resume_exactly(
+    source: Path, transfer: int | None, take: int
+) -> None:
+    # Each transfer is a message through DataLoader's queue; a transform's small items share one.
+    def make() -> DuckStreamDataset:
+        return make_dataset(source, output="python", transform=_as_tensors)
+
+    options: dict[str, Any] = {"batches_per_transfer": transfer}
+    full, _ = run_world(make, 2, 2, take=None, **options)
+    head, state = run_world(make, 2, 2, take=take, **options)
+    assert state["stages"][0]["chunk"] == (transfer or 210 // 16 // 64 or 1)
+    tail, _ = run_world(make, 2, 2, take=None, state=state, **options)
+    for rank in range(2):
+        assert head[rank] + tail[rank] == full[rank]
+    assert sorted(i for ids in full for i in ids) == list(range(ROWS))
+
+
+@pytest.mark.skipif(not torch.accelerator.is_available(), reason="pinned memory needs an accelerator")
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_pin_memory_pins_what_a_transform_returns(source: Path, num_workers: int) -> None:
+    # Python rows made into tensors by a transform, as a training loop's decoding step does.
+    dataset = make_dataset(source, output="python", transform=_as_tensors)
+    loader = DuckStreamLoader(dataset, num_workers=num_workers, pin_memory=True)
+    items = list(loader)
+    assert all(item["id"].is_pinned() for item in items)
+    assert sorted(i for item in items for i in item["id"].tolist()) == list(range(ROWS))
 
 
 def test_pin_memory_in_process_without_an_accelerator_still_reads_everything(source: Path) -> None:
