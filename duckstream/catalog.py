@@ -122,7 +122,7 @@ class LakehouseCatalog(RunRecords, ClosesOnExit):
             retry_seconds=s3_retry_seconds,
         )
         self._con: duckdb.DuckDBPyConnection | None = engine.connect(
-            s3=self._s3, extensions=engine.ALL_EXTENSIONS, threads=threads
+            s3=self._s3, extensions=location.extensions, threads=threads
         )
         attach = location.attach_sql(alias, read_only=read_only)
         try:

@@ -24,6 +24,7 @@ import pytest
 
 from duckstream import redact as redact_module
 from duckstream.catalog import LakehouseCatalog, refused_credentials
+from duckstream.core.lake import open_pinned
 from duckstream.core.world import World
 from duckstream.errors import CatalogError, ConfigurationError, DuckstreamError
 from duckstream.services import PostgresService, S3Service
@@ -84,6 +85,26 @@ def ids(batches: Any) -> list[int]:
 
 
 # --------------------------------------------------------------------------- the patterns
+
+
+def test_only_a_postgres_catalog_loads_the_postgres_extension(lake: Lake) -> None:
+    def loaded(con: Any) -> set[str]:
+        rows = con.execute("SELECT extension_name FROM duckdb_extensions() WHERE loaded").fetchall()
+        return {name for (name,) in rows}
+
+    with lake.open() as cat:
+        cat.con.execute(f"CREATE TABLE captions AS SELECT * FROM read_parquet('{lake.raw}')")
+        table = cat.table("captions")
+        postgres = cat.location.kind == "postgres"
+        assert ("postgres_scanner" in loaded(cat.con)) is postgres
+        assert {"ducklake", "httpfs"} <= loaded(cat.con)
+    # With the catalog closed, a pinned table opens a connection of its own.
+    con = open_pinned(table)
+    try:
+        assert ("postgres_scanner" in loaded(con)) is postgres
+        assert con.execute(f"SELECT count(*) FROM {table.scan}").fetchone() == (1_000,)
+    finally:
+        con.close()
 
 
 def test_schema_evolution_keeps_the_first_files(lake: Lake) -> None:
