@@ -3,9 +3,11 @@
 ``python -m duckstream.benchmarks.gpu_feed`` trains the same small contrastive model (a
 convolutional image tower and a bag-of-words caption tower) for ``--steps`` steps after
 ``--warmup`` steps, once per loader and worker count, each in a fresh process, and prints
-steps/s and the fraction of the measured time the loop spent waiting for its next batch. The
-loaders read the same generated images dataset (``datasets.py``, 10 KiB images, 16 files so
-that 16 workers each get one), shuffled, and turn each batch into tensors by the same function
+steps/s, the fraction of the measured time the loop spent waiting for its next batch, and
+the waits of single steps (median, 99th percentile, longest: a steady cost per batch or a few
+long stalls such as an epoch's start). The loaders read the same generated images dataset
+(``datasets.py``, 10 KiB images, 16 files so that 16 workers each get one), shuffled, and turn
+each batch into tensors by the same function
 (:func:`prepare`) inside their workers: ``duckstream`` (``DuckStreamDataset(output="python",
 transform=prepare)`` through ``DuckStreamLoader``) and ``datasets-stream``
 (``load_dataset("parquet", streaming=True).shuffle(buffer_size=...).batch(...)`` through a
@@ -57,6 +59,11 @@ class FeedResult:
     wait_seconds: float
     first_batch_seconds: float
     batch_size: int
+    # Waits of single measured steps: the typical one, the 99th percentile and the longest (an
+    # epoch's start, a row group entered): where a wait fraction comes from.
+    wait_median_ms: float = 0.0
+    wait_p99_ms: float = 0.0
+    wait_max_ms: float = 0.0
     peak_rss_bytes: int = 0
     error: str | None = None
 
@@ -206,21 +213,21 @@ def train(
     epoch = 0
     batches = _epoch(loader, epochs, epoch)
     first = 0.0
-    wait = 0.0
+    waits: list[float] = []
     clock = start
     for step in range(warmup + steps):
         if step == warmup:
             if cuda:
                 torch.cuda.synchronize()
             clock = time.perf_counter()
-            wait = 0.0
+            waits.clear()
         asked = time.perf_counter()
         batch = next(batches, None)
         if batch is None:  # the epoch ended: the next one, as a training loop goes on
             epoch += 1
             batches = _epoch(loader, epochs, epoch)
             batch = next(batches)
-        wait += time.perf_counter() - asked
+        waits.append(time.perf_counter() - asked)
         if step == 0:
             first = time.perf_counter() - start
         images = batch["image"].to(target, non_blocking=True).float().div_(255)
@@ -232,15 +239,21 @@ def train(
         if cuda:
             torch.cuda.synchronize()
     seconds = time.perf_counter() - clock
+    import numpy as np
+
+    step_ms = np.array(waits) * 1000
     return FeedResult(
         loader=name,
         workers=workers,
         device=_device_name(target),
         steps=steps,
         seconds=seconds,
-        wait_seconds=wait,
+        wait_seconds=sum(waits),
         first_batch_seconds=first,
         batch_size=batch_size,
+        wait_median_ms=float(np.median(step_ms)),
+        wait_p99_ms=float(np.percentile(step_ms, 99)),
+        wait_max_ms=float(step_ms.max()),
     )
 
 
@@ -409,7 +422,17 @@ def _run_one(args: argparse.Namespace, name: FeedLoader, workers: int, device: s
 
 def format_feed_table(results: Sequence[FeedResult]) -> str:
     """The figures as an aligned plain-text table, one line per loader and worker count."""
-    headers = ("loader", "workers", "device", "steps/s", "samples/s", "data wait", "1st batch s", "peak MB")
+    headers = (
+        "loader",
+        "workers",
+        "device",
+        "steps/s",
+        "samples/s",
+        "data wait",
+        "step wait ms p50/p99/max",
+        "1st batch s",
+        "peak MB",
+    )
     rows = [
         [r.loader, str(r.workers), r.device, f"failed: {r.error}"]
         if r.error
@@ -420,6 +443,7 @@ def format_feed_table(results: Sequence[FeedResult]) -> str:
             f"{r.steps_per_second:,.2f}",
             f"{r.steps_per_second * r.batch_size:,.0f}",
             f"{r.wait_fraction:.1%}",
+            f"{r.wait_median_ms:.2f} / {r.wait_p99_ms:.1f} / {r.wait_max_ms:.0f}",
             f"{r.first_batch_seconds:.2f}",
             f"{r.peak_rss_bytes / _MB:,.0f}",
         ]

@@ -126,4 +126,6 @@ def test_gpu_feed_runs_on_the_cpu_with_tiny_sizes(tmp_path: Path) -> None:
         assert r["steps"] == 4
         assert r["steps_per_second"] > 0
         assert 0 <= r["wait_fraction"] <= 1
+        assert 0 <= r["wait_median_ms"] <= r["wait_p99_ms"] <= r["wait_max_ms"]
+        assert r["wait_max_ms"] <= 1000 * r["wait_seconds"] + 1e-6
         assert r["device"].startswith("cpu")
