@@ -15,6 +15,7 @@ from torch.utils.data._utils.pin_memory import pin_memory
 
 from duckstream.adapters.collate import OUTPUTS, Output, collate_batch, collate_rows
 from duckstream.adapters.plan_share import shared_plan
+from duckstream.adapters.ring_items import RingArrays, pack_arrays, register
 from duckstream.adapters.transport import Ring, pack, ring_capacity, ring_fits, unpack, unpack_item
 from duckstream.core.cursor import EpochCursor, SlotRead, SlotResume
 from duckstream.core.late_filter import Count
@@ -43,7 +44,8 @@ def detect_ranks() -> tuple[int, int]:
 @dataclass
 class Transport:
     """How the items of a pass travel, as the loader set it up: reading slots per rank,
-    items per transfer, and whether workers send Arrow batches (through ``ring``)."""
+    items per transfer, whether workers send Arrow batches, and the ring they write Arrow
+    batches (or the arrays of a transform's items) to."""
 
     num_workers: int = 1
     chunk: int = 1
@@ -271,6 +273,8 @@ class DuckStreamDataset(IterableDataset[Any]):
         if info is not None and transport.ship_arrow and self.batch_size is None:
             return self._row_transfers(read.batches, read.start.items, info.id)
         items = self._items(read.batches)
+        if info is not None and self.transform is not None and transport.ring is not None:
+            items = self._ring_arrays(items, info.id)
         if info is not None:
             counted = self._worker_counted(items)
             return self._chunked(counted, read.start.items) if transport.chunk > 1 else counted
@@ -290,6 +294,12 @@ class DuckStreamDataset(IterableDataset[Any]):
             else:
                 item = collate_batch(batch, self.output)
                 yield item if transform is None else transform(item)
+
+    def _ring_arrays(self, items: Iterator[Any], worker: int) -> Iterator[Any]:
+        ring = self.transport.ring
+        assert ring is not None
+        for item in items:
+            yield pack_arrays(item, ring, worker)
 
     def _row_transfers(
         self, batches: Iterator[pa.RecordBatch], items_before: int, worker: int
@@ -473,13 +483,16 @@ class DuckStreamLoader(DataLoader[Any]):
         if fresh_workers:
             # A transform's items share transfers too: each costs a DataLoader message.
             self._chunk = self._transfer_items(dataset) if self.num_workers else 1
-        if ship and fresh_workers:
+        if self.num_workers and fresh_workers:
             # New workers start with this pass and get a ring of their own: the workers of a
             # pass left early may still be finishing a batch, which they write to their ring.
+            # Workers write Arrow batches there, or the arrays a transform's items hold.
             batch_bytes = dataset.plan.row_bytes * (dataset.batch_size or 1)
             capacity = ring_capacity(batch_bytes * self._chunk)
             fits = ring_fits(self.num_workers, capacity)
             self._ring = Ring(self.num_workers, capacity) if fits else None
+            if self._ring is not None:
+                register(self._ring)
         ring = self._ring
         if self.num_workers == 0:
             # In-process the dataset counts for itself; folding its progress keeps one truth.
@@ -520,6 +533,11 @@ class DuckStreamLoader(DataLoader[Any]):
                 continue
             for one in item if self._chunk > 1 else (item,):
                 self._consumed += 1
+                if isinstance(one, RingArrays):
+                    # A transform's item whose arrays lie in the ring (DataLoader's pin-memory
+                    # thread, where it runs, has already copied them out into pinned memory).
+                    yield one.take(ring)
+                    continue
                 if not ship:
                     # In-process items may be anything a transform returns: pinned as DataLoader does.
                     yield pin_memory(one) if pin else one  # type: ignore[no-untyped-call]

@@ -17,6 +17,7 @@ tensor when large. The loader makes no rings where /dev/shm has little room.
 from __future__ import annotations
 
 import os
+import uuid
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -86,6 +87,7 @@ class Ring:
         self.positions.share_memory_()  # type: ignore[no-untyped-call]
         self._views: tuple[np.ndarray, np.ndarray] | None = None
         self._schema_bytes: dict[pa.Schema, int] = {}
+        self.key = uuid.uuid4().hex  # names this ring to the threads of the process reading it
 
     def _arrays(self) -> tuple[np.ndarray, np.ndarray]:
         # Indexing a tensor costs microseconds a call; numpy views of the same memory do not.
@@ -95,6 +97,11 @@ class Ring:
 
     def __getstate__(self) -> dict[str, object]:
         return {**self.__dict__, "_views": None, "_schema_bytes": {}}  # views belong to one process
+
+    def bytes_of(self, worker: int) -> np.ndarray:
+        """``worker``'s ring as NumPy bytes (the shared memory itself)."""
+        data: np.ndarray = self._arrays()[0][worker]
+        return data
 
     @property
     def workers(self) -> int:
@@ -110,25 +117,39 @@ class Ring:
         # buffers do: arrays read in place are then aligned for numpy and torch.
         return -(-size // _ALIGNMENT) * _ALIGNMENT
 
-    def write(self, worker: int, batch: pa.RecordBatch) -> RingPlace | None:
-        """Write ``batch`` as an IPC stream into ``worker``'s ring, or ``None`` when it does not fit now."""
-        size = self.room_for(batch)
+    def reserve(self, worker: int, size: int) -> RingPlace | None:
+        """Room for ``size`` bytes in ``worker``'s ring, or ``None`` when there is none now.
+
+        The room is the worker's once it writes there and calls :meth:`commit`.
+        """
+        size = -(-size // _ALIGNMENT) * _ALIGNMENT
         if size > self.capacity // 4:
             return None
-        data, positions = self._arrays()
+        _, positions = self._arrays()
         written = int(positions[worker, _WRITTEN])
         offset = written % self.capacity
         start = written if offset + size <= self.capacity else written + self.capacity - offset
         end = start + size
         if end - int(positions[worker, _RELEASED]) > self.capacity:
             return None
-        offset = start % self.capacity
+        return RingPlace(worker, start % self.capacity, size, end)
+
+    def commit(self, place: RingPlace) -> None:
+        """Mark the room of ``place`` written: the main process may read it from now on."""
+        self._arrays()[1][place.worker, _WRITTEN] = place.end
+
+    def write(self, worker: int, batch: pa.RecordBatch) -> RingPlace | None:
+        """Write ``batch`` as an IPC stream into ``worker``'s ring, or ``None`` when it does not fit now."""
+        place = self.reserve(worker, self.room_for(batch))
+        if place is None:
+            return None
+        data, _ = self._arrays()
         # Serialised in place: no message buffer to allocate and copy.
-        sink = pa.FixedSizeBufferWriter(pa.py_buffer(data[worker, offset : offset + size]))
+        sink = pa.FixedSizeBufferWriter(pa.py_buffer(data[worker, place.offset : place.offset + place.size]))
         with pa.ipc.new_stream(sink, batch.schema) as writer:
             writer.write_batch(batch)
-        positions[worker, _WRITTEN] = end
-        return RingPlace(worker, offset, sink.tell(), end)
+        self.commit(place)
+        return place._replace(size=sink.tell())
 
     def read(self, place: RingPlace) -> pa.RecordBatch:
         """The batch at ``place``, copied out (the caller may keep it); frees its room."""

@@ -7,6 +7,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -491,6 +492,55 @@ def test_pin_memory_pins_what_is_read_in_process(source: Path, batch_size: int |
 
 def _as_tensors(batch: dict[str, Any]) -> dict[str, Any]:
     return {"id": torch.tensor(batch["id"]), "label": batch["label"]}
+
+
+def _as_arrays(batch: dict[str, Any]) -> dict[str, Any]:
+    ids = np.array(batch["id"], dtype=np.int64)
+    return {
+        "id": torch.from_numpy(ids),
+        "vector": torch.tensor(batch["vector"], dtype=torch.float32).T,  # not contiguous
+        "doubled": ids * 2,  # a NumPy array
+        "label": batch["label"],
+    }
+
+
+def _as_pair(batch: dict[str, Any]) -> tuple[torch.Tensor, list[str]]:
+    return torch.tensor(batch["id"]), batch["label"]
+
+
+@pytest.mark.parametrize("persistent", [False, True])
+def test_a_transforms_arrays_travel_through_the_ring_as_read_in_process(
+    source: Path, persistent: bool
+) -> None:
+    def rows(num_workers: int) -> dict[int, tuple[Any, ...]]:
+        dataset = make_dataset(source, output="python", transform=_as_arrays)
+        loader = DuckStreamLoader(
+            dataset, num_workers=num_workers, persistent_workers=persistent and num_workers > 0
+        )
+        read: dict[int, tuple[Any, ...]] = {}
+        for _ in range(2):  # a second epoch: the same ring, or a new one with new workers
+            read = {}
+            for item in loader:
+                assert list(item) == ["id", "vector", "doubled", "label"]
+                assert isinstance(item["id"], torch.Tensor)
+                assert isinstance(item["doubled"], np.ndarray)
+                for j, key in enumerate(item["id"].tolist()):
+                    vector = item["vector"][:, j].tolist()
+                    read[key] = (vector, int(item["doubled"][j]), item["label"][j])
+        if num_workers:
+            ring = loader._ring
+            assert ring is not None
+            assert int(ring.positions[:, 0].sum()) > 0  # written there
+        return read
+
+    in_process, from_workers = rows(0), rows(2)
+    assert sorted(from_workers) == list(range(ROWS))
+    assert from_workers == in_process
+    assert from_workers[5] == ([5.0, 6.0, 7.0], 10, "odd-5")
+    loader = DuckStreamLoader(make_dataset(source, output="python", transform=_as_pair), num_workers=2)
+    pairs = list(loader)
+    assert all(type(pair) is tuple and len(pair) == 2 for pair in pairs)
+    assert sorted(i for ids, _ in pairs for i in ids.tolist()) == list(range(ROWS))
 
 
 @pytest.mark.parametrize("transfer", [5, None])
