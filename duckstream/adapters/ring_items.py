@@ -120,7 +120,7 @@ def pack_arrays(item: Any, ring: Ring, worker: int) -> Any:
     for array in arrays:
         value = fields[array.key]
         flat = (
-            value.contiguous().reshape(-1).view(torch.uint8).numpy()
+            value.resolve_conj().resolve_neg().contiguous().reshape(-1).view(torch.uint8).numpy()
             if array.tensor
             else np.ascontiguousarray(value).reshape(-1).view(np.uint8)
         )

@@ -72,6 +72,14 @@ def test_arrays_taken_out_of_the_ring_are_the_arrays_put_in(
     assert int(ring.positions[1, 1]) == int(ring.positions[1, 0])
 
 
+def test_a_conjugated_view_is_taken_out_as_its_values() -> None:
+    value = torch.tensor([1 + 2j, 3 - 1j], dtype=torch.complex64).conj()  # a lazy conjugate
+    ring = Ring(1, 1 << 20)
+    packed = pack_arrays({"z": value}, ring, 0)
+    assert isinstance(packed, RingArrays)
+    assert packed.take(ring)["z"].tolist() == [1 - 2j, 3 + 1j]
+
+
 def test_an_item_too_large_for_the_ring_or_without_arrays_travels_as_it_is() -> None:
     ring = Ring(1, 64 * 1024)
     large = {"image": torch.zeros(64 * 1024, dtype=torch.uint8)}  # over a quarter of the ring
