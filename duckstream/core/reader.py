@@ -143,12 +143,19 @@ class ShardReader:
             wide,
             batch_rows=self._batch_rows,
             group_rows=self._plan.sql_batch_rows,
-            key=(self._plan.fingerprint, shard.file, first),
+            # A local file rewritten in place with as many rows (and kept rows) plans the
+            # same: its size and time tell the kept rows of the old file from the new one's.
+            key=(self._plan.fingerprint, shard.file, first, self._local_identity(shard.file)),
         )
         try:
             yield from _rows(outputs, skip, hi - lo)
         finally:
             outputs.close()  # stops both decoders now, not when collected
+
+    def _local_identity(self, file: int) -> tuple[int, int] | None:
+        # Objects in a store are taken as immutable, as their footers are.
+        path = self._plan.files[file]
+        return None if is_remote(path) else local_footers.identity(path.removeprefix("file://"))
 
     def _file_rows(self, shard: Shard, lo: int, hi: int) -> tuple[int, int]:
         """The file rows holding the shard's rows ``lo..hi`` (deleted rows of a lake file
@@ -222,8 +229,7 @@ class ShardReader:
         backoff = Backoff(self._plan.s3.retry_seconds)
         # Rows checked once are not checked again (see checked_rows), unless the local file
         # changed since (objects in a store are taken as immutable, as their footers are).
-        local = None if is_remote(path) else local_footers.identity(path.removeprefix("file://"))
-        checking = (self._plan.fingerprint, file, tuple(columns), local)
+        checking = (self._plan.fingerprint, file, tuple(columns), self._local_identity(file))
         row = first
         while row < stop:
             try:
