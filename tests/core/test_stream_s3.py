@@ -196,3 +196,47 @@ def test_remote_files_open_once_per_process_with_the_footer_planning_read(
     assert [r["id"] for b in stream_batches(path, **keys(s3_server)) for r in b.to_pylist()] == list(
         range(50)
     )
+
+
+def test_kept_and_checked_rows_are_remembered_for_objects_too(
+    s3_server: S3Service, s3_source: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Objects are read once each epoch like files: a second pass over the same plan runs no
+    # filter in DuckDB and checks no decoded row again, and gives the same rows.
+    from duckstream.core import batch_sql, checked_rows, kept_rows, reader
+
+    kept_rows.forget()
+    checked_rows.forget()
+    runs: list[int] = []
+    checks: list[int] = []
+    run, check = batch_sql.BatchSQL._duckdb, reader._check_decoded
+
+    def counted_run(self: batch_sql.BatchSQL, batch: pa.RecordBatch) -> pa.RecordBatch:
+        runs.append(batch.num_rows)
+        return run(self, batch)
+
+    def counted_check(batch: pa.RecordBatch) -> None:
+        checks.append(batch.num_rows)
+        check(batch)
+
+    monkeypatch.setattr(batch_sql.BatchSQL, "_duckdb", counted_run)
+    monkeypatch.setattr(reader, "_check_decoded", counted_check)
+    sql = "SELECT id, label FROM source WHERE id % 3 = 1"
+
+    def epoch() -> list[int]:
+        batches = stream_batches(s3_source, sql, shuffle=True, seed=2, shuffle_buffer=150, **keys(s3_server))
+        return [i for b in batches for i in b.column("id").to_pylist()]
+
+    try:
+        first = epoch()
+        assert sorted(first) == list(range(1, ROWS, 3))
+        assert runs
+        assert checks
+        runs.clear()
+        checks.clear()
+        assert epoch() == first
+        assert runs == []
+        assert checks == []
+    finally:
+        kept_rows.forget()
+        checked_rows.forget()
