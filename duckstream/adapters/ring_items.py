@@ -18,11 +18,9 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from duckstream.adapters.transport import Ring, RingPlace
+from duckstream.adapters.transport import Ring, RingPlace, aligned
 
-__all__ = ["RingArrays", "pack_arrays"]
-
-_ALIGNMENT = 64
+__all__ = ["RingArrays", "pack_arrays", "register"]
 
 # The main process's rings by key: the pin-memory thread finds an item's ring here.
 _RINGS: weakref.WeakValueDictionary[str, Ring] = weakref.WeakValueDictionary()
@@ -110,10 +108,10 @@ def pack_arrays(item: Any, ring: Ring, worker: int) -> Any:
             tensor = isinstance(value, torch.Tensor)
             nbytes = value.numel() * value.element_size() if tensor else value.nbytes
             arrays.append(_Array(key, tensor, value.dtype, tuple(value.shape), size, nbytes))
-            size += -(-nbytes // _ALIGNMENT) * _ALIGNMENT
+            size += aligned(nbytes)
     if not arrays:
         return item
-    place = ring.reserve(worker, max(size, _ALIGNMENT))
+    place = ring.reserve(worker, max(size, aligned(1)))
     if place is None:
         return item
     row = ring.bytes_of(worker)

@@ -26,7 +26,7 @@ import torch
 
 from duckstream.adapters.collate import Output, collate_batch
 
-__all__ = ["Ring", "RingPlace", "pack", "ring_capacity", "ring_fits", "unpack", "unpack_item"]
+__all__ = ["Ring", "RingPlace", "aligned", "pack", "ring_capacity", "ring_fits", "unpack", "unpack_item"]
 
 # Above this size a shared-memory segment costs less than copying through the pipe (measured
 # here: 60 KiB caption batches were 2x faster as bytes, 2.5 MiB image batches faster shared).
@@ -62,6 +62,11 @@ _SLACK = 64  # bytes reserved beyond the computed message size (alignment paddin
 _ALIGNMENT = 64
 
 
+def aligned(size: int) -> int:
+    """``size`` rounded up to whole 64 bytes: what starts there is aligned as Arrow's buffers are."""
+    return -(-size // _ALIGNMENT) * _ALIGNMENT
+
+
 class RingPlace(NamedTuple):
     """Where a worker wrote one message in its ring."""
 
@@ -80,7 +85,7 @@ class Ring:
     """
 
     def __init__(self, workers: int, capacity: int = MAX_RING_BYTES) -> None:
-        self.capacity = -(-capacity // _ALIGNMENT) * _ALIGNMENT  # each worker's ring starts aligned
+        self.capacity = aligned(capacity)  # each worker's ring starts aligned
         self.data = torch.empty(workers, self.capacity, dtype=torch.uint8)
         self.data.share_memory_()  # type: ignore[no-untyped-call]
         self.positions = torch.zeros(workers, 2, dtype=torch.int64)
@@ -115,14 +120,14 @@ class Ring:
         size = int(pa.ipc.get_record_batch_size(batch)) + schema_bytes + _SLACK
         # Whole multiples of 64 bytes, so that every message starts aligned, as Arrow's own
         # buffers do: arrays read in place are then aligned for numpy and torch.
-        return -(-size // _ALIGNMENT) * _ALIGNMENT
+        return aligned(size)
 
     def reserve(self, worker: int, size: int) -> RingPlace | None:
         """Room for ``size`` bytes in ``worker``'s ring, or ``None`` when there is none now.
 
         The room is the worker's once it writes there and calls :meth:`commit`.
         """
-        size = -(-size // _ALIGNMENT) * _ALIGNMENT
+        size = aligned(size)
         if size > self.capacity // 4:
             return None
         _, positions = self._arrays()
