@@ -114,8 +114,18 @@ def test_row_groups_hold_about_8_mib_of_rows_unless_told(tmp_path: Path) -> None
     first = pq.ParquetFile(result.files[0]).metadata
     per_group = 8 * 1024 * 1024 // (20_480 + 8 + 4)  # the image, the id, the binary's offset
     assert [first.row_group(g).num_rows for g in range(first.num_row_groups)] == [per_group, per_group, 82]
-    manifest = json.loads((tmp_path / "out" / "_duckstream_manifest-train.json").read_text())
+    manifest_path = tmp_path / "out" / "_duckstream_manifest-train.json"
+    manifest = json.loads(manifest_path.read_text())
     assert manifest["row_group_rows"] == per_group
+    # A run that stopped after its first file: the rerun writes the rest in the row groups the
+    # manifest holds (set apart here from what sizing would give), not sized anew.
+    last = manifest["files"].pop()
+    (tmp_path / "out" / last["name"]).unlink()
+    manifest_path.write_text(json.dumps({**manifest, "complete": False, "row_group_rows": 30}))
+    rerun = sync_from_hf(tmp_path / "images", "train", dest=tmp_path / "out", rows_per_file=900)
+    assert rerun.files_uploaded == 1
+    second = pq.ParquetFile(rerun.files[1]).metadata
+    assert [second.row_group(g).num_rows for g in range(second.num_row_groups)] == [30, 30, 30, 10]
     narrow = sync_from_hf(tmp_path / "images", "train", dest=tmp_path / "told", row_group_rows=50)
     assert pq.ParquetFile(narrow.files[0]).metadata.row_group(0).num_rows == 50
     karpathy(9_000).save_to_disk(str(tmp_path / "captions"))
