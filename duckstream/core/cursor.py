@@ -17,6 +17,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from duckstream.core.layout_warning import warn_if_ordered
 from duckstream.core.next_epoch import StartedRead
 from duckstream.core.options import ReadOptions
 from duckstream.core.pipeline import SlotStart, locate_slot, read_slot, read_streams
@@ -73,6 +74,8 @@ class EpochCursor:
         self.plan = plan
         self.options = options.sized(plan.row_bytes)
         self.streams = read_streams(plan)
+        if self.options.shuffle:
+            warn_if_ordered(plan, self.options.buffer, self.streams)
         self._summary = plan.summary()
         self.epoch = 0
         self.done: list[Stage] = []

@@ -12,11 +12,19 @@ pieces are dealt to the groups in storage order, back and forth, each to the gro
 the fewest rows, so that every group spans the whole storage with about as many rows.
 
 Each piece is one sequential read (two with a rotation): its decoder continues where the last
-stripe stopped. Pieces are cut where row groups start and a rotation starts at a row group's
-first row, so that nothing is decoded only to be dropped. Only a piece of a small shard that
-is longer than a window (a buffer set smaller than a row group) is also entered inside its
-row group, or cut into several when a slot has few pieces. It is a pure function of the
-slot's rows and a key: which rows a slot has emitted after ``n`` is known without reading.
+stripe stopped. Pieces are cut where row groups start, and a read starts at a row group's
+first row where that is enough, so that nothing is decoded only to be dropped. A piece of a
+small shard that is longer than a window (a buffer set smaller than a row group) is entered
+anywhere in its row group, and cut into several when a slot has few pieces. A piece of a large
+shard keeps its order over the stretch it is read in: a slot of few of them would keep about
+``sum(rows**2 * group rows) / slot rows**3`` of its storage order (|Spearman|; ``1 / k`` for
+``k`` equal pieces read side by side). Where that passes :data:`KEPT_ORDER`, each such piece
+starts at a uniformly random row instead, which decodes the rows before it twice (half the
+piece, on average) and leaves a correlation of ``1 - 6 u (1 - u)`` for a rotation by a fraction
+``u``: zero on average, about ``0.45 / k**1.5`` for ``k`` pieces. Fewer than about five large
+pieces stay visibly ordered (:func:`order_left`); only a larger window or smaller row groups
+mend that at a bounded cost. The read order is a pure function of the slot's rows and a key:
+which rows a slot has emitted after ``n`` is known without reading.
 """
 
 from __future__ import annotations
@@ -30,12 +38,17 @@ import numpy as np
 from duckstream.core.order import seeded_rng
 from duckstream.core.ranges import length, slice_ranges
 
-__all__ = ["DEFAULT_STREAMS", "Entries", "Layout", "interleave", "stripe_rows"]
+__all__ = ["DEFAULT_STREAMS", "KEPT_ORDER", "Entries", "Layout", "interleave", "order_left", "stripe_rows"]
 
 # Pieces read at once: enough that a window mixes rows from all over a slot's share; each
 # holds a decoder and a stripe, so memory stays near one shuffle window.
 DEFAULT_STREAMS = 16
 _MIN_STRIPE_ROWS = 64
+# Storage order (|Spearman|) a slot may keep from pieces read front to back before its large
+# pieces are rotated, at a cost: half of each decoded twice, on average.
+KEPT_ORDER = 0.02
+# The variance of 1 - 6 u (1 - u) for u uniform in [0, 1): what a rotated piece leaves.
+_ROTATED_VARIANCE = 0.2
 
 
 @dataclass(frozen=True)
@@ -67,7 +80,7 @@ class Layout:
     ``counts``: rows each shard yields; ``entries``: per shard, the offsets (in rows it
     yields, after its first) where a read can start without decoding rows it drops (its row
     groups' first rows), kept as :class:`Entries` whatever sequence of arrays is given;
-    ``anywhere``: per shard, whether starting elsewhere costs little.
+    ``anywhere``: per shard, whether starting elsewhere costs little (a small shard).
     """
 
     counts: np.ndarray
@@ -104,9 +117,11 @@ def interleave(
 
     Positions are epoch positions: shards in ``order``, each yielding ``layout.counts`` rows.
     Padding (rows repeated to even the ranks) is read last, as it was given. One stream
-    returns the ranges unchanged. Only pieces longer than a ``window`` (default: all) are
-    entered inside a row group: a shorter one is mixed by the windows it lands in, and
-    decoding rows only to drop them would cost more than it gives.
+    returns the ranges unchanged. Only pieces of small shards longer than a ``window``
+    (default: ``stripe * streams``) are entered anywhere inside a row group: a shorter one is
+    mixed by the windows it lands in. Pieces of large shards are entered inside a row group
+    only where the slot, longer than a window, would keep more than :data:`KEPT_ORDER` of its
+    storage order otherwise.
     """
     longer = stripe * streams if window is None else window
     if streams <= 1 or real == 0:
@@ -125,7 +140,14 @@ def interleave(
     by_storage = sorted(range(len(pieces)), key=lambda p: (int(order[pieces[p][2]]), pieces[p][0]))
     read: list[np.ndarray] = []
     owner: list[np.ndarray] = []
-    dealt = _deal([pieces[p][1] - pieces[p][0] for p in by_storage], groups)
+    lengths = [pieces[p][1] - pieces[p][0] for p in by_storage]
+    dealt = _deal(lengths, groups)
+    # Pieces read front to back (not entered anywhere) keep order; past KEPT_ORDER, in a slot
+    # the windows alone do not mix, every piece starts at a random row (see the module doc).
+    fixed = np.array([pieces[p] not in entered for p in by_storage], dtype=bool)
+    group_rows = np.bincount(dealt, weights=lengths, minlength=groups)
+    kept = _kept(np.asarray(lengths, dtype=np.float64)[fixed], group_rows[dealt[fixed]], real)
+    rotated = real > longer and kept > KEPT_ORDER
     for group in rng.permutation(groups):
         parts, owners, times = [], [], []
         members = [by_storage[i] for i in np.flatnonzero(dealt == group).tolist()]
@@ -136,7 +158,7 @@ def interleave(
             lo, hi, index = pieces[member]
             begin = int(ends[index] - sizes[index])
             entries = layout.entries[int(order[index])]
-            anywhere = pieces[member] in entered
+            anywhere = rotated or pieces[member] in entered
             rotation = _rotation(lo - begin, hi - begin, entries, rng, anywhere=anywhere)
             cut = _stripes(lo, hi, rotation, stripe)
             count = len(cut) // 2
@@ -158,6 +180,46 @@ def interleave(
         np.concatenate([ordered[keep], padding]).astype(np.int64),
         np.concatenate([owned[keep], len(pieces) + np.arange(len(padding), dtype=np.int64)]),
     )
+
+
+def _kept(rows: np.ndarray, group_rows: np.ndarray, total: int) -> float:
+    """The |Spearman| a slot of ``total`` rows keeps from pieces of ``rows`` read front to back,
+    each over the stretch of its group (``group_rows``): a piece of ``n`` rows read over a
+    stretch of ``m`` positions adds ``n**2 m / total**3`` (``1 / k`` for ``k`` equal pieces)."""
+    if total <= 0:
+        return 0.0
+    return float(np.sum(rows**2 * group_rows)) / float(total) ** 3
+
+
+def order_left(layout: Layout, window: int, streams: int) -> float:
+    """About how much storage order (|Spearman|, one standard deviation) a shuffled read of all
+    of ``layout``'s rows in one slot keeps after rotating its large pieces (see the module
+    docstring): 0 where small shards, windows or many pieces mix the rows.
+
+    Pieces are taken as row groups of large shards, read ``streams`` at a time.
+    """
+    total = layout.num_rows
+    if total <= window or streams <= 1:
+        return 0.0
+    large = ~np.asarray(layout.anywhere, dtype=bool)
+    entries = layout.entries
+    assert isinstance(entries, Entries)
+    # Every shard's row groups as (shard, first row), sorted: each ends where the next starts.
+    shards = len(layout.counts)
+    owner = np.concatenate([np.arange(shards), np.repeat(np.arange(shards), np.diff(entries.bounds))])
+    first = np.concatenate([np.zeros(shards, dtype=np.int64), entries.flat])
+    ordered = np.lexsort((first, owner))
+    owner, first = owner[ordered], first[ordered]
+    last = np.append(owner[1:] != owner[:-1], True)
+    stop = np.where(last, np.asarray(layout.counts)[owner], np.append(first[1:], 0))
+    pieces = (stop - first)[large[owner] & (stop > first)].astype(np.float64)
+    if not len(pieces):
+        return 0.0
+    groups = max(1, -(-(len(pieces) + int(np.count_nonzero(~large))) // streams))
+    kept = _kept(pieces, np.full(len(pieces), total / groups), total)
+    if kept <= KEPT_ORDER:
+        return kept
+    return float(np.sqrt(_ROTATED_VARIANCE * np.sum((pieces**2 * (total / groups) / float(total) ** 3) ** 2)))
 
 
 def _deal(rows: Sequence[int], groups: int) -> np.ndarray:

@@ -7,7 +7,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from duckstream.core.interleave import Layout, interleave
+from duckstream.core.interleave import Layout, interleave, order_left
 from duckstream.core.order import epoch_order
 from duckstream.core.ranges import as_ranges, expand, slice_ranges
 
@@ -77,25 +77,98 @@ def test_the_read_order_is_a_permutation_with_each_piece_read_in_one_run(
     assert np.array_equal(unchanged, ranges)
 
 
-def test_a_large_shard_is_entered_only_where_its_row_groups_start() -> None:
-    # Two shards of 40 rows: the first has row groups at 10, 20 and 30 and is large; the second
-    # is one small row group, longer than a window. Over many keys, reads of the first start
-    # only at its row groups' first rows (nothing decoded to be dropped); the second is entered
-    # anywhere.
+def test_a_large_shard_is_entered_only_where_its_row_groups_start_when_pieces_are_many() -> None:
+    # 40 large shards of four 10-row groups (160 pieces: read side by side, 16 at a time, they
+    # keep almost no order) and one small shard longer than a window. Over many keys, reads of
+    # the large shards start only at their row groups' first rows (nothing decoded to be
+    # dropped); the small one is entered anywhere.
+    large = 40
     layout = Layout(
-        np.array([40, 40]), (np.array([10, 20, 30]), np.array([], dtype=np.int64)), np.array([False, True])
+        np.array([40] * large + [40]),
+        (*(np.array([10, 20, 30]) for _ in range(large)), np.array([], dtype=np.int64)),
+        np.array([False] * large + [True]),
     )
-    order = np.array([0, 1])
-    starts: dict[int, set[int]] = {0: set(), 1: set()}
-    for seed in range(60):
+    rows = 40 * (large + 1)
+    starts: dict[bool, set[int]] = {False: set(), True: set()}
+    for seed in range(30):
         read, owners = interleave(
-            np.array([[0, 80]]), 80, layout=layout, order=order, key=(seed,), streams=16, stripe=5, window=10
+            np.array([[0, rows]]),
+            rows,
+            layout=layout,
+            order=np.arange(large + 1),
+            key=(seed,),
+            streams=16,
+            stripe=5,
+            window=10,
         )
         for stream in np.unique(owners):
             first = int(read[owners == stream][0, 0])
-            starts[0 if first < 40 else 1].add(first if first < 40 else first - 40)
-    assert starts[0] <= {0, 10, 20, 30}
-    assert len(starts[1]) > 4
+            starts[first >= 40 * large].add(first % 40)
+    assert starts[False] <= {0, 10, 20, 30}
+    assert len(starts[True]) > 4
+
+
+def _signed_spearman(read: np.ndarray) -> float:
+    """Spearman's rho between read position and storage position (a permutation of 0..n-1)."""
+    positions = expand(read).astype(np.float64)
+    return float(np.corrcoef(np.arange(len(positions)), positions)[0, 1])
+
+
+def test_few_large_pieces_start_anywhere_and_keep_no_order_on_average() -> None:
+    # Four large shards of one 100-row group each, read side by side over a slot of 40 windows:
+    # read front to back they keep a quarter of the storage order (rho 0.25 whatever the key).
+    # Each now starts at a random row of its group: rho is about 0 on average over keys.
+    layout = Layout(np.full(4, 100), tuple(np.zeros(0, dtype=np.int64) for _ in range(4)), np.zeros(4, bool))
+    firsts: set[int] = set()
+    rhos = []
+    for seed in range(200):
+        read, owners = interleave(
+            np.array([[0, 400]]),
+            400,
+            layout=layout,
+            order=np.arange(4),
+            key=(seed,),
+            streams=16,
+            stripe=2,
+            window=10,
+        )
+        rhos.append(_signed_spearman(read))
+        firsts.update(int(read[owners == stream][0, 0]) % 100 for stream in np.unique(owners))
+    assert len(firsts) > 50
+    assert abs(float(np.mean(rhos))) < 0.03
+    # The same pieces in a slot no longer than a window are left to the window to mix.
+    read, _ = interleave(
+        np.array([[0, 400]]),
+        400,
+        layout=layout,
+        order=np.arange(4),
+        key=(0,),
+        streams=16,
+        stripe=2,
+        window=400,
+    )
+    assert _signed_spearman(read) > 0.2
+
+
+def test_order_left_names_the_layouts_that_stay_ordered() -> None:
+    def large(counts: list[int]) -> Layout:
+        return Layout(
+            np.array(counts), tuple(np.zeros(0, dtype=np.int64) for _ in counts), np.zeros(len(counts), bool)
+        )
+
+    # One or two large row groups keep much order even rotated; eight or more are mixed.
+    assert order_left(large([20_000]), 1_000, 8) > 0.4
+    assert order_left(large([10_000] * 2), 1_000, 8) > 0.1
+    assert order_left(large([2_500] * 8), 1_000, 8) < 0.05
+    assert order_left(large([1_000] * 64), 1_000, 8) < 0.02
+    # One large shard of 64 row groups is 64 pieces.
+    grouped = Layout(np.array([20_000]), (np.arange(1, 64) * 312,), np.array([False]))
+    assert order_left(grouped, 1_000, 8) < 0.02
+    # A window as large as the data, one stream, or small shards: nothing is left.
+    assert order_left(large([20_000]), 20_000, 8) == 0.0
+    assert order_left(large([20_000]), 1_000, 1) == 0.0
+    small = Layout(np.array([20_000]), (np.zeros(0, dtype=np.int64),), np.array([True]))
+    assert order_left(small, 1_000, 8) == 0.0
 
 
 @settings(max_examples=100, deadline=None)

@@ -1,0 +1,52 @@
+"""A warning, once per plan and buffer in a process, where a shuffled read cannot mix a source's
+rows well at its buffer: few row groups too large to enter cheaply, each read front to back
+(see :func:`duckstream.core.interleave.order_left`). It names the files and both remedies, a
+buffer that holds the rows, and smaller row groups."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from duckstream.core.interleave import order_left
+from duckstream.core.planning import StreamPlan
+from duckstream.redact import get_logger
+
+__all__ = ["LEFT_ORDER_WARNING", "warn_if_ordered"]
+
+log = get_logger(__name__)
+
+# Above this |Spearman| (one standard deviation) the order left shows in the epoch.
+LEFT_ORDER_WARNING = 0.05
+_ROW_GROUP_BYTES = 8 * 1024 * 1024
+_NAMED_FILES = 3
+_warned: set[tuple[str, int]] = set()
+
+
+def warn_if_ordered(plan: StreamPlan, buffer: int, streams: int) -> float:
+    """Log a warning when a shuffled read of ``plan`` with ``buffer``-row windows keeps visible
+    storage order; returns the order left (|Spearman|, about)."""
+    left = order_left(plan.layout, buffer, streams)
+    if left <= LEFT_ORDER_WARNING or (plan.fingerprint, buffer) in _warned:
+        return left
+    _warned.add((plan.fingerprint, buffer))
+    large = np.unique(plan.shards.file[~np.asarray(plan.layout.anywhere, dtype=bool)]).tolist()
+    names = ", ".join(plan.files[f] for f in large[:_NAMED_FILES])
+    more = f" and {len(large) - _NAMED_FILES} more" if len(large) > _NAMED_FILES else ""
+    groups = sum(len(plan.row_groups[f]) for f in large)
+    rows = plan.num_rows
+    log.warning(
+        "a shuffled read of %s%s keeps part of its storage order (|Spearman| about %.2f): its rows lie "
+        "in %d row group(s) of about %.0f MiB, each read in one pass with a %d-row buffer. Set "
+        "shuffle_buffer=%d (about %.0f MiB a reader) to shuffle them whole, or rewrite the files in "
+        "row groups of about 8 MiB (pyarrow.parquet.write_table(..., row_group_size=%d))",
+        names,
+        more,
+        left,
+        groups,
+        rows * plan.row_bytes / max(1, groups) / 2**20,
+        buffer,
+        rows,
+        rows * plan.row_bytes / 2**20,
+        max(1, _ROW_GROUP_BYTES // max(1, plan.row_bytes)),
+    )
+    return left
