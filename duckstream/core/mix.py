@@ -270,6 +270,7 @@ def _owed(
         streams=src.streams,
         buffer=src.buffer,
         layout=src.layout,
+        workers=world.num_workers,
     )
 
 

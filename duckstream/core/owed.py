@@ -243,6 +243,7 @@ class Owed:
                     streams=stage.streams,
                     buffer=stage.shuffle_buffer,
                     layout=self._layout,
+                    workers=stage.num_workers,
                 )
                 found = _joined(np.concatenate(parts))
             self._owed_by_slot[(index, slot)] = found

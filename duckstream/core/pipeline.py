@@ -154,6 +154,7 @@ def read_slot(plan: StreamPlan, options: ReadOptions, start: SlotStart) -> Itera
         shuffle=shuffle,
         streams=start.streams,
         buffer=shuffle_buffer,
+        workers=world.num_workers,
     )
     emitted = start.emitted
     first_window, inside = divmod(emitted, window_rows) if shuffle else (0, 0)

@@ -173,6 +173,7 @@ def read_span(
     shuffle: bool,
     streams: int,
     buffer: int,
+    workers: int = 1,
 ) -> tuple[SlotSpan, np.ndarray, int]:
     """A slot's span in the order it is read, the stream of each of its ranges (see
     :mod:`duckstream.core.interleave`) and the rows of its shuffle windows; unchanged (and
@@ -196,6 +197,7 @@ def read_span(
         streams=streams,
         stripe=stripe_rows(window, streams),
         window=window,
+        mixed=workers,
     )
     return SlotSpan(ranges, span.real), streams_of, window
 
@@ -217,12 +219,21 @@ def slot_unread(
     streams: int,
     buffer: int,
     layout: Layout | None,
+    workers: int = 1,
 ) -> list[np.ndarray]:
     """The real rows of one slot's ``span`` (as partitioned, before its read order) that it did
     not emit in its first ``emitted`` rows, read with ``streams`` and windows of ``buffer``:
     disjoint ranges, rows left in a shuffle window first."""
     span, _, window_rows = read_span(
-        span, layout=layout, key=key, seed=seed, epoch=epoch, shuffle=shuffle, streams=streams, buffer=buffer
+        span,
+        layout=layout,
+        key=key,
+        seed=seed,
+        epoch=epoch,
+        shuffle=shuffle,
+        streams=streams,
+        buffer=buffer,
+        workers=workers,
     )
     parts: list[np.ndarray] = []
     buffered, unread_from = unread(span.rows, emitted, window_rows, key, shuffle)

@@ -200,3 +200,33 @@ def test_every_group_of_pieces_lies_as_far_into_the_storage_as_the_others(
     assert max(means) - min(means) <= size * (groups - 1) / streams + 1e-9
     if streams % 2 == 0:
         assert max(means) - min(means) < 1e-9
+
+
+def test_large_pieces_are_rotated_only_where_the_loop_would_see_their_order() -> None:
+    # 16 large shards of one 100-row group, read side by side: alone they keep 1/16 of the
+    # storage order (over KEPT_ORDER), and start anywhere; as one of two workers whose items
+    # the loop interleaves, half that shows (under it), and each starts at its first row:
+    # nothing is decoded twice for order no one would see.
+    shards = 16
+    layout = Layout(
+        np.full(shards, 100),
+        tuple(np.zeros(0, dtype=np.int64) for _ in range(shards)),
+        np.zeros(shards, bool),
+    )
+    starts: dict[int, set[int]] = {1: set(), 2: set()}
+    for mixed in (1, 2):
+        for seed in range(10):
+            read, owners = interleave(
+                np.array([[0, 1600]]),
+                1600,
+                layout=layout,
+                order=np.arange(shards),
+                key=(seed,),
+                streams=16,
+                stripe=5,
+                window=80,
+                mixed=mixed,
+            )
+            starts[mixed].update(int(read[owners == s][0, 0]) % 100 for s in np.unique(owners))
+    assert len(starts[1]) > 20
+    assert starts[2] == {0}
