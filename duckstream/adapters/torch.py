@@ -17,6 +17,7 @@ from duckstream.adapters.collate import OUTPUTS, Output, collate_batch, collate_
 from duckstream.adapters.plan_share import shared_plan
 from duckstream.adapters.ring_items import RingArrays, pack_arrays, register
 from duckstream.adapters.transport import Ring, pack, ring_capacity, ring_fits, unpack, unpack_item
+from duckstream.adapters.worker_gc import freeze_inherited
 from duckstream.core.cursor import EpochCursor, SlotRead, SlotResume
 from duckstream.core.late_filter import Count
 from duckstream.core.options import ROW_MODE_READ_ROWS, ReadOptions
@@ -256,6 +257,7 @@ class DuckStreamDataset(IterableDataset[Any]):
             info.num_workers if info is not None else 1,
         )
         if info is not None:
+            freeze_inherited()
             resume, self._resume = self._resume, None
             read = self.cursor.open(
                 world,
