@@ -86,6 +86,7 @@ def reference_stage_sequence(total: int, stages: list[Stage], layout: Layout | N
                     shuffle=kw["shuffle"],
                     streams=stage.streams,
                     buffer=stage.shuffle_buffer,
+                    workers=stage.num_workers,
                 )
                 buffered, unread_from = unread(span.rows, emitted, window_rows, key, kw["shuffle"])
                 buffered = buffered[buffered < span.real]
