@@ -20,12 +20,13 @@ shard keeps its order over the stretch it is read in: a slot of few of them woul
 ``sum(rows**2 * group rows) / slot rows**3`` of its storage order (|Spearman|; ``1 / k`` for
 ``k`` equal pieces read side by side; ``1 / workers`` of it shows once a rank's DataLoader
 workers' items are interleaved). Where what shows passes :data:`KEPT_ORDER`, each such piece
-starts at a uniformly random row instead, which decodes the rows before it twice (half the
-piece, on average) and leaves a correlation of ``1 - 6 u (1 - u)`` for a rotation by a fraction
-``u``: zero on average, about ``0.45 / k**1.5`` for ``k`` pieces. Fewer than about five large
-pieces stay visibly ordered (:func:`order_left`); only a larger window or smaller row groups
-mend that at a bounded cost. The read order is a pure function of the slot's rows and a key:
-which rows a slot has emitted after ``n`` is known without reading.
+starts at a random row of its first half (:data:`LARGE_REACH`) instead, which decodes the rows
+before it twice (a quarter of the piece, on average) and leaves a correlation of
+``1 - 6 u (1 - u)`` for a rotation by a fraction ``u``: zero on average, about ``0.45 / k**1.5``
+for ``k`` pieces. The price of the cheaper half: a piece's second half never starts the epoch.
+Fewer than about five large pieces stay visibly ordered (:func:`order_left`); only a larger
+window or smaller row groups mend that at a bounded cost. The read order is a pure function of
+the slot's rows and a key: which rows a slot has emitted after ``n`` is known without reading.
 """
 
 from __future__ import annotations
@@ -50,7 +51,11 @@ _MIN_STRIPE_ROWS = 64
 # (32 row groups of 9 MB) keep 0.02 in one process, 0.04 with two workers, and are left as
 # they are: rotated, an epoch read 2x the bytes for a shuffle that measures the same.
 KEPT_ORDER = 0.05
-# The variance of 1 - 6 u (1 - u) for u uniform in [0, 1): what a rotated piece leaves.
+# A large piece starts in its first half: a rotation by u leaves a correlation 1 - 6u(1 - u),
+# the same for u and 1 - u, so drawn from [0, 1/2) it is distributed as from [0, 1) (mean 0),
+# for a quarter of the piece decoded twice on average instead of a half.
+LARGE_REACH = 0.5
+# The variance of 1 - 6 u (1 - u) for u uniform in [0, 1/2): what a rotated piece leaves.
 _ROTATED_VARIANCE = 0.2
 
 
@@ -163,8 +168,9 @@ def interleave(
             lo, hi, index = pieces[member]
             begin = int(ends[index] - sizes[index])
             entries = layout.entries[int(order[index])]
-            anywhere = rotated or pieces[member] in entered
-            rotation = _rotation(lo - begin, hi - begin, entries, rng, anywhere=anywhere)
+            small = pieces[member] in entered
+            reach = 1.0 if small else LARGE_REACH if rotated else 0.0
+            rotation = _rotation(lo - begin, hi - begin, entries, rng, reach=reach)
             cut = _stripes(lo, hi, rotation, stripe)
             count = len(cut) // 2
             parts.append(cut)
@@ -293,14 +299,16 @@ def _split_small(
     return found, parts_entered
 
 
-def _rotation(lo: int, hi: int, entries: np.ndarray, rng: np.random.Generator, *, anywhere: bool) -> int:
+def _rotation(lo: int, hi: int, entries: np.ndarray, rng: np.random.Generator, *, reach: float) -> int:
     """Where a piece of rows ``lo..hi`` of a shard starts reading, from ``lo``: a row group's
-    first row (``entries``), or any row where the piece may be ``anywhere`` entered."""
+    first row (``entries``), else a row in the first ``reach`` of the piece (0: its first)."""
     inside = entries[(entries > lo) & (entries < hi)]
     if len(inside):
         return int(rng.choice(np.concatenate([[lo], inside]))) - lo
-    if anywhere:
+    if reach >= 1.0:
         return int(rng.integers(hi - lo))
+    if reach > 0.0:
+        return int(rng.random() * reach * (hi - lo))
     return 0
 
 

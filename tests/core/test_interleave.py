@@ -114,10 +114,11 @@ def _signed_spearman(read: np.ndarray) -> float:
     return float(np.corrcoef(np.arange(len(positions)), positions)[0, 1])
 
 
-def test_few_large_pieces_start_anywhere_and_keep_no_order_on_average() -> None:
+def test_few_large_pieces_start_anywhere_in_their_first_half_and_keep_no_order_on_average() -> None:
     # Four large shards of one 100-row group each, read side by side over a slot of 40 windows:
     # read front to back they keep a quarter of the storage order (rho 0.25 whatever the key).
-    # Each now starts at a random row of its group: rho is about 0 on average over keys.
+    # Each now starts at a random row of its group's first half: rho is about 0 on average over
+    # keys (a rotation by u and by 1 - u leave the same order).
     layout = Layout(np.full(4, 100), tuple(np.zeros(0, dtype=np.int64) for _ in range(4)), np.zeros(4, bool))
     firsts: set[int] = set()
     rhos = []
@@ -134,7 +135,8 @@ def test_few_large_pieces_start_anywhere_and_keep_no_order_on_average() -> None:
         )
         rhos.append(_signed_spearman(read))
         firsts.update(int(read[owners == stream][0, 0]) % 100 for stream in np.unique(owners))
-    assert len(firsts) > 50
+    assert len(firsts) > 40
+    assert max(firsts) < 50
     assert abs(float(np.mean(rhos))) < 0.03
     # The same pieces in a slot no longer than a window are left to the window to mix.
     read, _ = interleave(
