@@ -47,7 +47,7 @@ __all__ = ["DEFAULT_STREAMS", "Entries", "Layout", "interleave", "order_left", "
 DEFAULT_STREAMS = 16
 _MIN_STRIPE_ROWS = 64
 # Storage order (|Spearman|) the loop may see from a slot's pieces read front to back before
-# they are rotated, at a cost: half of each decoded twice, on average. The bench's captions
+# they are rotated, at a cost: a quarter of each decoded twice, on average. The bench's captions
 # (32 row groups of 9 MB) keep 0.02 in one process, 0.04 with two workers, and are left as
 # they are: rotated, an epoch read 2x the bytes for a shuffle that measures the same.
 KEPT_ORDER = 0.05

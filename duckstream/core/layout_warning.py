@@ -1,5 +1,5 @@
 """A warning, once per plan and buffer in a process, where a shuffled read cannot mix a source's
-rows well at its buffer: few row groups too large to enter cheaply, each read front to back
+rows well at its buffer: few row groups too large to cut into parts, each read in one pass
 (see :func:`duckstream.core.interleave.order_left`). It names the files and both remedies, a
 buffer that holds the rows, and smaller row groups."""
 
