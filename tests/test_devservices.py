@@ -7,6 +7,7 @@ import re
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -17,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from duckstream.errors import ServiceError
-from duckstream.services import PostgresCluster, PostgresService, S3Service, SeaweedFS, free_port
+from duckstream.services import PostgresCluster, PostgresService, S3Service, SeaweedFS, free_port, seaweedfs
+from duckstream.services.process import ephemeral_ports, port_is_free
 
 pytestmark = pytest.mark.services
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,6 +77,67 @@ def test_kept_s3_directory_survives_a_restart(tmp_path: Path) -> None:
         assert s3.boto3_client().get_object(Bucket="kept", Key="k")["Body"].read() == b"value"
 
 
+def test_free_ports_lie_outside_the_source_ports_of_outgoing_connections() -> None:
+    # A port from that range can be taken by any connection between its draw and the server's bind.
+    low, high = ephemeral_ports()
+    for paired_offset in (0, 10000):
+        for _ in range(100):
+            port = free_port(paired_offset=paired_offset)
+            for chosen in {port, port + paired_offset}:
+                assert not low <= chosen <= high
+                assert chosen < 65536
+                assert port_is_free(chosen)
+
+
+def _hold_port(port: int) -> socket.socket:
+    """A socket bound to ``port`` and not listening, as an outgoing connection holds its source port."""
+    holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    holder.bind(("127.0.0.1", port))
+    return holder
+
+
+@pytest.mark.slow
+def test_seaweedfs_draws_other_ports_where_one_is_taken_and_keeps_them_across_a_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    held = _hold_port(free_port(paired_offset=10000))
+    taken = held.getsockname()[1]
+    draws: list[int] = []
+
+    def draw(**kwargs: int) -> int:
+        # The S3 port (the fourth drawn) is one that became taken after it was drawn.
+        draws.append(taken if len(draws) == 3 else free_port(**kwargs))
+        return draws[-1]
+
+    monkeypatch.setattr(seaweedfs, "free_port", draw)
+    server = SeaweedFS(data_dir=tmp_path / "s3")
+    try:
+        service = server.start()
+        assert len(draws) == 8
+        assert service.endpoint == f"127.0.0.1:{draws[-1]}" != f"127.0.0.1:{taken}"
+        assert "address already in use" in (tmp_path / "s3" / "weed.log").read_text()
+        service.boto3_client().create_bucket(Bucket="moved")
+        service.boto3_client().put_object(Bucket="moved", Key="k", Body=b"value")
+        server.stop()
+        assert server.start().endpoint == service.endpoint
+        assert len(draws) == 8
+        assert service.boto3_client().get_object(Bucket="moved", Key="k")["Body"].read() == b"value"
+    finally:
+        server.stop()
+        held.close()
+
+
+@pytest.mark.slow
+def test_seaweedfs_on_a_taken_s3_port_is_a_clear_error(tmp_path: Path) -> None:
+    held = _hold_port(free_port(paired_offset=10000))
+    taken = held.getsockname()[1]
+    try:
+        with pytest.raises(ServiceError, match=rf"a port SeaweedFS needs is taken: .*s3 {taken} "):
+            SeaweedFS(s3_port=taken, data_dir=tmp_path / "s3").start()
+    finally:
+        held.close()
+
+
 def test_services_help_shows_the_defaults() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "duckstream.services", "--help"],
@@ -114,7 +177,7 @@ def test_the_readme_services_path_runs_the_walkthrough_on_postgres_and_s3(open_t
     # default ports may be taken on a machine that runs the tests).
     started = shlex.split(start.rsplit(" && ", 1)[-1])
     assert started[:3] == [".venv/bin/python", "-m", "duckstream.services"]
-    s3_port, pg_port = free_port(below=55536), free_port()
+    s3_port, pg_port = free_port(paired_offset=10000), free_port()
     own = ["--dir", str(open_tmp_dir / "svc"), "--s3-port", str(s3_port), "--pg-port", str(pg_port)]
     process = subprocess.Popen(
         [sys.executable, *started[1:], *own],

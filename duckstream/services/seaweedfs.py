@@ -22,7 +22,7 @@ from typing import Any
 
 from duckstream.errors import ServiceError
 from duckstream.redact import MASK, get_logger, register_secret
-from duckstream.services.process import START_TIMEOUT_S, free_port, log_tail, port_is_free
+from duckstream.services.process import START_TIMEOUT_S, free_port, log_tail
 from duckstream.storage import S3Settings
 
 __all__ = ["S3Service", "SeaweedFS"]
@@ -100,6 +100,7 @@ class SeaweedFS:
             register_secret(secret)
         self._weed = weed
         self._process: subprocess.Popen[bytes] | None = None
+        self._chosen_ports: dict[str, int] | None = None
         self.service: S3Service | None = None
 
     def start(self) -> S3Service:
@@ -113,14 +114,45 @@ class SeaweedFS:
         config = data_dir / "s3.json"
         config.write_text(json.dumps(self._identities()))
         config.chmod(0o600)
-        # weed also listens on port+10000 for gRPC: keep every port below 55536.
-        ports = self._ports()
+        log_path = data_dir / "weed.log"
+        # Ports drawn here can be taken before weed binds them: draw again, a few times.
+        attempts = 1 if self._s3_port is not None or self._chosen_ports is not None else 3
+        for attempt in range(1, attempts + 1):
+            ports = self._ports()
+            log_start = log_path.stat().st_size if log_path.exists() else 0
+            service = self._launch(weed, data_dir / "data", config, ports, log_path)
+            try:
+                self._wait_until_writable(service, log_path)
+            except ServiceError as exc:
+                taken = _port_was_taken(log_path, log_start)
+                if taken and attempt < attempts:
+                    log.warning("SeaweedFS found one of its ports taken; starting it on others")
+                    self._process = None
+                    continue
+                self.stop()
+                if taken:
+                    listed = ", ".join(f"{name} {port} (gRPC {port + 10000})" for name, port in ports.items())
+                    raise ServiceError(f"a port SeaweedFS needs is taken: {listed}. {exc}") from None
+                raise
+            except BaseException:
+                self.stop()
+                raise
+            self._chosen_ports = ports
+            self.service = service
+            log.info("SeaweedFS S3 answering at %s", service.endpoint_url)
+            return service
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _launch(
+        self, weed: str, data: Path, config: Path, ports: dict[str, int], log_path: Path
+    ) -> S3Service:
+        """Start ``weed server -s3`` on ``ports`` (each gRPC port 10000 above), logging to ``log_path``."""
         args = [
             weed,
             "server",
             "-ip=127.0.0.1",
             "-ip.bind=127.0.0.1",
-            f"-dir={data_dir / 'data'}",
+            f"-dir={data}",
             f"-master.port={ports['master']}",
             f"-master.port.grpc={ports['master'] + 10000}",
             f"-volume.port={ports['volume']}",
@@ -139,26 +171,17 @@ class SeaweedFS:
             # Throwaway servers need no graceful drain (the default waits 10 s on stop).
             "-volume.preStopSeconds=0",
         ]
-        log_path = data_dir / "weed.log"
         with open(log_path, "ab") as log_file:
             self._process = subprocess.Popen(
                 args, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
             )
-        service = S3Service(
+        return S3Service(
             endpoint=f"127.0.0.1:{ports['s3']}",
             access_key=self._access_key,
             secret_key=self._secret_key,
             read_only_access_key=self._ro_access_key,
             read_only_secret_key=self._ro_secret_key,
         )
-        try:
-            self._wait_until_writable(service, log_path)
-        except BaseException:
-            self.stop()
-            raise
-        self.service = service
-        log.info("SeaweedFS S3 answering at %s", service.endpoint_url)
-        return service
 
     def stop(self) -> None:
         """Stop the server; remove its data unless ``data_dir`` was given."""
@@ -184,17 +207,20 @@ class SeaweedFS:
         self.stop()
 
     def _ports(self) -> dict[str, int]:
-        names = ("master", "volume", "filer", "s3")
+        """This server's ports: drawn on its first start, the same on every later one."""
+        if self._chosen_ports is not None:
+            return self._chosen_ports
         ports: dict[str, int] = {}
         taken: set[int] = set()
-        for name in names:
+        if self._s3_port is not None:
+            taken.update((self._s3_port, self._s3_port + 10000))
+        for name in ("master", "volume", "filer", "s3"):
             if name == "s3" and self._s3_port is not None:
                 ports[name] = self._s3_port
                 continue
-            while True:
-                port = free_port(below=55536)
-                if port not in taken and port + 10000 not in taken and port_is_free(port + 10000):
-                    break
+            port = free_port(paired_offset=10000)
+            while port in taken or port + 10000 in taken:
+                port = free_port(paired_offset=10000)
             ports[name] = port
             taken.update((port, port + 10000))
         return ports
@@ -255,6 +281,16 @@ class SeaweedFS:
             f"SeaweedFS did not accept writes at {service.endpoint_url} within "
             f"{START_TIMEOUT_S:.0f}s (last error: {last_error}); log {log_path}:\n{log_tail(log_path)}"
         )
+
+
+def _port_was_taken(log_path: Path, since: int) -> bool:
+    """Whether the server's log from byte ``since`` on says that one of its ports was taken."""
+    try:
+        with open(log_path, "rb") as log_file:
+            log_file.seek(since)
+            return b"address already in use" in log_file.read()
+    except OSError:
+        return False
 
 
 def _find_weed() -> str:

@@ -18,7 +18,7 @@ from duckstream.catalog import LakehouseCatalog
 from duckstream.core.planning import prepare
 from duckstream.core.retry import Backoff, transient
 from duckstream.errors import DuckstreamError, StoreUnavailableError
-from duckstream.services import PostgresService, S3Service, SeaweedFS, free_port
+from duckstream.services import PostgresService, S3Service, SeaweedFS
 from duckstream.storage import ENV_RETRY_SECONDS
 from duckstream.stream import as_iterable_dataset, stream_batches
 from tests.conftest import upload_dir, write_wide_file
@@ -30,7 +30,7 @@ ROWS = 60
 @pytest.fixture
 def own_store(tmp_path: Path) -> Iterator[tuple[SeaweedFS, S3Service, str]]:
     """A SeaweedFS of this test's own (it is stopped mid-test), holding FILES files."""
-    server = SeaweedFS(s3_port=free_port(below=55536), data_dir=tmp_path / "store")
+    server = SeaweedFS(data_dir=tmp_path / "store")  # restarts on the ports of its first start
     service = server.start()
     try:
         client = service.boto3_client()
