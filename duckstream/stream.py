@@ -96,7 +96,7 @@ def stream_batches(
     if world is None:
         rank, world_size = ranks_from_env()
         world = World(rank, world_size)
-    return EpochCursor(plan, options).open(world, epoch=epoch).batches
+    return EpochCursor(plan, options, ranks=world.world_size).open(world, epoch=epoch).batches
 
 
 def as_iterable_dataset(

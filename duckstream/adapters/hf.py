@@ -112,7 +112,9 @@ class DuckExamplesIterable(SlotExamplesIterable):
     @property
     def cursor(self) -> EpochCursor:
         """A cursor over the plan, shuffled when a key is set."""
-        return EpochCursor(self.plan, replace(self.options, shuffle=self.key is not None))
+        return EpochCursor(
+            self.plan, replace(self.options, shuffle=self.key is not None), ranks=self.world.world_size
+        )
 
     @property
     def features(self) -> Features:

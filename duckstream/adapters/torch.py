@@ -117,12 +117,12 @@ class DuckStreamDataset(IterableDataset[Any]):
                 "filtered by the SQL, and rows that fail the filter would leave no item to count; "
                 "set batch_size, or use count='exact' (the default) to yield rows"
             )
-        self.cursor = EpochCursor(self.plan, options)
-        self.output: Output = output
-        self.transform = transform
         # Where the rank and world size come from (the loader asks again when a pass starts).
         self.detect_ranks: Callable[[], tuple[int, int]] = detect_ranks
         self.ranks = World(*self.detect_ranks())  # this rank of the world (workers apart)
+        self.cursor = EpochCursor(self.plan, options, ranks=self.ranks.world_size)
+        self.output: Output = output
+        self.transform = transform
         self.transport = Transport()  # DuckStreamLoader sets it up for each pass
         # The epoch an in-process DuckStreamLoader reads after this pass, if it knows: that
         # read begins while this pass's last windows go out.

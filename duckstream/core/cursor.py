@@ -70,12 +70,13 @@ class EpochCursor:
     the current in-process pass came to its end.
     """
 
-    def __init__(self, plan: StreamPlan, options: ReadOptions) -> None:
+    def __init__(self, plan: StreamPlan, options: ReadOptions, *, ranks: int = 1) -> None:
         self.plan = plan
         self.options = options.sized(plan.row_bytes)
         self.streams = read_streams(plan)
         if self.options.shuffle:
-            warn_if_ordered(plan, self.options.buffer, self.streams)
+            # ``ranks``: the world the reads are expected in, for the warning's estimate only.
+            warn_if_ordered(plan, self.options.buffer, self.streams, ranks=ranks)
         self._summary = plan.summary()
         self.epoch = 0
         self.done: list[Stage] = []

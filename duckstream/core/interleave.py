@@ -202,17 +202,18 @@ def _kept(rows: np.ndarray, group_rows: np.ndarray, total: int) -> float:
     return float(np.sum(rows**2 * group_rows)) / float(total) ** 3
 
 
-def order_left(layout: Layout, window: int, streams: int) -> float:
-    """About how much storage order (|Spearman|, one standard deviation) a shuffled read of all
-    of ``layout``'s rows in one slot keeps after rotating its large pieces (see the module
-    docstring): 0 where small shards, windows or many pieces mix the rows.
+def order_left(layout: Layout, window: int, streams: int, ranks: int = 1) -> float:
+    """About how much storage order (|Spearman|, one standard deviation) a shuffled read of
+    ``layout``'s rows keeps after rotating its large pieces (see the module docstring), on the
+    rank that keeps the most when ``ranks`` share the rows: 0 where small shards, windows or
+    many pieces mix the rows.
 
-    Pieces are taken as row groups of large shards, read ``streams`` at a time.
+    Pieces are row groups, read ``streams`` at a time; each rank is taken to read one
+    stretch of the storage (an epoch deals it random shards of about the same sizes) in one
+    slot: DataLoader workers only lower what the loop sees (see :func:`interleave`).
     """
-    total = layout.num_rows
-    if total <= window or streams <= 1:
+    if streams <= 1 or layout.num_rows <= window:
         return 0.0
-    large = ~np.asarray(layout.anywhere, dtype=bool)
     entries = layout.entries
     assert isinstance(entries, Entries)
     # Every shard's row groups as (shard, first row), sorted: each ends where the next starts.
@@ -223,14 +224,31 @@ def order_left(layout: Layout, window: int, streams: int) -> float:
     owner, first = owner[ordered], first[ordered]
     last = np.append(owner[1:] != owner[:-1], True)
     stop = np.where(last, np.asarray(layout.counts)[owner], np.append(first[1:], 0))
-    pieces = (stop - first)[large[owner] & (stop > first)].astype(np.float64)
-    if not len(pieces):
+    keep = stop > first
+    rows, large = (stop - first)[keep], ~np.asarray(layout.anywhere, dtype=bool)[owner[keep]]
+    if not large.any():
         return 0.0
-    groups = max(1, -(-(len(pieces) + int(np.count_nonzero(~large))) // streams))
-    kept = _kept(pieces, np.full(len(pieces), total / groups), total)
-    if kept <= KEPT_ORDER:
-        return kept
-    return float(np.sqrt(_ROTATED_VARIANCE * np.sum((pieces**2 * (total / groups) / float(total) ** 3) ** 2)))
+    # The pieces cut where each rank's stretch of the storage ends.
+    starts = np.concatenate([[0], np.cumsum(rows)[:-1]])
+    total = int(rows.sum())
+    cuts = np.union1d(starts, (np.arange(ranks) * total) // ranks)
+    piece = np.searchsorted(starts, cuts, side="right") - 1
+    length = np.diff(np.append(cuts, total)).astype(np.float64)
+    rank = np.minimum(ranks - 1, (cuts * ranks) // total)
+    large = large[piece] & (length > 0)
+    left = 0.0
+    for r in range(ranks):
+        mine = rank == r
+        share = float(length[mine].sum())
+        if share <= window:
+            continue
+        groups = max(1, -(-int(np.count_nonzero(mine & (length > 0))) // streams))
+        pieces = length[mine & large]
+        kept = _kept(pieces, np.full(len(pieces), share / groups), int(share))
+        if kept > KEPT_ORDER:
+            kept = float(np.sqrt(_ROTATED_VARIANCE * np.sum((pieces**2 * (share / groups) / share**3) ** 2)))
+        left = max(left, kept)
+    return left
 
 
 def _deal(rows: Sequence[int], groups: int) -> np.ndarray:

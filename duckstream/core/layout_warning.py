@@ -19,31 +19,34 @@ log = get_logger(__name__)
 LEFT_ORDER_WARNING = 0.05
 _ROW_GROUP_BYTES = 8 * 1024 * 1024
 _NAMED_FILES = 3
-_warned: set[tuple[str, int]] = set()
+_warned: set[tuple[str, int, int]] = set()
 
 
-def warn_if_ordered(plan: StreamPlan, buffer: int, streams: int) -> float:
-    """Log a warning when a shuffled read of ``plan`` with ``buffer``-row windows keeps visible
-    storage order; returns the order left (|Spearman|, about)."""
-    left = order_left(plan.layout, buffer, streams)
-    if left <= LEFT_ORDER_WARNING or (plan.fingerprint, buffer) in _warned:
+def warn_if_ordered(plan: StreamPlan, buffer: int, streams: int, *, ranks: int = 1) -> float:
+    """Log a warning when a shuffled read of ``plan`` with ``buffer``-row windows, shared by
+    ``ranks`` ranks, keeps visible storage order; returns the order left (|Spearman|, about)."""
+    left = order_left(plan.layout, buffer, streams, ranks)
+    if left <= LEFT_ORDER_WARNING or (plan.fingerprint, buffer, ranks) in _warned:
         return left
-    _warned.add((plan.fingerprint, buffer))
+    _warned.add((plan.fingerprint, buffer, ranks))
     large = np.unique(plan.shards.file[~np.asarray(plan.layout.anywhere, dtype=bool)]).tolist()
     names = ", ".join(plan.files[f] for f in large[:_NAMED_FILES])
     more = f" and {len(large) - _NAMED_FILES} more" if len(large) > _NAMED_FILES else ""
     groups = sum(len(plan.row_groups[f]) for f in large)
-    rows = plan.num_rows
+    # A window that holds a rank's rows shuffles them whole.
+    rows = -(-plan.num_rows // ranks)
+    shared = f", shared by {ranks} ranks" if ranks > 1 else ""
     log.warning(
         "a shuffled read of %s%s keeps part of its storage order (|Spearman| about %.2f): its rows lie "
-        "in %d row group(s) of about %.0f MiB, each read in one pass with a %d-row buffer. Set "
+        "in %d row group(s) of about %.0f MiB%s, each read in one pass with a %d-row buffer. Set "
         "shuffle_buffer=%d (about %.0f MiB a reader) to shuffle them whole, or rewrite the files in "
         "row groups of about 8 MiB (pyarrow.parquet.write_table(..., row_group_size=%d))",
         names,
         more,
         left,
         groups,
-        rows * plan.row_bytes / max(1, groups) / 2**20,
+        plan.num_rows * plan.row_bytes / max(1, groups) / 2**20,
+        shared,
         buffer,
         rows,
         rows * plan.row_bytes / 2**20,

@@ -171,6 +171,19 @@ def test_order_left_names_the_layouts_that_stay_ordered() -> None:
     assert order_left(large([20_000]), 1_000, 1) == 0.0
     small = Layout(np.array([20_000]), (np.zeros(0, dtype=np.int64),), np.array([True]))
     assert order_left(small, 1_000, 8) == 0.0
+    # Ranks share the row groups: 8 keep little on one rank, much with 2 on each of 4, and a
+    # row group cut between ranks is a piece on each.
+    eight = large([2_500] * 8)
+    assert order_left(eight, 1_000, 8, ranks=1) < order_left(eight, 1_000, 8, ranks=2) < 0.1
+    assert order_left(eight, 1_000, 8, ranks=4) > 0.1
+    assert order_left(large([20_000]), 1_000, 8, ranks=3) > 0.4
+    # The estimate is for the rank that keeps the most: one of two ranks holds the large rows.
+    mixed = Layout(
+        np.array([10_000] + [100] * 100),
+        tuple(np.zeros(0, np.int64) for _ in range(101)),
+        np.array([False] + [True] * 100),
+    )
+    assert order_left(mixed, 1_000, 8, ranks=2) > 0.4 > order_left(mixed, 1_000, 8, ranks=1)
 
 
 @settings(max_examples=100, deadline=None)
