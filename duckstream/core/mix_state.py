@@ -2,13 +2,14 @@
 
 ::
 
-    {"version": 1, "kind": "mix", "fingerprint": "<hash of the mix>", "seed": 0,
+    {"version": 1, "order": 2, "kind": "mix", "fingerprint": "<hash of the mix>", "seed": 0,
      "epoch": 3, "stages": [{"world_size": 2, "num_workers": 4, "consumed": 120, "chunk": 1}],
      "sources": ["<plan fingerprint>", ...]}
 
 The fingerprint covers every source's plan and reading settings, the weights, the stopping
 rule, ``num_items`` and the seed; ``sources`` lets a refusal name the source that changed.
-``stages`` grows with the number of resumptions, never with the data.
+``stages`` grows with the number of resumptions, never with the data. ``order``: as in a
+dataset's state (:data:`duckstream.core.state.ORDER_REVISION`).
 """
 
 from __future__ import annotations
@@ -20,13 +21,14 @@ from dataclasses import asdict, fields
 from typing import Any
 
 from duckstream.core.mix import MixSpec, MixStage
-from duckstream.core.state import read_count
+from duckstream.core.state import ORDER_REVISION, check_order, read_count
 from duckstream.errors import StateError
 
 __all__ = ["MIX_STATE_VERSION", "is_mix_state", "make_mix_state", "mix_fingerprint", "read_mix_state"]
 
 MIX_STATE_VERSION = 1
 _KEYS = ("version", "kind", "fingerprint", "seed", "epoch", "stages", "sources")
+_OPTIONAL_KEYS = ("order",)
 _STAGE_KEYS = tuple(f.name for f in fields(MixStage))
 _MAX_SLOTS = 1 << 16
 
@@ -52,6 +54,7 @@ def make_mix_state(
 ) -> dict[str, Any]:
     return {
         "version": MIX_STATE_VERSION,
+        "order": ORDER_REVISION,
         "kind": "mix",
         "fingerprint": fingerprint,
         "seed": seed,
@@ -77,7 +80,7 @@ def read_mix_state(
             "dataset's: load it into that dataset"
         )
     missing = [k for k in _KEYS if k not in state]
-    unexpected = [k for k in state if k not in _KEYS]
+    unexpected = [k for k in state if k not in _KEYS and k not in _OPTIONAL_KEYS]
     if missing or unexpected:
         raise StateError(
             f"expected the state to hold the keys {list(_KEYS)}: missing {missing}, unexpected {unexpected}"
@@ -119,4 +122,5 @@ def read_mix_state(
         if stage.world_size * stage.num_workers > _MAX_SLOTS:
             raise StateError(f"expected at most {_MAX_SLOTS:,} reading slots in {where}, found {stage}")
         stages.append(stage)
+    check_order(state, epoch, mid_epoch=any(s.consumed for s in stages))
     return epoch, stages

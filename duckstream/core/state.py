@@ -2,7 +2,7 @@
 
 ::
 
-    {"version": 1, "fingerprint": "<plan hash>", "seed": 0, "shuffle": true, "even": "pad",
+    {"version": 1, "order": 2, "fingerprint": "<plan hash>", "seed": 0, "shuffle": true, "even": "pad",
      "epoch": 3, "stages": [{"world_size": 2, "num_workers": 4, "batch_size": 32,
                              "drop_last": false, "shuffle_buffer": 8192, "consumed": 120,
                              "chunk": 4, "streams": 16}],
@@ -10,7 +10,9 @@
               "rows": 123287, "sql": null, "table": null}}
 
 ``plan`` (absent from states saved before it was added) says what the fingerprint covers, so
-that a state refused for another plan can say what changed.
+that a state refused for another plan can say what changed. ``order`` is the revision of the
+shuffled read order the state was saved under (absent: 1); a state saved mid-epoch resumes only
+under the same one, since the rows its stages handed out are found by replaying that order.
 
 ``stages`` lists the stretches of the current epoch read so far (one per resume), so its size
 grows with the number of resumptions, never with the data.
@@ -32,7 +34,9 @@ from duckstream.core.resume import Stage
 from duckstream.errors import StateError
 
 __all__ = [
+    "ORDER_REVISION",
     "STATE_VERSION",
+    "check_order",
     "is_slot_state",
     "make_state",
     "merge_slot_states",
@@ -43,8 +47,13 @@ __all__ = [
 ]
 
 STATE_VERSION = 1
+# The revision of a shuffled epoch's read order: raise it whenever a change reorders the rows
+# of some layout (the partition, the shuffle, the pieces read side by side, their rotations).
+# 2: large row groups rotated where few are read side by side, the order depending on the
+# workers a rank's loop interleaves. States without one were saved under 1.
+ORDER_REVISION = 2
 _KEYS = ("version", "fingerprint", "seed", "shuffle", "even", "epoch", "stages")
-_OPTIONAL_KEYS = ("plan",)
+_OPTIONAL_KEYS = ("plan", "order")
 _STAGE_KEYS = tuple(f.name for f in fields(Stage))
 # Counts beyond this are no progress a real run made: the largest integer every JSON reader
 # keeps exact, far inside the int64 that tensors and numpy hold them in.
@@ -67,6 +76,7 @@ def make_state(
     """The state as JSON-serialisable plain values; ``plan`` is the plan's summary."""
     state = {
         "version": STATE_VERSION,
+        "order": ORDER_REVISION,
         "fingerprint": fingerprint,
         "seed": seed,
         "shuffle": shuffle,
@@ -115,7 +125,22 @@ def read_state(
             )
     stages = _read_stages(state["stages"], f"{where}['stages']")
     epoch = read_count(state["epoch"], f"{where}['epoch']")
+    if shuffle:
+        check_order(state, epoch, mid_epoch=any(s.consumed for s in stages), where=where)
     return epoch, stages
+
+
+def check_order(state: Mapping[str, Any], epoch: int, *, mid_epoch: bool, where: str = "state") -> None:
+    """Refuse a state saved mid-epoch under another read order (see :data:`ORDER_REVISION`):
+    replaying its stages in this order would take other rows for the ones handed out."""
+    order = read_count(state.get("order", 1), f"{where}['order']", least=1)
+    if mid_epoch and order != ORDER_REVISION:
+        raise StateError(
+            f"state was saved in the middle of epoch {epoch} by a build that shuffles in another "
+            f"order (read order revision {order}, this build {ORDER_REVISION}): resumed here it "
+            f"would repeat some rows and skip others. Start epoch {epoch} over instead "
+            f"(set_epoch({epoch}) without loading the state), or load a state saved at an epoch's end"
+        )
 
 
 def _read_stages(raw: Any, where: str) -> list[Stage]:

@@ -16,7 +16,7 @@ from duckstream.core.cursor import EpochCursor
 from duckstream.core.options import ReadOptions
 from duckstream.core.planning import StreamPlan, prepare
 from duckstream.core.resume import Stage
-from duckstream.core.state import slot_state
+from duckstream.core.state import ORDER_REVISION, slot_state
 from duckstream.core.world import World
 from duckstream.errors import ConfigurationError, StateError
 from duckstream.storage import S3Settings
@@ -121,3 +121,30 @@ def test_a_row_count_state_is_tied_to_its_plan(plan: StreamPlan, tmp_path: Path)
         other.read_rows_state(cursor.rows_state(17))
     with pytest.raises(StateError, match="version"):
         cursor.read_rows_state({**cursor.rows_state(1), "version": 99})
+
+
+def test_a_state_saved_mid_epoch_under_another_read_order_is_refused(plan: StreamPlan) -> None:
+    # Its stages' rows are found by replaying the order they were read in: replayed in another,
+    # rows handed out would be taken for others. Saved at an epoch's end, or unshuffled, any
+    # revision resumes.
+    def saved(shuffle: bool, take: int) -> dict[str, object]:
+        cursor = EpochCursor(plan, ReadOptions(shuffle=shuffle, seed=1, shuffle_buffer=64, batch_size=10))
+        cursor.set_epoch(2)
+        cursor.advance(take)
+        return cursor.state_dict(cursor.stage(world_size=1, consumed=take))
+
+    mid_epoch = saved(True, 7)
+    assert mid_epoch["order"] == ORDER_REVISION
+    earlier = {k: v for k, v in mid_epoch.items() if k != "order"}  # as builds before revisions
+    shuffled = EpochCursor(plan, ReadOptions(shuffle=True, seed=1, shuffle_buffer=64, batch_size=10))
+    for state, revision in ((earlier, 1), ({**mid_epoch, "order": ORDER_REVISION + 1}, ORDER_REVISION + 1)):
+        with pytest.raises(StateError, match=rf"epoch 2 .*revision {revision}, .*set_epoch\(2\)"):
+            shuffled.load_state_dict(state)
+    with pytest.raises(StateError, match=r"state\['order'\]"):
+        shuffled.load_state_dict({**mid_epoch, "order": "2"})
+    at_epoch_start = {k: v for k, v in saved(True, 0).items() if k != "order"}
+    shuffled.load_state_dict(at_epoch_start)
+    assert (shuffled.epoch, shuffled.done) == (2, [])
+    in_order = EpochCursor(plan, ReadOptions(shuffle=False, seed=1, shuffle_buffer=64, batch_size=10))
+    in_order.load_state_dict({k: v for k, v in saved(False, 7).items() if k != "order"})
+    assert (in_order.epoch, [s.consumed for s in in_order.done]) == (2, [7])

@@ -150,3 +150,10 @@ def test_state_round_trips_and_is_refused_for_another_mix() -> None:
     damaged = {**state, "stages": [{"world_size": 0, "num_workers": 1, "consumed": 1, "chunk": 1}]}
     with pytest.raises(StateError, match="world_size"):
         read_mix_state(damaged, fingerprint=fingerprint, seed=5, sources=["a", "b"])
+    # Saved mid-epoch by a build that read in another order (no revision: 1): refused; at an
+    # epoch's end it resumes.
+    earlier = {k: v for k, v in state.items() if k != "order"}
+    with pytest.raises(StateError, match="read order revision 1"):
+        read_mix_state(earlier, fingerprint=fingerprint, seed=5, sources=["a", "b"])
+    at_end = {**earlier, "stages": []}
+    assert read_mix_state(at_end, fingerprint=fingerprint, seed=5, sources=["a", "b"]) == (4, [])
