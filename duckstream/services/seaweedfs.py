@@ -127,7 +127,7 @@ class SeaweedFS:
                 taken = _port_was_taken(log_path, log_start)
                 if taken and attempt < attempts:
                     log.warning("SeaweedFS found one of its ports taken; starting it on others")
-                    self._process = None
+                    self._end_process()
                     continue
                 self.stop()
                 if taken:
@@ -185,6 +185,12 @@ class SeaweedFS:
 
     def stop(self) -> None:
         """Stop the server; remove its data unless ``data_dir`` was given."""
+        self._end_process()
+        if not self._keep_dir and self._data_dir is not None:
+            shutil.rmtree(self._data_dir, ignore_errors=True)
+            self._data_dir = None
+
+    def _end_process(self) -> None:
         process, self._process, self.service = self._process, None, None
         if process is not None and process.poll() is None:
             os.killpg(process.pid, signal.SIGTERM)
@@ -194,9 +200,6 @@ class SeaweedFS:
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
-        if not self._keep_dir and self._data_dir is not None:
-            shutil.rmtree(self._data_dir, ignore_errors=True)
-            self._data_dir = None
 
     def __enter__(self) -> S3Service:
         return self.start()
