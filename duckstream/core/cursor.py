@@ -24,7 +24,9 @@ from duckstream.core.pipeline import SlotStart, locate_slot, read_slot, read_str
 from duckstream.core.planning import StreamPlan
 from duckstream.core.resume import Stage, even_window, fold
 from duckstream.core.state import (
+    ORDER_REVISION,
     STATE_VERSION,
+    check_order,
     is_slot_state,
     make_state,
     read_count,
@@ -186,7 +188,12 @@ class EpochCursor:
     def rows_state(self, rows: int) -> dict[str, Any]:
         """A count of rows read from one slot's share (what a Hugging Face examples iterable
         keeps), versioned and tied to this plan."""
-        return {"version": STATE_VERSION, "fingerprint": self.plan.fingerprint, "rows": rows}
+        return {
+            "version": STATE_VERSION,
+            "order": ORDER_REVISION,
+            "fingerprint": self.plan.fingerprint,
+            "rows": rows,
+        }
 
     def read_rows_state(self, state: Mapping[str, Any]) -> int:
         """The rows a :meth:`rows_state` counted; states saved before it held a version and
@@ -198,7 +205,11 @@ class EpochCursor:
                 "state does not fit this dataset: it was saved for another plan "
                 f"(fingerprint {state['fingerprint']!r}, now {self.plan.fingerprint!r})"
             )
-        return read_count(state.get("rows"), "the state's 'rows'")
+        rows = read_count(state.get("rows"), "the state's 'rows'")
+        if self.options.shuffle:
+            # The rows counted are the first of the slot's order: of this order only.
+            check_order(state, None, mid_epoch=rows > 0)
+        return rows
 
     # -- reading ---------------------------------------------------------------------------
 

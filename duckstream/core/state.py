@@ -130,16 +130,23 @@ def read_state(
     return epoch, stages
 
 
-def check_order(state: Mapping[str, Any], epoch: int, *, mid_epoch: bool, where: str = "state") -> None:
+def check_order(
+    state: Mapping[str, Any], epoch: int | None, *, mid_epoch: bool, where: str = "state"
+) -> None:
     """Refuse a state saved mid-epoch under another read order (see :data:`ORDER_REVISION`):
-    replaying its stages in this order would take other rows for the ones handed out."""
+    replaying its stages in this order would take other rows for the ones handed out.
+    ``epoch``: the epoch it was saved in, where the state says."""
     order = read_count(state.get("order", 1), f"{where}['order']", least=1)
     if mid_epoch and order != ORDER_REVISION:
+        which, start = (
+            ("epoch", "that epoch over") if epoch is None else (f"epoch {epoch}", f"epoch {epoch} over")
+        )
+        how = "" if epoch is None else f" (set_epoch({epoch}) without loading the state)"
         raise StateError(
-            f"state was saved in the middle of epoch {epoch} by a build that shuffles in another "
+            f"state was saved in the middle of {which} by a build that shuffles in another "
             f"order (read order revision {order}, this build {ORDER_REVISION}): resumed here it "
-            f"would repeat some rows and skip others. Start epoch {epoch} over instead "
-            f"(set_epoch({epoch}) without loading the state), or load a state saved at an epoch's end"
+            f"would repeat some rows and skip others. Start {start} instead{how}, or load a "
+            "state saved at an epoch's end"
         )
 
 

@@ -148,3 +148,14 @@ def test_a_state_saved_mid_epoch_under_another_read_order_is_refused(plan: Strea
     in_order = EpochCursor(plan, ReadOptions(shuffle=False, seed=1, shuffle_buffer=64, batch_size=10))
     in_order.load_state_dict({k: v for k, v in saved(False, 7).items() if k != "order"})
     assert (in_order.epoch, [s.consumed for s in in_order.done]) == (2, [7])
+
+
+def test_a_row_count_of_another_read_order_is_refused_where_it_skips_shuffled_rows(plan: StreamPlan) -> None:
+    # A Hugging Face examples iterable skips the first rows of its slot's order: counted in
+    # another order, they are other rows.
+    shuffled = EpochCursor(plan, ReadOptions(shuffle=True, seed=1))
+    assert shuffled.read_rows_state(shuffled.rows_state(17)) == 17
+    assert shuffled.read_rows_state({"rows": 0}) == 0
+    with pytest.raises(StateError, match=r"middle of epoch .*revision 1, .*Start that epoch over"):
+        shuffled.read_rows_state({"rows": 9})
+    assert EpochCursor(plan, ReadOptions(shuffle=False)).read_rows_state({"rows": 9}) == 9
