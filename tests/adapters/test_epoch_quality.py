@@ -15,7 +15,7 @@ from duckstream.benchmarks.shuffle_quality import neighbours_kept, spearman
 
 from duckstream.core.interleave import order_left
 from duckstream.stream import DuckStreamDataset
-from tests.adapters.resume_check import run_world
+from tests.adapters.resume_check import assert_resumes, run_world
 
 ROWS = 20_000
 SEEDS = range(5)
@@ -247,3 +247,21 @@ def test_a_filter_over_few_large_row_groups_rotates_them_and_keeps_each_row_once
 
     assert not make(0)().plan.layout.anywhere.any()
     near_uniform(make, 1, workers, [i for i in range(ROWS) if i % 5], "8 wide row groups, filtered")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("before", "after"), [((2, 2), (1, 3)), ((1, 0), (2, 1)), ((1, 3), (1, 3))])
+def test_rotated_large_row_groups_resume_exactly_under_another_world_or_worker_count(
+    tmp_path: Path, before: tuple[int, int], after: tuple[int, int]
+) -> None:
+    # The rotations depend on the workers a rank's loop interleaves: a resume replays the
+    # stretch read before under its own workers, then shares out the rest under the new ones.
+    source = write_wide(tmp_path / "data", 8, ROWS)
+
+    def make() -> DuckStreamDataset:
+        return DuckStreamDataset(
+            source, "SELECT id, blob FROM source", batch_size=64, shuffle=True, seed=5, shuffle_buffer=1_000
+        )
+
+    assert not make().plan.layout.anywhere.any()
+    assert_resumes(make, ROWS, before=before, after=after, take=37)
