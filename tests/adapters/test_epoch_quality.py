@@ -127,6 +127,20 @@ def write_wide(folder: Path, files: int, rows: int, width: int = 4_096) -> Path:
     return folder
 
 
+def wide_dataset(
+    source: Path, *, seed: int = 0, buffer: int = 1_000, shuffle: bool = True
+) -> DuckStreamDataset:
+    """A shuffled read of every column of ``write_wide``'s files, in batches of 64 rows."""
+    return DuckStreamDataset(
+        source,
+        "SELECT id, blob FROM source",
+        batch_size=64,
+        shuffle=shuffle,
+        seed=seed,
+        shuffle_buffer=buffer,
+    )
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("world", "workers", "files", "width"), [(1, 0, 8, 4_096), (1, 2, 8, 4_096), (2, 1, 16, 8_192)]
@@ -141,14 +155,7 @@ def test_large_row_groups_start_anywhere_where_few_are_read_side_by_side(
     source = write_wide(tmp_path / "data", files, ROWS, width)
 
     def make(seed: int) -> Callable[[], DuckStreamDataset]:
-        return lambda: DuckStreamDataset(
-            source,
-            "SELECT id, blob FROM source",
-            batch_size=64,
-            shuffle=True,
-            seed=seed,
-            shuffle_buffer=1_000,
-        )
+        return lambda: wide_dataset(source, seed=seed)
 
     assert not make(0)().plan.layout.anywhere.any()
     near_uniform(make, world, workers, list(range(ROWS)), f"{files} files of one wide row group")
@@ -164,18 +171,10 @@ def test_a_few_large_row_groups_are_named_in_a_warning(
     eight = write_wide(tmp_path / "eight", 8, ROWS)
     with caplog.at_level("WARNING", logger="duckstream"):
         for _ in range(2):
-            DuckStreamDataset(
-                one, "SELECT id, blob FROM source", batch_size=64, shuffle=True, shuffle_buffer=1_000
-            )
-        DuckStreamDataset(
-            one, "SELECT id, blob FROM source", batch_size=64, shuffle=True, shuffle_buffer=5_000
-        )
-        DuckStreamDataset(
-            one, "SELECT id, blob FROM source", batch_size=64, shuffle=False, shuffle_buffer=1_000
-        )
-        DuckStreamDataset(
-            eight, "SELECT id, blob FROM source", batch_size=64, shuffle=True, shuffle_buffer=1_000
-        )
+            wide_dataset(one)
+        wide_dataset(one, buffer=5_000)
+        wide_dataset(one, shuffle=False)
+        wide_dataset(eight)
     warned = [r.getMessage() for r in caplog.records if "storage order" in r.getMessage()]
     assert len(warned) == 1, warned
     assert str(one / "part-0.parquet") in warned[0]
@@ -192,9 +191,7 @@ def test_row_groups_too_few_for_each_rank_are_named_in_a_warning(
     eight = write_wide(tmp_path / "eight", 8, ROWS)
     monkeypatch.setenv("WORLD_SIZE", "4")
     with caplog.at_level("WARNING", logger="duckstream"):
-        DuckStreamDataset(
-            eight, "SELECT id, blob FROM source", batch_size=64, shuffle=True, shuffle_buffer=1_000
-        )
+        wide_dataset(eight)
     warned = [r.getMessage() for r in caplog.records if "storage order" in r.getMessage()]
     assert len(warned) == 1, warned
     assert "shared by 4 ranks" in warned[0]
@@ -212,14 +209,7 @@ def test_the_order_left_that_a_warning_estimates_is_what_each_rank_receives(tmp_
         for seed in range(6):
 
             def make(seed: int = seed) -> DuckStreamDataset:
-                return DuckStreamDataset(
-                    source,
-                    "SELECT id, blob FROM source",
-                    batch_size=64,
-                    shuffle=True,
-                    seed=seed,
-                    shuffle_buffer=1_000,
-                )
+                return wide_dataset(source, seed=seed)
 
             per_rank, _ = run_world(make, world, 0, take=None)
             assert sorted(i for ids in per_rank for i in ids) == list(range(ROWS))
@@ -259,9 +249,7 @@ def test_rotated_large_row_groups_resume_exactly_under_another_world_or_worker_c
     source = write_wide(tmp_path / "data", 8, ROWS)
 
     def make() -> DuckStreamDataset:
-        return DuckStreamDataset(
-            source, "SELECT id, blob FROM source", batch_size=64, shuffle=True, seed=5, shuffle_buffer=1_000
-        )
+        return wide_dataset(source, seed=5)
 
     assert not make().plan.layout.anywhere.any()
     assert_resumes(make, ROWS, before=before, after=after, take=37)
