@@ -127,6 +127,19 @@ def test_seaweedfs_draws_other_ports_where_one_is_taken_and_keeps_them_across_a_
         held.close()
 
 
+def test_a_stopped_seaweedfs_leaves_no_sockets_behind(tmp_path: Path) -> None:
+    def sockets(ports: set[int]) -> list[Path]:
+        found = Path(tempfile.gettempdir()).glob("seaweedfs-*.sock")
+        return [p for p in found if p.stem.rsplit("-", 1)[-1] in {str(port) for port in ports}]
+
+    server = SeaweedFS(data_dir=tmp_path / "s3")
+    server.start()
+    ports = {port + offset for port in (server._ports_in_use or {}).values() for offset in (0, 10000)}
+    assert sockets(ports)  # weed's gRPC servers listen on Unix sockets in the temporary folder
+    server.stop()
+    assert sockets(ports) == []
+
+
 @pytest.mark.slow
 def test_seaweedfs_on_a_taken_s3_port_is_a_clear_error(tmp_path: Path) -> None:
     held = _hold_port(free_port(paired_offset=10000))

@@ -6,11 +6,13 @@ PATH. Each server has an admin identity and a read-only one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -101,6 +103,7 @@ class SeaweedFS:
         self._weed = weed
         self._process: subprocess.Popen[bytes] | None = None
         self._chosen_ports: dict[str, int] | None = None
+        self._ports_in_use: dict[str, int] | None = None  # those of the process started last
         self.service: S3Service | None = None
 
     def start(self) -> S3Service:
@@ -171,6 +174,7 @@ class SeaweedFS:
             # Throwaway servers need no graceful drain (the default waits 10 s on stop).
             "-volume.preStopSeconds=0",
         ]
+        self._ports_in_use = ports
         with open(log_path, "ab") as log_file:
             self._process = subprocess.Popen(
                 args, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
@@ -200,6 +204,8 @@ class SeaweedFS:
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
+        if process is not None and self._ports_in_use is not None:
+            _remove_sockets(self._ports_in_use)
 
     def __enter__(self) -> S3Service:
         return self.start()
@@ -284,6 +290,18 @@ class SeaweedFS:
             f"SeaweedFS did not accept writes at {service.endpoint_url} within "
             f"{START_TIMEOUT_S:.0f}s (last error: {last_error}); log {log_path}:\n{log_tail(log_path)}"
         )
+
+
+def _remove_sockets(ports: dict[str, int]) -> None:
+    """Remove the Unix sockets weed made beside its ports (``$TMPDIR/seaweedfs-<role>-<port>.sock``):
+    a server stopped before it cleans up leaves them behind, thousands over many test runs."""
+    numbers = {port for base in ports.values() for port in (base, base + 10000)}
+    for path in Path(tempfile.gettempdir()).glob("seaweedfs-*.sock"):
+        number = path.stem.rsplit("-", 1)[-1]
+        if number.isdigit() and int(number) in numbers:
+            with contextlib.suppress(OSError):
+                if stat.S_ISSOCK(path.lstat().st_mode):
+                    path.unlink()
 
 
 def _port_was_taken(log_path: Path, since: int) -> bool:
