@@ -22,14 +22,21 @@ _NAMED_FILES = 3
 _warned: set[tuple[str, int, int]] = set()
 
 
-def warn_if_ordered(plan: StreamPlan, buffer: int, streams: int, *, ranks: int = 1) -> float:
+def warn_if_ordered(plan: StreamPlan, buffer: int, streams: int, *, ranks: int = 1) -> None:
     """Log a warning when a shuffled read of ``plan`` with ``buffer``-row windows, shared by
-    ``ranks`` ranks, keeps visible storage order; returns the order left (|Spearman|, about)."""
+    ``ranks`` ranks, keeps visible storage order (|Spearman| over :data:`LEFT_ORDER_WARNING`)."""
+    key = (plan.fingerprint, buffer, ranks)
+    fixed = ~np.asarray(plan.layout.anywhere, dtype=bool)
+    # A piece of n rows keeps at most n / (a rank's rows) of the order: where even the largest
+    # keeps too little, the estimate (a second for a million shards) is not needed.
+    largest = int(np.max(np.asarray(plan.layout.counts)[fixed], initial=0))
+    if key in _warned or largest * ranks <= LEFT_ORDER_WARNING * plan.num_rows:
+        return
     left = order_left(plan.layout, buffer, streams, ranks)
-    if left <= LEFT_ORDER_WARNING or (plan.fingerprint, buffer, ranks) in _warned:
-        return left
-    _warned.add((plan.fingerprint, buffer, ranks))
-    large = np.unique(plan.shards.file[~np.asarray(plan.layout.anywhere, dtype=bool)]).tolist()
+    if left <= LEFT_ORDER_WARNING:
+        return
+    _warned.add(key)
+    large = np.unique(plan.shards.file[fixed]).tolist()
     names = ", ".join(plan.files[f] for f in large[:_NAMED_FILES])
     more = f" and {len(large) - _NAMED_FILES} more" if len(large) > _NAMED_FILES else ""
     groups = sum(len(plan.row_groups[f]) for f in large)
@@ -52,4 +59,3 @@ def warn_if_ordered(plan: StreamPlan, buffer: int, streams: int, *, ranks: int =
         rows * plan.row_bytes / 2**20,
         max(1, _ROW_GROUP_BYTES // max(1, plan.row_bytes)),
     )
-    return left
