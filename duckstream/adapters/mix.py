@@ -167,7 +167,11 @@ class DuckStreamMix(IterableDataset[Any]):
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Continue where ``state`` (a mix's or its loader's) left off, under any world."""
         epoch, stages = read_mix_state(
-            state, fingerprint=self.fingerprint, seed=self.seed, sources=self.sources
+            state,
+            fingerprint=self.fingerprint,
+            seed=self.seed,
+            sources=self.sources,
+            shuffled=any(source.shuffle for source in self.spec.sources),
         )
         self._restart(epoch, stages)
 

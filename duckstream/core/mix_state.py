@@ -69,9 +69,10 @@ def is_mix_state(state: Any) -> bool:
 
 
 def read_mix_state(
-    state: Mapping[str, Any], *, fingerprint: str, seed: int, sources: Sequence[str]
+    state: Mapping[str, Any], *, fingerprint: str, seed: int, sources: Sequence[str], shuffled: bool = True
 ) -> tuple[int, list[MixStage]]:
-    """``(epoch, stages)`` from ``state``, refusing one made for another mix."""
+    """``(epoch, stages)`` from ``state``, refusing one made for another mix (or, where a source
+    is ``shuffled``, saved mid-epoch under another read order)."""
     if not isinstance(state, Mapping):
         raise StateError(f"expected the state to be a dict, found {type(state).__name__}")
     if not is_mix_state(state):
@@ -122,5 +123,6 @@ def read_mix_state(
         if stage.world_size * stage.num_workers > _MAX_SLOTS:
             raise StateError(f"expected at most {_MAX_SLOTS:,} reading slots in {where}, found {stage}")
         stages.append(stage)
-    check_order(state, epoch, mid_epoch=any(s.consumed for s in stages))
+    if shuffled:
+        check_order(state, epoch, mid_epoch=any(s.consumed for s in stages))
     return epoch, stages

@@ -157,3 +157,5 @@ def test_state_round_trips_and_is_refused_for_another_mix() -> None:
         read_mix_state(earlier, fingerprint=fingerprint, seed=5, sources=["a", "b"])
     at_end = {**earlier, "stages": []}
     assert read_mix_state(at_end, fingerprint=fingerprint, seed=5, sources=["a", "b"]) == (4, [])
+    in_order = read_mix_state(earlier, fingerprint=fingerprint, seed=5, sources=["a", "b"], shuffled=False)
+    assert in_order == (4, stages)
