@@ -1,7 +1,7 @@
-"""A warning, once per plan and buffer in a process, where a shuffled read cannot mix a source's
-rows well at its buffer: few row groups too large to cut into parts, each read in one pass
-(see :func:`duckstream.core.interleave.order_left`). It names the files and both remedies, a
-buffer that holds the rows, and smaller row groups."""
+"""A warning, once per plan, buffer and world size in a process, where a shuffled read cannot
+mix a source's rows well at its buffer: few row groups a rank, too large to cut into parts,
+each read in one pass (see :func:`duckstream.core.interleave.order_left`). It names the files
+and both remedies, a buffer that holds a rank's rows, and smaller row groups."""
 
 from __future__ import annotations
 
