@@ -22,7 +22,7 @@ from duckstream.core.next_epoch import StartedRead
 from duckstream.core.options import ReadOptions
 from duckstream.core.pipeline import SlotStart, locate_slot, read_slot, read_streams
 from duckstream.core.planning import StreamPlan
-from duckstream.core.resume import Stage, even_window, fold
+from duckstream.core.resume import Stage, even_window, fold, handed_out_whole_epoch
 from duckstream.core.state import (
     ORDER_REVISION,
     STATE_VERSION,
@@ -161,14 +161,18 @@ class EpochCursor:
             state = merge_stateful_loader_state(state)
         elif is_slot_state(state):
             prior_state, role, stage = read_slot_state(state)
-            epoch, prior = self._read(prior_state)
+            epoch, prior = self._read(prior_state, worker=(role, stage))
             return SlotResume(epoch, tuple(prior), stage, role)
         epoch, stages = self._read(state)
         self._restart(epoch, stages)
         return None
 
-    def _read(self, state: Mapping[str, Any]) -> tuple[int, list[Stage]]:
-        return read_state(
+    def _read(
+        self, state: Mapping[str, Any], worker: tuple[int, Stage] | None = None
+    ) -> tuple[int, list[Stage]]:
+        """``state``'s epoch and stages; ``worker``: one worker's role and its own stage, for a
+        state that holds the stages before that one."""
+        epoch, stages = read_state(
             state,
             fingerprint=self.plan.fingerprint,
             seed=self.options.seed,
@@ -176,6 +180,24 @@ class EpochCursor:
             even=self.options.even,
             plan=self._summary,
         )
+        if self.options.shuffle:
+            check_order(state, epoch, mid_epoch=self._mid_epoch(stages, worker))
+        return epoch, stages
+
+    def _mid_epoch(self, stages: Sequence[Stage], worker: tuple[int, Stage] | None) -> bool:
+        """Whether ``stages`` (and ``worker``'s own stage) leave rows of the epoch unread.
+
+        A stretch that handed out every item of the epoch (what a StatefulDataLoader saves at
+        an epoch's end) owes nothing, in any read order. Rows owed after several stretches are
+        counted in the order they were read in, so those count as the middle of an epoch.
+        """
+        read = [*stages, worker[1]] if worker is not None else list(stages)
+        if not any(stage.consumed for stage in read):
+            return False
+        if len(read) > 1:
+            return True
+        role = worker[0] if worker is not None else None
+        return not handed_out_whole_epoch(self.plan.num_rows, read[0], self.options.even, role)
 
     def slot_state_dict(self, read: SlotRead, items: int) -> dict[str, Any]:
         """One worker's own state after it yielded ``items`` of ``read``."""

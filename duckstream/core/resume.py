@@ -26,6 +26,7 @@ __all__ = [
     "continuation",
     "even_window",
     "fold",
+    "handed_out_whole_epoch",
     "items_per_worker",
     "next_worker",
     "read_span",
@@ -155,6 +156,17 @@ def rows_emitted(total: int, stage: Stage, world: World, even: Even) -> int:
         total, World(world.rank, stage.world_size, world.worker, stage.num_workers), even
     )
     return min(taken * stage.batch_size, end - begin)
+
+
+def handed_out_whole_epoch(total: int, stage: Stage, even: Even, worker: int | None = None) -> bool:
+    """Whether ``stage``, the first stretch of an epoch of ``total`` rows, handed out every item
+    of it, whichever of its ranks saved it (``worker``: ``stage.consumed`` counts that worker's
+    own items)."""
+    for rank in range(stage.world_size):
+        items = _rank_items(total, stage, rank, even)
+        if stage.consumed < (sum(items) if worker is None else items[worker]):
+            return False
+    return True
 
 
 def _rank_items(total: int, stage: Stage, rank: int, even: Even) -> list[int]:

@@ -11,10 +11,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from datasets.distributed import split_dataset_by_node
 from duckstream.benchmarks.shuffle_quality import neighbours_kept, spearman
 
 from duckstream.core.interleave import order_left
-from duckstream.stream import DuckStreamDataset
+from duckstream.core.world import World
+from duckstream.stream import DuckStreamDataset, as_iterable_dataset, stream_batches
 from tests.adapters.resume_check import assert_resumes, run_world
 
 ROWS = 20_000
@@ -196,6 +198,37 @@ def test_row_groups_too_few_for_each_rank_are_named_in_a_warning(
     assert len(warned) == 1, warned
     assert "shared by 4 ranks" in warned[0]
     assert "shuffle_buffer=5000" in warned[0]
+
+
+def test_the_world_of_stream_batches_and_of_a_hugging_face_split_reaches_the_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The same eight row groups, the ranks given by stream_batches' world and by
+    # split_dataset_by_node instead of WORLD_SIZE; one rank alone is not warned about.
+    eight = write_wide(tmp_path / "eight", 8, ROWS)
+    sql = "SELECT id, blob FROM source"
+
+    def warnings() -> list[str]:
+        found = [r.getMessage() for r in caplog.records if "storage order" in r.getMessage()]
+        caplog.clear()
+        return found
+
+    with caplog.at_level("WARNING", logger="duckstream"):
+        alone = stream_batches(eight, sql, shuffle=True, shuffle_buffer=1_000, world=World(0, 1))
+        assert sum(b.num_rows for b in alone) == ROWS
+        assert warnings() == []
+        shared = stream_batches(eight, sql, shuffle=True, shuffle_buffer=1_000, world=World(3, 4))
+        assert sum(b.num_rows for b in shared) == ROWS // 4
+        (message,) = warnings()
+        assert "shared by 4 ranks" in message
+
+        # Another copy of the files: a warning is given once per plan, buffer and world size.
+        copy = write_wide(tmp_path / "copy", 8, ROWS)
+        rows = as_iterable_dataset(copy, sql, shuffle=True, shuffle_buffer=1_000)
+        node = split_dataset_by_node(rows, rank=1, world_size=4)
+        assert sum(1 for _ in node) == ROWS // 4
+        (message,) = warnings()
+        assert "shared by 4 ranks" in message
 
 
 @pytest.mark.slow

@@ -148,6 +148,23 @@ def test_a_state_saved_mid_epoch_under_another_read_order_is_refused(plan: Strea
     in_order = EpochCursor(plan, ReadOptions(shuffle=False, seed=1, shuffle_buffer=64, batch_size=10))
     in_order.load_state_dict({k: v for k, v in saved(False, 7).items() if k != "order"})
     assert (in_order.epoch, [s.consumed for s in in_order.done]) == (2, [7])
+    # A stretch that handed out the whole epoch (53 items of 10 rows; StatefulDataLoader keeps
+    # it so) owes nothing in any order; one item less is the middle of the epoch.
+    assert sum(1 for _ in EpochCursor(plan, ReadOptions(batch_size=10)).open(World()).batches) == 53
+    shuffled.load_state_dict({k: v for k, v in saved(True, 53).items() if k != "order"})
+    assert [s.consumed for s in shuffled.done] == [53]
+    with pytest.raises(StateError, match="middle of epoch 2"):
+        shuffled.load_state_dict({k: v for k, v in saved(True, 52).items() if k != "order"})
+    # One worker's own stretch: 27 of worker 1's 27 items (262 rows and 261 for 2 workers).
+    base = {k: v for k, v in saved(True, 0).items() if k != "order"}
+    for items, refused in ((27, False), (26, True)):
+        stage = shuffled.stage(world_size=1, num_workers=2, consumed=items)
+        own = slot_state(base, worker=1, stage=stage)
+        if refused:
+            with pytest.raises(StateError, match="middle of epoch 2"):
+                shuffled.load_state_dict(own)
+        else:
+            assert shuffled.load_state_dict(own) is not None
 
 
 def test_a_row_count_of_another_read_order_is_refused_where_it_skips_shuffled_rows(plan: StreamPlan) -> None:
