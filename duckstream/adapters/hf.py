@@ -120,12 +120,13 @@ class DuckExamplesIterable(SlotExamplesIterable):
     def features(self) -> Features:
         return Features.from_arrow_schema(self.plan.schema)
 
-    def _skipped(self) -> Iterator[tuple[int, pa.RecordBatch]]:
-        """Batches after the rows the state says were yielded, with the index of their first row."""
+    def _skipped(self, *, views: bool = False) -> Iterator[tuple[int, pa.RecordBatch]]:
+        """Batches after the rows the state says were yielded, with the index of their first row;
+        ``views`` for rows made Python values (see :meth:`EpochCursor.open`)."""
         cursor = self.cursor
         done = self._rows_done(cursor)
         position = 0
-        for batch in cursor.open(self.world, epoch=self.key or 0).batches:
+        for batch in cursor.open(self.world, epoch=self.key or 0, views=views).batches:
             if position + batch.num_rows > done:
                 offset = max(0, done - position)
                 yield position + offset, batch.slice(offset)
@@ -142,7 +143,7 @@ class DuckExamplesIterable(SlotExamplesIterable):
 
     def __iter__(self) -> Iterator[tuple[str, dict[str, Any]]]:
         slot = self.world.rank
-        for first, batch in self._skipped():
+        for first, batch in self._skipped(views=True):
             for offset, row in enumerate(batch.to_pylist()):
                 if self._state_dict:
                     self._state_dict["rows"] += 1

@@ -256,6 +256,11 @@ class DuckStreamDataset(IterableDataset[Any]):
             info.id if info is not None else 0,
             info.num_workers if info is not None else 1,
         )
+        if info is None:
+            self.transport = Transport()
+        # Batches collated here may hold views into the windows' read batches (to_pylist makes
+        # the same values); Arrow handed on, to the loop or through the ring, holds its values.
+        views = self.output != "arrow" and not self.transport.ship_arrow
         if info is not None:
             freeze_inherited()
             resume, self._resume = self._resume, None
@@ -265,11 +270,11 @@ class DuckStreamDataset(IterableDataset[Any]):
                 done=self.cursor.done if int(self._shared[1]) else [],
                 chunk=self.transport.chunk,
                 resume=resume,
+                views=views,
             )
         else:
-            self.transport = Transport()
             self.cursor.begin_pass(world.world_size)
-            read = self.cursor.open(world, then=self.next_epoch)
+            read = self.cursor.open(world, then=self.next_epoch, views=views)
         self._read, self._read_yielded = read, 0
         transport = self.transport
         if info is not None and transport.ship_arrow and self.batch_size is None:

@@ -244,10 +244,12 @@ class EpochCursor:
         chunk: int = 1,
         resume: SlotResume | None = None,
         then: int | None = None,
+        views: bool = False,
     ) -> SlotRead:
         """``world``'s slot of ``epoch`` (default: the cursor's) after the stages ``done``
         (default: the cursor's), or continuing one worker's ``resume``; ``chunk`` items per
-        DataLoader transfer.
+        DataLoader transfer; ``views``: for a caller that makes Python values of the batches
+        (see :func:`~duckstream.core.pipeline.read_slot`).
 
         ``then``: the epoch the next pass reads, when the caller knows it. A shuffled read
         then begins that epoch's read (from its start, same world) while its own last two
@@ -262,7 +264,7 @@ class EpochCursor:
             slot_items = (resume.role, resume.stage.consumed)
         current = self.stage(world_size=world.world_size, num_workers=world.num_workers, chunk=chunk)
         started, self._started = self._started, None
-        key = _read_key(epoch, done, world, chunk, slot_items)
+        key = _read_key(epoch, done, world, chunk, slot_items, views)
         batches: Iterator[pa.RecordBatch]
         if started is not None and started.usable and started.key == key:
             start, batches = started.start, started.take()
@@ -278,9 +280,9 @@ class EpochCursor:
                 current=current,
                 slot_items=slot_items,
             )
-            batches = read_slot(self.plan, self.options, start)
+            batches = read_slot(self.plan, self.options, start, views=views)
         if then is not None and self.options.shuffle and self.plan.late is None:
-            batches = self._then(batches, start, current, world, chunk, then)
+            batches = self._then(batches, start, current, world, chunk, then, views)
         return SlotRead(current, start, batches)
 
     def _then(
@@ -291,6 +293,7 @@ class EpochCursor:
         world: World,
         chunk: int,
         epoch: int,
+        views: bool,
     ) -> Iterator[pa.RecordBatch]:
         """``batches``, beginning ``epoch``'s read once fewer than two windows are left: the
         read threads have then decoded this pass's last window, or nearly."""
@@ -304,9 +307,9 @@ class EpochCursor:
                     self.plan, self.options, world=world, epoch=epoch, done=[], current=current
                 )
                 self._started = StartedRead(
-                    _read_key(epoch, [], world, chunk, None),
+                    _read_key(epoch, [], world, chunk, None, views),
                     following,
-                    read_slot(self.plan, self.options, following),
+                    read_slot(self.plan, self.options, following, views=views),
                     owner=self,
                 )
 
@@ -316,7 +319,12 @@ class EpochCursor:
 
 
 def _read_key(
-    epoch: int, done: Sequence[Stage], world: World, chunk: int, slot_items: tuple[int, int] | None
+    epoch: int,
+    done: Sequence[Stage],
+    world: World,
+    chunk: int,
+    slot_items: tuple[int, int] | None,
+    views: bool,
 ) -> tuple[object, ...]:
     """What tells one slot's read from another: the same key, the same batches."""
-    return (epoch, tuple(done), world, chunk, slot_items)
+    return (epoch, tuple(done), world, chunk, slot_items, views)

@@ -49,34 +49,47 @@ class Window:
     """The rows of one shuffle window, from which batches are gathered by row index.
 
     ``schema`` is the type of the batches gathered, where ``rows`` holds view types in its
-    place (columns that :func:`take_views` selected).
+    place (columns that :func:`take_views` selected). With ``views``, columns gathered as
+    views stay views (their fields' types in :attr:`schema` say so): for a reader that makes
+    Python values of them anyway, the cast back would be one more copy of every value.
     """
 
-    def __init__(self, rows: pa.Table, schema: pa.Schema | None = None) -> None:
+    def __init__(self, rows: pa.Table, schema: pa.Schema | None = None, *, views: bool = False) -> None:
         self.num_rows = rows.num_rows
         self.row_bytes = rows.nbytes // max(1, rows.num_rows)
-        self._schema = schema or rows.schema
+        declared = schema or rows.schema
         self._columns = [
-            _column(rows.column(index), self._schema.field(index).type) for index in range(rows.num_columns)
+            _column(rows.column(index), declared.field(index).type, views)
+            for index in range(rows.num_columns)
         ]
+        self.schema = (
+            pa.schema(
+                [field.with_type(column.type) for field, column in zip(declared, self._columns, strict=True)],
+                metadata=declared.metadata,
+            )
+            if views
+            else declared
+        )
 
     def gather(self, rows: np.ndarray) -> pa.RecordBatch:
         """The window's rows at the indices ``rows``, in that order, as one batch."""
         return pa.RecordBatch.from_arrays(
-            [column.gather(rows) for column in self._columns], schema=self._schema
+            [column.gather(rows) for column in self._columns], schema=self.schema
         )
 
 
 class _Column:
+    type: pa.DataType  # of the arrays gathered
+
     def gather(self, rows: np.ndarray) -> pa.Array:
         raise NotImplementedError
 
 
-def _column(values: pa.ChunkedArray, target: pa.DataType) -> _Column:
+def _column(values: pa.ChunkedArray, target: pa.DataType, views: bool = False) -> _Column:
     if viewable(values):
-        return _Views(values, target)
+        return _Views(values, None if views else target)
     if pa.types.is_struct(values.type) and values.type.num_fields:
-        return _Struct(values, target)
+        return _Struct(values, target, views)
     return _Taken(values)
 
 
@@ -92,6 +105,7 @@ class _Taken(_Column):
 
     def __init__(self, values: pa.ChunkedArray) -> None:
         self._values = values.combine_chunks()
+        self.type = values.type
 
     def gather(self, rows: np.ndarray) -> pa.Array:
         return self._values.take(rows)
@@ -101,8 +115,9 @@ class _Views(_Column):
     """A binary or string column, gathered as views into the read batches' buffers."""
 
     def __init__(self, values: pa.ChunkedArray, target: pa.DataType | None = None) -> None:
-        self._type = target or values.type
+        """``target``: the type to cast gathered views to (None: they stay views)."""
         self._view_type = _VIEW_TYPES[values.type]
+        self.type = target or self._view_type
         joined = values.cast(self._view_type).combine_chunks()
         buffers = joined.buffers()
         # Each view is 16 bytes: length and inline prefix, then buffer index and offset.
@@ -120,19 +135,26 @@ class _Views(_Column):
         gathered = pa.Array.from_buffers(
             self._view_type, len(rows), [validity, pa.py_buffer(views), *self._data]
         )
-        return gathered if not cast or self._type == self._view_type else gathered.cast(self._type)
+        return gathered if not cast or self.type == self._view_type else gathered.cast(self.type)
 
 
 class _Struct(_Column):
     """A struct column (such as an image's ``{bytes, path}``), gathered field by field."""
 
-    def __init__(self, values: pa.ChunkedArray, target: pa.DataType) -> None:
-        self._type = target
-        self._fields = [_column(child, target.field(i).type) for i, child in enumerate(values.flatten())]
+    def __init__(self, values: pa.ChunkedArray, target: pa.DataType, views: bool = False) -> None:
+        self._fields = [
+            _column(child, target.field(i).type, views) for i, child in enumerate(values.flatten())
+        ]
+        self._struct_fields = (
+            [field.with_type(column.type) for field, column in zip(target, self._fields, strict=True)]
+            if views
+            else list(target)
+        )
+        self.type = pa.struct(self._struct_fields)
         self._valid = _validity(values)
 
     def gather(self, rows: np.ndarray) -> pa.Array:
         mask = None if self._valid is None else pa.array(~self._valid[rows], type=pa.bool_())
         return pa.StructArray.from_arrays(
-            [field.gather(rows) for field in self._fields], fields=list(self._type), mask=mask
+            [field.gather(rows) for field in self._fields], fields=self._struct_fields, mask=mask
         )

@@ -130,13 +130,17 @@ def read_streams(plan: StreamPlan) -> int:
     return max(2, min(DEFAULT_STREAMS, DECODER_BYTES // max(1, plan.decoder_bytes)))
 
 
-def read_slot(plan: StreamPlan, options: ReadOptions, start: SlotStart) -> Iterator[pa.RecordBatch]:
+def read_slot(
+    plan: StreamPlan, options: ReadOptions, start: SlotStart, *, views: bool = False
+) -> Iterator[pa.RecordBatch]:
     """One slot's share of ``start.epoch`` from ``start`` (:func:`locate_slot`'s answer), in
     batches of ``options.read_rows``.
 
     ``start.span`` is the slot's share of the rows the epoch still owes; a read that
     continues an interrupted stage goes on exactly where it stopped, as if never interrupted.
-    ``options`` must be sized (:meth:`ReadOptions.sized`).
+    ``options`` must be sized (:meth:`ReadOptions.sized`). ``views``: a shuffled read's wide
+    binary and string columns may come as Arrow's view types, for a reader that makes Python
+    values of them (see :class:`~duckstream.core.gather.Window`).
     """
     if plan.late is not None:  # count="skip": source rows are read, the SQL runs on each batch
         yield from late_filter.filtered(plan, read_slot(late_filter.reading(plan), options, start))
@@ -254,6 +258,7 @@ def read_slot(plan: StreamPlan, options: ReadOptions, start: SlotStart) -> Itera
             schema=plan.schema,
             read_schema=read_plan.schema,
             over=window_sql.over if window_sql is not None else None,
+            views=views,
         )
     finally:
         if isinstance(batches, Generator):
@@ -455,21 +460,27 @@ def shuffled_batches(
     schema: pa.Schema,
     read_schema: pa.Schema | None = None,
     over: Callable[[pa.Table], pa.Table] | None = None,
+    views: bool = False,
 ) -> Iterator[pa.RecordBatch]:
     """Batches of the stream with each window of ``buffer`` rows permuted.
 
     Each output batch is gathered straight from its window (one copy); the first ``skip``
     rows of the first window's permuted order are left out (a resumed read). ``over`` turns
     each window of ``batches`` (of ``read_schema``) into the rows it holds (of ``schema``).
+    ``views``: columns gathered as views stay views (:class:`Window`).
     """
     carry: pa.RecordBatch | None = None
     for window, order in _permuted(
-        batches, buffer, key, first_window, skip, schema, read_schema or schema, over
+        batches, buffer, key, first_window, skip, schema, read_schema or schema, over, views
     ):
         position = 0
         if carry is not None:
             need = batch_size - carry.num_rows
-            carry = pa.concat_batches([carry, window.gather(order[:need])])
+            rest = window.gather(order[:need])
+            # Windows of narrower rows keep values where others keep views.
+            carry = pa.concat_batches(
+                [carry if carry.schema == rest.schema else carry.cast(rest.schema), rest]
+            )
             position = need
             if carry.num_rows < batch_size:
                 continue
@@ -499,13 +510,14 @@ def _permuted(
     schema: pa.Schema,
     read_schema: pa.Schema,
     over: Callable[[pa.Table], pa.Table] | None,
+    views: bool,
 ) -> Iterator[tuple[Window, np.ndarray]]:
     """Each window and the order its rows go out in."""
     read = windows(batches, buffer, read_schema)
     if over is not None:
         read = map(over, read)
     for index, table in enumerate(read, start=first_window):
-        yield Window(table, schema), window_permutation(table.num_rows, key, index, True)[skip:]
+        yield Window(table, schema, views=views), window_permutation(table.num_rows, key, index, True)[skip:]
         skip = 0
 
 

@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from duckstream.adapters import torch as torch_adapter
+from duckstream.adapters.collate import Output
 from duckstream.core.pipeline import read_slot
 from duckstream.errors import ConfigurationError, StateError
 from duckstream.stream import DuckStreamDataset, DuckStreamLoader
@@ -389,9 +390,9 @@ def test_in_process_the_next_epoch_is_read_during_the_last_windows_of_this_one(
     opened: list[int] = []
     real = read_slot
 
-    def counted(plan: Any, options: Any, start: Any) -> Any:
+    def counted(plan: Any, options: Any, start: Any, **kw: Any) -> Any:
         opened.append(start.epoch)
-        return real(plan, options, start)
+        return real(plan, options, start, **kw)
 
     monkeypatch.setattr("duckstream.core.cursor.read_slot", counted)
     loader = DuckStreamLoader(make_dataset(source), num_workers=0)
@@ -577,3 +578,43 @@ def test_pin_memory_pins_what_a_transform_returns(source: Path, num_workers: int
 def test_pin_memory_in_process_without_an_accelerator_still_reads_everything(source: Path) -> None:
     loader = DuckStreamLoader(make_dataset(source, batch_size=None), num_workers=0, pin_memory=True)
     assert sorted(i for item in loader for i in ids_in(item)) == list(range(ROWS))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_wide_values_reach_every_output_as_the_values_stored(tmp_path: Path, workers: int) -> None:
+    # Wide values are gathered as views into the read batches; collated (here, or in workers
+    # running a transform) they become the same bytes and strings, and Arrow handed on holds
+    # the declared types. Items of one seed are the same rows whatever the output.
+    rows = 600
+    blobs = [bytes([i % 251]) * (600 + i % 7) for i in range(rows)]
+    table = pa.table({"id": np.arange(rows), "blob": blobs, "text": [b.hex()[:700] for b in blobs]})
+    pq.write_table(table, tmp_path / "wide.parquet", row_group_size=200)
+
+    def items(output: Output, transform: Any = None) -> list[Any]:
+        dataset = DuckStreamDataset(
+            tmp_path,
+            batch_size=32,
+            shuffle=True,
+            seed=3,
+            shuffle_buffer=150,
+            output=output,
+            transform=transform,
+        )
+        return list(DuckStreamLoader(dataset, num_workers=workers))
+
+    arrow = items("arrow")
+    assert {(b.schema.field("blob").type, b.schema.field("text").type) for b in arrow} == {
+        (pa.binary(), pa.string())
+    }
+    expected = [b.to_pydict() for b in arrow]
+    stored = {i: (blobs[i], blobs[i].hex()[:700]) for i in range(rows)}
+    assert sorted(i for item in expected for i in item["id"]) == list(range(rows))
+    for item in expected:
+        assert [stored[i] for i in item["id"]] == list(zip(item["blob"], item["text"], strict=True))
+    collated_outputs: tuple[Output, ...] = ("torch", "numpy", "python")
+    for output in collated_outputs:
+        collated = items(output, transform=(lambda item: item) if workers else None)
+        assert [
+            {"id": list(map(int, item["id"])), "blob": item["blob"], "text": item["text"]}
+            for item in collated
+        ] == expected, output

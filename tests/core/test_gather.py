@@ -76,6 +76,32 @@ def test_gather_returns_the_rows_take_returns(case: tuple[pa.Table, np.ndarray])
     assert gathered.to_pylist() == expected
 
 
+@settings(max_examples=100, deadline=None)
+@given(windows())
+def test_views_kept_for_a_reader_of_python_values_hold_the_same_values(
+    case: tuple[pa.Table, np.ndarray],
+) -> None:
+    # For a reader that makes Python values, columns gathered as views stay views (no copy of
+    # the values): the same values; every other column, and the batch's schema, as declared.
+    table, indices = case
+    window = Window(table, views=True)
+    gathered = window.gather(indices)
+    gathered.validate(full=True)
+    assert gathered.schema == window.schema
+    assert gathered.to_pylist() == Window(table).gather(indices).to_pylist()
+    for field, column in zip(table.schema, window._columns, strict=True):
+        kept = field.type
+        if type(column).__name__ == "_Views":
+            kept = pa.string_view() if pa.types.is_string(kept) or pa.types.is_large_string(kept) else kept
+            kept = pa.binary_view() if pa.types.is_binary(kept) or pa.types.is_large_binary(kept) else kept
+        if field.name != "image":
+            assert window.schema.field(field.name).type == kept, field.name
+    wide = table.num_rows and table.column("blob").nbytes >= VIEW_MIN_BYTES * table.num_rows
+    if wide:
+        assert window.schema.field("blob").type == pa.binary_view()
+        assert window.schema.field("image").type.field("bytes").type == pa.binary_view()
+
+
 def test_a_gathered_batch_owns_its_values() -> None:
     """The one copy: a batch stays valid after its window and read batches are gone."""
     rows = [{"blob": bytes([i]) * 1000} for i in range(50)]

@@ -71,9 +71,9 @@ def opened(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     epochs: list[int] = []
     real = read_slot
 
-    def counted(plan: StreamPlan, options: ReadOptions, start: Any) -> Iterator[pa.RecordBatch]:
+    def counted(plan: StreamPlan, options: ReadOptions, start: Any, **kw: Any) -> Iterator[pa.RecordBatch]:
         epochs.append(start.epoch)
-        return real(plan, options, start)
+        return real(plan, options, start, **kw)
 
     monkeypatch.setattr("duckstream.core.cursor.read_slot", counted)
     return epochs

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from duckstream.core.partition import Even
-from duckstream.core.pipeline import rebatch
+from duckstream.core.pipeline import rebatch, shuffled_batches
 from duckstream.core.world import World
 from duckstream.errors import ConfigurationError, QueryError, SourceError
 from duckstream.stream import stream_batches
@@ -364,3 +364,31 @@ def test_rebatch_cuts_the_rows_into_batches_of_the_asked_sizes(
     tail = [] if drop_last or rows == total else [total - rows]
     assert [batch.num_rows for batch in out] == full + tail
     assert ids == list(range(len(ids)))
+
+
+def test_views_kept_across_windows_of_wide_and_narrow_values_give_the_same_rows() -> None:
+    # Windows of 10 rows, wide values (gathered as views) then narrow ones (taken) then wide:
+    # batches of 7 straddle them, so a batch joins rows of both kinds.
+    widths = [1_000] * 10 + [3] * 10 + [1_000] * 10
+    table = pa.table({"id": np.arange(30), "blob": [bytes([i]) * width for i, width in enumerate(widths)]})
+
+    def batches(views: bool) -> list[pa.RecordBatch]:
+        return list(
+            shuffled_batches(
+                table.to_batches(max_chunksize=4),
+                buffer=10,
+                key=(1, 2),
+                first_window=0,
+                skip=0,
+                batch_size=7,
+                drop_last=False,
+                schema=table.schema,
+                views=views,
+            )
+        )
+
+    kept, cast = batches(True), batches(False)
+    assert [b.to_pylist() for b in kept] == [b.to_pylist() for b in cast]
+    assert sorted(r["id"] for b in kept for r in b.to_pylist()) == list(range(30))
+    assert {b.schema.field("blob").type for b in cast} == {pa.binary()}
+    assert {b.schema.field("blob").type for b in kept} == {pa.binary(), pa.binary_view()}
