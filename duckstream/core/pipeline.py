@@ -325,6 +325,38 @@ class _Stream:
 _STREAM_DEPTH = 2
 
 
+def _piece_batches(
+    reader: ShardReader, plan: StreamPlan, pieces: Iterable[tuple[int, int, int]], held_rows: int
+) -> Iterator[pa.RecordBatch]:
+    """The rows of ``pieces`` (``(shard, lo, hi)``) in turn. A piece followed by the rows of
+    its shard that end where it begins (a rotation), those ``held_rows`` or fewer, is read
+    in one pass: the rows before it are decoded on the way anyway, and kept for their turn
+    instead of decoding the row group's first pages (dictionaries included) once more."""
+    upcoming = iter(pieces)
+    piece = next(upcoming, None)
+    while piece is not None:
+        shard, lo, hi = piece
+        following = next(upcoming, None)
+        if following is not None and following[0] == shard and following[2] == lo:
+            head = lo - following[1]
+            if 0 < head <= held_rows:
+                held: list[pa.RecordBatch] = []
+                seen = 0
+                for batch in reader.read(plan.shards[shard], following[1], hi):
+                    if seen < head:
+                        held.append(batch.slice(0, head - seen))
+                        if batch.num_rows > head - seen:
+                            yield batch.slice(head - seen)
+                    else:
+                        yield batch
+                    seen += batch.num_rows
+                yield from held
+                piece = next(upcoming, None)
+                continue
+        yield from reader.read(plan.shards[shard], lo, hi)
+        piece = following
+
+
 def _interleaved(
     ranges: np.ndarray,
     owners: np.ndarray,
@@ -350,11 +382,7 @@ def _interleaved(
             if stream is None:
                 reader = new_reader()
                 mine = ranges[owners == owner]
-                reads = (
-                    batch
-                    for shard, lo, hi in pieces_of(mine)
-                    for batch in reader.read(plan.shards[shard], lo, hi)
-                )
+                reads = _piece_batches(reader, plan, pieces_of(mine), plan.layout.held_rows)
                 stream = open_streams[int(owner)] = _Stream(reads, reader, ahead=each_ahead)
             yield list(stream.take(int(stop - start)))
             left[owner] -= stop - start

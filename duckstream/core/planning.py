@@ -27,7 +27,7 @@ from duckstream import engine
 from duckstream.core import sql as sqlmod
 from duckstream.core.batch_sql import BatchQuery, output_schema, split_query
 from duckstream.core.counting import FILE, ROW, count_per_range, counting_query
-from duckstream.core.interleave import Entries, Layout
+from duckstream.core.interleave import HELD_HEAD_BYTES, Entries, Layout
 from duckstream.core.lake import LakeAccess, LakeTable, SparseFiles
 from duckstream.core.late_filter import Count, LateQuery, check_count, late_query
 from duckstream.core.plan_cache import PlanCache
@@ -154,7 +154,12 @@ class StreamPlan:
         else:
             entries = Entries(np.zeros(0, dtype=np.int64), np.zeros(len(shards) + 1, dtype=np.int64))
         counts = np.asarray(self.counts, dtype=np.int64)
-        return Layout(counts, entries, counts * self.row_bytes <= _CHEAP_ENTRY_BYTES)
+        return Layout(
+            counts,
+            entries,
+            counts * self.row_bytes <= _CHEAP_ENTRY_BYTES,
+            HELD_HEAD_BYTES // max(1, self.row_bytes),
+        )
 
     def summary(self) -> dict[str, Any]:
         """The plan as a saved state describes it (see :func:`plan_summary`)."""

@@ -50,8 +50,9 @@ STATE_VERSION = 1
 # The revision of a shuffled epoch's read order: raise it whenever a change reorders the rows
 # of some layout (the partition, the shuffle, the pieces read side by side, their rotations).
 # 2: large row groups rotated where few are read side by side, the order depending on the
-# workers a rank's loop interleaves. States without one were saved under 1.
-ORDER_REVISION = 2
+# workers a rank's loop interleaves. 3: also row groups whose first rows a read can hold,
+# where the loop would see more than interleave.HELD_KEPT_ORDER. States without one: 1.
+ORDER_REVISION = 3
 _KEYS = ("version", "fingerprint", "seed", "shuffle", "even", "epoch", "stages")
 _OPTIONAL_KEYS = ("plan", "order")
 _STAGE_KEYS = tuple(f.name for f in fields(Stage))

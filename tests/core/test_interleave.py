@@ -245,3 +245,38 @@ def test_large_pieces_are_rotated_only_where_the_loop_would_see_their_order() ->
             starts[mixed].update(int(read[owners == s][0, 0]) % 100 for s in np.unique(owners))
     assert len(starts[1]) > 20
     assert starts[2] == {0}
+
+
+def test_pieces_whose_first_rows_a_read_can_hold_are_rotated_where_less_order_would_show() -> None:
+    # The 16 shards above as one of two workers: 1/32 of the storage order shows (under
+    # KEPT_ORDER, over HELD_KEPT_ORDER). Where a read can hold half a piece's rows, rotating
+    # costs no decoding, so each starts anywhere in its first half; a slot that shows less
+    # than HELD_KEPT_ORDER (64 such shards) is still left as it is.
+    def firsts(shards: int, held_rows: int) -> set[int]:
+        layout = Layout(
+            np.full(shards, 100),
+            tuple(np.zeros(0, dtype=np.int64) for _ in range(shards)),
+            np.zeros(shards, bool),
+            held_rows,
+        )
+        found: set[int] = set()
+        for seed in range(10):
+            read, owners = interleave(
+                np.array([[0, 100 * shards]]),
+                100 * shards,
+                layout=layout,
+                order=np.arange(shards),
+                key=(seed,),
+                streams=16,
+                stripe=5,
+                window=80,
+                mixed=2,
+            )
+            found.update(int(read[owners == s][0, 0]) % 100 for s in np.unique(owners))
+        return found
+
+    assert firsts(16, 49) == {0}  # half a piece does not fit
+    rotated = firsts(16, 50)
+    assert len(rotated) > 20
+    assert max(rotated) < 50
+    assert firsts(64, 50) == {0}
