@@ -222,27 +222,7 @@ def test_large_pieces_are_rotated_only_where_the_loop_would_see_their_order() ->
     # storage order (over KEPT_ORDER), and start anywhere; as one of two workers whose items
     # the loop interleaves, half that shows (under it), and each starts at its first row:
     # nothing is decoded twice for order no one would see.
-    shards = 16
-    layout = Layout(
-        np.full(shards, 100),
-        tuple(np.zeros(0, dtype=np.int64) for _ in range(shards)),
-        np.zeros(shards, bool),
-    )
-    starts: dict[int, set[int]] = {1: set(), 2: set()}
-    for mixed in (1, 2):
-        for seed in range(10):
-            read, owners = interleave(
-                np.array([[0, 1600]]),
-                1600,
-                layout=layout,
-                order=np.arange(shards),
-                key=(seed,),
-                streams=16,
-                stripe=5,
-                window=80,
-                mixed=mixed,
-            )
-            starts[mixed].update(int(read[owners == s][0, 0]) % 100 for s in np.unique(owners))
+    starts = {mixed: first_rows(16, mixed) for mixed in (1, 2)}
     assert len(starts[1]) > 20
     assert starts[2] == {0}
 
@@ -252,31 +232,34 @@ def test_pieces_whose_first_rows_a_read_can_hold_are_rotated_where_less_order_wo
     # KEPT_ORDER, over HELD_KEPT_ORDER). Where a read can hold half a piece's rows, rotating
     # costs no decoding, so each starts anywhere in its first half; a slot that shows less
     # than HELD_KEPT_ORDER (64 such shards) is still left as it is.
-    def firsts(shards: int, held_rows: int) -> set[int]:
-        layout = Layout(
-            np.full(shards, 100),
-            tuple(np.zeros(0, dtype=np.int64) for _ in range(shards)),
-            np.zeros(shards, bool),
-            held_rows,
-        )
-        found: set[int] = set()
-        for seed in range(10):
-            read, owners = interleave(
-                np.array([[0, 100 * shards]]),
-                100 * shards,
-                layout=layout,
-                order=np.arange(shards),
-                key=(seed,),
-                streams=16,
-                stripe=5,
-                window=80,
-                mixed=2,
-            )
-            found.update(int(read[owners == s][0, 0]) % 100 for s in np.unique(owners))
-        return found
-
-    assert firsts(16, 49) == {0}  # half a piece does not fit
-    rotated = firsts(16, 50)
+    assert first_rows(16, 2, held_rows=49) == {0}  # half a piece does not fit
+    rotated = first_rows(16, 2, held_rows=50)
     assert len(rotated) > 20
     assert max(rotated) < 50
-    assert firsts(64, 50) == {0}
+    assert first_rows(64, 2, held_rows=50) == {0}
+
+
+def first_rows(shards: int, mixed: int, *, held_rows: int = 0) -> set[int]:
+    """Where the pieces of ``shards`` shards of one 100-row group each start reading, over 10
+    keys, as one of ``mixed`` workers whose items the loop interleaves."""
+    layout = Layout(
+        np.full(shards, 100),
+        tuple(np.zeros(0, dtype=np.int64) for _ in range(shards)),
+        np.zeros(shards, bool),
+        held_rows,
+    )
+    found: set[int] = set()
+    for seed in range(10):
+        read, owners = interleave(
+            np.array([[0, 100 * shards]]),
+            100 * shards,
+            layout=layout,
+            order=np.arange(shards),
+            key=(seed,),
+            streams=16,
+            stripe=5,
+            window=80,
+            mixed=mixed,
+        )
+        found.update(int(read[owners == s][0, 0]) % 100 for s in np.unique(owners))
+    return found
