@@ -21,9 +21,11 @@ shard keeps its order over the stretch it is read in: a slot of few of them woul
 ``k`` equal pieces read side by side; ``1 / workers`` of it shows once a rank's DataLoader
 workers' items are interleaved). Where what shows passes :data:`KEPT_ORDER`, each such piece
 starts at a random row of its first half (:data:`LARGE_REACH`) instead, which decodes the rows
-before it twice (a quarter of the piece, on average) and leaves a correlation of
-``1 - 6 u (1 - u)`` for a rotation by a fraction ``u``: zero on average, about ``0.45 / k**1.5``
-for ``k`` pieces. The price of the cheaper half: a piece's second half never starts the epoch.
+before it twice (a quarter of the piece, on average), unless the read can keep them for their
+turn (:data:`HELD_HEAD_BYTES`), and leaves a correlation of ``1 - 6 u (1 - u)`` for a rotation
+by a fraction ``u``: zero on average, about ``0.45 / k**1.5`` for ``k`` pieces. Pieces whose
+first half the read can keep are rotated from :data:`HELD_KEPT_ORDER` on: for them it costs no
+decoding. The price of the cheaper half: a piece's second half never starts the epoch.
 Fewer than about five large pieces stay visibly ordered (:func:`order_left`); only a larger
 window or smaller row groups mend that at a bounded cost. The read order is a pure function of
 the slot's rows and a key: which rows a slot has emitted after ``n`` is known without reading.
@@ -55,15 +57,16 @@ __all__ = [
 DEFAULT_STREAMS = 16
 _MIN_STRIPE_ROWS = 64
 # Storage order (|Spearman|) the loop may see from a slot's pieces read front to back before
-# they are rotated, at a cost: a quarter of each decoded twice, on average. The bench's captions
-# (32 row groups of 9 MB) keep 0.02 in one process, 0.04 with two workers, and are left as
-# they are: rotated at two workers, their median |Spearman| went from 0.048 to 0.032 over five
-# seeds but the epochs took 35% longer.
+# they are rotated, at a cost: a quarter of each decoded twice, on average, and its row group's
+# first pages once more. The bench's captions (32 row groups of 9 MB), which keep 0.02 in one
+# process and 0.04 with two workers, took 35% longer epochs rotated that way; their first rows
+# fit HELD_HEAD_BYTES, so they are rotated at no cost instead (HELD_KEPT_ORDER).
 KEPT_ORDER = 0.05
 # Where what the loop sees passes this much but not KEPT_ORDER, only pieces whose first rows
 # (before a rotation) fit HELD_HEAD_BYTES are rotated: the read decodes them once and keeps
 # them for their turn (see duckstream.core.pipeline), so the rotation costs no decoding. The
-# bench's captions (32 row groups of 9 MB) at two workers: median |Spearman| 0.048 before.
+# bench's captions at two workers, seeds 0-11: |Spearman| median 0.033 -> 0.024, most 0.073 ->
+# 0.044, epochs as long.
 HELD_KEPT_ORDER = 0.01
 # A stream holds at most one such head, so a slot of 16 holds at most a 64 MiB shuffle window.
 HELD_HEAD_BYTES = 4 * 1024 * 1024
@@ -149,7 +152,8 @@ def interleave(
     (default: ``stripe * streams``) are entered anywhere inside a row group: a shorter one is
     mixed by the windows it lands in. Pieces of large shards are entered inside a row group
     only where the slot, longer than a window, would keep more than :data:`KEPT_ORDER` of its
-    storage order otherwise, in what the loop receives: the items of ``mixed`` slots (a
+    storage order otherwise (:data:`HELD_KEPT_ORDER` for pieces whose first half the read can
+    keep, ``layout.held_rows``), in what the loop receives: the items of ``mixed`` slots (a
     rank's DataLoader workers) interleaved, each slot's order shows ``1 / mixed`` as much.
     """
     longer = stripe * streams if window is None else window
