@@ -44,8 +44,8 @@ from duckstream.core.ranges import length, slice_ranges
 
 __all__ = [
     "DEFAULT_STREAMS",
-    "HELD_HEAD_BYTES",
     "Entries",
+    "HELD_HEAD_BYTES",
     "Layout",
     "interleave",
     "order_left",
