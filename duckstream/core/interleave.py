@@ -42,15 +42,7 @@ import numpy as np
 from duckstream.core.order import seeded_rng
 from duckstream.core.ranges import length, slice_ranges
 
-__all__ = [
-    "DEFAULT_STREAMS",
-    "Entries",
-    "HELD_HEAD_BYTES",
-    "Layout",
-    "interleave",
-    "order_left",
-    "stripe_rows",
-]
+__all__ = ["DEFAULT_STREAMS", "Entries", "Layout", "interleave", "order_left", "stripe_rows"]
 
 # Pieces read at once: enough that a window mixes rows from all over a slot's share; each
 # holds a decoder and a stripe, so memory stays near one shuffle window.

@@ -198,6 +198,12 @@ def read_slot(
         if interleaved:
             ranges, owned = _slice_owned(span.ranges, owners, begin, span.rows)
             batch_rows = min(read_batch_rows(plan.row_bytes), stripe_rows(window_rows, start.streams))
+            # A rotated piece's first rows are kept where a shuffle window's bytes, shared by
+            # the pieces open at once, hold them (at least what the read order counts on).
+            open_at_once = min(start.streams, len(np.unique(owned)))
+            held_rows = max(
+                plan.layout.held_rows, SHUFFLE_BUFFER_BYTES // max(1, plan.row_bytes) // max(1, open_at_once)
+            )
 
             def lane_ranges(mask: np.ndarray, each_ahead: bool) -> Iterator[list[pa.RecordBatch]]:
                 return _interleaved(
@@ -207,6 +213,7 @@ def read_slot(
                     lambda stream_ranges: _pieces(stream_ranges, order, sizes, ends),
                     plan,
                     each_ahead=each_ahead,
+                    held_rows=held_rows,
                 )
 
             if not lanes:
@@ -365,9 +372,11 @@ def _interleaved(
     plan: StreamPlan,
     *,
     each_ahead: bool,
+    held_rows: int = 0,
 ) -> Generator[list[pa.RecordBatch], None, None]:
     """The rows of ``ranges`` in order, each range read from its owner's stream: one list
-    of batches (slices) per range.
+    of batches (slices) per range; a stream keeps up to ``held_rows`` first rows of a rotated
+    piece (:func:`_piece_batches`).
 
     A stream opens at its first range and closes after its last, so only the pieces of one
     group are open at a time. ``each_ahead``: every open stream reads ahead in a thread of
@@ -382,7 +391,7 @@ def _interleaved(
             if stream is None:
                 reader = new_reader()
                 mine = ranges[owners == owner]
-                reads = _piece_batches(reader, plan, pieces_of(mine), plan.layout.held_rows)
+                reads = _piece_batches(reader, plan, pieces_of(mine), held_rows)
                 stream = open_streams[int(owner)] = _Stream(reads, reader, ahead=each_ahead)
             yield list(stream.take(int(stop - start)))
             left[owner] -= stop - start
