@@ -41,6 +41,7 @@ import numpy as np
 
 from duckstream.core.order import seeded_rng
 from duckstream.core.ranges import length, slice_ranges
+from duckstream.core.shuffle import SHUFFLE_BUFFER_BYTES
 
 __all__ = ["DEFAULT_STREAMS", "Entries", "Layout", "interleave", "order_left", "stripe_rows"]
 
@@ -60,8 +61,8 @@ KEPT_ORDER = 0.05
 # bench's captions at two workers, seeds 0-11: |Spearman| median 0.033 -> 0.024, most 0.073 ->
 # 0.044, epochs as long.
 HELD_KEPT_ORDER = 0.01
-# A stream holds at most one such head, so a slot of 16 holds at most a 64 MiB shuffle window.
-HELD_HEAD_BYTES = 4 * 1024 * 1024
+# A stream holds at most one such head: 16 of them hold at most a shuffle window's bytes.
+HELD_HEAD_BYTES = SHUFFLE_BUFFER_BYTES // DEFAULT_STREAMS
 # A large piece starts in its first half: a rotation by u leaves a correlation 1 - 6u(1 - u),
 # the same for u and 1 - u, so drawn from [0, 1/2) it is distributed as from [0, 1) (mean 0),
 # for a quarter of the piece decoded twice on average instead of a half.

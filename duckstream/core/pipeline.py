@@ -199,11 +199,10 @@ def read_slot(
             ranges, owned = _slice_owned(span.ranges, owners, begin, span.rows)
             batch_rows = min(read_batch_rows(plan.row_bytes), stripe_rows(window_rows, start.streams))
             # A rotated piece's first rows are kept where a shuffle window's bytes, shared by
-            # the pieces open at once, hold them (at least what the read order counts on).
+            # the pieces open at once, hold them: with at most DEFAULT_STREAMS open, at least
+            # the plan's layout.held_rows that the read order counts on.
             open_at_once = min(start.streams, len(np.unique(owned)))
-            held_rows = max(
-                plan.layout.held_rows, SHUFFLE_BUFFER_BYTES // max(1, plan.row_bytes) // max(1, open_at_once)
-            )
+            held_rows = SHUFFLE_BUFFER_BYTES // max(1, plan.row_bytes) // max(1, open_at_once)
 
             def lane_ranges(mask: np.ndarray, each_ahead: bool) -> Iterator[list[pa.RecordBatch]]:
                 return _interleaved(

@@ -2,7 +2,7 @@
 
 ::
 
-    {"version": 1, "order": 2, "fingerprint": "<plan hash>", "seed": 0, "shuffle": true, "even": "pad",
+    {"version": 1, "order": 3, "fingerprint": "<plan hash>", "seed": 0, "shuffle": true, "even": "pad",
      "epoch": 3, "stages": [{"world_size": 2, "num_workers": 4, "batch_size": 32,
                              "drop_last": false, "shuffle_buffer": 8192, "consumed": 120,
                              "chunk": 4, "streams": 16}],
