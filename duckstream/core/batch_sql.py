@@ -20,7 +20,7 @@ import os
 import threading
 from collections.abc import Generator, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import duckdb
 import numpy as np
@@ -37,6 +37,8 @@ __all__ = ["BatchQuery", "BatchSQL", "output_schema", "split_query"]
 SOURCE = sqlmod.SOURCE
 # The column DuckDB sees that numbers the rows of its input.
 POSITION = "__duckstream_position"
+
+_Rows = TypeVar("_Rows", pa.RecordBatch, pa.Table)
 
 
 @dataclass(frozen=True)
@@ -233,10 +235,26 @@ class BatchSQL:
         """The query's output over ``rows`` (its :attr:`BatchQuery.decoded` columns, any
         batches), in one DuckDB run; for a query that keeps rows, output row k is row k."""
         query = self._query
+        if query.keeps_rows:
+            return self._row_for_row(rows)
         read = rows.select(list(query.reads)).to_batches()
         wide = rows.select(list(query.wide)).to_batches() if query.wide else None
         out = self.apply(read, wide, batch_rows=max(1, rows.num_rows), group_rows=max(1, rows.num_rows))
         return pa.Table.from_batches([_typed(batch, self._schema) for batch in out], schema=self._schema)
+
+    def _row_for_row(self, rows: pa.Table) -> pa.Table:
+        """:meth:`over` for a query that keeps rows: DuckDB scans the window's batches where
+        they lie (joining them first copied every value it reads, a list of captions say), and
+        passed columns are the window's own."""
+        query = self._query
+        result = self._run(rows.select(list(query.reads)))
+        if result.num_rows != rows.num_rows:
+            raise ValueError(f"expected {rows.num_rows} rows from DuckDB, found {result.num_rows}")
+        if not query.passed:
+            return _typed(result, self._schema)
+        computed = iter(result.columns)
+        columns = [next(computed) if column is None else rows.column(column) for column in query.passed]
+        return _typed(pa.Table.from_arrays(columns, names=self._schema.names), self._schema)
 
     def each(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         """The query's output over ``batch`` (which holds every column the query names) as one
@@ -279,23 +297,24 @@ class BatchSQL:
 
     def _duckdb(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         """DuckDB's result over ``batch``, with positions when columns are passed."""
+        table = self._run(pa.Table.from_batches([batch]))
+        batches = table.combine_chunks().to_batches()
+        return batches[0] if batches else pa.RecordBatch.from_pylist([], schema=table.schema)
+
+    def _run(self, rows: pa.Table) -> pa.Table:
+        """DuckDB's result over ``rows`` (any chunks), with positions when columns are passed."""
         query = self._query
-        arrays = list(batch.columns)
-        names = list(batch.schema.names)
-        if query.passed or not names:
+        if query.passed or not rows.num_columns:
             # Positions, or (for SELECT 1 FROM source) just one row per input row.
-            arrays.append(pa.array(np.arange(batch.num_rows, dtype=np.int64)))
-            names.append(POSITION)
+            rows = rows.append_column(POSITION, pa.array(np.arange(rows.num_rows, dtype=np.int64)))
         con = self._connection()
-        con.register(SOURCE, pa.RecordBatch.from_arrays(arrays, names=names))
+        con.register(SOURCE, rows)
         try:
-            table = con.sql(query.sql).to_arrow_table()
+            return con.sql(query.sql).to_arrow_table()
         except duckdb.Error as exc:
             raise engine.query_error(exc, query.statement) from None
         finally:
             con.unregister(SOURCE)
-        batches = table.combine_chunks().to_batches()
-        return batches[0] if batches else pa.RecordBatch.from_pylist([], schema=table.schema)
 
     def _split(
         self,
@@ -429,6 +448,6 @@ class _Pieces:
         return any(b.num_rows for b in self._batches)
 
 
-def _typed(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+def _typed(batch: _Rows, schema: pa.Schema) -> _Rows:
     batch = batch.rename_columns(schema.names)
     return batch if batch.schema == schema else batch.cast(schema)

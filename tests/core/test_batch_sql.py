@@ -229,13 +229,13 @@ def test_a_shuffled_query_that_keeps_rows_runs_once_a_window(
     write_source(tmp_path, [130, 70, 250, 90], 20)
     sql = "SELECT id, caps[1] AS first, img, upper(label) AS shout FROM source"
     runs: list[int] = []
-    run = BatchSQL._duckdb
+    run = BatchSQL._run
 
-    def counted(self: BatchSQL, batch: pa.RecordBatch) -> pa.RecordBatch:
-        runs.append(batch.num_rows)
-        return run(self, batch)
+    def counted(self: BatchSQL, rows: pa.Table) -> pa.Table:
+        runs.append(rows.num_rows)
+        return run(self, rows)
 
-    monkeypatch.setattr(BatchSQL, "_duckdb", counted)
+    monkeypatch.setattr(BatchSQL, "_run", counted)
     rows = streamed_rows(str(tmp_path), sql, batch_size=16, shuffle=True, seed=4, shuffle_buffer=buffer)
     assert sorted(rows, key=lambda r: str(r["id"]).zfill(4)) == duckdb_rows(tmp_path, sql)
     windows = -(-540 // buffer)
