@@ -332,6 +332,7 @@ KEYS = [
     "num_workers",
     "batch_size",
     "chunk",
+    "staggered",
     "slot",
     "worker",
     "stage",

@@ -109,6 +109,7 @@ class EpochCursor:
             consumed,
             chunk,
             self.streams,
+            staggered=chunk > 1 and num_workers > 1,
         )
 
     def begin_pass(self, world_size: int) -> None:

@@ -59,7 +59,7 @@ def _stage_slots(
     for rank in range(world_size):
         items = tuple(worker_items(int(n), stage.batch_size, stage.drop_last) for n in rows[rank])
         if items not in taken_of:
-            taken_of[items] = items_per_worker(stage.consumed, items, stage.chunk)
+            taken_of[items] = items_per_worker(stage.consumed, items, stage.chunk, stage.staggered)
         taken[rank] = taken_of[items]
     emitted = np.minimum(taken * stage.batch_size, rows)
     # What :func:`duckstream.core.shuffle.unread` leaves, counted: the rest of the window the

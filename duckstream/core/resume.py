@@ -25,6 +25,7 @@ __all__ = [
     "Stage",
     "continuation",
     "even_window",
+    "first_transfer",
     "fold",
     "handed_out_whole_epoch",
     "items_per_worker",
@@ -48,6 +49,7 @@ class Stage:
     consumed: int = 0
     chunk: int = 1  # items per DataLoader transfer: the round robin serves a chunk per turn
     streams: int = 1  # pieces a shuffled read reads at once (1: one after another)
+    staggered: bool = False  # first transfers staggered (see first_transfer); else all a chunk
 
     def same_setup(self, other: Stage) -> bool:
         """Read under the same world, workers, batching, buffer and transfers (progress aside)."""
@@ -70,22 +72,54 @@ def worker_items(rows: int, batch_size: int, drop_last: bool) -> int:
     return rows // batch_size if drop_last else -(-rows // batch_size)
 
 
-def items_per_worker(consumed: int, items: Sequence[int], chunk: int = 1) -> list[int]:
+def first_transfer(chunk: int, workers: int, worker: int, staggered: bool = True) -> int:
+    """Items in ``worker``'s first transfer of a stage: ``(worker + 1) / workers`` of a
+    ``chunk`` when ``staggered``, else a chunk; every later transfer is a whole chunk (a
+    worker's last may be shorter).
+
+    DataLoader takes the workers' transfers in turn. With transfers all of a chunk, worker
+    ``j``'s items would reach the loop ``j`` chunks after worker 0's items of the same place in
+    their streams; workers read different parts of the storage, so in a shuffled epoch that
+    lag shows as order. Staggered first transfers give every worker's items the same mean
+    place in the loop (worker ``j``'s later chunks start ``(j + 1) / workers`` of a chunk into
+    its stream, and its turn comes ``j`` chunks into each round).
+    """
+    if not staggered:
+        return chunk
+    return max(1, (worker + 1) * chunk // max(1, workers))
+
+
+def _transfers(items: int, first: int, chunk: int) -> int:
+    """Transfers that hand out ``items`` items, the first of ``first``, then of ``chunk``."""
+    return 0 if items <= 0 else 1 + -(-max(0, items - first) // chunk)
+
+
+def _after(transfers: int, first: int, chunk: int, items: int) -> int:
+    """Items handed out in ``transfers`` transfers by a worker of ``items`` items."""
+    return 0 if transfers <= 0 else min(items, first + (transfers - 1) * chunk)
+
+
+def items_per_worker(
+    consumed: int, items: Sequence[int], chunk: int = 1, staggered: bool = False
+) -> list[int]:
     """How ``consumed`` items of a rank split over its workers.
 
     DataLoader takes one transfer from each worker in turn, skipping workers that are
-    exhausted; a transfer is ``chunk`` items (a worker's last one may be shorter), and the
-    training loop may stop inside one.
+    exhausted; transfers are ``chunk`` items, after a shorter first one where ``staggered``
+    (:func:`first_transfer`; a worker's last may be shorter), and the training loop may stop
+    inside one.
     """
     if chunk == 1:
         return _round_robin(consumed, items)
-    chunks = [-(-n // chunk) for n in items]
+    firsts = [first_transfer(chunk, len(items), w, staggered) for w in range(len(items))]
+    transfers = [_transfers(n, f, chunk) for n, f in zip(items, firsts, strict=True)]
 
     def after(whole: int) -> list[int]:
-        return [min(t * chunk, n) for t, n in zip(_round_robin(whole, chunks), items, strict=True)]
+        served = _round_robin(whole, transfers)
+        return [_after(t, f, chunk, n) for t, f, n in zip(served, firsts, items, strict=True)]
 
     # The most whole transfers that fit in `consumed` items (items grow with transfers).
-    low, high = 0, sum(chunks)
+    low, high = 0, sum(transfers)
     while low < high:
         middle = (low + high + 1) // 2
         if sum(after(middle)) <= consumed:
@@ -95,7 +129,7 @@ def items_per_worker(consumed: int, items: Sequence[int], chunk: int = 1) -> lis
     taken = after(low)
     rest = min(consumed, sum(items)) - sum(taken)
     if rest > 0:  # inside the next transfer
-        taken[_next_in_turn(_round_robin(low, chunks), chunks)] += rest
+        taken[_next_in_turn(_round_robin(low, transfers), transfers)] += rest
     return taken
 
 
@@ -122,17 +156,27 @@ def _next_in_turn(taken: Sequence[int], items: Sequence[int]) -> int:
     return min(active)[1] if active else 0
 
 
-def next_worker(consumed: int, items: Sequence[int], chunk: int = 1) -> int:
+def transfer_left(stage: Stage, worker: int, items_before: int) -> int:
+    """Items left in the transfer ``worker`` of ``stage`` is inside after handing out
+    ``items_before`` items of the stage (a whole transfer when it is between two)."""
+    first = first_transfer(stage.chunk, stage.num_workers, worker, stage.staggered)
+    if items_before < first:
+        return first - items_before
+    return stage.chunk - (items_before - first) % stage.chunk
+
+
+def next_worker(consumed: int, items: Sequence[int], chunk: int = 1, staggered: bool = False) -> int:
     """The worker DataLoader's round robin serves after ``consumed`` items (0 when all are done).
 
     A worker the training loop left inside a transfer is the one to finish it.
     """
-    taken = items_per_worker(consumed, items, chunk)
-    for worker, (t, n) in enumerate(zip(taken, items, strict=True)):
-        if t % chunk and t < n:
+    taken = items_per_worker(consumed, items, chunk, staggered)
+    firsts = [first_transfer(chunk, len(items), w, staggered) for w in range(len(items))]
+    for worker, (t, n, first) in enumerate(zip(taken, items, firsts, strict=True)):
+        if t < n and _after(_transfers(t, first, chunk), first, chunk, n) != t:
             return worker
-    chunks = [-(-n // chunk) for n in items]
-    return _next_in_turn([-(-t // chunk) for t in taken], chunks)
+    served = [_transfers(t, f, chunk) for t, f in zip(taken, firsts, strict=True)]
+    return _next_in_turn(served, [_transfers(n, f, chunk) for n, f in zip(items, firsts, strict=True)])
 
 
 def continuation(total: int, stage: Stage, world: World, even: Even) -> World:
@@ -143,7 +187,7 @@ def continuation(total: int, stage: Stage, world: World, even: Even) -> World:
     same sequence of items.
     """
     items = _rank_items(total, stage, world.rank, even)
-    offset = next_worker(stage.consumed, items, stage.chunk)
+    offset = next_worker(stage.consumed, items, stage.chunk, stage.staggered)
     return replace(world, worker=(world.worker + offset) % world.num_workers)
 
 
@@ -151,7 +195,7 @@ def rows_emitted(total: int, stage: Stage, world: World, even: Even) -> int:
     """Rows ``world``'s slot emitted during ``stage`` (its rank took ``stage.consumed`` items)
     from a sequence of ``total`` rows."""
     items = _rank_items(total, stage, world.rank, even)
-    taken = items_per_worker(stage.consumed, items, stage.chunk)[world.worker]
+    taken = items_per_worker(stage.consumed, items, stage.chunk, stage.staggered)[world.worker]
     begin, end = slot_bounds(
         total, World(world.rank, stage.world_size, world.worker, stage.num_workers), even
     )

@@ -5,7 +5,7 @@
     {"version": 1, "order": 3, "fingerprint": "<plan hash>", "seed": 0, "shuffle": true, "even": "pad",
      "epoch": 3, "stages": [{"world_size": 2, "num_workers": 4, "batch_size": 32,
                              "drop_last": false, "shuffle_buffer": 8192, "consumed": 120,
-                             "chunk": 4, "streams": 16}],
+                             "chunk": 4, "streams": 16, "staggered": true}],
      "plan": {"files": 8, "first_file": "...", "last_file": "...", "files_digest": "...",
               "rows": 123287, "sql": null, "table": null}}
 
@@ -83,7 +83,7 @@ def make_state(
         "shuffle": shuffle,
         "even": even,
         "epoch": epoch,
-        "stages": [asdict(s) for s in stages if s.consumed > 0],
+        "stages": [_stage_dict(s) for s in stages if s.consumed > 0],
     }
     if plan is not None:
         state["plan"] = dict(plan)
@@ -165,16 +165,27 @@ def read_count(value: Any, where: str, *, least: int = 0, most: int = _LARGEST) 
     return int(value)
 
 
+def _stage_dict(stage: Stage) -> dict[str, Any]:
+    """``stage`` as plain values; "staggered" only where set, so that a state whose transfers
+    were all whole chunks reads as before, and one whose were not is refused by a build that
+    would not know (its stage keys are checked strictly)."""
+    values = asdict(stage)
+    if not stage.staggered:
+        del values["staggered"]
+    return values
+
+
 def _stage(raw: Any, where: str) -> Stage:
-    # States saved before transfers were chunked have no "chunk" (one batch a transfer), and
-    # before shuffled reads interleaved pieces no "streams" (one piece after another).
+    # States saved before transfers were chunked have no "chunk" (one batch a transfer),
+    # before shuffled reads interleaved pieces no "streams" (one piece after another), and
+    # before first transfers were staggered no "staggered" (every transfer a chunk).
     if isinstance(raw, Mapping):
-        raw = {"chunk": 1, "streams": 1, **raw}
+        raw = {"chunk": 1, "streams": 1, "staggered": False, **raw}
     _check_keys(_mapping(raw, where), _STAGE_KEYS, where)
     values: dict[str, Any] = {}
     for key in _STAGE_KEYS:
         at = f"{where}[{key!r}]"
-        if key == "drop_last":
+        if key in ("drop_last", "staggered"):
             if not isinstance(raw[key], bool):
                 raise StateError(f"expected {at} to be true or false, found {_shown(raw[key])}")
             values[key] = raw[key]
@@ -272,7 +283,7 @@ def _clip(text: str, most: int = 80) -> str:
 
 def slot_state(state: Mapping[str, Any], *, worker: int, stage: Stage) -> dict[str, Any]:
     """One worker's state: ``state`` (the stages before the current one) and its own progress."""
-    return {**state, "slot": {"worker": worker, "stage": asdict(stage)}}
+    return {**state, "slot": {"worker": worker, "stage": _stage_dict(stage)}}
 
 
 def is_slot_state(state: Mapping[str, Any]) -> bool:
@@ -331,7 +342,7 @@ def merge_slot_states(
     return {
         **base,
         "stages": [
-            *(asdict(s) for s in prior[0]),
-            *([asdict(replace(stage, consumed=consumed))] if consumed else []),
+            *(_stage_dict(s) for s in prior[0]),
+            *([_stage_dict(replace(stage, consumed=consumed))] if consumed else []),
         ],
     }

@@ -53,6 +53,7 @@ LAYOUTS: dict[str, list[int]] = {
         ("3 uneven files", 1_000, 2, 0),
         ("8 files", None, 4, 4),
         ("one file, one row group", None, 8, 1),
+        ("one file, one row group", None, 8, 4),
     ],
 )
 def test_every_rank_receives_a_near_uniform_permutation(

@@ -204,6 +204,32 @@ def test_resume_from_chunked_transfers_under_another_transfer_size(source: Path,
     assert sum(seen.values()) - ROWS <= 1  # padding of the second stretch only
 
 
+@pytest.mark.parametrize(("take", "workers"), [(5, 2), (7, 3)])
+def test_a_state_saved_with_every_transfer_a_chunk_resumes_each_row_once(
+    source: Path, take: int, workers: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """States saved before first transfers were staggered (no "staggered" in their stages)
+    count their workers' items with every transfer a chunk."""
+    from duckstream.core import resume
+
+    with monkeypatch.context() as earlier:
+        earlier.setattr(resume, "first_transfer", lambda chunk, workers, worker, staggered=True: chunk)
+        head, state = run_world(lambda: make_dataset(source), 2, workers, take=take, batches_per_transfer=3)
+    assert state["stages"][0].pop("staggered") is True
+    rest, _ = run_world(
+        lambda: make_dataset(source), 2, workers, take=None, state=state, batches_per_transfer=3
+    )
+    seen = Counter(i for ids in head + rest for i in ids)
+    assert set(seen) == set(range(ROWS))
+    assert sum(seen.values()) - ROWS <= 1  # padding of the second stretch only
+    # Counted with staggered transfers instead, the same state repeats and skips rows.
+    state["stages"][0]["staggered"] = True
+    wrong, _ = run_world(
+        lambda: make_dataset(source), 2, workers, take=None, state=state, batches_per_transfer=3
+    )
+    assert Counter(i for ids in head + wrong for i in ids) != seen
+
+
 def test_transfers_hold_several_batches_yet_items_stay_batches(source: Path) -> None:
     plain = [ids_in(item) for item in DuckStreamLoader(make_dataset(source), num_workers=2)]
     chunked = DuckStreamLoader(make_dataset(source), num_workers=2, batches_per_transfer=4)
@@ -450,8 +476,10 @@ def test_rows_from_workers_resume_exactly_as_the_uninterrupted_run(
     options: dict[str, Any] = {"batches_per_transfer": transfer}
     full, _ = run_world(make, 2, num_workers, take=None, **options)
     head, state = run_world(make, 2, num_workers, take=take, **options)
-    # By default a shuffled pass hands over a 64th of a worker's rows at once (210 rows here).
-    assert state["stages"][0]["chunk"] == (transfer or 210 // 64)
+    # By default a shuffled pass hands over a 16th of a worker's rows at once (210 rows here),
+    # the workers' first transfers staggered.
+    assert state["stages"][0]["chunk"] == (transfer or 210 // 16)
+    assert state["stages"][0].get("staggered", False) == ((transfer or 210 // 16) > 1)
     tail, _ = run_world(make, 2, num_workers, take=None, state=state, **options)
     for rank in range(2):
         assert head[rank] + tail[rank] == full[rank]
@@ -556,8 +584,9 @@ def test_a_transforms_items_travel_several_at_once_and_resume_exactly(
     options: dict[str, Any] = {"batches_per_transfer": transfer}
     full, _ = run_world(make, 2, 2, take=None, **options)
     head, state = run_world(make, 2, 2, take=take, **options)
-    # By default: one item a transfer, as a worker has 13 items (210 rows), under 64 transfers' worth.
-    assert state["stages"][0]["chunk"] == (transfer or 1)
+    # By default a worker with few items (13 here, 210 rows) hands over as many at once as
+    # there are workers, the first transfers staggered: the round robin's lag cancels out.
+    assert state["stages"][0]["chunk"] == (transfer or 2)
     tail, _ = run_world(make, 2, 2, take=None, state=state, **options)
     for rank in range(2):
         assert head[rank] + tail[rank] == full[rank]

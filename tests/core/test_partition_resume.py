@@ -43,14 +43,23 @@ def rank_stream(
         if stage.drop_last and batches and len(batches[-1]) < stage.batch_size:
             batches.pop()
         per_worker.append(batches)
-    # DataLoader's order: one transfer (`chunk` items) per worker in turn, skipping exhausted workers.
+    # DataLoader's order: one transfer per worker in turn, skipping exhausted workers; the
+    # first transfers are staggered, then each is `chunk` items.
     out: list[list[tuple[int, bool]]] = []
     cursors = [0] * len(per_worker)
+    sizes = _first_transfers(stage.chunk, len(per_worker), stage.staggered)
     while any(c < len(b) for c, b in zip(cursors, per_worker, strict=True)):
         for w, batches in enumerate(per_worker):
-            out.extend(batches[cursors[w] : cursors[w] + stage.chunk])
-            cursors[w] = min(len(batches), cursors[w] + stage.chunk)
+            out.extend(batches[cursors[w] : cursors[w] + sizes[w]])
+            cursors[w] = min(len(batches), cursors[w] + sizes[w])
+        sizes = [stage.chunk] * len(per_worker)
     return out
+
+
+def _first_transfers(chunk: int, workers: int, staggered: bool) -> list[int]:
+    """Items in each worker's first transfer (the reference): staggered, worker ``w`` of ``W``
+    hands out ``(w + 1) * chunk // W`` (at least one) before whole chunks."""
+    return [max(1, (w + 1) * chunk // workers) if staggered else chunk for w in range(workers)]
 
 
 stages = st.builds(
@@ -61,6 +70,7 @@ stages = st.builds(
     drop_last=st.booleans(),
     shuffle_buffer=st.integers(1, 40),
     chunk=st.integers(1, 4),
+    staggered=st.booleans(),
 )
 whole_batches = stages.map(lambda stage: replace(stage, drop_last=False))
 common = {
@@ -192,28 +202,35 @@ def test_items_per_worker_follows_dataloader_round_robin(
     assert items_per_worker(consumed, items) == expected
 
 
-def _served(items: list[int], chunk: int) -> list[int]:
-    """The worker of each item, as DataLoader's round robin hands out chunks (the reference)."""
+def _served(items: list[int], chunk: int, staggered: bool) -> list[int]:
+    """The worker of each item, as DataLoader's round robin hands out transfers (the reference)."""
     left, order = list(items), []
+    sizes = _first_transfers(chunk, len(items), staggered)
     while any(left):
         for worker, n in enumerate(left):
-            take = min(chunk, n)
+            take = min(sizes[worker], n)
             order += [worker] * take
             left[worker] -= take
+        sizes = [chunk] * len(items)
     return order
 
 
 @given(
     items=st.lists(st.integers(0, 30), min_size=1, max_size=5),
     chunk=st.integers(1, 7),
+    staggered=st.booleans(),
     data=st.data(),
 )
-def test_chunked_round_robin_matches_dataloader(items: list[int], chunk: int, data: st.DataObject) -> None:
-    served = _served(items, chunk)
+def test_chunked_round_robin_matches_dataloader(
+    items: list[int], chunk: int, staggered: bool, data: st.DataObject
+) -> None:
+    served = _served(items, chunk, staggered)
     consumed = data.draw(st.integers(0, len(served) + 3))
     head = served[:consumed]
-    assert items_per_worker(consumed, items, chunk) == [head.count(w) for w in range(len(items))]
-    assert next_worker(consumed, items, chunk) == (served[consumed] if consumed < len(served) else 0)
+    assert items_per_worker(consumed, items, chunk, staggered) == [head.count(w) for w in range(len(items))]
+    assert next_worker(consumed, items, chunk, staggered) == (
+        served[consumed] if consumed < len(served) else 0
+    )
 
 
 def test_worker_rows_and_items() -> None:

@@ -64,7 +64,7 @@ def reference_spans(sequence: np.ndarray, stage: Stage, rank: int, even: Even) -
 def reference_rows_emitted(sequence: np.ndarray, stage: Stage, world: World, even: Even) -> int:
     spans = reference_spans(sequence, stage, world.rank, even)
     items = [worker_items(span.rows, stage.batch_size, stage.drop_last) for span in spans]
-    taken = items_per_worker(stage.consumed, items, stage.chunk)[world.worker]
+    taken = items_per_worker(stage.consumed, items, stage.chunk, stage.staggered)[world.worker]
     return min(taken * stage.batch_size, spans[world.worker].rows)
 
 
@@ -119,6 +119,7 @@ stages = st.builds(
     shuffle_buffer=st.integers(1, 40),
     chunk=st.integers(1, 3),
     streams=st.sampled_from([1, 2, 16]),
+    staggered=st.booleans(),
 )
 
 
@@ -183,7 +184,7 @@ def test_counted_emission_matches_the_partitioned_one(
     assert rows_emitted(total, stage, world, even) == reference_rows_emitted(sequence, stage, world, even)
     spans = reference_spans(sequence, stage, world.rank, even)
     items = [worker_items(span.rows, stage.batch_size, stage.drop_last) for span in spans]
-    offset = next_worker(stage.consumed, items, stage.chunk)
+    offset = next_worker(stage.consumed, items, stage.chunk, stage.staggered)
     assert continuation(total, stage, world, even).worker == (world.worker + offset) % world.num_workers
 
 
