@@ -2,7 +2,7 @@
 
 ::
 
-    {"version": 1, "order": 3, "kind": "mix", "fingerprint": "<hash of the mix>", "seed": 0,
+    {"version": 1, "order": 4, "kind": "mix", "fingerprint": "<hash of the mix>", "seed": 0,
      "epoch": 3, "stages": [{"world_size": 2, "num_workers": 4, "consumed": 120, "chunk": 1}],
      "sources": ["<plan fingerprint>", ...]}
 

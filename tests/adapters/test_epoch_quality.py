@@ -49,6 +49,7 @@ LAYOUTS: dict[str, list[int]] = {
         ("one file, one row group", 1_000, 2, 2),
         ("8 files", 1_000, 1, 0),
         ("8 files", 1_000, 2, 2),
+        ("8 files", 1_000, 1, 3),
         ("3 uneven files", None, 1, 2),
         ("3 uneven files", 1_000, 2, 0),
         ("8 files", None, 4, 4),

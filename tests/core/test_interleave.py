@@ -77,6 +77,34 @@ def test_the_read_order_is_a_permutation_with_each_piece_read_in_one_run(
     assert np.array_equal(unchanged, ranges)
 
 
+def test_pieces_cut_to_fill_the_streams_never_outnumber_them() -> None:
+    # A worker's share of 8 files of 2,500 rows among 3 workers: two whole files and the ends
+    # of two more, shorter than a window. Cut into more pieces than streams, they were read in
+    # two groups, one after the other, and the share kept 0.2 of its storage order.
+    layout = Layout(
+        np.array([2_500, 834, 2_500, 833]), [np.zeros(0, dtype=np.int64)] * 4, np.ones(4, dtype=bool)
+    )
+    ranges = as_ranges([(0, layout.num_rows)])
+    for seed in range(5):
+        read, owners = interleave(
+            ranges,
+            layout.num_rows,
+            layout=layout,
+            order=np.arange(4),
+            key=(seed, 1, 0, 1, 0, 1, 0),
+            streams=16,
+            stripe=64,
+            window=1_000,
+        )
+        assert len(np.unique(owners)) == 16
+        # Every piece is read all along the share (in one group, not half of it in each of two).
+        starts = np.cumsum(read[:, 1] - read[:, 0]) - (read[:, 1] - read[:, 0])
+        for piece in np.unique(owners):
+            where = starts[owners == piece] / layout.num_rows
+            assert where.min() < 0.2
+            assert where.max() > 0.8
+
+
 def test_a_large_shard_is_entered_only_where_its_row_groups_start_when_pieces_are_many() -> None:
     # 40 large shards of four 10-row groups (160 pieces: read side by side, 16 at a time, they
     # keep almost no order) and one small shard longer than a window. Over many keys, reads of
