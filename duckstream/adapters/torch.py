@@ -313,9 +313,8 @@ class DuckStreamDataset(IterableDataset[Any]):
     ) -> Iterator[Any]:
         # Rows travel as Arrow batches of `chunk` rows, made into rows by the loader. As with
         # batches, the first transfer of a resumed worker finishes the one the loop was inside.
-        chunk = self.transport.chunk
         first = transfer_left(stage, start.world.worker, start.items)
-        for transfer in rebatch(batches, chunk, drop_last=False, first=first):
+        for transfer in rebatch(batches, stage.chunk, drop_last=False, first=first):
             self._read_yielded += transfer.num_rows
             yield pack(transfer, self.transport.ring, worker)
 
@@ -323,14 +322,13 @@ class DuckStreamDataset(IterableDataset[Any]):
         # Transfers are counted from the start of the slot's stage (a staggered first one, then
         # `chunk` items; see resume.first_transfer), so a resumed worker first finishes the
         # transfer the training loop was inside.
-        chunk = self.transport.chunk
         size = transfer_left(stage, start.world.worker, start.items)
         held: list[Any] = []
         for item in items:
             held.append(item)
             if len(held) == size:
                 yield held
-                held, size = [], chunk
+                held, size = [], stage.chunk
         if held:
             yield held
 

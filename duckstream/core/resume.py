@@ -89,6 +89,12 @@ def first_transfer(chunk: int, workers: int, worker: int, staggered: bool = True
     return max(1, (worker + 1) * chunk // max(1, workers))
 
 
+def _transfer_counts(items: Sequence[int], chunk: int, staggered: bool) -> tuple[list[int], list[int]]:
+    """Each worker's first transfer, and how many transfers hand out its ``items``."""
+    firsts = [first_transfer(chunk, len(items), w, staggered) for w in range(len(items))]
+    return firsts, [_transfers(n, f, chunk) for n, f in zip(items, firsts, strict=True)]
+
+
 def _transfers(items: int, first: int, chunk: int) -> int:
     """Transfers that hand out ``items`` items, the first of ``first``, then of ``chunk``."""
     return 0 if items <= 0 else 1 + -(-max(0, items - first) // chunk)
@@ -111,8 +117,7 @@ def items_per_worker(
     """
     if chunk == 1:
         return _round_robin(consumed, items)
-    firsts = [first_transfer(chunk, len(items), w, staggered) for w in range(len(items))]
-    transfers = [_transfers(n, f, chunk) for n, f in zip(items, firsts, strict=True)]
+    firsts, transfers = _transfer_counts(items, chunk, staggered)
 
     def after(whole: int) -> list[int]:
         served = _round_robin(whole, transfers)
@@ -171,12 +176,12 @@ def next_worker(consumed: int, items: Sequence[int], chunk: int = 1, staggered: 
     A worker the training loop left inside a transfer is the one to finish it.
     """
     taken = items_per_worker(consumed, items, chunk, staggered)
-    firsts = [first_transfer(chunk, len(items), w, staggered) for w in range(len(items))]
-    for worker, (t, n, first) in enumerate(zip(taken, items, firsts, strict=True)):
-        if t < n and _after(_transfers(t, first, chunk), first, chunk, n) != t:
-            return worker
+    firsts, transfers = _transfer_counts(items, chunk, staggered)
     served = [_transfers(t, f, chunk) for t, f in zip(taken, firsts, strict=True)]
-    return _next_in_turn(served, [_transfers(n, f, chunk) for n, f in zip(items, firsts, strict=True)])
+    for worker, (t, n, first, count) in enumerate(zip(taken, items, firsts, served, strict=True)):
+        if t < n and _after(count, first, chunk, n) != t:
+            return worker
+    return _next_in_turn(served, transfers)
 
 
 def continuation(total: int, stage: Stage, world: World, even: Even) -> World:
