@@ -27,7 +27,8 @@ by a fraction ``u``: zero on average, about ``0.45 / k**1.5`` for ``k`` pieces. 
 first half the read can keep are rotated from :data:`HELD_KEPT_ORDER` on: for them it costs no
 decoding. The price of the cheaper half: a piece's second half never starts the epoch.
 Fewer than about five large pieces stay visibly ordered (:func:`order_left`); only a larger
-window or smaller row groups mend that at a bounded cost. The read order is a pure function of
+window or smaller row groups mend that at a bounded cost, so a file of them is read from a copy
+in smaller row groups where it can be (see :mod:`duckstream.core.recut`). The read order is a pure function of
 the slot's rows and a key: which rows a slot has emitted after ``n`` is known without reading.
 """
 
@@ -45,6 +46,8 @@ from duckstream.core.shuffle import SHUFFLE_BUFFER_BYTES
 
 __all__ = ["DEFAULT_STREAMS", "Entries", "Layout", "interleave", "order_left", "stripe_rows"]
 
+# Above this |Spearman| (one standard deviation) the order a read leaves shows in the epoch.
+LEFT_ORDER_WARNING = 0.05
 # Pieces read at once: enough that a window mixes rows from all over a slot's share; each
 # holds a decoder and a stripe, so memory stays near one shuffle window.
 DEFAULT_STREAMS = 16

@@ -43,7 +43,6 @@ from duckstream.core.shards import (
     RowGroups,
     Shard,
     ShardTable,
-    kept_yields,
     plan_fingerprint,
     skip_empty_groups,
 )
@@ -277,9 +276,8 @@ def _lake_shards(
         shards.extend(Shard(file, s.start, s.stop) for s in file_shards)
         counts.extend(file_counts)
     # Files the catalog's scan reads have no row groups in the plan.
-    held = [found.file.meta.row_groups if found is not None else () for found in direct]
     in_groups = [y if found is not None else [] for found, y in zip(direct, yields, strict=True)]
-    return shards, counts, kept_yields(held, in_groups)
+    return shards, counts, RowGroups.of(in_groups)
 
 
 def _count_lake(

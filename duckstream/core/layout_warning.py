@@ -1,13 +1,16 @@
 """A warning, once per plan, buffer and world size in a process, where a shuffled read cannot
 mix a source's rows well at its buffer: few row groups a rank, too large to cut into parts,
 each read in one pass (see :func:`duckstream.core.interleave.order_left`). It names the files
-and both remedies, a buffer that holds a rank's rows, and smaller row groups."""
+and both remedies, a buffer that holds a rank's rows, and smaller row groups. Files a shuffled
+read copies into small row groups (see :mod:`duckstream.core.recut`) are judged by the copy's:
+what is left is a filter or a lake table over such row groups, or too few for each of several
+ranks."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from duckstream.core.interleave import order_left
+from duckstream.core.interleave import LEFT_ORDER_WARNING, order_left
 from duckstream.core.planning import StreamPlan
 from duckstream.redact import get_logger
 
@@ -15,8 +18,6 @@ __all__ = ["LEFT_ORDER_WARNING", "warn_if_ordered"]
 
 log = get_logger(__name__)
 
-# Above this |Spearman| (one standard deviation) the order left shows in the epoch.
-LEFT_ORDER_WARNING = 0.05
 _ROW_GROUP_BYTES = 8 * 1024 * 1024
 _NAMED_FILES = 3
 _warned: set[tuple[str, int, int]] = set()

@@ -208,7 +208,7 @@ def read_slot(
                 return _interleaved(
                     ranges[mask],
                     owned[mask],
-                    lambda: ShardReader(read_plan, threads=1, batch_rows=batch_rows),
+                    lambda: ShardReader(read_plan, threads=1, batch_rows=batch_rows, copied=plan.copied),
                     lambda stream_ranges: _pieces(stream_ranges, order, sizes, ends),
                     plan,
                     each_ahead=each_ahead,

@@ -31,6 +31,7 @@ from duckstream.core.interleave import HELD_HEAD_BYTES, Entries, Layout
 from duckstream.core.lake import LakeAccess, LakeTable, SparseFiles
 from duckstream.core.late_filter import Count, LateQuery, check_count, late_query
 from duckstream.core.plan_cache import PlanCache
+from duckstream.core.recut import copied_groups
 from duckstream.core.retry import patiently
 from duckstream.core.shards import (
     DEFAULT_SHARD_ROWS,
@@ -38,7 +39,6 @@ from duckstream.core.shards import (
     RowGroups,
     Shard,
     ShardTable,
-    kept_yields,
     packed,
     plan_fingerprint,
     plan_shards,
@@ -119,9 +119,12 @@ class StreamPlan:
     # are then the source's (see duckstream.core.late_filter), ``schema`` the SQL's output.
     late: LateQuery | None = None
     # Rows each row group yields through the query and the snapshot's deletes, where counted
-    # per row group and some yield fewer than they hold (None: each yields its rows, or not
-    # known); a file read by the catalog's scan has none.
+    # per row group (None: not counted, where each yields its rows or a filter was counted
+    # shard by shard); a file read by the catalog's scan has none.
     yields: RowGroups | None = None
+    # Where local copies go (materialised results, files copied for a shuffled read); None:
+    # the temporary folder's duckstream-cache.
+    cache_dir: str | None = dataclasses.field(default=None, compare=False)
 
     @property
     def num_rows(self) -> int:
@@ -140,17 +143,33 @@ class StreamPlan:
 
     @functools.cached_property
     def layout(self) -> Layout:
-        """The shards as the read order sees them (see :mod:`duckstream.core.interleave`)."""
+        """The shards as the read order sees them (see :mod:`duckstream.core.interleave`): where
+        the file's own row groups are read, or, for files a shuffled read copies
+        (:attr:`copied`), the copy's."""
+        if not self.copied:
+            return self._layout(self.row_groups)
+        kept = self.copied
+        return self._layout(RowGroups.of([kept.get(f) or self.row_groups[f] for f in range(len(self.files))]))
+
+    @functools.cached_property
+    def copied(self) -> dict[int, tuple[int, ...]]:
+        """Per file a shuffled read reads from a local copy in smaller row groups, the rows of
+        each of the copy's row groups (see :mod:`duckstream.core.recut`)."""
+        from duckstream.core.pipeline import read_streams  # it reads on top of this module
+
+        return copied_groups(self, self._layout(self.row_groups), read_streams(self))
+
+    def _layout(self, row_groups: RowGroups) -> Layout:
         shards = self.shards
         # Files whose row groups a decoder reads; where row k of a shard is not file row
         # start + k (a filter, deleted rows), only ``yields`` says where row groups begin.
-        by_groups = np.diff(self.row_groups.bounds)[shards.file] > 0
+        by_groups = np.diff(row_groups.bounds)[shards.file] > 0
         if self.yields is None:
             by_groups &= self.narrow
             if self.lake is not None:
                 by_groups &= ~self.lake.with_deleted_rows()[shards.file]
         if by_groups.any():
-            entries = Entries(*starts_inside(shards, self.row_groups, by_groups, self.yields))
+            entries = Entries(*starts_inside(shards, row_groups, by_groups, self.yields))
         else:
             entries = Entries(np.zeros(0, dtype=np.int64), np.zeros(len(shards) + 1, dtype=np.int64))
         counts = np.asarray(self.counts, dtype=np.int64)
@@ -324,6 +343,7 @@ def _prepare(
         sql_batch_rows=sql_batch_rows(metas, batch),
         late=late,
         yields=yields,
+        cache_dir=None if cache_dir is None or is_remote(os.fspath(cache_dir)) else os.fspath(cache_dir),
     )
     if cache is not None:
         cache.store(key, listing, plan)
@@ -397,7 +417,7 @@ def _count_filtered(
         per_file.append([int(c) for c in found[position : position + len(groups)]])
         position += len(groups)
     shards, counts = skip_empty_groups(row_groups, per_file, target_rows=shard_rows)
-    return shards, counts, kept_yields(row_groups, per_file)
+    return shards, counts, RowGroups.of(per_file)
 
 
 def result_schema(con: duckdb.DuckDBPyConnection, query: str) -> pa.Schema:
@@ -545,12 +565,14 @@ def sql_batch_rows(metas: Sequence[FileMeta], batch: BatchQuery | None) -> int:
     return max(1_024, min(_SQL_BATCH_MAX_ROWS, _SQL_BATCH_BYTES // per_row))
 
 
-def cache_directory(cache_dir: str | os.PathLike[str] | None) -> Path:
-    """The local folder materialised results go to: ``cache_dir``, or a temporary folder when
-    it is unset or an object-store prefix (which keeps plans only; results are read locally)."""
+def cache_directory(cache_dir: str | os.PathLike[str] | None, *, make: bool = True) -> Path:
+    """The local folder materialised results and copies go to: ``cache_dir``, or a temporary
+    folder when it is unset or an object-store prefix (which keeps plans only; results are
+    read locally); made unless ``make`` is false."""
     if cache_dir is None or is_remote(os.fspath(cache_dir)):
         directory = Path(tempfile.gettempdir()) / "duckstream-cache"
     else:
         directory = Path(cache_dir)
-    directory.mkdir(parents=True, exist_ok=True)
+    if make:
+        directory.mkdir(parents=True, exist_ok=True)
     return directory

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import duckdb
@@ -16,6 +16,8 @@ from duckstream.core import checked_rows, local_footers, remote_files
 from duckstream.core.batch_sql import BatchSQL
 from duckstream.core.lake import file_index_fence
 from duckstream.core.lake_files import all_deleted
+from duckstream.core.planning import cache_directory, decoded_columns
+from duckstream.core.recut import local_copy
 from duckstream.core.retry import Backoff, transient
 from duckstream.core.shards import Shard
 from duckstream.core.source import is_remote
@@ -80,8 +82,19 @@ class ShardReader:
     (a lake table's inlined rows, say) runs in DuckDB on one shard.
     """
 
-    def __init__(self, plan: StreamPlan, *, threads: int, batch_rows: int | None = None) -> None:
+    def __init__(
+        self,
+        plan: StreamPlan,
+        *,
+        threads: int,
+        batch_rows: int | None = None,
+        copied: Mapping[int, tuple[int, ...]] | None = None,
+    ) -> None:
         self._plan = plan
+        # Files read from a local copy (see duckstream.core.recut): their copy's row groups,
+        # and where the copy lies, once made.
+        self._copied = copied or {}
+        self._copies: dict[int, str | None] = {}
         self._threads = threads
         self._batch_rows = batch_rows or read_batch_rows(plan.row_bytes)
         self._con: duckdb.DuckDBPyConnection | None = None
@@ -222,7 +235,7 @@ class ShardReader:
         An object store that does not answer is waited out: the read starts again from the
         first row not yet handed on (see :mod:`duckstream.core.retry`).
         """
-        path = self._plan.files[file]
+        path, groups = self._stored(file)
         columns = list(columns)
         stored = self._plan.lake.stored_names(file) if self._plan.lake is not None else {}
         deleted = self._deleted_rows(file)
@@ -235,7 +248,7 @@ class ShardReader:
             try:
                 parquet = self._parquet_file(path, 1 if second else 0)
                 for piece in self._decode(
-                    parquet, file, [stored.get(c, c) for c in columns], row, stop, batch_rows
+                    parquet, groups, [stored.get(c, c) for c in columns], row, stop, batch_rows
                 ):
                     if stored:
                         piece = piece.rename_columns(columns)
@@ -257,10 +270,28 @@ class ShardReader:
                 self._forget(path)
                 backoff.wait(exc, path)
 
+    def _stored(self, file: int) -> tuple[str, Sequence[int]]:
+        """Where file ``file``'s rows are read, and its row groups there: the file itself, or
+        the local copy a shuffled read makes of it (on its first read)."""
+        path = self._plan.files[file]
+        groups = self._copied.get(file)
+        if groups is not None and file not in self._copies:
+            self._copies[file] = local_copy(
+                path,
+                lambda: self._parquet_file(path),
+                decoded_columns(self._plan.columns, self._plan.batch, self._plan.late),
+                groups,
+                cache_directory(self._plan.cache_dir, make=False),
+            )
+        copy = self._copies.get(file)
+        if groups is None or copy is None:
+            return path, self._plan.row_groups[file]
+        return copy, groups
+
     def _decode(
         self,
         parquet: pq.ParquetFile,
-        file: int,
+        row_groups: Sequence[int],
         columns: list[str],
         first: int,
         stop: int,
@@ -270,7 +301,7 @@ class ShardReader:
         groups: list[int] = []
         offset = 0
         group_start = 0
-        for index, rows in enumerate(self._plan.row_groups[file]):
+        for index, rows in enumerate(row_groups):
             if group_start < stop and group_start + rows > first:
                 if not groups:
                     offset = group_start

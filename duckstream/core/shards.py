@@ -18,7 +18,6 @@ __all__ = [
     "RowGroups",
     "Shard",
     "ShardTable",
-    "kept_yields",
     "packed",
     "plan_fingerprint",
     "plan_shards",
@@ -246,13 +245,6 @@ def plan_shards(row_groups: Sequence[Sequence[int]], *, target_rows: int = DEFAU
         if stop > start:
             shards.append(Shard(file, start, stop))
     return shards
-
-
-def kept_yields(row_groups: Sequence[Sequence[int]], yields: Sequence[Sequence[int]]) -> RowGroups | None:
-    """``yields`` (rows each row group yields) as a plan keeps them: None where every row
-    group yields all its rows."""
-    held, found = RowGroups.of(row_groups), RowGroups.of(yields)
-    return None if held == found else found
 
 
 def skip_empty_groups(

@@ -2,7 +2,7 @@
 
 ::
 
-    {"version": 1, "order": 4, "fingerprint": "<plan hash>", "seed": 0, "shuffle": true, "even": "pad",
+    {"version": 1, "order": 5, "fingerprint": "<plan hash>", "seed": 0, "shuffle": true, "even": "pad",
      "epoch": 3, "stages": [{"world_size": 2, "num_workers": 4, "batch_size": 32,
                              "drop_last": false, "shuffle_buffer": 8192, "consumed": 120,
                              "chunk": 4, "streams": 16, "staggered": true}],
@@ -52,8 +52,9 @@ STATE_VERSION = 1
 # 2: large row groups rotated where few are read side by side, the order depending on the
 # workers a rank's loop interleaves. 3: also row groups whose first rows a read can hold,
 # where the loop would see more than interleave.HELD_KEPT_ORDER. 4: small shards cut to fill
-# a slot's streams into no more pieces than streams. States without one: 1.
-ORDER_REVISION = 4
+# a slot's streams into no more pieces than streams. 5: files of few large row groups read
+# from a local copy in small ones (see duckstream.core.recut). States without one: 1.
+ORDER_REVISION = 5
 _KEYS = ("version", "fingerprint", "seed", "shuffle", "even", "epoch", "stages")
 _OPTIONAL_KEYS = ("plan", "order")
 _STAGE_KEYS = tuple(f.name for f in fields(Stage))
