@@ -35,8 +35,9 @@ the slot's rows and a key: which rows a slot has emitted after ``n`` is known wi
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeAlias
 
 import numpy as np
 
@@ -44,7 +45,16 @@ from duckstream.core.order import seeded_rng
 from duckstream.core.ranges import length, slice_ranges
 from duckstream.core.shuffle import SHUFFLE_BUFFER_BYTES
 
-__all__ = ["DEFAULT_STREAMS", "Entries", "Layout", "interleave", "order_left", "stripe_rows"]
+__all__ = [
+    "DEFAULT_STREAMS",
+    "Entries",
+    "Layout",
+    "Layouts",
+    "interleave",
+    "layout_of",
+    "order_left",
+    "stripe_rows",
+]
 
 # Above this |Spearman| (one standard deviation) the order a read leaves shows in the epoch.
 LEFT_ORDER_WARNING = 0.05
@@ -120,6 +130,16 @@ class Layout:
     @property
     def num_rows(self) -> int:
         return int(self.counts.sum())
+
+
+# A plan's layout, or the layout for a world size (StreamPlan.layout_for): which files a read
+# takes from a copy in smaller row groups depends on how many ranks share them.
+Layouts: TypeAlias = Layout | Callable[[int], Layout]
+
+
+def layout_of(layouts: Layouts | None, world_size: int) -> Layout | None:
+    """The layout a read by ``world_size`` ranks orders."""
+    return layouts if layouts is None or isinstance(layouts, Layout) else layouts(world_size)
 
 
 def stripe_rows(buffer: int, streams: int) -> int:

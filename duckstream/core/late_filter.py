@@ -112,7 +112,7 @@ def reading(plan: StreamPlan) -> StreamPlan:
     read = dataclasses.replace(plan, schema=late.read_schema, query=late.read_query, late=None)
     # The same shards and counts: the read order is the plan's, not worked out again.
     read.__dict__["layout"] = plan.layout
-    read.__dict__["copied"] = plan.copied
+    read.__dict__["_orders"] = plan._orders
     return read
 
 

@@ -27,13 +27,14 @@ def warn_if_ordered(plan: StreamPlan, buffer: int, streams: int, *, ranks: int =
     """Log a warning when a shuffled read of ``plan`` with ``buffer``-row windows, shared by
     ``ranks`` ranks, keeps visible storage order (|Spearman| over :data:`LEFT_ORDER_WARNING`)."""
     key = (plan.fingerprint, buffer, ranks)
-    fixed = ~np.asarray(plan.layout.anywhere, dtype=bool)
+    layout = plan.layout_for(ranks)
+    fixed = ~np.asarray(layout.anywhere, dtype=bool)
     # A piece of n rows keeps at most n / (a rank's rows) of the order: where even the largest
     # keeps too little, the estimate (a second for a million shards) is not needed.
-    largest = int(np.max(np.asarray(plan.layout.counts)[fixed], initial=0))
+    largest = int(np.max(np.asarray(layout.counts)[fixed], initial=0))
     if key in _warned or largest * ranks <= LEFT_ORDER_WARNING * plan.num_rows:
         return
-    left = order_left(plan.layout, buffer, streams, ranks)
+    left = order_left(layout, buffer, streams, ranks)
     if left <= LEFT_ORDER_WARNING:
         return
     _warned.add(key)

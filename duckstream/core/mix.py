@@ -32,7 +32,7 @@ from typing import Literal
 import numpy as np
 import pyarrow as pa
 
-from duckstream.core.interleave import Layout
+from duckstream.core.interleave import Layouts, layout_of
 from duckstream.core.options import ReadOptions
 from duckstream.core.partition import Even, SlotSpan, partition, worker_rows
 from duckstream.core.pipeline import SlotStart, read_slot
@@ -89,7 +89,7 @@ class SourceRead:
     seed: int
     shuffle: bool
     even: Even
-    layout: Layout | None = field(default=None, compare=False, repr=False)
+    layout: Layouts | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def of(cls, plan: StreamPlan, options: ReadOptions, streams: int) -> SourceRead:
@@ -103,7 +103,7 @@ class SourceRead:
             options.seed,
             options.shuffle,
             options.even,
-            plan.layout,
+            plan.layout_for,
         )
 
     def items(self, rows: int) -> int:
@@ -269,7 +269,7 @@ def _owed(
         shuffle=src.shuffle,
         streams=src.streams,
         buffer=src.buffer,
-        layout=src.layout,
+        layout=layout_of(src.layout, world.world_size),
         workers=world.num_workers,
     )
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from duckstream.core.interleave import Layout
+from duckstream.core.interleave import Layouts, layout_of
 from duckstream.core.partition import Even, SlotSpan, partition_of, rank_rows
 from duckstream.core.ranges import as_ranges, slice_ranges
 from duckstream.core.resume import Stage, items_per_worker, slot_unread, worker_items
@@ -93,7 +93,7 @@ def _stage_slots(
     return _Slots(total, begin.reshape(-1), rows.reshape(-1), real.reshape(-1), emitted.reshape(-1), owed)
 
 
-def _needs_layout(stage: Stage, *, shuffle: bool, layout: Layout | None) -> None:
+def _needs_layout(stage: Stage, *, shuffle: bool, layout: Layouts | None) -> None:
     # Raised before any slot is replayed, as :func:`read_span` would for the first one.
     if shuffle and stage.streams > 1 and layout is None:
         raise ValueError("an interleaved read order needs the plan's layout")
@@ -107,11 +107,12 @@ def stage_sequence(
     epoch: int,
     shuffle: bool,
     even: Even,
-    layout: Layout | None = None,
+    layout: Layouts | None = None,
 ) -> np.ndarray:
     """The positions still owed after ``stages``, in position order (all of them for none).
 
-    ``layout`` (the plan's) is needed where a stage read shuffled pieces side by side.
+    ``layout`` (the plan's, or its layout for a world size: ``plan.layout_for``) is needed
+    where a stage read shuffled pieces side by side.
     """
     if not stages:
         return as_ranges([(0, total_rows)])
@@ -128,7 +129,7 @@ def slot_span(
     epoch: int,
     shuffle: bool,
     even: Even,
-    layout: Layout | None = None,
+    layout: Layouts | None = None,
 ) -> SlotSpan:
     """``partition(stage_sequence(total_rows, stages, ...), world, even)``, computed from the
     stages' counters and the few slots of earlier stages whose owed rows the span holds: no
@@ -147,7 +148,7 @@ def slot_spans(
     epoch: int,
     shuffle: bool,
     even: Even,
-    layout: Layout | None = None,
+    layout: Layouts | None = None,
 ) -> list[SlotSpan]:
     """:func:`slot_span` of each of ``worlds`` (a rank's workers, say), sharing the work."""
     owed = Owed(total_rows, stages, seed=seed, epoch=epoch, shuffle=shuffle, even=even, layout=layout)
@@ -179,7 +180,7 @@ class Owed:
         epoch: int,
         shuffle: bool,
         even: Even,
-        layout: Layout | None,
+        layout: Layouts | None,
     ) -> None:
         self._stages = tuple(stages)
         self._seed, self._epoch, self._shuffle, self._even, self._layout = seed, epoch, shuffle, even, layout
@@ -242,7 +243,7 @@ class Owed:
                     shuffle=self._shuffle,
                     streams=stage.streams,
                     buffer=stage.shuffle_buffer,
-                    layout=self._layout,
+                    layout=layout_of(self._layout, stage.world_size),
                     workers=stage.num_workers,
                 )
                 found = _joined(np.concatenate(parts))

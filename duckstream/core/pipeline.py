@@ -104,7 +104,7 @@ def locate_slot(
         epoch=epoch,
         shuffle=options.shuffle,
         even=options.even,
-        layout=plan.layout,
+        layout=plan.layout_for,
     )
     if not continuing:
         return SlotStart(epoch, owed.span(world), prior, world, 0, 0, current.streams)
@@ -151,7 +151,7 @@ def read_slot(
     key = window_key(seed, epoch, start.stage_index, world)
     span, owners, window_rows = read_span(
         start.span,
-        layout=plan.layout,
+        layout=plan.layout_for(world.world_size),
         key=key,
         seed=seed,
         epoch=epoch,
@@ -183,6 +183,7 @@ def read_slot(
         else None
     )
     read_plan = _decoding(plan) if window_sql is not None else plan
+    copied = plan.copied_for(world.world_size)
     # An interleaved read opens a reader per piece; otherwise one per lane, or one.
     readers = (
         []
@@ -208,7 +209,7 @@ def read_slot(
                 return _interleaved(
                     ranges[mask],
                     owned[mask],
-                    lambda: ShardReader(read_plan, threads=1, batch_rows=batch_rows, copied=plan.copied),
+                    lambda: ShardReader(read_plan, threads=1, batch_rows=batch_rows, copied=copied),
                     lambda stream_ranges: _pieces(stream_ranges, order, sizes, ends),
                     plan,
                     each_ahead=each_ahead,

@@ -143,21 +143,33 @@ class StreamPlan:
 
     @functools.cached_property
     def layout(self) -> Layout:
-        """The shards as the read order sees them (see :mod:`duckstream.core.interleave`): where
-        the file's own row groups are read, or, for files a shuffled read copies
-        (:attr:`copied`), the copy's."""
-        if not self.copied:
-            return self._layout(self.row_groups)
-        kept = self.copied
-        return self._layout(RowGroups.of([kept.get(f) or self.row_groups[f] for f in range(len(self.files))]))
+        """The shards as the read order sees them, over the files' own row groups (see
+        :mod:`duckstream.core.interleave`)."""
+        return self._layout(self.row_groups)
+
+    def layout_for(self, ranks: int) -> Layout:
+        """The layout a shuffled read shared by ``ranks`` ranks orders: :attr:`layout`, but
+        over the copies' row groups for the files it reads from a copy (:meth:`copied_for`)."""
+        return self._by_ranks(ranks)[1]
+
+    def copied_for(self, ranks: int) -> dict[int, tuple[int, ...]]:
+        """Per file a shuffled read shared by ``ranks`` ranks reads from a local copy in
+        smaller row groups, the rows of each of the copy's row groups (see
+        :mod:`duckstream.core.recut`)."""
+        return self._by_ranks(ranks)[0]
 
     @functools.cached_property
-    def copied(self) -> dict[int, tuple[int, ...]]:
-        """Per file a shuffled read reads from a local copy in smaller row groups, the rows of
-        each of the copy's row groups (see :mod:`duckstream.core.recut`)."""
-        from duckstream.core.pipeline import read_streams  # it reads on top of this module
+    def _orders(self) -> dict[int, tuple[dict[int, tuple[int, ...]], Layout]]:
+        return {}  # per rank count: what copied_for and layout_for give, worked out once
 
-        return copied_groups(self, self._layout(self.row_groups), read_streams(self))
+    def _by_ranks(self, ranks: int) -> tuple[dict[int, tuple[int, ...]], Layout]:
+        if ranks not in self._orders:
+            from duckstream.core.pipeline import read_streams  # it reads on top of this module
+
+            copied = copied_groups(self, self.layout, read_streams(self), ranks)
+            groups = [copied.get(f) or self.row_groups[f] for f in range(len(self.files))] if copied else None
+            self._orders[ranks] = (copied, self._layout(RowGroups.of(groups)) if groups else self.layout)
+        return self._orders[ranks]
 
     def _layout(self, row_groups: RowGroups) -> Layout:
         shards = self.shards

@@ -51,33 +51,41 @@ def test_one_large_row_group_is_copied_in_parts_and_the_read_order_starts_pieces
     tmp_path: Path,
 ) -> None:
     # 20,000 rows of 10 KiB in one row group: one piece, read in storage order. The copy's row
-    # groups are a 128th of the rows (1.5 MiB here; at most 8 MiB): 8 ranks of 16 streams.
+    # groups make 8 pieces for each of the 16 streams a rank reads (1.5 MiB; at most 8 MiB).
     plan = wide_plan(write(tmp_path / "one", [20_000]))
-    (groups,) = plan.copied.values()
-    assert list(plan.copied) == [0]
+    (groups,) = plan.copied_for(1).values()
+    assert list(plan.copied_for(1)) == [0]
     assert len(groups) == 128
     assert sum(groups) == 20_000
     assert max(groups) - min(groups) <= 1
-    assert plan.layout.entries[0].tolist() == np.cumsum(groups)[:-1].tolist()
+    assert plan.layout_for(1).entries[0].tolist() == np.cumsum(groups)[:-1].tolist()
     # The file's own row groups stay what the plan reads where it does not shuffle.
     assert plan.row_groups[0] == (20_000,)
 
 
 def test_row_groups_of_at_most_8_mib_are_copied_from_a_large_source(tmp_path: Path) -> None:
     plan = dataclasses.replace(wide_plan(write(tmp_path / "one", [200_000])), row_bytes=40 * 1024)
-    (groups,) = plan.copied.values()
+    (groups,) = plan.copied_for(1).values()
     assert max(groups) == 8 * 1024 * 1024 // (40 * 1024)  # 204 rows, not 200,000 / 128
 
 
 def test_sources_that_mix_well_or_cannot_be_copied_are_read_in_place(tmp_path: Path) -> None:
     # Narrow rows: small shards, entered anywhere at little cost.
-    assert prepare(str(write(tmp_path / "narrow", [20_000])), s3=S3Settings.resolve()).copied == {}
-    # Eight large row groups, rotated, leave a rank 0.02 of the order (one rank).
-    assert wide_plan(write(tmp_path / "eight", [2_500] * 8)).copied == {}
+    assert prepare(str(write(tmp_path / "narrow", [20_000])), s3=S3Settings.resolve()).copied_for(1) == {}
+    # Eight large row groups, rotated, leave one rank 0.02 of the order; shared by 4 ranks,
+    # two a rank, 0.16: then every file is copied, and the order of 4 ranks is the copies'.
+    eight = wide_plan(write(tmp_path / "eight", [2_500] * 8))
+    assert eight.copied_for(1) == {}
+    assert eight.layout_for(1) is eight.layout
+    assert sorted(eight.copied_for(4)) == list(range(8))
+    assert (
+        sum(len(eight.layout_for(4).entries[s]) for s in range(8))
+        == sum(map(len, eight.copied_for(4).values())) - 8
+    )
     # Small row groups: pieces enough.
-    assert wide_plan(write(tmp_path / "grouped", [20_000], row_group=150)).copied == {}
+    assert wide_plan(write(tmp_path / "grouped", [20_000], row_group=150)).copied_for(1) == {}
     # A filter: where the kept rows of the copy's row groups begin is not counted.
-    assert wide_plan(tmp_path / "narrow", "SELECT id FROM source WHERE id % 3 = 0").copied == {}
+    assert wide_plan(tmp_path / "narrow", "SELECT id FROM source WHERE id % 3 = 0").copied_for(1) == {}
 
 
 @pytest.fixture(scope="module")
