@@ -278,11 +278,60 @@ def test_workers_read_files_with_deletes_directly_through_sql(lake: Lake) -> Non
 
 
 @pytest.mark.slow
-def test_a_table_of_few_large_row_groups_is_rotated_read_once_and_resumed(lake: Lake) -> None:
+def test_a_table_of_few_large_row_groups_is_read_from_local_copies(lake: Lake, tmp_path: Path) -> None:
+    # Two data files of one 9.4 MB row group each, a column renamed since they were written:
+    # each is copied once into small row groups (from the store, on the PostgreSQL + S3 lake),
+    # under the names the files store, and every row comes once with its own value, near a
+    # uniform order, in one process and with two workers.
+    per_file, width = 2_300, 4_096
+    blobs = [
+        bytes(b) for b in np.random.default_rng(1).integers(0, 256, size=(per_file, width), dtype=np.uint8)
+    ]
+    with lake.open() as cat:
+        cat.con.execute("CREATE TABLE wide (id BIGINT, blob BLOB)")
+        for index in range(2):
+            ids = pa.array(range(index * per_file, (index + 1) * per_file), pa.int64())
+            cat.con.register("part_src", pa.table({"id": ids, "blob": pa.array(blobs, pa.binary())}))
+            cat.con.execute("INSERT INTO wide SELECT * FROM part_src")
+            cat.con.unregister("part_src")
+        cat.con.execute("ALTER TABLE wide RENAME COLUMN blob TO image")
+        table = cat.table("wide")
+
+        def make(seed: int) -> DuckStreamDataset:
+            return DuckStreamDataset(
+                table,
+                "SELECT id, image FROM source",
+                batch_size=64,
+                shuffle=True,
+                seed=seed,
+                shuffle_buffer=1_000,
+                output="arrow",
+                cache_dir=tmp_path / "cache",
+            )
+
+        assert len(make(0).plan.copied_for(1)) == 2
+        rhos = []
+        for workers in (0, 2):
+            for seed in range(3):
+                ids = []
+                for batch in DuckStreamLoader(make(seed), num_workers=workers):
+                    for row, image in zip(batch["id"].to_pylist(), batch["image"].to_pylist(), strict=True):
+                        assert image == blobs[row % per_file]
+                        ids.append(row)
+                assert sorted(ids) == list(range(2 * per_file))
+                rhos.append(spearman(ids))
+        assert float(np.median(rhos)) < 0.05, rhos
+        assert len(list((tmp_path / "cache").glob("recut-*.parquet"))) == 2
+
+
+@pytest.mark.slow
+def test_a_table_of_few_large_row_groups_is_rotated_read_once_and_resumed(lake: Lake, tmp_path: Path) -> None:
     # Four data files of one 9.4 MB row group each (one INSERT a file), deletes in one: each is
     # one large piece, too few side by side to mix, so each starts inside its row group (the
-    # one with deletes through the SQL path). Every kept row comes once, in an order far from
-    # storage order (0.25 unrotated), and a resume in the middle of the epoch owes the rest.
+    # one with deletes through the SQL path). The file with deletes cannot be copied into
+    # small row groups, so none is (one large piece among small ones kept 0.42). Every kept
+    # row comes once, in an order far from storage order (0.25 unrotated), and a resume in
+    # the middle of the epoch owes the rest.
     per_file, width = 2_300, 4_096
     blobs = np.random.default_rng(0).integers(0, 256, size=(per_file, width), dtype=np.uint8)
     with lake.open() as cat:
@@ -309,11 +358,13 @@ def test_a_table_of_few_large_row_groups_is_rotated_read_once_and_resumed(lake: 
                 shuffle=True,
                 seed=seed,
                 shuffle_buffer=1_000,
+                cache_dir=tmp_path / "cache",
             )
 
-        layout = make(0).plan.layout
-        assert len(layout.counts) == 4
-        assert not layout.anywhere.any()
+        plan = make(0).plan
+        assert len(plan.layout.counts) == 4
+        assert not plan.layout.anywhere.any()
+        assert plan.copied_for(1) == {}
         rhos = []
         for seed in range(4):
             ids = [i for batch in DuckStreamLoader(make(seed)) for i in batch["id"].tolist()]

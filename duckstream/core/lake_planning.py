@@ -32,6 +32,7 @@ from duckstream.core.planning import (
     count_rows,
     decoded_columns,
     decoder_bytes,
+    local_folder,
     materialise,
     prepare,
     result_schema,
@@ -180,6 +181,7 @@ def prepare_lake(
         sql_batch_rows=sql_batch_rows(metas, batch),
         late=late,
         yields=yields,
+        cache_dir=local_folder(cache_dir),
     )
 
 

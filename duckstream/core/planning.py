@@ -66,6 +66,7 @@ __all__ = [
     "count_rows",
     "decoded_columns",
     "decoder_bytes",
+    "local_folder",
     "materialise",
     "prepare",
     "result_schema",
@@ -145,7 +146,7 @@ class StreamPlan:
     def layout(self) -> Layout:
         """The shards as the read order sees them, over the files' own row groups (see
         :mod:`duckstream.core.interleave`)."""
-        return self._layout(self.row_groups)
+        return self._layout(self.row_groups, self.yields)
 
     def layout_for(self, ranks: int) -> Layout:
         """The layout a shuffled read shared by ``ranks`` ranks orders: :attr:`layout`, but
@@ -167,21 +168,28 @@ class StreamPlan:
             from duckstream.core.pipeline import read_streams  # it reads on top of this module
 
             copied = copied_groups(self, self.layout, read_streams(self), ranks)
-            groups = [copied.get(f) or self.row_groups[f] for f in range(len(self.files))] if copied else None
-            self._orders[ranks] = (copied, self._layout(RowGroups.of(groups)) if groups else self.layout)
+            layout = self.layout
+            if copied:
+                # A copied file yields every row it holds: its yields are the copy's row groups.
+                groups = RowGroups.of([copied.get(f) or self.row_groups[f] for f in range(len(self.files))])
+                yields = self.yields
+                if yields is not None:
+                    yields = RowGroups.of([copied.get(f) or yields[f] for f in range(len(self.files))])
+                layout = self._layout(groups, yields)
+            self._orders[ranks] = (copied, layout)
         return self._orders[ranks]
 
-    def _layout(self, row_groups: RowGroups) -> Layout:
+    def _layout(self, row_groups: RowGroups, yields: RowGroups | None) -> Layout:
         shards = self.shards
         # Files whose row groups a decoder reads; where row k of a shard is not file row
         # start + k (a filter, deleted rows), only ``yields`` says where row groups begin.
         by_groups = np.diff(row_groups.bounds)[shards.file] > 0
-        if self.yields is None:
+        if yields is None:
             by_groups &= self.narrow
             if self.lake is not None:
                 by_groups &= ~self.lake.with_deleted_rows()[shards.file]
         if by_groups.any():
-            entries = Entries(*starts_inside(shards, row_groups, by_groups, self.yields))
+            entries = Entries(*starts_inside(shards, row_groups, by_groups, yields))
         else:
             entries = Entries(np.zeros(0, dtype=np.int64), np.zeros(len(shards) + 1, dtype=np.int64))
         counts = np.asarray(self.counts, dtype=np.int64)
@@ -355,7 +363,7 @@ def _prepare(
         sql_batch_rows=sql_batch_rows(metas, batch),
         late=late,
         yields=yields,
-        cache_dir=None if cache_dir is None or is_remote(os.fspath(cache_dir)) else os.fspath(cache_dir),
+        cache_dir=local_folder(cache_dir),
     )
     if cache is not None:
         cache.store(key, listing, plan)
@@ -575,6 +583,11 @@ def sql_batch_rows(metas: Sequence[FileMeta], batch: BatchQuery | None) -> int:
         return _SQL_BATCH_MAX_ROWS
     per_row = row_bytes(metas, batch.reads)
     return max(1_024, min(_SQL_BATCH_MAX_ROWS, _SQL_BATCH_BYTES // per_row))
+
+
+def local_folder(cache_dir: str | os.PathLike[str] | None) -> str | None:
+    """``cache_dir`` where it is a local folder (a plan keeps it for the copies it reads)."""
+    return None if cache_dir is None or is_remote(os.fspath(cache_dir)) else os.fspath(cache_dir)
 
 
 def cache_directory(cache_dir: str | os.PathLike[str] | None, *, make: bool = True) -> Path:

@@ -276,10 +276,13 @@ class ShardReader:
         path = self._plan.files[file]
         groups = self._copied.get(file)
         if groups is not None and file not in self._copies:
+            # A lake file's columns, under the names the file stores them by (as read below).
+            stored = self._plan.lake.stored_names(file) if self._plan.lake is not None else {}
+            columns = decoded_columns(self._plan.columns, self._plan.batch, self._plan.late)
             self._copies[file] = local_copy(
                 path,
                 lambda: self._parquet_file(path),
-                decoded_columns(self._plan.columns, self._plan.batch, self._plan.late),
+                [stored.get(c, c) for c in columns],
                 groups,
                 cache_directory(self._plan.cache_dir, make=False),
             )
