@@ -28,8 +28,9 @@ first half the read can keep are rotated from :data:`HELD_KEPT_ORDER` on: for th
 decoding. The price of the cheaper half: a piece's second half never starts the epoch.
 Fewer than about five large pieces stay visibly ordered (:func:`order_left`); only a larger
 window or smaller row groups mend that at a bounded cost, so a file of them is read from a copy
-in smaller row groups where it can be (see :mod:`duckstream.core.recut`). The read order is a pure function of
-the slot's rows and a key: which rows a slot has emitted after ``n`` is known without reading.
+in smaller row groups where it can be (see :mod:`duckstream.core.recut`). The read order is a
+pure function of the slot's rows and a key: which rows a slot has emitted after ``n`` is known
+without reading.
 """
 
 from __future__ import annotations
