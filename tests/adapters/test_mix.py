@@ -8,6 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -278,3 +280,35 @@ def test_a_resume_under_the_same_setup_continues_the_very_same_order(
     assert len(state["stages"]) == 1
     third, _ = run_world(make, *world, take=None, state=state)
     assert [a + b + c for a, b, c in zip(first, second, third, strict=True)] == whole
+
+
+@pytest.mark.slow
+def test_a_source_read_from_a_copy_mixes_and_resumes_every_row_once(
+    sources: tuple[Path, Path], tmp_path: Path
+) -> None:
+    # One source is a file of one 10 MB row group, read from a local copy in small row groups
+    # (see duckstream.core.recut) whichever world reads it; a resume under another world and
+    # worker count replays the first stretch under its own.
+    _, tier = sources
+    wide, rows = tmp_path / "wide", 2_600
+    wide.mkdir()
+    values = np.random.default_rng(0).integers(0, 256, size=(rows, 4_096), dtype=np.uint8)
+    blobs = pa.array([bytes(v) for v in values], pa.binary())  # distinct: 10 MB as the footer counts
+    table = pa.table({"id": np.arange(5_000, 5_000 + rows), "value": np.arange(rows) * 0.5, "blob": blobs})
+    pq.write_table(table, wide / "part-0.parquet", row_group_size=rows)
+
+    def make() -> DuckStreamMix:
+        datasets = [
+            DuckStreamDataset(wide, SQL_TIER, shuffle=True, seed=1, cache_dir=tmp_path / "cache"),
+            DuckStreamDataset(tier, SQL_TIER, shuffle=True, seed=3),
+        ]
+        return DuckStreamMix(datasets, seed=11)
+
+    assert list(DuckStreamDataset(wide, SQL_TIER, shuffle=True).plan.copied_for(1)) == [0]
+    first, state = run_world(make, 1, 0, take=700)
+    rest, _ = run_world(make, 2, 2, take=None, state=state)
+    seen = Counter(i for ids in first + rest for i in ids)
+    expected = set(range(5_000, 5_000 + rows)) | set(range(1000, 1000 + TIER_ROWS))
+    assert set(seen) == expected
+    assert sum(seen.values()) - len(expected) <= 2  # padding: a row a source for 2 ranks
+    assert len(list((tmp_path / "cache").glob("recut-*.parquet"))) == 1
