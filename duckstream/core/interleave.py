@@ -55,6 +55,7 @@ __all__ = [
     "layout_of",
     "order_left",
     "stripe_rows",
+    "visible_order",
 ]
 
 # Above this |Spearman| (one standard deviation) the order a read leaves shows in the epoch.
@@ -291,6 +292,17 @@ def order_left(layout: Layout, window: int, streams: int, ranks: int = 1) -> flo
         kept = float(terms.sum())
         left = max(left, kept if kept <= KEPT_ORDER else float(np.sqrt(_ROTATED_VARIANCE * np.sum(terms**2))))
     return left
+
+
+def visible_order(layout: Layout, window: int, streams: int, ranks: int = 1) -> float:
+    """:func:`order_left`, or 0 where no large piece is long enough to leave
+    :data:`LEFT_ORDER_WARNING` of a rank's order (a piece keeps at most its share of the
+    rank's rows): the estimate takes a second for a million shards."""
+    fixed = ~np.asarray(layout.anywhere, dtype=bool)
+    largest = int(np.max(np.asarray(layout.counts)[fixed], initial=0))
+    if largest * ranks <= LEFT_ORDER_WARNING * layout.num_rows:
+        return 0.0
+    return order_left(layout, window, streams, ranks)
 
 
 def _deal(rows: Sequence[int], groups: int) -> np.ndarray:

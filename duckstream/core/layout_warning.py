@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from duckstream.core.interleave import LEFT_ORDER_WARNING, order_left
+from duckstream.core.interleave import LEFT_ORDER_WARNING, visible_order
 from duckstream.core.planning import StreamPlan
 from duckstream.redact import get_logger
 
@@ -26,16 +26,13 @@ def warn_if_ordered(plan: StreamPlan, buffer: int, streams: int, *, ranks: int =
     """Log a warning when a shuffled read of ``plan`` with ``buffer``-row windows, shared by
     ``ranks`` ranks, keeps visible storage order (|Spearman| over :data:`LEFT_ORDER_WARNING`)."""
     key = (plan.fingerprint, buffer, ranks)
-    layout = plan.layout_for(ranks)
-    fixed = ~np.asarray(layout.anywhere, dtype=bool)
-    # A piece of n rows keeps at most n / (a rank's rows) of the order: where even the largest
-    # keeps too little, the estimate (a second for a million shards) is not needed.
-    largest = int(np.max(np.asarray(layout.counts)[fixed], initial=0))
-    if key in _warned or largest * ranks <= LEFT_ORDER_WARNING * plan.num_rows:
+    if key in _warned:
         return
-    left = order_left(layout, buffer, streams, ranks)
+    layout = plan.layout_for(ranks)
+    left = visible_order(layout, buffer, streams, ranks)
     if left <= LEFT_ORDER_WARNING:
         return
+    fixed = ~np.asarray(layout.anywhere, dtype=bool)
     _warned.add(key)
     large = np.unique(plan.shards.file[fixed]).tolist()
     names = ", ".join(plan.files[f] for f in large[:_NAMED_FILES])

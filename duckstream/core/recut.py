@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 
 from duckstream.core import local_footers
 from duckstream.core.fork_safe import ForkSafeLock
-from duckstream.core.interleave import LEFT_ORDER_WARNING, Layout, order_left
+from duckstream.core.interleave import LEFT_ORDER_WARNING, Layout, visible_order
 from duckstream.core.retry import transient
 from duckstream.core.source import is_remote
 from duckstream.errors import SourceError
@@ -79,16 +79,11 @@ def copied_groups(plan: StreamPlan, base: Layout, streams: int, ranks: int) -> d
     """
     if streams <= 1 or not plan.narrow:
         return {}
-    fixed = ~np.asarray(base.anywhere, dtype=bool)
-    # A piece keeps at most its share of a rank's rows: where even the largest keeps too
-    # little, the estimate (a second for a million shards) is not needed.
-    largest = int(np.max(np.asarray(base.counts)[fixed], initial=0))
-    if largest * ranks <= LEFT_ORDER_WARNING * plan.num_rows:
-        return {}
     # Whatever the buffer: a small one mixes no more, and a buffer that holds the rows makes
     # the copy needless but harmless (rows of at most 64 MiB, copied once).
-    if order_left(base, 0, streams, ranks) <= LEFT_ORDER_WARNING:
+    if visible_order(base, 0, streams, ranks) <= LEFT_ORDER_WARNING:
         return {}
+    fixed = ~np.asarray(base.anywhere, dtype=bool)
     most = max(1, _COPY_GROUP_BYTES // max(1, plan.row_bytes))
     pieces = _PIECES_A_STREAM * streams * ranks
     rows = max(1, min(most, max(_MIN_COPY_GROUP_ROWS, -(-plan.num_rows // pieces))))
