@@ -39,6 +39,7 @@ from duckstream.core.planning import (
     row_bytes,
     sql_batch_rows,
 )
+from duckstream.core.recut import PartCounts, count_parts, group_sums, part_rows
 from duckstream.core.shards import (
     FileNames,
     RowGroups,
@@ -132,6 +133,7 @@ def prepare_lake(
         except duckdb.Error as exc:
             raise _lake_error(exc, table) from None
         direct = [d.file if d is not None else None for d in layout_files]
+        metas = [d.meta for d in direct if d is not None]
         files = [d.meta.path if d is not None else f for d, f in zip(direct, files, strict=True)]
         schema = result_schema(con, query or "SELECT * FROM source")
         batch: BatchQuery | None = None
@@ -144,14 +146,14 @@ def prepare_lake(
             if batch is not None:
                 schema = output_schema(query, batch, source_schema)
         keeps_rows = shape.keeps_rows or late is not None
-        shards, counts, yields = _lake_shards(
-            con, table, query, keeps_rows, chunks, layout_files, file_indexes, shard_rows
+        part_size = part_rows([d.meta.row_groups for d in direct if d is not None], row_bytes(metas))
+        shards, counts, yields, parts = _lake_shards(
+            con, table, query, keeps_rows, chunks, layout_files, file_indexes, shard_rows, part_size
         )
         attach = worker_attach(con, table, cache_dir)
     finally:
         con.close()
     decodes = shape.columns is not None or batch is not None or late is not None
-    metas = [d.meta for d in direct if d is not None]
     return StreamPlan(
         files=FileNames.of(files),
         row_groups=RowGroups.of([d.meta.row_groups if d is not None else () for d in direct]),
@@ -181,6 +183,7 @@ def prepare_lake(
         sql_batch_rows=sql_batch_rows(metas, batch),
         late=late,
         yields=yields,
+        parts=parts,
         cache_dir=local_folder(cache_dir),
     )
 
@@ -225,9 +228,11 @@ def _lake_shards(
     direct: Sequence[_Direct | None],
     file_indexes: Sequence[int],
     shard_rows: int,
-) -> tuple[list[Shard], list[int], RowGroups | None]:
-    """Shards of the lake's files, the rows each yields and the rows each row group of a file
-    read directly yields (see ``StreamPlan.yields``).
+    part_size: int,
+) -> tuple[list[Shard], list[int], RowGroups | None, PartCounts | None]:
+    """Shards of the lake's files, the rows each yields, and the rows each row group and each
+    part of ``part_size`` rows of a row group of a file read directly yields (see
+    ``StreamPlan.yields`` and ``StreamPlan.parts``).
 
     A file read directly is cut by its row groups (a decoder cannot start inside one); one
     read by the catalog's scan by ``shard_rows`` of its row numbers. A filtering query is
@@ -240,19 +245,20 @@ def _lake_shards(
         by_file.setdefault(index[chunk.file_index], []).append(
             _Piece(chunk.first, chunk.last + 1, chunk.rows)
         )
-    # Candidate pieces per file, in order.
+    # What is counted, per file in order: the parts of a direct file's row groups, or the
+    # catalog's chunks of a file it scans.
     pieces: list[list[_Piece]] = []
     for file, found in enumerate(direct):
         if found is None:
             pieces.append(by_file[file])
             continue
-        groups = found.file.meta.row_groups
-        starts = np.concatenate(([0], np.cumsum(groups, dtype=np.int64)))
+        cut = count_parts(found.file.meta.row_groups, part_size)
+        starts = np.concatenate(([0], np.cumsum(cut, dtype=np.int64)))
         gone = np.searchsorted(found.deleted, starts)
         pieces.append(
             [
-                _Piece(int(starts[g]), int(starts[g + 1]), int(groups[g] - (gone[g + 1] - gone[g])))
-                for g in range(len(groups))
+                _Piece(int(starts[p]), int(starts[p + 1]), int(cut[p] - (gone[p + 1] - gone[p])))
+                for p in range(len(cut))
             ]
         )
     counted = (
@@ -262,24 +268,45 @@ def _lake_shards(
     )
     if counted is None:
         assert query is not None
-        whole = [Shard(f, p.start, p.stop) for f, file_pieces in enumerate(pieces) for p in file_pieces]
-        return whole, count_rows(con, query, [_lake_shard(table.scan, file_indexes, s) for s in whole]), None
-    yields = counted
+        whole = [
+            Shard(f, start, stop)
+            for f, found in enumerate(direct)
+            for start, stop in (
+                _group_bounds(found.file.meta.row_groups)
+                if found is not None
+                else [(p.start, p.stop) for p in pieces[f]]
+            )
+        ]
+        return (
+            whole,
+            count_rows(con, query, [_lake_shard(table.scan, file_indexes, s) for s in whole]),
+            None,
+            None,
+        )
     shards: list[Shard] = []
     counts: list[int] = []
-    for file, (found, file_pieces, file_yields) in enumerate(zip(direct, pieces, yields, strict=True)):
+    yields: list[list[int]] = []
+    for file, (found, file_pieces, per_piece) in enumerate(zip(direct, pieces, counted, strict=True)):
         if found is None:
             shards.extend(Shard(file, p.start, p.stop) for p in file_pieces)
-            counts.extend(file_yields)
+            counts.extend(per_piece)
+            yields.append([])  # files the catalog's scan reads have no row groups in the plan
             continue
         # Row groups merge as in plan_shards; empty ones (all deleted, or filtered out) drop.
-        sizes = [p.stop - p.start for p in file_pieces]
-        file_shards, file_counts = skip_empty_groups([sizes], [file_yields], target_rows=shard_rows)
+        sizes = found.file.meta.row_groups
+        per_group = group_sums(sizes, part_size, per_piece)
+        file_shards, file_counts = skip_empty_groups([sizes], [per_group], target_rows=shard_rows)
         shards.extend(Shard(file, s.start, s.stop) for s in file_shards)
         counts.extend(file_counts)
-    # Files the catalog's scan reads have no row groups in the plan.
-    in_groups = [y if found is not None else [] for found, y in zip(direct, yields, strict=True)]
-    return shards, counts, RowGroups.of(in_groups)
+        yields.append(per_group)
+    in_parts = [each if found is not None else [] for found, each in zip(direct, counted, strict=True)]
+    return shards, counts, RowGroups.of(yields), PartCounts(part_size, RowGroups.of(in_parts))
+
+
+def _group_bounds(groups: Sequence[int]) -> list[tuple[int, int]]:
+    """File rows ``start..stop`` of each row group of ``groups``."""
+    ends = np.cumsum(groups, dtype=np.int64).tolist()
+    return list(zip([0, *ends[:-1]], ends, strict=True))
 
 
 def _count_lake(
@@ -293,8 +320,9 @@ def _count_lake(
     reduced = counting_query(con, query)
     if reduced is None:
         return None
-    keys = [file_indexes[f] for f, file_pieces in enumerate(pieces) for _ in file_pieces]
-    starts = [p.start for file_pieces in pieces for p in file_pieces]
+    # Empty pieces (a row group of no rows) are not ranges: they would share a start.
+    keys = [file_indexes[f] for f, file_pieces in enumerate(pieces) for p in file_pieces if p.stop > p.start]
+    starts = [p.start for file_pieces in pieces for p in file_pieces if p.stop > p.start]
     tagged = (
         f"SELECT *, file_index AS {FILE}, file_row_number AS {ROW} FROM {table.scan} {file_index_fence()}"
     )
@@ -302,12 +330,8 @@ def _count_lake(
         found = count_per_range(con, tagged, reduced, keys, starts)
     except duckdb.Error as exc:
         raise _lake_error(exc, table) from None
-    per_file: list[list[int]] = []
-    position = 0
-    for file_pieces in pieces:
-        per_file.append([int(c) for c in found[position : position + len(file_pieces)]])
-        position += len(file_pieces)
-    return per_file
+    counts = iter(found.tolist())
+    return [[next(counts) if p.stop > p.start else 0 for p in file_pieces] for file_pieces in pieces]
 
 
 def _lake_shard(scan: str, file_indexes: Sequence[int], shard: Shard) -> str:

@@ -31,7 +31,7 @@ from duckstream.core.interleave import HELD_HEAD_BYTES, Entries, Layout
 from duckstream.core.lake import LakeAccess, LakeTable, SparseFiles
 from duckstream.core.late_filter import Count, LateQuery, check_count, late_query
 from duckstream.core.plan_cache import PlanCache
-from duckstream.core.recut import copied_groups
+from duckstream.core.recut import Copy, PartCounts, copied_groups, count_parts, group_sums, part_rows
 from duckstream.core.retry import patiently
 from duckstream.core.shards import (
     DEFAULT_SHARD_ROWS,
@@ -123,6 +123,9 @@ class StreamPlan:
     # per row group (None: not counted, where each yields its rows or a filter was counted
     # shard by shard); a file read by the catalog's scan has none.
     yields: RowGroups | None = None
+    # Where ``yields`` are counted: what each part of the large row groups yields, of which a
+    # shuffled read's local copies make their row groups (see duckstream.core.recut).
+    parts: PartCounts | None = None
     # Where local copies go (materialised results, files copied for a shuffled read); None:
     # the temporary folder's duckstream-cache.
     cache_dir: str | None = dataclasses.field(default=None, compare=False)
@@ -153,28 +156,30 @@ class StreamPlan:
         over the copies' row groups for the files it reads from a copy (:meth:`copied_for`)."""
         return self._by_ranks(ranks)[1]
 
-    def copied_for(self, ranks: int) -> dict[int, tuple[int, ...]]:
+    def copied_for(self, ranks: int) -> dict[int, Copy]:
         """Per file a shuffled read shared by ``ranks`` ranks reads from a local copy in
-        smaller row groups, the rows of each of the copy's row groups (see
-        :mod:`duckstream.core.recut`)."""
+        smaller row groups, the copy's row groups (see :mod:`duckstream.core.recut`)."""
         return self._by_ranks(ranks)[0]
 
     @functools.cached_property
-    def _orders(self) -> dict[int, tuple[dict[int, tuple[int, ...]], Layout]]:
+    def _orders(self) -> dict[int, tuple[dict[int, Copy], Layout]]:
         return {}  # per rank count: what copied_for and layout_for give, worked out once
 
-    def _by_ranks(self, ranks: int) -> tuple[dict[int, tuple[int, ...]], Layout]:
+    def _by_ranks(self, ranks: int) -> tuple[dict[int, Copy], Layout]:
         if ranks not in self._orders:
             from duckstream.core.pipeline import read_streams  # it reads on top of this module
 
             copied = copied_groups(self, self.layout, read_streams(self), ranks)
             layout = self.layout
             if copied:
-                # A copied file yields every row it holds: its yields are the copy's row groups.
-                groups = RowGroups.of([copied.get(f) or self.row_groups[f] for f in range(len(self.files))])
+                every = range(len(self.files))
+                groups = RowGroups.of([copied[f].rows if f in copied else self.row_groups[f] for f in every])
                 yields = self.yields
                 if yields is not None:
-                    yields = RowGroups.of([copied.get(f) or yields[f] for f in range(len(self.files))])
+                    # Where the plan counts yields, so does each copy (see recut.copied_groups).
+                    yields = RowGroups.of(
+                        [copied[f].yields or copied[f].rows if f in copied else yields[f] for f in every]
+                    )
                 layout = self._layout(groups, yields)
             self._orders[ranks] = (copied, layout)
         return self._orders[ranks]
@@ -327,6 +332,7 @@ def _prepare(
         row_groups = [m.row_groups for m in metas]
         shards = plan_shards(row_groups, target_rows=shard_rows)
         yields: RowGroups | None = None
+        parts: PartCounts | None = None
         batch: BatchQuery | None = None
         late: LateQuery | None = None
         if skipping is not None:
@@ -343,7 +349,9 @@ def _prepare(
             assert query is not None
             if remote:  # DuckDB waits on one request per thread: count with more in flight
                 con.execute(f"SET threads = {_REMOTE_COUNT_THREADS}")
-            shards, counts, yields = _count_filtered(con, query, files, row_groups, shard_rows)
+            shards, counts, yields, parts = _count_filtered(
+                con, query, files, row_groups, shard_rows, part_rows(row_groups, row_bytes(metas))
+            )
     finally:
         con.close()
     plan = StreamPlan(
@@ -363,6 +371,7 @@ def _prepare(
         sql_batch_rows=sql_batch_rows(metas, batch),
         late=late,
         yields=yields,
+        parts=parts,
         cache_dir=local_folder(cache_dir),
     )
     if cache is not None:
@@ -409,35 +418,37 @@ def _count_filtered(
     files: Sequence[str],
     row_groups: Sequence[Sequence[int]],
     shard_rows: int,
-) -> tuple[list[Shard], list[int], RowGroups | None]:
-    """Shards, the rows each yields through a filtering query and the rows each row group
-    yields (None where counted shard by shard), counted in one pass.
+    part_size: int,
+) -> tuple[list[Shard], list[int], RowGroups | None, PartCounts | None]:
+    """Shards, the rows each yields through a filtering query, and the rows each row group
+    and each part of ``part_size`` rows of a row group yields (None where counted shard by
+    shard), counted in one pass.
 
     Row groups that yield nothing are left out of the plan, so they are never read.
     """
     reduced = counting_query(con, query)
     if reduced is None:
         shards = plan_shards(row_groups, target_rows=shard_rows)
-        return shards, count_rows(con, query, [_parquet_shard(files, s) for s in shards]), None
+        return shards, count_rows(con, query, [_parquet_shard(files, s) for s in shards]), None, None
+    parts = [count_parts(groups, part_size) for groups in row_groups]
     keys: list[str] = []
     starts: list[int] = []
-    for path, groups in zip(files, row_groups, strict=True):
-        offsets = [0, *itertools.accumulate(groups)][:-1]
-        keys.extend([path] * len(groups))
-        starts.extend(offsets)
+    for path, cut in zip(files, parts, strict=True):
+        # Empty parts (a row group of no rows) are not ranges: they would share a start.
+        offsets = [0, *itertools.accumulate(cut)][:-1]
+        kept = [start for start, rows in zip(offsets, cut, strict=True) if rows]
+        keys.extend([path] * len(kept))
+        starts.extend(kept)
     listed = ", ".join(engine.sql_literal(f) for f in files)
     tagged = (
         f"SELECT * RENAME (file_row_number AS {ROW}) "
         f"FROM read_parquet([{listed}], filename = '{FILE}', file_row_number = true)"
     )
-    found = count_per_range(con, tagged, reduced, keys, starts)
-    per_file: list[list[int]] = []
-    position = 0
-    for groups in row_groups:
-        per_file.append([int(c) for c in found[position : position + len(groups)]])
-        position += len(groups)
-    shards, counts = skip_empty_groups(row_groups, per_file, target_rows=shard_rows)
-    return shards, counts, RowGroups.of(per_file)
+    found = iter(count_per_range(con, tagged, reduced, keys, starts).tolist())
+    per_part = [[next(found) if rows else 0 for rows in cut] for cut in parts]
+    per_group = [group_sums(g, part_size, each) for g, each in zip(row_groups, per_part, strict=True)]
+    shards, counts = skip_empty_groups(row_groups, per_group, target_rows=shard_rows)
+    return shards, counts, RowGroups.of(per_group), PartCounts(part_size, RowGroups.of(per_part))
 
 
 def result_schema(con: duckdb.DuckDBPyConnection, query: str) -> pa.Schema:

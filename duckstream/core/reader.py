@@ -17,7 +17,7 @@ from duckstream.core.batch_sql import BatchSQL
 from duckstream.core.lake import file_index_fence
 from duckstream.core.lake_files import all_deleted
 from duckstream.core.planning import cache_directory, decoded_columns
-from duckstream.core.recut import local_copy
+from duckstream.core.recut import Copy, local_copy
 from duckstream.core.retry import Backoff, transient
 from duckstream.core.shards import Shard
 from duckstream.core.source import is_remote
@@ -88,7 +88,7 @@ class ShardReader:
         *,
         threads: int,
         batch_rows: int | None = None,
-        copied: Mapping[int, tuple[int, ...]] | None = None,
+        copied: Mapping[int, Copy] | None = None,
     ) -> None:
         self._plan = plan
         # Files read from a local copy (see duckstream.core.recut): their copy's row groups,
@@ -198,11 +198,14 @@ class ShardReader:
         if self._plan.yields is None:
             return None
         if file not in self._yields:
-            groups = self._plan.row_groups[file]
+            groups, yields = self._plan.row_groups[file], self._plan.yields[file]
+            copy = self._copied.get(file)
+            if copy is not None:  # read by the copy's row groups, whether made or not
+                groups, yields = copy.rows, copy.yields or copy.rows
             if not groups:  # read by the catalog's scan
                 return None
             starts = np.concatenate([[0], np.cumsum(groups, dtype=np.int64)])
-            yielded = np.concatenate([[0], np.cumsum(self._plan.yields[file], dtype=np.int64)])
+            yielded = np.concatenate([[0], np.cumsum(yields, dtype=np.int64)])
             self._yields[file] = (starts, yielded)
         return self._yields[file]
 
@@ -274,7 +277,8 @@ class ShardReader:
         """Where file ``file``'s rows are read, and its row groups there: the file itself, or
         the local copy a shuffled read makes of it (on its first read)."""
         path = self._plan.files[file]
-        groups = self._copied.get(file)
+        copy = self._copied.get(file)
+        groups = copy.rows if copy is not None else None
         if groups is not None and file not in self._copies:
             # A lake file's columns, under the names the file stores them by (as read below).
             stored = self._plan.lake.stored_names(file) if self._plan.lake is not None else {}
@@ -286,10 +290,10 @@ class ShardReader:
                 groups,
                 cache_directory(self._plan.cache_dir, make=False),
             )
-        copy = self._copies.get(file)
-        if groups is None or copy is None:
+        made = self._copies.get(file)
+        if groups is None or made is None:
             return path, self._plan.row_groups[file]
-        return copy, groups
+        return made, groups
 
     def _decode(
         self,

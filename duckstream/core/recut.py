@@ -20,6 +20,11 @@ unchanged. An unshuffled read reads the file itself.
 Which files are copied depends on the plan and the world size alone (whatever the buffer), so
 that every rank and worker of a stage works out the same read order, and a resumed stage the
 order of each stage before it, under its own world.
+
+Where a filter or a snapshot's deletes thin a file's rows, the read order must know what each
+of the copy's row groups yields: a plan that counts per row group counts per part of each
+large row group too (:class:`PartCounts`, one pass either way), and a copy's row groups are
+made of those parts. The copy holds every row, so that file row ``r`` is its row ``r``.
 """
 
 from __future__ import annotations
@@ -29,8 +34,9 @@ import hashlib
 import json
 import os
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -40,6 +46,7 @@ from duckstream.core import local_footers
 from duckstream.core.fork_safe import ForkSafeLock
 from duckstream.core.interleave import LEFT_ORDER_WARNING, Layout, visible_order
 from duckstream.core.retry import transient
+from duckstream.core.shards import RowGroups
 from duckstream.core.source import is_remote
 from duckstream.errors import SourceError
 from duckstream.redact import get_logger, redact
@@ -47,7 +54,16 @@ from duckstream.redact import get_logger, redact
 if TYPE_CHECKING:
     from duckstream.core.planning import StreamPlan
 
-__all__ = ["copied_groups", "local_copy"]
+__all__ = [
+    "Copy",
+    "PartCounts",
+    "copied_groups",
+    "count_parts",
+    "group_sums",
+    "local_copy",
+    "merged_parts",
+    "part_rows",
+]
 
 log = get_logger(__name__)
 
@@ -60,46 +76,129 @@ _MIN_COPY_GROUP_ROWS = 64
 # (|Spearman| median over 5 seeds): 2 groups a rank 0.050, 1 group 0.007 (but 0.057 for one
 # rank, where 8 MiB row groups made 2), 8 groups 0.015; 8 held for 1-8 ranks and 0-4 workers.
 _PIECES_A_STREAM = 8
+# Parts a plan counts its rows in, where it counts what each row group yields: enough for a
+# copy's row groups of 8 pieces a stream for 16 streams on each of 32 ranks, and parts small
+# enough against a copy's row groups (64 rows or more) that runs of them come out about equal.
+_COUNTED_PARTS = 4_096
+_MIN_COUNTED_PART_ROWS = 16
 
 # Copies this process found or made: (file, its size and time, columns, row groups, folder) -> path.
 _lock = ForkSafeLock()
 _made: dict[tuple[object, ...], str | None] = {}  # None: it could not be written
 
 
-def copied_groups(plan: StreamPlan, base: Layout, streams: int, ranks: int) -> dict[int, tuple[int, ...]]:
-    """Per file to read from a local copy when shuffled, the rows of each of the copy's row
-    groups (each of the file's row groups cut into about equal parts); empty where the plan's
-    own row groups mix well enough (``base``, its layout over them, read ``streams`` at once,
-    shared by ``ranks`` ranks).
+class Copy(NamedTuple):
+    """A file as a shuffled read reads it from its local copy."""
 
-    Only files pyarrow decodes whole, where output row ``k`` of a shard is its file row
-    ``start + k``, are copied (a lake table's too): where a filter or a snapshot's deletes
-    thin the rows, where a row group starts among the kept rows is known for the file's own
-    row groups only. Where one such file holds large row groups, none is copied.
+    rows: tuple[int, ...]  # rows of each of the copy's row groups
+    # what each yields through the query and the snapshot's deletes (None: its rows), where
+    # the plan counts that per row group
+    yields: tuple[int, ...] | None
+
+
+@dataclass(frozen=True)
+class PartCounts:
+    """What each part of a plan's row groups yields, where the plan counts what each row group
+    yields (a filter, a snapshot's deletes): each row group cut into the fewest about equal
+    parts of at most ``rows`` rows (see :func:`count_parts`); ``yields[f]`` are file ``f``'s."""
+
+    rows: int
+    yields: RowGroups
+
+
+def part_rows(row_groups: Sequence[Sequence[int]], row_bytes: int) -> int:
+    """Rows of the parts a plan of ``row_groups`` counts its yields in: about 4,096 parts in
+    all, of 16 rows or more and at most 8 MiB (a copy's row groups' most)."""
+    stored = sum(sum(groups) for groups in row_groups)
+    most = max(1, _COPY_GROUP_BYTES // max(1, row_bytes))
+    return max(1, min(most, max(_MIN_COUNTED_PART_ROWS, -(-stored // _COUNTED_PARTS))))
+
+
+def count_parts(groups: Sequence[int], rows: int) -> list[int]:
+    """Rows of each part of a file's row groups ``groups``, cut into parts of at most ``rows``."""
+    return [part for group in groups for part in _parts(group, rows)]
+
+
+def group_sums(groups: Sequence[int], rows: int, per_part: Sequence[int]) -> list[int]:
+    """``per_part`` (one number per part of :func:`count_parts`) summed per row group."""
+    if not groups:
+        return []
+    firsts = np.cumsum([0, *(len(_parts(group, rows)) for group in groups[:-1])])
+    return [int(n) for n in np.add.reduceat(np.asarray(per_part, dtype=np.int64), firsts)]
+
+
+def copied_groups(plan: StreamPlan, base: Layout, streams: int, ranks: int) -> dict[int, Copy]:
+    """Per file to read from a local copy when shuffled, the copy's row groups (each of the
+    file's row groups cut into about equal parts); empty where the plan's own row groups mix
+    well enough (``base``, its layout over them, read ``streams`` at once, shared by
+    ``ranks`` ranks).
+
+    Only files pyarrow decodes are copied (a lake table's too). Where a filter or a snapshot's
+    deletes thin the rows, the copy's row groups are made of the parts the plan counted
+    (:class:`PartCounts`); where it counted none (a filter counted shard by shard), no file is
+    copied.
     """
-    if streams <= 1 or not plan.narrow:
+    if streams <= 1:
         return {}
     # Whatever the buffer: a small one mixes no more, and a buffer that holds the rows makes
     # the copy needless but harmless (rows of at most 64 MiB, copied once).
     if visible_order(base, 0, streams, ranks) <= LEFT_ORDER_WARNING:
         return {}
-    fixed = ~np.asarray(base.anywhere, dtype=bool)
     most = max(1, _COPY_GROUP_BYTES // max(1, plan.row_bytes))
     pieces = _PIECES_A_STREAM * streams * ranks
-    rows = max(1, min(most, max(_MIN_COPY_GROUP_ROWS, -(-plan.num_rows // pieces))))
-    copied: dict[int, tuple[int, ...]] = {}
-    for file in np.unique(plan.shards.file[fixed]).tolist():
+    # Rows read, kept or not: a copy's row group is read whole.
+    rows = max(1, min(most, max(_MIN_COPY_GROUP_ROWS, -(-int(plan.shards.rows.sum()) // pieces))))
+    copied: dict[int, Copy] = {}
+    # All or none, small shards' files too: one large piece left among the copies' small ones
+    # is read in a stretch of the epoch of its own (a lake file with deletes among three
+    # copied kept |Spearman| 0.42, against 0.12 with all four rotated in place; a file of
+    # 2,000 rows small enough to enter anywhere, 0.53: the first fifth of the epoch its rows).
+    for file in np.unique(plan.shards.file).tolist():
         groups = plan.row_groups[file]
         if max(groups, default=0) <= rows:
             continue
-        thinned = plan.lake is not None and plan.lake.deleted_rows(file)
-        if not plan.decoded(file) or thinned or (plan.yields is not None and plan.yields[file] != groups):
-            # All or none: one large piece left among the copies' small ones would be read in
-            # one group's stretch of the epoch (a lake file with deletes among three copied
-            # kept |Spearman| 0.42, against 0.12 with all four rotated in place).
+        copy = _copy(plan, file, rows)
+        if copy is None:
             return {}
-        copied[file] = tuple(part for group in groups for part in _parts(group, rows))
+        copied[file] = copy
     return copied
+
+
+def _copy(plan: StreamPlan, file: int, rows: int) -> Copy | None:
+    """File ``file``'s copy in row groups of about ``rows`` rows; None where it cannot be read
+    from one."""
+    if not plan.decoded(file):
+        return None
+    groups = plan.row_groups[file]
+    if plan.yields is None:
+        # Output row k of a shard is file row start + k, unless a filter or deletes thin them.
+        thinned = not plan.narrow or (plan.lake is not None and plan.lake.deleted_rows(file))
+        if thinned:
+            return None
+        return Copy(tuple(part for group in groups for part in _parts(group, rows)), None)
+    counted = plan.parts
+    if counted is None:
+        return None
+    return merged_parts(groups, counted.rows, counted.yields[file], rows)
+
+
+def merged_parts(groups: Sequence[int], part_rows: int, part_yields: Sequence[int], rows: int) -> Copy:
+    """A copy of row groups ``groups`` in row groups of about ``rows`` rows, each made of
+    whole parts (of :func:`count_parts` by ``part_rows``), with what each yields."""
+    yields = np.asarray(part_yields, dtype=np.int64)
+    made_rows: list[int] = []
+    made_yields: list[int] = []
+    first = 0
+    for group in groups:
+        cut = np.asarray(_parts(group, part_rows), dtype=np.int64)
+        kept = yields[first : first + len(cut)]
+        first += len(cut)
+        # The fewest about equal runs of parts that keep a row group near ``rows``.
+        runs = min(len(cut), -(-group // rows) if group else 1)
+        starts = np.flatnonzero(np.diff(np.arange(len(cut)) * runs // len(cut), prepend=-1))
+        made_rows += np.add.reduceat(cut, starts).tolist()
+        made_yields += np.add.reduceat(kept, starts).tolist()
+    return Copy(tuple(made_rows), tuple(made_yields))
 
 
 def _parts(rows: int, most: int) -> list[int]:

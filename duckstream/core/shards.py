@@ -316,11 +316,15 @@ def starts_inside(
     yielded = np.zeros(len(yields.flat) + 1, dtype=np.int64)
     np.cumsum(yields.flat, out=yielded[1:])
     offsets = yielded[picks] - np.repeat(yielded[lo - 1], sizes)
-    # A start no later than the one before it (or the shard's own) follows a group yielding nothing.
+    # A start no later than the one before it (or the shard's own) follows a group yielding
+    # nothing; one at the shard's end (its last groups yield nothing) starts no rows.
     before = np.concatenate([[0], offsets[:-1]])
     before[bounds[:-1][sizes > 0]] = 0
-    keep = offsets > before
     owner = np.repeat(np.arange(len(shards)), sizes)
+    # (Clipped: a shard outside the row groups, read by the catalog's scan, has no starts.)
+    last = np.minimum(np.searchsorted(ends, base + shards.rows, side="left"), len(yielded) - 1)
+    total = yielded[last] - yielded[lo - 1]
+    keep = (offsets > before) & (offsets < total[owner])
     kept = np.zeros(len(shards) + 1, dtype=np.int64)
     np.cumsum(np.bincount(owner[keep], minlength=len(shards)), out=kept[1:])
     return offsets[keep], kept

@@ -53,8 +53,9 @@ STATE_VERSION = 1
 # workers a rank's loop interleaves. 3: also row groups whose first rows a read can hold,
 # where the loop would see more than interleave.HELD_KEPT_ORDER. 4: small shards cut to fill
 # a slot's streams into no more pieces than streams. 5: files of few large row groups read
-# from a local copy in small ones (see duckstream.core.recut). States without one: 1.
-ORDER_REVISION = 5
+# from a local copy in small ones (see duckstream.core.recut). 6: such files read through a
+# filter or a snapshot's deletes copied too. States without one: 1.
+ORDER_REVISION = 6
 _KEYS = ("version", "fingerprint", "seed", "shuffle", "even", "epoch", "stages")
 _OPTIONAL_KEYS = ("plan", "order")
 _STAGE_KEYS = tuple(f.name for f in fields(Stage))

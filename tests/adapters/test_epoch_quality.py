@@ -21,8 +21,13 @@ from tests.adapters.resume_check import assert_resumes, run_world
 
 ROWS = 20_000
 SEEDS = range(5)
-# A filter: a read of large row groups through it cannot take them from a copy (recut).
-FILTER = "WHERE id % 10 <> 0"  # 9 rows in 10: 9.2 MB of each 10 MB row group below
+WIDE_SQL = "SELECT id, blob FROM source"
+# A filter counted per range of rows, 9 rows in 10: large row groups read through it are read
+# from copies as unfiltered ones are (recut).
+FILTERED_SQL = "SELECT id, blob FROM source WHERE id % 10 <> 0"
+# The same filter as a statement the planner counts shard by shard: what a copy's row groups
+# would yield is not known, so large row groups stay in place, and are warned about.
+UNCOUNTED_SQL = "WITH kept AS (SELECT * FROM source WHERE id % 10 <> 0) SELECT id, blob FROM kept"
 
 
 def write(folder: Path, sizes: list[int]) -> Path:
@@ -139,13 +144,13 @@ def wide_dataset(
     seed: int = 0,
     buffer: int = 1_000,
     shuffle: bool = True,
-    where: str = "",
+    sql: str = WIDE_SQL,
     cache_dir: Path | None = None,
 ) -> DuckStreamDataset:
-    """A shuffled read of every column of ``write_wide``'s files, in batches of 64 rows."""
+    """A shuffled read of ``write_wide``'s files (every column), in batches of 64 rows."""
     return DuckStreamDataset(
         source,
-        f"SELECT id, blob FROM source {where}",
+        sql,
         cache_dir=cache_dir or source.parent / "cache",
         batch_size=64,
         shuffle=shuffle,
@@ -177,20 +182,22 @@ def test_large_row_groups_start_anywhere_where_few_are_read_side_by_side(
 def test_a_few_large_row_groups_are_named_in_a_warning(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # One file of one 20 MB row group through a filter cannot be mixed by a 1,000-row buffer
-    # at a bounded cost (unfiltered, it is read from a copy in small row groups: the next
-    # tests): the warning names the file and both remedies, once; eight files, or a buffer
-    # holding every kept row, are mixed and not warned about.
+    # One file of one 20 MB row group through a filter counted shard by shard cannot be mixed
+    # by a 1,000-row buffer at a bounded cost (read whole or through a filter counted per
+    # range, it is read from a copy in small row groups: the next tests): the warning names
+    # the file and both remedies, once; eight files, or a buffer holding every kept row, are
+    # mixed and not warned about.
     one = write_wide(tmp_path / "one", 1, 5_000)
     eight = write_wide(tmp_path / "eight", 8, ROWS)
-    where = "WHERE id % 2 = 0"
+    uncounted = "WITH kept AS (SELECT * FROM source WHERE id % 2 = 0) SELECT id, blob FROM kept"
     with caplog.at_level("WARNING", logger="duckstream"):
         for _ in range(2):
-            wide_dataset(one, where=where)
-        wide_dataset(one, buffer=2_500, where=where)
-        wide_dataset(one, shuffle=False, where=where)
+            wide_dataset(one, sql=uncounted)
+        wide_dataset(one, buffer=2_500, sql=uncounted)
+        wide_dataset(one, shuffle=False, sql=uncounted)
         wide_dataset(eight)
         wide_dataset(one, cache_dir=tmp_path / "cache")
+        wide_dataset(one, sql="SELECT id, blob FROM source WHERE id % 2 = 0", cache_dir=tmp_path / "cache")
     warned = [r.getMessage() for r in caplog.records if "storage order" in r.getMessage()]
     assert len(warned) == 1, warned
     assert str(one / "part-0.parquet") in warned[0]
@@ -223,6 +230,98 @@ def test_one_large_row_group_is_read_from_a_local_copy_near_a_uniform_permutatio
 
     assert list(make(0)().plan.copied_for(1)) == [0]
     near_uniform(make, world, workers, list(range(ROWS)), f"one wide row group, buffer {buffer}")
+    assert len(list((tmp_path / "cache").glob("recut-*.parquet"))) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("buffer", "world", "workers"), [(None, 1, 0), (1_000, 4, 2), (None, 8, 1)])
+def test_one_large_row_group_through_a_filter_is_read_from_a_local_copy_near_a_uniform_permutation(
+    tmp_path: Path, buffer: int | None, world: int, workers: int
+) -> None:
+    # The same row group through a filter keeping 9 rows in 10 (read in place: |rho| 0.45
+    # median for 10 KiB rows in one process): the plan counts what each part of the row group
+    # yields, and the copy's row groups, runs of those parts, are entered where each begins.
+    source = write_wide(tmp_path / "data", 1, ROWS)
+
+    def make(seed: int) -> Callable[[], DuckStreamDataset]:
+        return lambda: DuckStreamDataset(
+            source,
+            "SELECT id FROM source WHERE id % 10 <> 0",
+            batch_size=64,
+            shuffle=True,
+            seed=seed,
+            shuffle_buffer=buffer,
+            cache_dir=tmp_path / "cache",
+        )
+
+    assert list(make(0)().plan.copied_for(world)) == [0]
+    kept = [i for i in range(ROWS) if i % 10]
+    near_uniform(make, world, workers, kept, f"one wide row group filtered, buffer {buffer}")
+
+
+@pytest.mark.slow
+def test_a_small_file_among_copied_ones_is_copied_too(tmp_path: Path) -> None:
+    # Three files of one 9.4 MB row group and one of 7.8 MB, small enough to enter anywhere:
+    # read whole among the copies' small pieces, the small file took a stretch of the epoch of
+    # its own. Every file is copied.
+    source = tmp_path / "data"
+    source.mkdir()
+    values = np.random.default_rng(0).integers(0, 256, size=(2_300, 4_096), dtype=np.uint8)
+    blobs = pa.array([bytes(v) for v in values], pa.binary())
+    start = 0
+    for index, rows in enumerate([2_300, 2_300, 1_900, 2_300]):
+        table = pa.table({"id": np.arange(start, start + rows), "blob": blobs.slice(0, rows)})
+        pq.write_table(table, source / f"part-{index}.parquet", row_group_size=rows)
+        start += rows
+
+    def make(seed: int) -> Callable[[], DuckStreamDataset]:
+        return lambda: wide_dataset(source, seed=seed)
+
+    dataset = make(0)()
+    assert dataset.plan.layout.anywhere.tolist() == [False, False, True, False]
+    assert sorted(dataset.plan.copied_for(1)) == [0, 1, 2, 3]
+    near_uniform(make, 1, 0, list(range(start)), "a small file among copied ones")
+
+
+def write_thinned(folder: Path, rows: int, dropped: Callable[[np.ndarray], np.ndarray]) -> Path:
+    """One row group of ``rows`` rows of 4 KiB; a filter ``id >= 0`` keeps all but the rows
+    ``dropped`` marks, numbered 0, 1, ... in storage order (-1: dropped)."""
+    folder.mkdir()
+    gone = dropped(np.arange(rows))
+    ids = np.where(gone, -1, np.cumsum(~gone) - 1)
+    values = np.random.default_rng(0).integers(0, 256, size=(rows, 4_096), dtype=np.uint8)
+    table = pa.table({"id": ids, "blob": pa.array([bytes(v) for v in values], pa.binary())})
+    pq.write_table(table, folder / "part-0.parquet", row_group_size=rows)
+    return folder
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_filtered_copy_hands_every_kept_value_once_an_epoch(tmp_path: Path, workers: int) -> None:
+    # Rows 2,000-4,499 all dropped: runs of the copy's row groups yield nothing, inside the
+    # one row group the plan's shard is; every kept row still comes once, with its own value.
+    source = write_thinned(tmp_path / "data", 6_000, lambda i: ((i >= 2_000) & (i < 4_500)) | (i % 7 == 3))
+    stored = pq.read_table(source)
+    expected = dict(zip(stored.column("id").to_pylist(), stored.column("blob").to_pylist(), strict=True))
+    dataset = DuckStreamDataset(
+        source,
+        "SELECT id, blob FROM source WHERE id >= 0",
+        batch_size=64,
+        shuffle=True,
+        output="arrow",
+        cache_dir=tmp_path / "cache",
+    )
+    copy = dataset.plan.copied_for(1)[0]
+    assert copy.yields is not None
+    assert 0 in copy.yields
+    loader = DuckStreamLoader(dataset, num_workers=workers, persistent_workers=workers > 0)
+    for _ in range(2):
+        ids = []
+        for batch in loader:
+            rows = batch.column("id").to_pylist()
+            assert batch.column("blob").to_pylist() == [expected[row] for row in rows]
+            ids += rows
+        assert sorted(ids) == list(range(len(expected) - 1))
     assert len(list((tmp_path / "cache").glob("recut-*.parquet"))) == 1
 
 
@@ -292,15 +391,18 @@ def test_an_expression_over_a_copied_file_runs_on_every_row_once(tmp_path: Path,
     assert len(list((tmp_path / "cache").glob("recut-*.parquet"))) == 1
 
 
+@pytest.mark.parametrize("sql", [WIDE_SQL, FILTERED_SQL])
 def test_a_file_that_cannot_be_copied_is_read_in_place_in_the_same_order(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, sql: str
 ) -> None:
     source = write_wide(tmp_path / "data", 1, 6_000)
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
 
     def epochs(cache_dir: Path) -> list[list[int]]:
-        loader = DuckStreamLoader(wide_dataset(source, seed=3, cache_dir=cache_dir), num_workers=0)
+        dataset = wide_dataset(source, seed=3, sql=sql, cache_dir=cache_dir)
+        assert list(dataset.plan.copied_for(1)) == [0]
+        loader = DuckStreamLoader(dataset, num_workers=0)
         return [[i for batch in loader for i in batch["id"].tolist()] for _ in range(2)]
 
     copied = epochs(tmp_path / "cache")
@@ -311,16 +413,20 @@ def test_a_file_that_cannot_be_copied_is_read_in_place_in_the_same_order(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("before", "after"), [((2, 2), (1, 3)), ((1, 0), (2, 1))])
+@pytest.mark.parametrize(
+    ("before", "after", "where"),
+    [((2, 2), (1, 3), ""), ((1, 0), (2, 1), ""), ((1, 2), (2, 1), "WHERE id >= 0")],
+)
 def test_a_copied_file_resumes_exactly_under_another_world_or_worker_count(
-    tmp_path: Path, before: tuple[int, int], after: tuple[int, int]
+    tmp_path: Path, before: tuple[int, int], after: tuple[int, int], where: str
 ) -> None:
-    source = write_wide(tmp_path / "data", 1, 6_000)
+    # Through a filter, one row in 9 dropped: 6,000 rows kept of 6,750.
+    source = write_thinned(tmp_path / "data", 6_750 if where else 6_000, lambda i: (i % 9 == 4) & bool(where))
 
     def make() -> DuckStreamDataset:
         return DuckStreamDataset(
             source,
-            "SELECT id FROM source",
+            f"SELECT id FROM source {where}",
             batch_size=64,
             shuffle=True,
             seed=5,
@@ -336,14 +442,16 @@ def test_row_groups_too_few_for_each_rank_are_named_in_a_warning(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Eight 10 MB row groups mix well on one rank (above); four ranks read two each, and every
-    # rank would keep about 0.16 of its order (measured: the next tests). Read whole, they are
-    # copied into small row groups (the next tests); through a filter they cannot be, and are
-    # warned about. The buffer named holds a rank's kept rows.
+    # rank would keep about 0.16 of its order (measured: the next tests). Read whole or through
+    # a filter counted per range, they are copied into small row groups (the next tests);
+    # through a filter counted shard by shard they cannot be, and are warned about. The
+    # buffer named holds a rank's kept rows.
     eight = write_wide(tmp_path / "eight", 8, ROWS)
     monkeypatch.setenv("WORLD_SIZE", "4")
     with caplog.at_level("WARNING", logger="duckstream"):
         assert sorted(wide_dataset(eight).plan.copied_for(4)) == list(range(8))
-        wide_dataset(eight, where=FILTER)
+        assert sorted(wide_dataset(eight, sql=FILTERED_SQL).plan.copied_for(4)) == list(range(8))
+        wide_dataset(eight, sql=UNCOUNTED_SQL)
     warned = [r.getMessage() for r in caplog.records if "storage order" in r.getMessage()]
     assert len(warned) == 1, warned
     assert "shared by 4 ranks" in warned[0]
@@ -370,10 +478,11 @@ def test_row_groups_too_few_for_each_rank_are_read_from_copies_near_a_uniform_pe
 def test_the_world_of_stream_batches_and_of_a_hugging_face_split_reaches_the_warning(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # The same eight row groups through a filter, the ranks given by stream_batches' world and
-    # by split_dataset_by_node instead of WORLD_SIZE; one rank alone is not warned about.
+    # The same eight row groups through a filter counted shard by shard, the ranks given by
+    # stream_batches' world and by split_dataset_by_node instead of WORLD_SIZE; one rank
+    # alone is not warned about.
     eight = write_wide(tmp_path / "eight", 8, ROWS)
-    sql = f"SELECT id, blob FROM source {FILTER}"
+    sql = UNCOUNTED_SQL
     kept = ROWS * 9 // 10
 
     def warnings() -> list[str]:
@@ -401,16 +510,17 @@ def test_the_world_of_stream_batches_and_of_a_hugging_face_split_reaches_the_war
 
 @pytest.mark.slow
 def test_the_order_left_that_a_warning_estimates_is_what_each_rank_receives(tmp_path: Path) -> None:
-    # Eight 10 MB row groups through a filter (read in place: not copied) over 1, 2 and 4
-    # ranks, 6 seeds: the estimate (one standard deviation of |rho| over seeds and ranks)
-    # against the root mean square measured on what each rank's loop receives.
+    # Eight 10 MB row groups through a filter counted shard by shard (read in place: not
+    # copied) over 1, 2 and 4 ranks, 6 seeds: the estimate (one standard deviation of |rho|
+    # over seeds and ranks) against the root mean square measured on what each rank's loop
+    # receives.
     source = write_wide(tmp_path / "data", 8, ROWS)
     for world in (1, 2, 4):
         measured = []
         for seed in range(6):
 
             def make(seed: int = seed) -> DuckStreamDataset:
-                return wide_dataset(source, seed=seed, where=FILTER)
+                return wide_dataset(source, seed=seed, sql=UNCOUNTED_SQL)
 
             per_rank, _ = run_world(make, world, 0, take=None)
             assert sorted(i for ids in per_rank for i in ids) == [i for i in range(ROWS) if i % 10]
