@@ -16,6 +16,7 @@ import pytest
 from duckstream.benchmarks.shuffle_quality import spearman
 
 from duckstream.catalog import LakehouseCatalog
+from duckstream.core.late_filter import Count
 from duckstream.core.planning import prepare
 from duckstream.core.world import World
 from duckstream.errors import CatalogError
@@ -277,23 +278,35 @@ def test_workers_read_files_with_deletes_directly_through_sql(lake: Lake) -> Non
     assert sorted(rows, key=repr) == sorted(want, key=repr)
 
 
+def wide_values(rows: int, *, seed: int) -> list[bytes]:
+    """``rows`` random values of 4 KiB."""
+    return [
+        bytes(v) for v in np.random.default_rng(seed).integers(0, 256, size=(rows, 4_096), dtype=np.uint8)
+    ]
+
+
+def insert_wide(cat: LakehouseCatalog, files: int, blobs: list[bytes]) -> None:
+    """A table ``wide (id, blob)`` of ``files`` data files of one row group each (one INSERT a
+    file), ids counting up from 0, ``blobs`` the values of each file."""
+    cat.con.execute("CREATE TABLE wide (id BIGINT, blob BLOB)")
+    per_file = len(blobs)
+    for index in range(files):
+        ids = pa.array(range(index * per_file, (index + 1) * per_file), pa.int64())
+        cat.con.register("part_src", pa.table({"id": ids, "blob": pa.array(blobs, pa.binary())}))
+        cat.con.execute("INSERT INTO wide SELECT * FROM part_src")
+        cat.con.unregister("part_src")
+
+
 @pytest.mark.slow
 def test_a_table_of_few_large_row_groups_is_read_from_local_copies(lake: Lake, tmp_path: Path) -> None:
     # Two data files of one 9.4 MB row group each, a column renamed since they were written:
     # each is copied once into small row groups (from the store, on the PostgreSQL + S3 lake),
     # under the names the files store, and every row comes once with its own value, near a
     # uniform order, in one process and with two workers.
-    per_file, width = 2_300, 4_096
-    blobs = [
-        bytes(b) for b in np.random.default_rng(1).integers(0, 256, size=(per_file, width), dtype=np.uint8)
-    ]
+    per_file = 2_300
+    blobs = wide_values(per_file, seed=1)
     with lake.open() as cat:
-        cat.con.execute("CREATE TABLE wide (id BIGINT, blob BLOB)")
-        for index in range(2):
-            ids = pa.array(range(index * per_file, (index + 1) * per_file), pa.int64())
-            cat.con.register("part_src", pa.table({"id": ids, "blob": pa.array(blobs, pa.binary())}))
-            cat.con.execute("INSERT INTO wide SELECT * FROM part_src")
-            cat.con.unregister("part_src")
+        insert_wide(cat, 2, blobs)
         cat.con.execute("ALTER TABLE wide RENAME COLUMN blob TO image")
         table = cat.table("wide")
 
@@ -334,20 +347,9 @@ def test_a_table_of_few_large_row_groups_with_deletes_is_read_from_copies_once_a
     # counts what each part of its row group keeps, and the copy keeps the deleted rows, which
     # the read drops as it does from the file. Every kept row comes once, near a uniform
     # order, and a resume in the middle of the epoch owes the rest.
-    per_file, width = 2_300, 4_096
-    blobs = np.random.default_rng(0).integers(0, 256, size=(per_file, width), dtype=np.uint8)
+    per_file = 2_300
     with lake.open() as cat:
-        cat.con.execute("CREATE TABLE wide (id BIGINT, blob BLOB)")
-        for index in range(4):
-            part = pa.table(
-                {
-                    "id": pa.array(range(index * per_file, (index + 1) * per_file), pa.int64()),
-                    "blob": pa.array([bytes(b) for b in blobs], pa.binary()),
-                }
-            )
-            cat.con.register("part_src", part)
-            cat.con.execute("INSERT INTO wide SELECT * FROM part_src")
-            cat.con.unregister("part_src")
+        insert_wide(cat, 4, wide_values(per_file, seed=0))
         cat.con.execute(f"DELETE FROM wide WHERE id < {per_file} AND id % 9 = 0")
         table = cat.table("wide")
         kept = [i for i in range(4 * per_file) if i >= per_file or i % 9]
@@ -398,6 +400,25 @@ def test_a_table_of_few_large_row_groups_with_deletes_is_read_from_copies_once_a
         ids = [i for batch in DuckStreamLoader(filtered, num_workers=2) for i in batch["id"].tolist()]
         assert sorted(ids) == [i for i in kept if i % 1000 != 2]
         assert abs(spearman(ids)) < 0.1
+        # The filter run on each batch after the shuffle (count="skip"), and an expression:
+        # both read the copies, the deleted rows dropped.
+        reads: list[tuple[str, Count, list[int]]] = [
+            ("SELECT id, blob FROM source WHERE id % 1000 <> 2", "skip", [i for i in kept if i % 1000 != 2]),
+            ("SELECT id, octet_length(blob) AS n FROM source", "exact", kept),
+        ]
+        for sql, count, want in reads:
+            dataset = DuckStreamDataset(
+                table,
+                sql,
+                batch_size=64,
+                shuffle=True,
+                shuffle_buffer=1_000,
+                cache_dir=tmp_path / "cache",
+                count=count,
+            )
+            assert len(dataset.plan.copied_for(1)) == 4
+            ids = [i for batch in DuckStreamLoader(dataset, num_workers=2) for i in batch["id"].tolist()]
+            assert sorted(ids) == want
         loader = DuckStreamLoader(make(7), num_workers=2)
         first: list[int] = []
         for index, batch in enumerate(loader):

@@ -172,14 +172,10 @@ class StreamPlan:
             copied = copied_groups(self, self.layout, read_streams(self), ranks)
             layout = self.layout
             if copied:
-                every = range(len(self.files))
-                groups = RowGroups.of([copied[f].rows if f in copied else self.row_groups[f] for f in every])
+                groups = self.row_groups.replaced({f: copy.rows for f, copy in copied.items()})
                 yields = self.yields
                 if yields is not None:
-                    # Where the plan counts yields, so does each copy (see recut.copied_groups).
-                    yields = RowGroups.of(
-                        [copied[f].yields or copied[f].rows if f in copied else yields[f] for f in every]
-                    )
+                    yields = yields.replaced({f: copy.counts for f, copy in copied.items()})
                 layout = self._layout(groups, yields)
             self._orders[ranks] = (copied, layout)
         return self._orders[ranks]

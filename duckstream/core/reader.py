@@ -201,7 +201,7 @@ class ShardReader:
             groups, yields = self._plan.row_groups[file], self._plan.yields[file]
             copy = self._copied.get(file)
             if copy is not None:  # read by the copy's row groups, whether made or not
-                groups, yields = copy.rows, copy.yields or copy.rows
+                groups, yields = copy.rows, copy.counts
             if not groups:  # read by the catalog's scan
                 return None
             starts = np.concatenate([[0], np.cumsum(groups, dtype=np.int64)])

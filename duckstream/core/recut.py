@@ -95,6 +95,11 @@ class Copy(NamedTuple):
     # the plan counts that per row group
     yields: tuple[int, ...] | None
 
+    @property
+    def counts(self) -> tuple[int, ...]:
+        """What each of the copy's row groups yields."""
+        return self.rows if self.yields is None else self.yields
+
 
 @dataclass(frozen=True)
 class PartCounts:
@@ -175,7 +180,7 @@ def _copy(plan: StreamPlan, file: int, rows: int) -> Copy | None:
         thinned = not plan.narrow or (plan.lake is not None and plan.lake.deleted_rows(file))
         if thinned:
             return None
-        return Copy(tuple(part for group in groups for part in _parts(group, rows)), None)
+        return Copy(tuple(count_parts(groups, rows)), None)
     counted = plan.parts
     if counted is None:
         return None

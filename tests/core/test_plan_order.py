@@ -167,6 +167,17 @@ def test_shard_tables_and_row_groups_read_and_pickle_as_the_tuples_they_hold(
         assert all(getattr(back, name).dtype == np.int64 for name in vars(back))
 
 
+@given(row_groups=row_group_lists, data=st.data())
+def test_row_groups_with_some_files_replaced_are_those_files_new_and_the_rest_as_they_were(
+    row_groups: list[list[int]], data: st.DataObject
+) -> None:
+    files = data.draw(st.sets(st.integers(0, len(row_groups) - 1)))
+    new = {f: data.draw(st.lists(st.integers(0, 500), min_size=1, max_size=6)) for f in files}
+    replaced = RowGroups.of(row_groups).replaced(new)
+    assert replaced == RowGroups.of([new.get(f, groups) for f, groups in enumerate(row_groups)])
+    assert replaced.flat.dtype == replaced.bounds.dtype == np.int64
+
+
 @given(names=st.lists(st.text(max_size=12), max_size=8))
 @example(names=["a.parquet", os.fsdecode(b"caf\xe9.parquet")])  # not UTF-8 on disk
 def test_file_names_read_and_pickle_as_the_names_they_hold(names: list[str]) -> None:
