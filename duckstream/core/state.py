@@ -54,8 +54,10 @@ STATE_VERSION = 1
 # where the loop would see more than interleave.HELD_KEPT_ORDER. 4: small shards cut to fill
 # a slot's streams into no more pieces than streams. 5: files of few large row groups read
 # from a local copy in small ones (see duckstream.core.recut). 6: such files read through a
-# filter or a snapshot's deletes copied too. States without one: 1.
-ORDER_REVISION = 6
+# filter or a snapshot's deletes copied too. 7: outsize pieces read over the whole slot
+# beside the groups, a group's pieces given times spread over the storage, and few small
+# pieces over a slot longer than a window cut to fill the streams. States without one: 1.
+ORDER_REVISION = 7
 _KEYS = ("version", "fingerprint", "seed", "shuffle", "even", "epoch", "stages")
 _OPTIONAL_KEYS = ("plan", "order")
 _STAGE_KEYS = tuple(f.name for f in fields(Stage))

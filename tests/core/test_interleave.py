@@ -4,10 +4,11 @@ slot's positions, each piece read as one run (two with a rotation), the same for
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from duckstream.core.interleave import Layout, interleave, order_left
+from duckstream.core.interleave import Layout, _spread_slots, interleave, order_left
 from duckstream.core.order import epoch_order
 from duckstream.core.ranges import as_ranges, expand, slice_ranges
 
@@ -70,6 +71,13 @@ def test_the_read_order_is_a_permutation_with_each_piece_read_in_one_run(
         shards = np.searchsorted(ends, positions, side="right")
         assert len(set(shards.tolist())) == 1
         assert int((np.diff(positions) != 1).sum()) <= 1
+    # No more pieces are open at once (between their first and last stripe) than streams.
+    first = {int(s): int(np.argmax(real_streams == s)) for s in np.unique(real_streams)}
+    last = {s: len(real_streams) - 1 - int(np.argmax(real_streams[::-1] == s)) for s in first}
+    opened = np.zeros(len(real_streams) + 1, dtype=np.int64)
+    np.add.at(opened, list(first.values()), 1)
+    np.add.at(opened, [stop + 1 for stop in last.values()], -1)
+    assert int(np.cumsum(opened).max(initial=0)) <= streams
     # The same key, the same order; one stream leaves the order as it was.
     again, _ = interleave(ranges, real, layout=layout, order=order, key=key, streams=streams, stripe=stripe)
     assert np.array_equal(read, again)
@@ -103,6 +111,39 @@ def test_pieces_cut_to_fill_the_streams_never_outnumber_them() -> None:
             where = starts[owners == piece] / layout.num_rows
             assert where.min() < 0.2
             assert where.max() > 0.8
+
+
+@pytest.mark.parametrize(("outsize", "parts"), [(5_000, 1), (20_000, 3)])
+def test_an_outsize_piece_among_many_is_read_all_along_the_slot(outsize: int, parts: int) -> None:
+    # 60 small files of 500 rows and, in the middle of the storage, one of `outsize` rows
+    # (all small enough to enter anywhere): 61 pieces, read 16 at a time in 4 groups one after
+    # another. Dealt to a group of its own, the outsize file filled a quarter of the epoch
+    # (|rho| up to 0.2); read over the whole slot beside the groups, in parts where its own
+    # order would show (a third of the rows in one part, read front to back from a random
+    # row, keeps some), each quarter of the slot holds a quarter of its rows.
+    counts = np.array([500] * 30 + [outsize] + [500] * 30)
+    layout = Layout(counts, [np.zeros(0, np.int64)] * len(counts), np.ones(len(counts), bool))
+    rows = int(counts.sum())
+    rhos = []
+    for seed in range(8):
+        read, owners = interleave(
+            np.array([[0, rows]]),
+            rows,
+            layout=layout,
+            order=np.arange(len(counts)),
+            key=(seed,),
+            streams=16,
+            stripe=64,
+            window=1_000,
+        )
+        assert len(np.unique(owners)) == len(counts) - 1 + parts
+        positions = expand(read)
+        rhos.append(abs(_signed_spearman(read)))
+        outsize_at = np.flatnonzero((positions >= 15_000) & (positions < 15_000 + outsize)) / rows
+        quarters = np.histogram(outsize_at, bins=4, range=(0, 1))[0] / outsize
+        assert quarters.min() > 0.2
+    assert float(np.median(rhos)) < 0.03
+    assert max(rhos) < 0.05
 
 
 def test_a_large_shard_is_entered_only_where_its_row_groups_start_when_pieces_are_many() -> None:
@@ -291,3 +332,87 @@ def first_rows(shards: int, mixed: int, *, held_rows: int = 0) -> set[int]:
         )
         found.update(int(read[owners == s][0, 0]) % 100 for s in np.unique(owners))
     return found
+
+
+@settings(max_examples=100, deadline=None)
+@given(bits=st.integers(0, 7), level=st.integers(0, 7), seed=st.integers(0, 2**16))
+def test_pieces_next_to_each_other_in_storage_take_times_far_apart(bits: int, level: int, seed: int) -> None:
+    # 2**bits pieces of a group, in storage order: any 2**level consecutive slots of time hold
+    # pieces evenly spaced over the storage (all alike modulo 2**(bits - level)), whatever the
+    # shift drawn. A random permutation let a window hold neighbouring files, so the groups'
+    # windows differed in where their rows lay in storage.
+    level = min(level, bits)
+    count = 1 << bits
+    slots = _spread_slots(count, np.random.default_rng(seed))
+    assert sorted(slots.tolist()) == list(range(count))
+    pieces_by_time = np.argsort(slots)
+    for block in pieces_by_time.reshape(-1, 1 << level):
+        assert len(set((block % (count >> level)).tolist())) == 1
+    # Any count: still a permutation, drawn again for another key.
+    assert sorted(_spread_slots(count + 3, np.random.default_rng(seed)).tolist()) == list(range(count + 3))
+
+
+def _stretches(counts: list[int], *, stripe: int, window: int) -> list[tuple[float, float]]:
+    """Shards of ``counts`` rows (one small row group each) read as one slot: where each
+    piece's first and last stripe lie in it (fractions of its rows)."""
+    layout = Layout(np.array(counts), [np.zeros(0, np.int64)] * len(counts), np.ones(len(counts), bool))
+    rows = layout.num_rows
+    read, owners = interleave(
+        np.array([[0, rows]]),
+        rows,
+        layout=layout,
+        order=np.arange(len(counts)),
+        key=(3,),
+        streams=16,
+        stripe=stripe,
+        window=window,
+    )
+    starts = np.cumsum(read[:, 1] - read[:, 0]) - (read[:, 1] - read[:, 0])
+    return [
+        (starts[owners == piece].min() / rows, starts[owners == piece].max() / rows)
+        for piece in np.unique(owners)
+    ]
+
+
+def test_a_large_share_of_the_slot_spans_it_even_where_groups_are_shorter_than_a_window() -> None:
+    # 200 small files of 50 rows and two of 2,000 (a sixth of the slot each): groups of 16
+    # pieces hold 800 rows, shorter than the 4,000-row window, but a window holds only a
+    # quarter of the slot: read in one group, each large file sat in one window of the four.
+    # Read over the whole slot, each spans it; the small ones stay in their groups.
+    stretches = _stretches([50] * 100 + [2_000] + [50] * 100 + [2_000], stripe=250, window=4_000)
+    assert sum(first < 0.25 and last > 0.75 for first, last in stretches) == 2
+    # Files of 300 rows instead (under a 32nd of the slot) stay in groups.
+    stretches = _stretches([50] * 100 + [300] + [50] * 100 + [300], stripe=250, window=4_000)
+    assert all(last - first < 0.5 for first, last in stretches)
+
+
+def test_few_pieces_shorter_than_a_window_over_a_longer_slot_are_cut_to_fill_the_streams() -> None:
+    # A rank's share of a few small files (8 ranks over 40 files): 5 files of 300 rows, a
+    # slot of two windows. Each file's stripes are spread over both windows, so each window
+    # held one end of every file (|rho| up to 0.17 over 8 ranks and 5 seeds); cut into 16
+    # pieces, each read from a random row, the files' order hardly shows.
+    counts = np.full(5, 300)
+    layout = Layout(counts, [np.zeros(0, np.int64)] * 5, np.ones(5, bool))
+    rhos = []
+    for seed in range(20):
+        read, owners = interleave(
+            np.array([[0, 1_500]]),
+            1_500,
+            layout=layout,
+            order=np.arange(5),
+            key=(seed,),
+            streams=16,
+            stripe=64,
+            window=750,
+        )
+        assert len(np.unique(owners)) == 16
+        rhos.append(_window_spearman(read, 750))
+    assert float(np.median(np.abs(rhos))) < 0.06
+
+
+def _window_spearman(read: np.ndarray, window: int) -> float:
+    """rho between position and storage position once each window is shuffled: the windows'
+    storage positions against their place."""
+    positions = expand(read).astype(np.float64)
+    place = (np.arange(len(positions)) // window).astype(np.float64)
+    return float(np.corrcoef(place, positions)[0, 1])
