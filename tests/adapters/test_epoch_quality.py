@@ -557,3 +557,21 @@ def test_rotated_large_row_groups_resume_exactly_under_another_world_or_worker_c
 
     assert not make().plan.layout.anywhere.any()
     assert_resumes(make, ROWS, before=before, after=after, take=37)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("before", "after"), [((1, 2), (2, 1)), ((2, 0), (1, 3))])
+def test_an_outsize_file_read_over_the_whole_share_resumes_exactly(
+    tmp_path: Path, before: tuple[int, int], after: tuple[int, int]
+) -> None:
+    # The outsize file is read by a stream of its own beside the groups (in parts at one
+    # rank): a resume replays the stretch read before, with that stream's rows where they fell.
+    sizes = LAYOUTS["one file among 60 small"]
+    source = write(tmp_path / "data", sizes)
+
+    def make() -> DuckStreamDataset:
+        return DuckStreamDataset(
+            source, "SELECT id FROM source", batch_size=64, shuffle=True, seed=2, shuffle_buffer=1_000
+        )
+
+    assert_resumes(make, sum(sizes), before=before, after=after, take=41)
