@@ -390,9 +390,7 @@ def _spread(
         if index not in parts:
             found.append(piece)
             continue
-        lo, hi, shard = piece
-        bounds = lo + np.arange(parts[index] + 1, dtype=np.int64) * (hi - lo) // parts[index]
-        cut = [(int(a), int(b), shard) for a, b in itertools.pairwise(bounds.tolist())]
+        cut = _cut(piece, parts[index])
         found.extend(cut)
         spread.update(cut)
         if piece in entered:
@@ -512,16 +510,21 @@ def _split_small(
     found: list[tuple[int, int, int]] = []
     parts_entered: set[tuple[int, int, int]] = set()
     for piece in pieces:
-        lo, hi, index = piece
         if piece not in entered:
             found.append(piece)
             continue
-        count = cut_into[piece]
-        bounds = lo + np.arange(count + 1, dtype=np.int64) * (hi - lo) // count
-        cut = [(int(a), int(b), index) for a, b in itertools.pairwise(bounds.tolist())]
+        cut = _cut(piece, cut_into[piece])
         found.extend(cut)
         parts_entered.update(cut)
     return found, parts_entered
+
+
+def _cut(piece: tuple[int, int, int], count: int) -> list[tuple[int, int, int]]:
+    """``piece`` (rows ``lo..hi`` of the shard at epoch index ``index``) in ``count`` about
+    equal consecutive parts."""
+    lo, hi, index = piece
+    bounds = lo + np.arange(count + 1, dtype=np.int64) * (hi - lo) // count
+    return [(int(a), int(b), index) for a, b in itertools.pairwise(bounds.tolist())]
 
 
 def _apportioned(rows: np.ndarray, budget: int, most: np.ndarray) -> np.ndarray:
