@@ -220,6 +220,14 @@ def interleave(
     kept = _kept(np.asarray(lengths, dtype=np.float64)[fixed], stretch[fixed], real)
     shows = kept / max(1, mixed) if real > longer else 0.0
     rotated, held = shows > KEPT_ORDER, shows > HELD_KEPT_ORDER
+    # A piece read front to back over the whole slot keeps its share squared of the order on
+    # its own: past SPREAD_LEFT it starts at a random row of its first half, whatever the
+    # others keep (it is one piece: a quarter of it decoded twice, on average).
+    turned = {
+        by_storage[i]
+        for i in spanning
+        if fixed[i] and real > longer and (lengths[i] / real) ** 2 / max(1, mixed) > SPREAD_LEFT
+    }
 
     def striped(member: int, phase: float) -> tuple[np.ndarray, np.ndarray]:
         """A piece's stripes (two ranges each), at times spread evenly over [0, 1)."""
@@ -227,7 +235,7 @@ def interleave(
         begin = int(ends[index] - sizes[index])
         entries = layout.entries[int(order[index])]
         small = pieces[member] in entered
-        turns = rotated or (held and LARGE_REACH * (hi - lo) <= layout.held_rows)
+        turns = rotated or member in turned or (held and LARGE_REACH * (hi - lo) <= layout.held_rows)
         reach = 1.0 if small else LARGE_REACH if turns else 0.0
         rotation = _rotation(lo - begin, hi - begin, entries, rng, reach=reach)
         cut = _stripes(lo, hi, rotation, stripe)
@@ -332,12 +340,22 @@ def order_left(layout: Layout, window: int, streams: int, ranks: int = 1) -> flo
         share = float(length[mine].sum())
         if share <= window:
             continue
-        groups = max(1, -(-int(np.count_nonzero(mine & (length > 0))) // streams))
+        read = mine & (length > 0)
+        pieces = length[read]
+        # Outsize pieces are read over the whole share, the others in groups (see interleave).
+        spanning = np.zeros(len(pieces), dtype=bool)
+        spanning[sorted(_outsize(pieces.astype(np.int64).tolist(), streams, window))] = True
+        own = int(spanning.sum())
+        groups = max(1, -(-(len(pieces) - own) // (streams - own)))
+        stretch = np.where(spanning, share, share / groups)
         # Each large piece's share of the order (see _kept): their sum read front to back,
-        # one standard deviation of what rotations leave past KEPT_ORDER.
-        terms = length[mine & large] ** 2 * (share / groups) / share**3
-        kept = float(terms.sum())
-        left = max(left, kept if kept <= KEPT_ORDER else float(np.sqrt(_ROTATED_VARIANCE * np.sum(terms**2))))
+        # one standard deviation of what rotations leave: every piece's past KEPT_ORDER, else
+        # those read over the whole share that keep more than SPREAD_LEFT on their own.
+        fixed = large[read]
+        terms = pieces**2 * stretch / share**3
+        turned = fixed if terms[fixed].sum() > KEPT_ORDER else fixed & spanning & (terms > SPREAD_LEFT)
+        kept = float(terms[fixed & ~turned].sum())
+        left = max(left, kept + float(np.sqrt(_ROTATED_VARIANCE * np.sum(terms[turned] ** 2))))
     return left
 
 

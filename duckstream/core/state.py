@@ -56,8 +56,10 @@ STATE_VERSION = 1
 # from a local copy in small ones (see duckstream.core.recut). 6: such files read through a
 # filter or a snapshot's deletes copied too. 7: outsize pieces read over the whole slot
 # beside the groups, a group's pieces given times spread over the storage, and few small
-# pieces over a slot longer than a window cut to fill the streams. States without one: 1.
-ORDER_REVISION = 7
+# pieces over a slot longer than a window cut to fill the streams. 8: such an outsize piece
+# read front to back rotated where it keeps more than interleave.SPREAD_LEFT on its own.
+# States without one: 1.
+ORDER_REVISION = 8
 _KEYS = ("version", "fingerprint", "seed", "shuffle", "even", "epoch", "stages")
 _OPTIONAL_KEYS = ("plan", "order")
 _STAGE_KEYS = tuple(f.name for f in fields(Stage))

@@ -146,6 +146,41 @@ def test_an_outsize_piece_among_many_is_read_all_along_the_slot(outsize: int, pa
     assert max(rhos) < 0.05
 
 
+def test_a_large_piece_read_over_the_whole_slot_starts_in_its_first_half_where_its_order_shows() -> None:
+    # One large shard of one 5,000-row group (a fifth of the slot) among 60 small files of 333
+    # rows: read over the whole slot front to back, it kept its share squared of the storage
+    # order on its own (rho about 0.04 whatever the key: under KEPT_ORDER, so never rotated;
+    # |rho| median 0.041 through the loader, 0.057 through a filter). Past SPREAD_LEFT it now
+    # starts at a random row of its first half and keeps none on average; as one of three
+    # workers whose items the loop interleaves, a third as much shows, and it is read as it was.
+    counts = np.array([333] * 30 + [5_000] + [333] * 30)
+    anywhere = np.array([True] * 30 + [False] + [True] * 30)
+    layout = Layout(counts, [np.zeros(0, np.int64)] * len(counts), anywhere)
+    rows = int(counts.sum())
+    large = (30 * 333, 30 * 333 + 5_000)
+
+    def read(seed: int, mixed: int) -> tuple[int, float]:
+        ranges, _ = interleave(
+            np.array([[0, rows]]),
+            rows,
+            layout=layout,
+            order=np.arange(len(counts)),
+            key=(seed,),
+            streams=16,
+            stripe=64,
+            window=1_000,
+            mixed=mixed,
+        )
+        mine = ranges[(ranges[:, 0] >= large[0]) & (ranges[:, 1] <= large[1])]
+        return int(mine[0, 0]) - large[0], _signed_spearman(ranges)
+
+    firsts, rhos = zip(*(read(seed, 1) for seed in range(40)), strict=True)
+    assert len(set(firsts)) > 30
+    assert max(firsts) < 2_500
+    assert abs(float(np.mean(rhos))) < 0.01
+    assert {read(seed, 3)[0] for seed in range(10)} == {0}
+
+
 def test_a_large_shard_is_entered_only_where_its_row_groups_start_when_pieces_are_many() -> None:
     # 40 large shards of four 10-row groups (160 pieces: read side by side, 16 at a time, they
     # keep almost no order) and one small shard longer than a window. Over many keys, reads of
@@ -253,6 +288,18 @@ def test_order_left_names_the_layouts_that_stay_ordered() -> None:
         np.array([False] + [True] * 100),
     )
     assert order_left(mixed, 1_000, 8, ranks=2) > 0.4 > order_left(mixed, 1_000, 8, ranks=1)
+
+    # A large row group among many small pieces is read over the whole share, not in one of
+    # the groups: it keeps its share squared, rotated past SPREAD_LEFT (a standard deviation
+    # of sqrt(0.2) times that). A fifth of the rows leaves 0.018, a third 0.05, 3/8 0.063
+    # (counted in one of four groups: 0.01, 0.028, 0.035: never copied, though a third read
+    # through the loader reached |rho| 0.099 over 5 seeds).
+    def among(rows: int) -> Layout:
+        counts = np.array([333] * 30 + [rows] + [333] * 30)
+        return Layout(counts, [np.zeros(0, np.int64)] * 61, np.array([True] * 30 + [False] + [True] * 30))
+
+    assert 0.015 < order_left(among(5_000), 1_000, 16) < 0.02
+    assert order_left(among(12_000), 1_000, 16) > 0.06
 
 
 @settings(max_examples=100, deadline=None)
