@@ -26,6 +26,7 @@ from duckstream.core.ranges import slice_ranges
 from duckstream.core.read_ahead import Producer, read_ahead_each
 from duckstream.core.reader import ShardReader, default_threads, read_batch_rows
 from duckstream.core.resume import Stage, continuation, read_span, rows_emitted
+from duckstream.core.shared_groups import SharedGroups
 from duckstream.core.shuffle import SHUFFLE_BUFFER_BYTES, window_key, window_permutation
 from duckstream.core.world import World
 from duckstream.errors import ConfigurationError, StateError
@@ -204,12 +205,16 @@ def read_slot(
             # the plan's layout.held_rows that the read order counts on.
             open_at_once = min(start.streams, len(np.unique(owned)))
             held_rows = SHUFFLE_BUFFER_BYTES // max(1, plan.row_bytes) // max(1, open_at_once)
+            # The parts of a small row group, each its own stream, slice it decoded once.
+            shared = SharedGroups()
 
             def lane_ranges(mask: np.ndarray, each_ahead: bool) -> Iterator[list[pa.RecordBatch]]:
                 return _interleaved(
                     ranges[mask],
                     owned[mask],
-                    lambda: ShardReader(read_plan, threads=1, batch_rows=batch_rows, copied=copied),
+                    lambda: ShardReader(
+                        read_plan, threads=1, batch_rows=batch_rows, copied=copied, shared=shared
+                    ),
                     lambda stream_ranges: _pieces(stream_ranges, order, sizes, ends),
                     plan,
                     each_ahead=each_ahead,

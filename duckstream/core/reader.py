@@ -20,6 +20,7 @@ from duckstream.core.planning import cache_directory, decoded_columns
 from duckstream.core.recut import Copy, local_copy
 from duckstream.core.retry import Backoff, transient
 from duckstream.core.shards import Shard
+from duckstream.core.shared_groups import SHARED_GROUP_BYTES, SharedGroups
 from duckstream.core.source import is_remote
 from duckstream.errors import SourceError
 from duckstream.redact import redact
@@ -89,8 +90,11 @@ class ShardReader:
         threads: int,
         batch_rows: int | None = None,
         copied: Mapping[int, Copy] | None = None,
+        shared: SharedGroups | None = None,
     ) -> None:
         self._plan = plan
+        # Small row groups decoded once for the pieces read from inside them (a slot's).
+        self._shared = shared
         # Files read from a local copy (see duckstream.core.recut): their copy's row groups,
         # and where the copy lies, once made.
         self._copied = copied or {}
@@ -245,13 +249,20 @@ class ShardReader:
         backoff = Backoff(self._plan.s3.retry_seconds)
         # Rows checked once are not checked again (see checked_rows), unless the local file
         # changed since (objects in a store are taken as immutable, as their footers are).
-        checking = (self._plan.fingerprint, file, tuple(columns), self._local_identity(file))
+        identity = self._local_identity(file)
+        checking = (self._plan.fingerprint, file, tuple(columns), identity)
         row = first
         while row < stop:
             try:
                 parquet = self._parquet_file(path, 1 if second else 0)
                 for piece in self._decode(
-                    parquet, groups, [stored.get(c, c) for c in columns], row, stop, batch_rows
+                    parquet,
+                    groups,
+                    [stored.get(c, c) for c in columns],
+                    row,
+                    stop,
+                    batch_rows,
+                    name=(path, identity),
                 ):
                     if stored:
                         piece = piece.rename_columns(columns)
@@ -303,8 +314,13 @@ class ShardReader:
         first: int,
         stop: int,
         batch_rows: int | None,
+        *,
+        name: tuple[str, object] | None = None,
     ) -> Iterator[pa.RecordBatch]:
-        """Rows ``first..stop`` of the file's ``columns`` (as the file names them)."""
+        """Rows ``first..stop`` of the file's ``columns`` (as the file names them). Part of
+        one small row group is sliced from the group decoded once for all the pieces read
+        from inside it, where the reader shares them (see :mod:`duckstream.core.shared_groups`);
+        ``name`` tells the file (its path and local identity) for that."""
         groups: list[int] = []
         offset = 0
         group_start = 0
@@ -314,8 +330,18 @@ class ShardReader:
                     offset = group_start
                 groups.append(index)
             group_start += rows
+        chunk = batch_rows or self._batch_rows
+        if self._shared is not None and name is not None and len(groups) == 1:
+            rows = row_groups[groups[0]]
+            part = first > offset or stop < offset + rows
+            if part and rows * self._plan.row_bytes <= SHARED_GROUP_BYTES:
+                table = self._shared.table(
+                    (*name, groups[0], tuple(columns)),
+                    lambda: parquet.read_row_group(groups[0], columns=columns, use_threads=self._threads > 1),
+                )
+                return iter(table.slice(first - offset, stop - first).to_batches(max_chunksize=chunk))
         batches = parquet.iter_batches(
-            batch_size=batch_rows or self._batch_rows,
+            batch_size=chunk,
             row_groups=groups,
             columns=columns,
             use_threads=self._threads > 1,
