@@ -235,7 +235,10 @@ def local_copy(
     footer = parquet.metadata
     identity = [local, footer.num_rows, footer.serialized_size]
     identity += [footer.row_group(g).total_byte_size for g in range(footer.num_row_groups)]
-    key = hashlib.sha256(json.dumps([path, identity, list(columns), list(groups)]).encode()).hexdigest()[:24]
+    # Named by the file, its version and what is read of it: a copy of an older version of
+    # the same file is found by name, and removed once the new one is made.
+    source, version, read = (_digest(part, 12) for part in ([path], identity, [list(columns), list(groups)]))
+    key = f"{source}-{version}-{read}"
     target = directory / f"recut-{key}.parquet"
     made: str | None = str(target)
     try:
@@ -245,6 +248,7 @@ def local_copy(
                 fcntl.flock(lock, fcntl.LOCK_EX)
                 if not target.exists():
                     _write(path, parquet, list(columns), list(groups), target)
+                    _remove_older(path, directory, source, version)
     except OSError as exc:
         log.warning(
             "cannot copy %s to %s (%s): a shuffled read decodes parts of its row groups again "
@@ -257,6 +261,24 @@ def local_copy(
     with _lock:
         _made[known] = made
     return made
+
+
+def _digest(value: object, length: int) -> str:
+    return hashlib.sha256(json.dumps(value).encode()).hexdigest()[:length]
+
+
+def _remove_older(path: str, directory: Path, source: str, version: str) -> None:
+    """Remove the copies of other versions of the file ``path`` (named ``recut-source-*``):
+    a file rewritten in place leaves no copy of its old rows behind in the cache folder. A
+    read still planned on an old version fails on the file itself, copy or none."""
+    older = [
+        found for found in directory.glob(f"recut-{source}-*.parquet") if f"-{version}-" not in found.name
+    ]
+    for found in older:
+        found.unlink(missing_ok=True)
+        (directory / f".{found.stem}.lock").unlink(missing_ok=True)
+    if older:
+        log.info("removed %d copies of an earlier version of %s from %s", len(older), redact(path), directory)
 
 
 def _write(path: str, parquet: pq.ParquetFile, columns: list[str], groups: list[int], target: Path) -> None:

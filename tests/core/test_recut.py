@@ -187,12 +187,22 @@ def test_a_copy_is_written_once_and_again_when_the_file_changes(thousand: Path, 
     again = local_copy(str(source), lambda: pq.ParquetFile(source), ["id"], groups, tmp_path / "cache")
     assert again == copy
     assert Path(copy).stat().st_mtime_ns == written
-    # Rewritten in place with other values: another copy, of the new rows.
+    # Another file's copy, and another read of this one (other columns), before it changes.
+    other = tmp_path / "other.parquet"
+    other.write_bytes(thousand.read_bytes())
+    kept = [
+        local_copy(str(other), lambda: pq.ParquetFile(other), ["id"], groups, tmp_path / "cache"),
+        local_copy(str(source), lambda: pq.ParquetFile(source), ["text"], groups, tmp_path / "cache"),
+    ]
+    assert all(found is not None and Path(found).exists() for found in kept)
+    # Rewritten in place with other values: another copy, of the new rows; the copies of
+    # its old rows are removed, the other file's copy is not.
     pq.write_table(pa.table({"id": np.arange(1_000)[::-1].copy(), "text": ["x"] * 1_000}), source)
     changed = local_copy(str(source), lambda: pq.ParquetFile(source), ["id"], groups, tmp_path / "cache")
     assert changed is not None
     assert changed != copy
     assert pq.read_table(changed).column("id").to_pylist() == list(range(999, -1, -1))
+    assert sorted((tmp_path / "cache").glob("recut-*.parquet")) == sorted([Path(changed), Path(str(kept[0]))])
 
 
 def test_a_copy_that_cannot_be_written_is_none_and_named_in_a_warning(
