@@ -11,6 +11,11 @@ and ranks, against the goal (median under 0.05, most under 0.1), then how many s
 
     python -m duckstream.benchmarks.layouts --layouts 40 --seeds 5
     python -m duckstream.benchmarks.layouts --first 13 --layouts 1 --seeds 20   # one shape again
+    python -m duckstream.benchmarks.layouts --read filter   # the same shapes through a WHERE
+
+``--read`` is the query each shape is read through: ``plain`` (``SELECT id, blob``), ``filter``
+(a ``WHERE`` keeping 9 rows in 10, counted per row group when planning) or ``expression`` (a
+SQL expression over the value, run on each batch).
 
 Shape ``i`` is the same on every machine (drawn from ``numpy.random.default_rng([i, 15])``), so a
 shape that misses can be named by its number and read again after a change. It judges no figure:
@@ -37,7 +42,16 @@ from duckstream.benchmarks.shuffle_quality import spearman
 
 from duckstream._environ import environment
 
-__all__ = ["LayoutQuality", "SourceShape", "draw", "epoch_ids", "main", "measure", "write"]
+__all__ = [
+    "LayoutQuality",
+    "SourceShape",
+    "draw",
+    "epoch_ids",
+    "kept_ids",
+    "main",
+    "measure",
+    "write",
+]
 
 # The goal a shape is judged by (median and most of |Spearman| over seeds and ranks).
 GOAL_MEDIAN = 0.05
@@ -49,6 +63,18 @@ _ROW_GROUPS = (1, 1, 2, 4)  # row groups a file
 _BUFFERS = (None, 1_000)  # the default buffer, or one far smaller than the data
 _WORLDS = (1, 1, 2, 4, 8)
 _WORKERS = (0, 0, 1, 2)
+# The queries a shape may be read through, and which ids each keeps.
+READS = {
+    "plain": "SELECT id, blob FROM source",
+    "filter": "SELECT id, blob FROM source WHERE id % 10 <> 0",
+    "expression": "SELECT id, octet_length(blob) + 1 AS size FROM source",
+}
+
+
+def kept_ids(rows: int, read: str) -> np.ndarray:
+    """The ids of a source of ``rows`` rows that ``READS[read]`` keeps."""
+    ids = np.arange(rows)
+    return ids[ids % 10 != 0] if read == "filter" else ids
 
 
 @dataclass(frozen=True)
@@ -126,9 +152,12 @@ def write(shape: SourceShape, folder: Path) -> Path:
     return folder
 
 
-def epoch_ids(source: Path, shape: SourceShape, seed: int, cache_dir: Path) -> list[np.ndarray]:
-    """Every rank's ids of one shuffled epoch, in the order its loop received them; raises
-    where the ranks together did not receive every row exactly once."""
+def epoch_ids(
+    source: Path, shape: SourceShape, seed: int, cache_dir: Path, read: str = "plain"
+) -> list[np.ndarray]:
+    """Every rank's ids of one shuffled epoch through ``READS[read]``, in the order its loop
+    received them; raises where the ranks together did not receive every row the query keeps
+    exactly once."""
     from duckstream.stream import DuckStreamDataset, DuckStreamLoader  # loads torch: only to read
 
     per_rank: list[np.ndarray] = []
@@ -136,7 +165,7 @@ def epoch_ids(source: Path, shape: SourceShape, seed: int, cache_dir: Path) -> l
         with environment({"RANK": str(rank), "WORLD_SIZE": str(shape.world_size)}):
             dataset = DuckStreamDataset(
                 source,
-                "SELECT id, blob FROM source",
+                READS[read],
                 batch_size=64,
                 shuffle=True,
                 seed=seed,
@@ -147,24 +176,23 @@ def epoch_ids(source: Path, shape: SourceShape, seed: int, cache_dir: Path) -> l
             loader = DuckStreamLoader(dataset, num_workers=shape.workers)
             per_rank.append(np.concatenate([batch.column("id").to_numpy() for batch in loader]))
     received = np.sort(np.concatenate(per_rank))
+    kept = kept_ids(shape.rows, read)
     # Ranks are padded to equal counts by repeating rows: at most world_size - 1 of them.
-    if (
-        not np.array_equal(np.unique(received), np.arange(shape.rows))
-        or len(received) - shape.rows >= shape.world_size
-    ):
+    if not np.array_equal(np.unique(received), kept) or len(received) - len(kept) >= shape.world_size:
         raise AssertionError(f"shape {shape.index}: the ranks did not receive every row once")
     return per_rank
 
 
-def measure(shape: SourceShape, seeds: int, folder: Path) -> LayoutQuality:
-    """Write ``shape`` under ``folder``, read ``seeds`` epochs on every rank, remove the files."""
+def measure(shape: SourceShape, seeds: int, folder: Path, read: str = "plain") -> LayoutQuality:
+    """Write ``shape`` under ``folder``, read ``seeds`` epochs on every rank through
+    ``READS[read]``, remove the files."""
     started = time.perf_counter()
     source = write(shape, folder / f"shape-{shape.index}")
     try:
         rhos = [
             spearman(ids)
             for seed in range(seeds)
-            for ids in epoch_ids(source, shape, seed, folder / f"cache-{shape.index}")
+            for ids in epoch_ids(source, shape, seed, folder / f"cache-{shape.index}", read)
         ]
     finally:
         shutil.rmtree(source, ignore_errors=True)
@@ -193,6 +221,9 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
     parser.add_argument(
         "--dir", type=Path, default=None, help="where sources are written (default: a temporary folder)"
     )
+    parser.add_argument(
+        "--read", choices=sorted(READS), default="plain", help="the query read through (default plain)"
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write every figure to this file")
     args = parser.parse_args(argv)
     low, high = (int(part) for part in args.rows.split(","))
@@ -200,7 +231,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
     results = []
     try:
         for index in range(args.first, args.first + args.layouts):
-            quality = measure(draw(index, (low, high)), args.seeds, folder)
+            quality = measure(draw(index, (low, high)), args.seeds, folder, args.read)
             results.append(quality)
             verdict = "ok  " if quality.meets_goal else "MISS"
             print(

@@ -26,23 +26,27 @@ def test_a_shape_is_a_pure_function_of_its_number(index: int) -> None:
     assert shape.workers in (0, 1, 2)
 
 
-def test_every_rank_receives_its_rows_once_and_a_wrong_shape_is_caught(tmp_path: Path) -> None:
+@pytest.mark.parametrize("read", ["plain", "filter", "expression"])
+def test_every_rank_receives_its_rows_once_and_a_wrong_shape_is_caught(tmp_path: Path, read: str) -> None:
     shape = replace(draw(3, (1_000, 2_000)), world_size=2, workers=0, buffer=200)
     source = write(shape, tmp_path / "source")
-    per_rank = epoch_ids(source, shape, seed=0, cache_dir=tmp_path / "cache")
+    per_rank = epoch_ids(source, shape, seed=0, cache_dir=tmp_path / "cache", read=read)
     assert len(per_rank) == 2
     assert len(per_rank[0]) == len(per_rank[1])
-    assert sorted({int(i) for ids in per_rank for i in ids}) == list(range(shape.rows))
-    # The same files judged against a shape of one more row: the check fails.
-    longer = replace(shape, files=(*shape.files[:-1], shape.files[-1] + 1))
-    with pytest.raises(AssertionError, match="every row once"):
-        epoch_ids(source, longer, seed=0, cache_dir=tmp_path / "cache")
+    kept = [i for i in range(shape.rows) if read != "filter" or i % 10]
+    assert sorted({int(i) for ids in per_rank for i in ids}) == kept
+    # The same files judged against a shape of two more rows (one of them kept by the
+    # filter, which drops every tenth): the check fails.
+    longer = replace(shape, files=(*shape.files[:-1], shape.files[-1] + 2))
+    with pytest.raises(AssertionError, match="every row"):
+        epoch_ids(source, longer, seed=0, cache_dir=tmp_path / "cache", read=read)
 
 
 def test_the_command_prints_each_shape_and_the_summary(tmp_path: Path) -> None:
     out = io.StringIO()
     figures = tmp_path / "layouts.json"
     argv = ["--first", "7", "--layouts", "2", "--seeds", "1", "--rows", "1000,1500", "--json", str(figures)]
+    argv += ["--read", "filter"]
     assert main([*argv, "--dir", str(tmp_path / "work")], out) == 0
     lines = out.getvalue().splitlines()
     assert [line.split()[2].rstrip(":") for line in lines[:2]] == ["7", "8"]
