@@ -16,13 +16,13 @@ import pyarrow as pa
 from duckstream.core import late_filter
 from duckstream.core.batch_sql import BatchSQL
 from duckstream.core.gather import Window
-from duckstream.core.interleave import DEFAULT_STREAMS, stripe_rows
+from duckstream.core.interleave import DEFAULT_STREAMS
 from duckstream.core.options import ReadOptions
 from duckstream.core.order import epoch_order
 from duckstream.core.owed import Owed
 from duckstream.core.partition import SlotSpan
 from duckstream.core.planning import StreamPlan
-from duckstream.core.ranges import slice_ranges
+from duckstream.core.ranges import length, slice_ranges
 from duckstream.core.read_ahead import Producer, read_ahead_each
 from duckstream.core.reader import ShardReader, default_threads, read_batch_rows
 from duckstream.core.resume import Stage, continuation, read_span, rows_emitted
@@ -43,6 +43,9 @@ __all__ = [
 ]
 
 MAX_READ_AHEAD_LANES = 4
+# Rows a stream decodes at a time at least: pyarrow's cost per batch passes its cost per row
+# below that.
+_MIN_SHARE_ROWS = 64
 # Rows gathered from a shuffle window at once, in bytes: batches of narrow rows come in
 # groups of slices, wide rows one batch at a time (a held slice keeps its group alive).
 GATHER_BYTES = 1024 * 1024
@@ -199,7 +202,9 @@ def read_slot(
     try:
         if interleaved:
             ranges, owned = _slice_owned(span.ranges, owners, begin, span.rows)
-            batch_rows = min(read_batch_rows(plan.row_bytes), stripe_rows(window_rows, start.streams))
+            # A stream decodes about its share of a window at a time; its stripes are slices.
+            share = max(_MIN_SHARE_ROWS, window_rows // max(1, start.streams))
+            batch_rows = min(read_batch_rows(plan.row_bytes), share)
             # A rotated piece's first rows are kept where a shuffle window's bytes, shared by
             # the pieces open at once, hold them: with at most DEFAULT_STREAMS open, at least
             # the plan's layout.held_rows that the read order counts on.
@@ -227,7 +232,8 @@ def read_slot(
             else:
                 # Lanes share out the streams; each decodes its streams' stripes in read order,
                 # up to two windows ahead between them while that is 64 MiB or less, else one
-                # (counted in stripes: a stripe may come in a few slices): one window ahead kept
+                # (counted in ranges, a stream's stripes of a window joined in one, which may
+                # come in a few slices): one window ahead kept
                 # the lanes and the gathering thread taking turns on the cores (captions, one
                 # process: epochs 5-8% longer). From an object store each stream of plain
                 # columns reads ahead on its own too, so that its requests overlap (so do the
@@ -235,9 +241,9 @@ def read_slot(
                 # keep to their lane's thread: with a thread each, a lake table read through
                 # SQL by two workers failed about one run in ten under load ("closed pending
                 # query result" from a stream's own DuckDB connection; cause not found yet).
-                stripe = stripe_rows(window_rows, start.streams)
+                a_window = -(-len(ranges) * window_rows // max(1, length(ranges)))
                 windows_ahead = max(1, min(2, SHUFFLE_BUFFER_BYTES // max(1, window_rows * plan.row_bytes)))
-                depth = max(2, windows_ahead * -(-window_rows // stripe) // lanes + 1)
+                depth = max(2, windows_ahead * a_window // lanes + 1)
                 each_ahead = plan.remote and read_plan.batch is None
                 lane_of = _dealt(owned, lanes)
                 lane_streams = [

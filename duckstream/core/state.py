@@ -58,8 +58,10 @@ STATE_VERSION = 1
 # beside the groups, a group's pieces given times spread over the storage, and few small
 # pieces over a slot longer than a window cut to fill the streams. 8: such an outsize piece
 # read front to back rotated where it keeps more than interleave.SPREAD_LEFT on its own.
+# 9: four stripes of each stream a window (interleave.STRIPES_A_WINDOW), not one, those of
+# a window read in one run; outsize pieces left to the groups cut into parts.
 # States without one: 1.
-ORDER_REVISION = 8
+ORDER_REVISION = 9
 _KEYS = ("version", "fingerprint", "seed", "shuffle", "even", "epoch", "stages")
 _OPTIONAL_KEYS = ("plan", "order")
 _STAGE_KEYS = tuple(f.name for f in fields(Stage))
