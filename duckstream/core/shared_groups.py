@@ -38,7 +38,7 @@ class SharedGroups:
         self._lock = ForkSafeLock()
         self._tables: OrderedDict[Hashable, pa.Table] = OrderedDict()
         self._held = 0
-        self.loads = 0  # row groups decoded, for the benchmark and tests
+        self.loads = 0  # row groups decoded (tests count them)
         # One lock per row group being decoded: a second piece waits for the first's table.
         self._loading: dict[Hashable, ForkSafeLock] = {}
 
