@@ -224,6 +224,31 @@ def test_resume_through_the_loader_on_a_table_with_deletes(lake: Lake) -> None:
         assert Counter(first + rest) == Counter(i for i in range(1000) if i % 7)
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_table_with_deletes_cut_into_parts_side_by_side_hands_each_kept_row_once(
+    lake: Lake, workers: int
+) -> None:
+    # One data file of one row group, a 100-row buffer: the file is one small shard, cut into
+    # parts read side by side, each from a row of its own, which slice the row group decoded
+    # once (core.shared_groups); the snapshot's deletes apply to each part's own rows.
+    with lake.open() as cat:
+        write_table(cat, "CREATE TABLE t AS SELECT * FROM captions_src", "DELETE FROM t WHERE imgid % 7 = 0")
+        table = cat.table("t")
+        dataset = DuckStreamDataset(
+            table,
+            sql="SELECT imgid, caption FROM source",
+            batch_size=32,
+            shuffle=True,
+            seed=5,
+            shuffle_buffer=100,
+            output="arrow",
+        )
+        rows = [r for b in DuckStreamLoader(dataset, num_workers=workers) for r in b.to_pylist()]
+        want = catalog_rows(cat, table.version, "SELECT imgid, caption FROM source")
+    assert sorted(rows, key=repr) == sorted(want, key=repr)
+    assert len(want) == 1000 - 143
+
+
 def test_a_data_file_gone_from_under_a_snapshot_is_named(tmp_path: Path) -> None:
     with LakehouseCatalog(tmp_path / "lake.ducklake", tmp_path / "files") as cat:
         write_table(cat, "CREATE TABLE t AS SELECT * FROM captions_src", rows=100)

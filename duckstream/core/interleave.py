@@ -450,20 +450,7 @@ def _spread(
         extra = max(0, min(want - 1, budget, rows[index] // stripe - 1))
         parts[index] = 1 + extra
         budget -= extra
-    found: list[tuple[int, int, int]] = []
-    spread: set[tuple[int, int, int]] = set()
-    now_entered = set(entered)
-    for index, piece in enumerate(pieces):
-        if index not in parts:
-            found.append(piece)
-            continue
-        cut = _cut(piece, parts[index])
-        found.extend(cut)
-        spread.update(cut)
-        if piece in entered:
-            now_entered.discard(piece)
-            now_entered.update(cut)
-    return found, now_entered, spread
+    return _cut_each(pieces, {pieces[index]: count for index, count in parts.items()}, entered)
 
 
 def _cut_left(
@@ -490,18 +477,13 @@ def _cut_left(
         return pieces, entered
     groups = -(-len(left) // free)
     most = SPANNING_SHARE * sum(hi - lo for lo, hi, _ in left) / (groups * free)
-    found: list[tuple[int, int, int]] = []
-    now_entered = set(entered)
-    for piece in pieces:
-        rows = piece[1] - piece[0]
-        if piece in spread or rows <= most or not anywhere[piece[2]]:
-            found.append(piece)
-            continue
-        cut = _cut(piece, int(np.ceil(rows / most)))
-        found.extend(cut)
-        now_entered.discard(piece)
-        now_entered.update(cut)
-    return found, now_entered
+    counts = {
+        piece: int(np.ceil((piece[1] - piece[0]) / most))
+        for piece in left
+        if piece[1] - piece[0] > most and anywhere[piece[2]]
+    }
+    found, now_entered, parts = _cut_each(pieces, counts, entered)
+    return found, now_entered | parts
 
 
 def _outsize(rows: Sequence[int], streams: int, window: int) -> set[int]:
@@ -611,17 +593,31 @@ def _split_small(
     rows = np.array([hi - lo for lo, hi, _ in cuttable], dtype=np.int64)
     most = np.maximum(1, rows // stripe)
     parts = _apportioned(rows, streams - (len(pieces) - len(cuttable)), most)
-    cut_into = dict(zip(cuttable, parts.tolist(), strict=True))
+    found, now_entered, _ = _cut_each(pieces, dict(zip(cuttable, parts.tolist(), strict=True)), entered)
+    return found, now_entered
+
+
+def _cut_each(
+    pieces: list[tuple[int, int, int]],
+    counts: dict[tuple[int, int, int], int],
+    entered: set[tuple[int, int, int]],
+) -> tuple[list[tuple[int, int, int]], set[tuple[int, int, int]], set[tuple[int, int, int]]]:
+    """``pieces`` with each one in ``counts`` cut into that many parts (:func:`_cut`): the
+    pieces, those entered anywhere (an entered piece's parts in its place), and the parts."""
     found: list[tuple[int, int, int]] = []
-    parts_entered: set[tuple[int, int, int]] = set()
+    now_entered = set(entered)
+    parts: set[tuple[int, int, int]] = set()
     for piece in pieces:
-        if piece not in entered:
+        if piece not in counts:
             found.append(piece)
             continue
-        cut = _cut(piece, cut_into[piece])
+        cut = _cut(piece, counts[piece])
         found.extend(cut)
-        parts_entered.update(cut)
-    return found, parts_entered
+        parts.update(cut)
+        if piece in entered:
+            now_entered.discard(piece)
+            now_entered.update(cut)
+    return found, now_entered, parts
 
 
 def _cut(piece: tuple[int, int, int], count: int) -> list[tuple[int, int, int]]:

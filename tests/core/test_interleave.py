@@ -48,6 +48,24 @@ def cases(draw: st.DrawFn) -> tuple[Layout, np.ndarray, int, np.ndarray, int, in
     )
 
 
+def whole_slot(
+    layout: Layout, seed: int, *, stripe: int, window: int, mixed: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    """The read order of one slot of every row of ``layout``, shards in storage order, 16 streams."""
+    rows = layout.num_rows
+    return interleave(
+        np.array([[0, rows]]),
+        rows,
+        layout=layout,
+        order=np.arange(len(layout.counts)),
+        key=(seed,),
+        streams=16,
+        stripe=stripe,
+        window=window,
+        mixed=mixed,
+    )
+
+
 @settings(max_examples=300, deadline=None)
 @given(cases())
 def test_the_read_order_is_a_permutation_with_each_piece_read_in_one_run(
@@ -127,16 +145,7 @@ def test_an_outsize_piece_among_many_is_read_all_along_the_slot(outsize: int, pa
     rows = int(counts.sum())
     rhos = []
     for seed in range(8):
-        read, owners = interleave(
-            np.array([[0, rows]]),
-            rows,
-            layout=layout,
-            order=np.arange(len(counts)),
-            key=(seed,),
-            streams=16,
-            stripe=64,
-            window=1_000,
-        )
+        read, owners = whole_slot(layout, seed, stripe=64, window=1_000)
         assert len(np.unique(owners)) == len(counts) - 1 + parts
         positions = expand(read)
         rhos.append(abs(_signed_spearman(read)))
@@ -157,21 +166,10 @@ def test_a_large_piece_read_over_the_whole_slot_starts_in_its_first_half_where_i
     counts = np.array([333] * 30 + [5_000] + [333] * 30)
     anywhere = np.array([True] * 30 + [False] + [True] * 30)
     layout = Layout(counts, [np.zeros(0, np.int64)] * len(counts), anywhere)
-    rows = int(counts.sum())
     large = (30 * 333, 30 * 333 + 5_000)
 
     def read(seed: int, mixed: int) -> tuple[int, float]:
-        ranges, _ = interleave(
-            np.array([[0, rows]]),
-            rows,
-            layout=layout,
-            order=np.arange(len(counts)),
-            key=(seed,),
-            streams=16,
-            stripe=64,
-            window=1_000,
-            mixed=mixed,
-        )
+        ranges, _ = whole_slot(layout, seed, stripe=64, window=1_000, mixed=mixed)
         mine = ranges[(ranges[:, 0] >= large[0]) & (ranges[:, 1] <= large[1])]
         return int(mine[0, 0]) - large[0], _signed_spearman(ranges)
 
@@ -196,16 +194,7 @@ def test_an_outsize_piece_left_to_the_groups_is_cut_into_parts_read_in_several()
     rows = int(counts.sum())
     firsts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     for seed in range(5):
-        read, owners = interleave(
-            np.array([[0, rows]]),
-            rows,
-            layout=layout,
-            order=np.arange(len(counts)),
-            key=(seed,),
-            streams=16,
-            stripe=16,
-            window=1_000,
-        )
+        read, owners = whole_slot(layout, seed, stripe=16, window=1_000)
         sizes = read[:, 1] - read[:, 0]
         at = (np.cumsum(sizes) - sizes) / rows
         for shard, parts in ((34, 6), (35, 1)):
@@ -225,19 +214,9 @@ def test_a_large_shard_is_entered_only_where_its_row_groups_start_when_pieces_ar
         (*(np.array([10, 20, 30]) for _ in range(large)), np.array([], dtype=np.int64)),
         np.array([False] * large + [True]),
     )
-    rows = 40 * (large + 1)
     starts: dict[bool, set[int]] = {False: set(), True: set()}
     for seed in range(30):
-        read, owners = interleave(
-            np.array([[0, rows]]),
-            rows,
-            layout=layout,
-            order=np.arange(large + 1),
-            key=(seed,),
-            streams=16,
-            stripe=5,
-            window=10,
-        )
+        read, owners = whole_slot(layout, seed, stripe=5, window=10)
         for stream in np.unique(owners):
             first = int(read[owners == stream][0, 0])
             starts[first >= 40 * large].add(first % 40)
@@ -438,16 +417,7 @@ def _stretches(counts: list[int], *, stripe: int, window: int) -> list[tuple[flo
     piece's first and last stripe lie in it (fractions of its rows)."""
     layout = Layout(np.array(counts), [np.zeros(0, np.int64)] * len(counts), np.ones(len(counts), bool))
     rows = layout.num_rows
-    read, owners = interleave(
-        np.array([[0, rows]]),
-        rows,
-        layout=layout,
-        order=np.arange(len(counts)),
-        key=(3,),
-        streams=16,
-        stripe=stripe,
-        window=window,
-    )
+    read, owners = whole_slot(layout, 3, stripe=stripe, window=window)
     starts = np.cumsum(read[:, 1] - read[:, 0]) - (read[:, 1] - read[:, 0])
     return [
         (starts[owners == piece].min() / rows, starts[owners == piece].max() / rows)
