@@ -59,9 +59,13 @@ STATE_VERSION = 1
 # pieces over a slot longer than a window cut to fill the streams. 8: such an outsize piece
 # read front to back rotated where it keeps more than interleave.SPREAD_LEFT on its own.
 # 9: four stripes of each stream a window (interleave.STRIPES_A_WINDOW), not one, those of
-# a window read in one run; outsize pieces left to the groups cut into parts.
+# a window read in one run; outsize pieces left to the groups cut into parts. 10: a slot of
+# two windows reads its largest pieces over both and balances its two groups on where their
+# pieces lie; a piece of most of a slot of few cut past the streams; outsize pieces take the
+# parts they want before smaller ones take a stream; large row groups copied from about 30%
+# of a rank's rows, not a third.
 # States without one: 1.
-ORDER_REVISION = 9
+ORDER_REVISION = 10
 _KEYS = ("version", "fingerprint", "seed", "shuffle", "even", "epoch", "stages")
 _OPTIONAL_KEYS = ("plan", "order")
 _STAGE_KEYS = tuple(f.name for f in fields(Stage))
