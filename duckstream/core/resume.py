@@ -29,6 +29,7 @@ __all__ = [
     "fold",
     "handed_out_whole_epoch",
     "items_per_worker",
+    "least_lag_chunk",
     "next_worker",
     "read_span",
     "rows_emitted",
@@ -87,6 +88,37 @@ def first_transfer(chunk: int, workers: int, worker: int, staggered: bool = True
     if not staggered:
         return chunk
     return max(1, (worker + 1) * chunk // max(1, workers))
+
+
+def least_lag_chunk(workers: int, items: int, most: int) -> int:
+    """The chunk, of 1 to ``most`` items, whose staggered transfers of ``workers`` workers of
+    ``items`` items each leave the least correlation between an item's place in the loop and
+    its worker (see :func:`first_transfer`): workers read consecutive parts of a rank's share,
+    so that correlation shows as storage order.
+
+    Where a worker has few items, no chunk cancels it, and which leaves least depends on the
+    count: 4 workers of 5 items, 2 a chunk: 0.16 (|Spearman| 0.145 through the loader, 8
+    ranks), 4 a chunk: 0.03 (0.031); of 6 items, 3 a chunk: 0.005, 4 a chunk: 0.04.
+    """
+    candidates = range(1, max(1, min(most, items)) + 1)
+    return min(candidates, key=lambda chunk: (abs(_worker_lag(workers, items, chunk)), chunk))
+
+
+def _worker_lag(workers: int, items: int, chunk: int) -> float:
+    """Pearson's correlation between the place of each item in the loop and its worker, the
+    workers' staggered transfers taken in turn."""
+    left = [items] * workers
+    order: list[int] = []
+    first = True
+    while any(left):
+        for worker in range(workers):
+            size = min(left[worker], first_transfer(chunk, workers, worker) if first else chunk)
+            order += [worker] * size
+            left[worker] -= size
+        first = False
+    if workers <= 1 or len(order) <= 1:
+        return 0.0
+    return float(np.corrcoef(np.arange(len(order)), order)[0, 1])
 
 
 def _transfer_counts(items: Sequence[int], chunk: int, staggered: bool) -> tuple[list[int], list[int]]:
