@@ -271,12 +271,17 @@ def test_merge_sorted_joins_adjacent_and_sorts(cuts: list[int]) -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(workers=st.integers(1, 8), items=st.integers(0, 80), most=st.integers(1, 16))
-def test_the_chunk_of_least_lag_leaves_no_more_than_any_other(workers: int, items: int, most: int) -> None:
-    chunk = least_lag_chunk(workers, items, most)
-    assert 1 <= chunk <= max(1, min(most, items))
-    for other in range(1, max(1, min(most, items)) + 1):
-        assert abs(_worker_lag(workers, items, chunk)) <= abs(_worker_lag(workers, items, other)) + 1e-12
+@given(workers=st.integers(2, 8), data=st.data())
+def test_the_chunk_of_least_lag_leaves_a_lag_that_falls_with_the_items(
+    workers: int, data: st.DataObject
+) -> None:
+    # Where each of 2-8 workers has few items (as many as the workers or more), the lag of
+    # the chosen chunk is under 0.3 / items; as many as the workers but at most half the
+    # items (the rule before) left up to 0.98 / items (4 workers of 5 items: 0.16).
+    items = data.draw(st.integers(workers, 63))
+    chunk = least_lag_chunk(workers, items, 2 * workers)
+    assert 1 <= chunk <= min(items, 2 * workers)
+    assert abs(_worker_lag(workers, items, chunk)) * items < 0.3
 
 
 def test_the_lag_of_staggered_transfers_is_the_order_the_loop_sees_from_workers() -> None:
