@@ -31,7 +31,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TextIO
 
@@ -224,6 +224,12 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
     parser.add_argument(
         "--read", choices=sorted(READS), default="plain", help="the query read through (default plain)"
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="DataLoader workers a rank for every shape (default: as drawn, 0-2)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write every figure to this file")
     args = parser.parse_args(argv)
     low, high = (int(part) for part in args.rows.split(","))
@@ -231,7 +237,10 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
     results = []
     try:
         for index in range(args.first, args.first + args.layouts):
-            quality = measure(draw(index, (low, high)), args.seeds, folder, args.read)
+            shape = draw(index, (low, high))
+            if args.workers is not None:
+                shape = replace(shape, workers=args.workers)
+            quality = measure(shape, args.seeds, folder, args.read)
             results.append(quality)
             verdict = "ok  " if quality.meets_goal else "MISS"
             print(

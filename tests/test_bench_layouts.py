@@ -56,3 +56,13 @@ def test_the_command_prints_each_shape_and_the_summary(tmp_path: Path) -> None:
     assert all(0 <= entry["median"] <= entry["p90"] <= entry["most"] <= 1 for entry in written)
     # Sources and caches are removed after each shape.
     assert list((tmp_path / "work").iterdir()) == []
+
+
+def test_the_command_reads_every_shape_with_the_workers_given(tmp_path: Path) -> None:
+    # Shapes draw 0-2 workers a rank; the goal holds up to 4.
+    out = io.StringIO()
+    figures = tmp_path / "layouts.json"
+    argv = ["--first", "3", "--layouts", "1", "--seeds", "1", "--rows", "1000,1500", "--workers", "4"]
+    assert main([*argv, "--json", str(figures), "--dir", str(tmp_path / "work")], out) == 0
+    assert "4 worker(s)" in out.getvalue().splitlines()[0]
+    assert json.loads(figures.read_text())[0]["shape"]["workers"] == 4
