@@ -452,7 +452,7 @@ def _spread(
     rows = [hi - lo for lo, hi, _ in pieces]
     total = float(sum(rows))
     wanted = [
-        min(_hiding_parts(count / total), max(1, count // stripe)) if piece in entered else 1
+        _hiding_parts(count, total, stripe) if piece in entered else 1
         for piece, count in zip(pieces, rows, strict=True)
     ]
     chosen = _outsize(rows, streams, window, wanted)
@@ -688,18 +688,19 @@ def _split_small(
     most = np.maximum(1, rows // stripe)
     parts = _apportioned(rows, streams - (len(pieces) - len(cuttable)), most)
     total = sum(hi - lo for lo, hi, _ in pieces)
-    hiding = np.array([min(_hiding_parts(count / total), streams // 2) for count in rows.tolist()])
-    parts = np.maximum(parts, np.minimum(hiding, most))
+    hiding = [min(_hiding_parts(count, total, stripe), streams // 2) for count in rows.tolist()]
+    parts = np.maximum(parts, hiding)
     found, now_entered, _ = _cut_each(pieces, dict(zip(cuttable, parts.tolist(), strict=True)), entered)
     return found, now_entered
 
 
-def _hiding_parts(share: float) -> int:
-    """Parts a piece holding ``share`` of a slot's rows is cut into, each read over the whole
+def _hiding_parts(rows: int, total: float, stripe: int) -> int:
+    """Parts a piece of ``rows`` of a slot's ``total`` is cut into, each read over the whole
     slot from a random row, so that what their rotations leave (about ``0.45 share**2 /
-    parts**1.5``, see :func:`_spread`) is :data:`SPREAD_LEFT` or less."""
-    left = np.sqrt(_ROTATED_VARIANCE) * share**2
-    return max(1, int(np.ceil((left / SPREAD_LEFT) ** (2 / 3))))
+    parts**1.5``, see :func:`_spread`) is :data:`SPREAD_LEFT` or less: at most one a stripe."""
+    left = np.sqrt(_ROTATED_VARIANCE) * (rows / total) ** 2
+    wanted = max(1, int(np.ceil((left / SPREAD_LEFT) ** (2 / 3))))
+    return min(wanted, max(1, rows // stripe))
 
 
 def _cut_each(
