@@ -16,9 +16,10 @@ from duckstream.core.partition import Even, partition, rank_rows, worker_rows
 from duckstream.core.ranges import as_ranges, expand, length, merge_sorted, slice_ranges
 from duckstream.core.resume import (
     Stage,
-    _worker_lag,
+    _worker_spread,
+    first_transfer,
     items_per_worker,
-    least_lag_chunk,
+    least_spread_chunk,
     next_worker,
     worker_items,
 )
@@ -272,24 +273,74 @@ def test_merge_sorted_joins_adjacent_and_sorts(cuts: list[int]) -> None:
 
 @settings(max_examples=200, deadline=None)
 @given(workers=st.integers(2, 8), data=st.data())
-def test_the_chunk_of_least_lag_leaves_a_lag_that_falls_with_the_items(
+def test_the_chosen_chunk_leaves_the_workers_items_apart_by_less_as_they_grow(
     workers: int, data: st.DataObject
 ) -> None:
-    # Where each of 2-8 workers has few items (as many as the workers or more), the lag of
-    # the chosen chunk is under 0.3 / items; as many as the workers but at most half the
-    # items (the rule before) left up to 0.98 / items (4 workers of 5 items: 0.16).
+    # Where each of 2-8 workers has few items (as many as the workers or more, the last
+    # maybe short), the workers' mean places in the loop of the chosen chunk lie apart by
+    # under 1 / items of the places' spread; the chunk of least linear lag (the rule before)
+    # left up to 1.2 / items (8 workers of 20 items), as many as the workers but at most half
+    # the items (the rule before that) more.
     items = data.draw(st.integers(workers, 63))
-    chunk = least_lag_chunk(workers, items, 2 * workers)
+    last = data.draw(st.integers(1, 64)) / 64
+    chunk = least_spread_chunk(workers, items, 2 * workers, last)
     assert 1 <= chunk <= min(items, 2 * workers)
-    assert abs(_worker_lag(workers, items, chunk)) * items < 0.3
+    assert _worker_spread(workers, items, chunk, last) * (items - 1 + last) < 1.0
 
 
-def test_the_lag_of_staggered_transfers_is_the_order_the_loop_sees_from_workers() -> None:
+def loop_places(
+    workers: int, items: int, chunk: int, last: float, rows: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's place in the loop and its worker, items of ``rows`` rows taken in the
+    staggered round robin (the last of ``last * rows``)."""
+    sizes = [rows] * (items - 1) + [round(last * rows)]
+    left = [list(sizes) for _ in range(workers)]
+    owners: list[int] = []
+    first = True
+    while any(left):
+        for worker in range(workers):
+            size = first_transfer(chunk, workers, worker) if first else chunk
+            owners += [worker] * sum(left[worker][:size])
+            del left[worker][:size]
+        first = False
+    return np.arange(len(owners)), np.array(owners)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    workers=st.integers(2, 6),
+    items=st.integers(1, 12),
+    chunk=st.integers(1, 12),
+    last=st.integers(1, 8),
+    values=st.lists(st.floats(-1, 1), min_size=6, max_size=6),
+)
+def test_the_workers_spread_bounds_the_order_anything_of_a_worker_shows(
+    workers: int, items: int, chunk: int, last: int, values: list[float]
+) -> None:
+    # Whatever each worker's rows are (their mean id, here `values`), the correlation between
+    # a row's place in the loop and its worker's value is at most the spread.
+    places, owners = loop_places(workers, items, chunk, last / 8, 640)
+    of_worker = np.asarray(values[:workers])[owners]
+    if of_worker.std() == 0 or len(places) < 2:
+        return
+    correlation = abs(np.corrcoef(places, of_worker)[0, 1])
+    assert correlation <= _worker_spread(workers, items, chunk, last / 8) + 1e-3
+
+
+def test_the_spread_of_staggered_transfers_is_the_order_the_loop_sees_from_workers() -> None:
     # 4 workers of 5 items: transfers of 2 (half a worker's items) put worker 0 first in
     # every round (|rho| 0.145 through the loader, 8 ranks); of 4, they balance (0.031).
-    assert _worker_lag(4, 5, 2) > 0.15
-    assert abs(_worker_lag(4, 5, 4)) < 0.035
-    assert least_lag_chunk(4, 5, 8) == 4
-    # 2 workers of an even count cancel at 2 a chunk; one worker has no lag.
-    assert _worker_lag(2, 10, 2) == pytest.approx(0.0, abs=1e-12)
-    assert _worker_lag(1, 10, 3) == 0.0
+    assert _worker_spread(4, 5, 2) > 0.2
+    assert _worker_spread(4, 5, 4) < 0.04
+    assert least_spread_chunk(4, 5, 8) == 4
+    # 6 whole batches and one of 10 rows: 3 a chunk leaves little linear lag by worker
+    # number, but workers 0 and 3 late, 1 and 2 early, and where their rows lie apart
+    # otherwise (40 small files over 8 ranks) one rank's epoch kept 0.110; 4 a chunk, 0.075.
+    places, owners = loop_places(4, 7, 3, 10 / 64, 64)
+    assert abs(np.corrcoef(places, owners)[0, 1]) < 0.015
+    assert _worker_spread(4, 7, 3, 10 / 64) > 0.12
+    assert least_spread_chunk(4, 7, 8, 10 / 64) == 4
+    assert _worker_spread(4, 7, 4, 10 / 64) < 0.07
+    # 2 workers of an even count cancel at 2 a chunk; one worker has no spread.
+    assert _worker_spread(2, 10, 2) == pytest.approx(0.0, abs=1e-12)
+    assert _worker_spread(1, 10, 3) == 0.0
