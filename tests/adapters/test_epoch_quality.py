@@ -210,7 +210,7 @@ def test_workers_of_few_batches_and_a_short_one_hand_them_over_so_that_none_come
     # The layout benchmark's shape 94 at 4 workers: 40 files of 44-1,300 rows in 4 row
     # groups, 12,614 rows over 8 ranks, so 6 whole batches and one of 10 or 11 rows a worker.
     # Counted as 6 items, the chunk chosen was 3, which leaves little lag linear in the
-    # worker's number but workers 0 and 3 late, 1 and 2 early; a worker's rows here are any
+    # worker's number but workers 1 and 2 late, 0 and 3 early; a worker's rows here are any
     # part of the storage, and one rank's epoch kept |rho| 0.110 (median 0.032). 4: 0.075.
     shape = replace(layouts.draw(94), workers=4)
     assert (shape.world_size, shape.rows) == (8, 12_614)
