@@ -191,9 +191,13 @@ class DuckStreamDataset(IterableDataset[Any]):
     def __len__(self) -> int:
         """Items this rank yields in one epoch under the loader that iterates the dataset
         (under ``count="skip"``: batches of source rows, some of them short or empty)."""
-        rank_total = rank_rows(self.plan.num_rows, self.ranks.world_size, self.even, self.ranks.rank)
-        per_worker = worker_rows(rank_total, self.transport.num_workers)
+        per_worker = self._worker_shares(self.transport.num_workers)
         return sum(worker_items(rows, self.options.item_rows, self.options.drops_last) for rows in per_worker)
+
+    def _worker_shares(self, num_workers: int) -> list[int]:
+        """Rows each of this rank's ``num_workers`` workers reads in an epoch."""
+        rank_total = rank_rows(self.plan.num_rows, self.ranks.world_size, self.even, self.ranks.rank)
+        return worker_rows(rank_total, max(1, num_workers))
 
     # -- epochs and state ------------------------------------------------------------------
 
@@ -378,8 +382,7 @@ def _busiest_worker_items(dataset: DuckStreamDataset, num_workers: int) -> tuple
     its last holds (a short last batch counts, unless dropped: 12,614 rows over 8 ranks of 4
     workers, 64 a batch, are 6 whole batches and one of 10 or 11 rows a worker)."""
     options = dataset.options
-    rank_total = rank_rows(dataset.plan.num_rows, dataset.ranks.world_size, options.even, dataset.ranks.rank)
-    rows = max(worker_rows(rank_total, max(1, num_workers)))
+    rows = max(dataset._worker_shares(num_workers))
     items = worker_items(rows, options.item_rows, options.drops_last)
     short = 0 if options.drops_last else rows % options.item_rows
     return items, (short / options.item_rows if short else 1.0)

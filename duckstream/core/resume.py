@@ -128,7 +128,7 @@ def _worker_spread(workers: int, items: int, chunk: int, last: float = 1.0) -> f
     if workers <= 1 or len(segments) <= 1:
         return 0.0
     owner = np.array([worker for worker, _ in segments])
-    rows = np.array([size for _, size in segments])
+    rows = np.array([part for _, part in segments])
     middles = np.cumsum(rows) - rows / 2
     middles -= np.dot(rows, middles) / rows.sum()
     total = float(np.dot(rows, middles**2 + rows**2 / 12))
