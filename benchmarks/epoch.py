@@ -180,6 +180,7 @@ def duckstream_epochs(
     ids_dir: str | Path | None = None,
     ids_column: str = "id",
     count: Literal["exact", "skip"] = "exact",
+    shuffle_buffer: int | None = None,
 ) -> list[EpochResult]:
     """``repeat`` shuffled epochs through one ``DuckStreamLoader``, as a training run reads them.
 
@@ -193,6 +194,7 @@ def duckstream_epochs(
     ``ids_column`` goes to :func:`ids_file` as the batches arrive, workers' batches interleaved
     as the loader yields them: written, not kept, so the memory figures do not grow with it.
     ``count`` is the dataset's: ``"skip"`` plans a filter without counting it.
+    ``shuffle_buffer``: the dataset's, in rows (None: its default, 64 MiB of rows).
     """
     import numpy as np
 
@@ -226,6 +228,7 @@ def duckstream_epochs(
             seed=seed,
             output=output,
             count=count,
+            shuffle_buffer=shuffle_buffer,
             **keywords,
         )
         loader = DuckStreamLoader(dataset, num_workers=workers, persistent_workers=workers > 0)
@@ -287,6 +290,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers (duckstream*)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--shuffle-buffer", type=int, help="duckstream*: the shuffle buffer in rows (default: the dataset's)"
+    )
+    parser.add_argument(
         "--ids-dir",
         type=Path,
         help="duckstream*: write each epoch's ids (the id column, as received) to DIR/epoch-N.int64",
@@ -327,6 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             output="arrow" if args.loader == "duckstream-arrow" else "torch",
             ids_dir=args.ids_dir,
             count=args.count,
+            shuffle_buffer=args.shuffle_buffer,
         )
     # The first epoch is cold (planning, worker start, the page cache); a training run spends
     # most of its time in the later, warm ones. Timings on a shared machine wander between

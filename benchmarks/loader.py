@@ -64,6 +64,7 @@ class BenchConfig:
     timeout: float | None = None  # seconds per configuration
     repeat: int = 3  # epochs per configuration: the first is cold, the fastest later one warm
     plot_dir: Path | None = None  # draw each shuffled configuration's first epoch here (plot.py)
+    shuffle_buffer: int | None = None  # duckstream's buffer in rows; None: the dataset's default
 
     def __post_init__(self) -> None:
         check_choices("presets", self.presets, get_args(PresetName))
@@ -73,7 +74,13 @@ class BenchConfig:
         check_workers(self.workers)
         if self.s3_delay_ms < 0:
             raise ConfigurationError(f"the S3 delay must be 0 ms or more, found {self.s3_delay_ms}")
-        check_at_least_one(rows=self.rows, scale=self.scale, batch_size=self.batch_size, repeat=self.repeat)
+        check_at_least_one(
+            rows=self.rows,
+            scale=self.scale,
+            batch_size=self.batch_size,
+            repeat=self.repeat,
+            shuffle_buffer=self.shuffle_buffer,
+        )
 
     def rows_of(self, name: PresetName) -> int:
         """The 1x row count of preset ``name`` under this configuration."""
@@ -134,7 +141,8 @@ class Measurement:
 
 def run_bench(config: BenchConfig, *, echo: Callable[[str], None] = print) -> list[Measurement]:
     """Measure every configuration ``config`` names, reporting progress through ``echo``."""
-    echo(f"python {platform.python_version()}, {os.cpu_count()} CPUs, batch size {config.batch_size}")
+    buffer = "" if config.shuffle_buffer is None else f", shuffle buffer {config.shuffle_buffer:,} rows"
+    echo(f"python {platform.python_version()}, {os.cpu_count()} CPUs, batch size {config.batch_size}{buffer}")
     if config.plot_dir is not None:
         from .plot import require_matplotlib
 
@@ -245,6 +253,8 @@ def _measure(
     if base.loader not in _FLOORS:
         command.append(f"--sql={path_sql(path, spec.columns, spec.rows)}")
         command.append(f"--count={path.count}")
+        if config.shuffle_buffer is not None:
+            command.append(f"--shuffle-buffer={config.shuffle_buffer}")
     env = {**os.environ, **target.env}
     shuffles = base.loader not in _FLOORS and "id" in spec.columns
     with tempfile.TemporaryDirectory(prefix="duckstream-bench-ids-") as ids_dir:

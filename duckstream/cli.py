@@ -308,6 +308,12 @@ def _add_bench_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
     bench.add_argument("--batch-size", type=int, default=256, help="rows per batch (default 256)")
     bench.add_argument("--seed", type=int, default=0, help="seed of the data and of the shuffle")
     bench.add_argument(
+        "--shuffle-buffer",
+        type=int,
+        metavar="ROWS",
+        help="duckstream's shuffle buffer in rows (default: the dataset's, 64 MiB of rows)",
+    )
+    bench.add_argument(
         "--repeat",
         type=int,
         help=(
@@ -518,6 +524,7 @@ def _run_bench(args: argparse.Namespace, out: TextIO) -> int:
         timeout=args.timeout or None,
         repeat=args.repeat if args.repeat is not None else (1 if args.quick else 3),
         plot_dir=args.plot,
+        shuffle_buffer=args.shuffle_buffer,
     )
     measurements = run_bench(config, echo=lambda text: print(text, file=out, flush=True))
     report(measurements, out)
@@ -533,6 +540,11 @@ def _run_bench_peers(args: argparse.Namespace, out: TextIO) -> int:
 
     if args.plot is not None:
         raise ConfigurationError("--plot draws the read paths' epochs: leave it out with --peers")
+    if args.shuffle_buffer is not None:
+        raise ConfigurationError(
+            "--shuffle-buffer sets duckstream's buffer on the read paths: leave it out with --peers "
+            "(each loader there keeps its own default)"
+        )
 
     config = PeerConfig(
         presets=("captions", "images") if args.preset == "all" else (args.preset,),

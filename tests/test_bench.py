@@ -734,6 +734,77 @@ def test_epochs_write_the_ids_in_the_order_the_loop_receives_them(
     assert sorted(path.name for path in ids_dir.iterdir()) == ["epoch-0.int64", "epoch-1.int64"]
 
 
+def test_epochs_read_through_the_shuffle_buffer_asked_for(tmp_path: Path) -> None:
+    from duckstream.stream import DuckStreamDataset, DuckStreamLoader
+
+    make_dataset(DatasetSpec(rows=3_000, files=4, row_group_size=500), tmp_path / "data")
+    sql = "SELECT id, captions FROM source"
+    source = str(tmp_path / "data")
+
+    def received(buffer: int | None = None) -> list[int]:
+        dataset = DuckStreamDataset(
+            source, sql=sql, batch_size=256, shuffle=True, seed=3, output="arrow", shuffle_buffer=buffer
+        )
+        batches = [batch.column("id").to_numpy() for batch in DuckStreamLoader(dataset)]
+        return [int(i) for i in np.concatenate(batches)]
+
+    orders = {}
+    for buffer in (None, 300):
+        ids_dir = tmp_path / f"ids-{buffer}"
+        ids_dir.mkdir()
+        duckstream_epochs(
+            source,
+            sql,
+            batch_size=256,
+            workers=0,
+            seed=3,
+            output="arrow",
+            ids_dir=ids_dir,
+            shuffle_buffer=buffer,
+        )
+        orders[buffer] = np.fromfile(ids_file(ids_dir, 0), dtype=np.int64).tolist()
+
+    assert orders[None] == received()
+    assert orders[300] == received(300)
+    assert orders[300] != orders[None]
+
+
+def test_bench_shuffle_buffer_must_be_a_row_count_and_is_not_for_the_peers(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(ConfigurationError, match="shuffle buffer must be at least 1, found 0"):
+        BenchConfig(shuffle_buffer=0)
+    assert main(["bench", "--peers", "duckstream", "--shuffle-buffer", "1000"]) == 1
+    assert "--shuffle-buffer sets duckstream's buffer on the read paths" in capsys.readouterr().err
+
+
+def test_bench_runs_duckstream_with_the_shuffle_buffer_and_records_it(tmp_path: Path) -> None:
+    report = tmp_path / "bench.json"
+    result = run_bench_cli(
+        "--quick",
+        "--preset",
+        "captions",
+        "--path",
+        "plain",
+        "--loader",
+        "duckstream-arrow",
+        "--scale",
+        "1",
+        "--shuffle-buffer",
+        "1000",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--json",
+        str(report),
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines()[0].endswith("batch size 256, shuffle buffer 1,000 rows")
+    document = json.loads(report.read_text())
+    assert document["config"]["shuffle_buffer"] == 1_000
+    assert [m["rows_read"] for m in document["measurements"]] == [4_000, 4_000]
+
+
 def test_bench_reports_the_shuffle_of_each_epoch_and_draws_the_first(tmp_path: Path) -> None:
     import matplotlib.image
 
