@@ -120,7 +120,7 @@ def output_schema(query: str, batch: BatchQuery, source_schema: pa.Schema) -> pa
     computes, the decoded Arrow types for the columns passed through."""
     # A connection of its own: the planning one has a `source` view of the files already.
     with duckdb.connect() as own:
-        own.register(SOURCE, source_schema.empty_table())
+        own.register(SOURCE, _stand_in(own, source_schema, batch.reads))
         result = own.sql(f"SELECT * FROM ({query}) LIMIT 0").to_arrow_table().schema
     if not batch.passed:
         return result
@@ -132,6 +132,31 @@ def output_schema(query: str, batch: BatchQuery, source_schema: pa.Schema) -> pa
             for field, column in zip(result, batch.passed, strict=True)
         ]
     )
+
+
+def _stand_in(con: duckdb.DuckDBPyConnection, schema: pa.Schema, reads: Sequence[str]) -> pa.Table:
+    """An empty table of ``schema`` to bind a query against. A column of a type DuckDB cannot
+    take from Arrow (pyarrow's float16) is NULL there where the query only passes it through
+    (the output takes its decoded type back); one DuckDB reads raises ValueError, and DuckDB
+    then reads the files itself."""
+    empty = schema.empty_table()
+    try:
+        con.register("duckstream_probe", empty)
+        return empty
+    except duckdb.Error:
+        pass  # find the columns at fault
+    fields = []
+    for field in schema:
+        try:
+            con.register("duckstream_probe", pa.schema([field]).empty_table())
+        except duckdb.Error:
+            if field.name in reads:
+                raise ValueError(
+                    f"DuckDB cannot take column {field.name!r} ({field.type}) from Arrow"
+                ) from None
+            field = field.with_type(pa.null())
+        fields.append(field)
+    return pa.schema(fields).empty_table()
 
 
 def _passed_columns(

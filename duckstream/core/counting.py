@@ -30,8 +30,10 @@ _CARDINALITY_FUNCTIONS = frozenset({"unnest", "unlist", "generate_subscripts"})
 def counting_query(con: duckdb.DuckDBPyConnection, query: str) -> str | None:
     """``query`` reduced to what decides how many rows it yields, plus ``FILE`` and ``ROW``.
 
-    Only a single ``SELECT ... FROM source`` can be reduced (select items that do not unnest
-    cannot change the row count); None for any other shape.
+    ``query`` is row-local, over ``source`` (a view ``con`` has). A single ``SELECT ... FROM
+    source`` keeps only its select items that unnest (the others cannot change the row count);
+    SELECTs nested over ``source`` (a ``WITH``, a subquery in ``FROM``) also pass ``FILE`` and
+    ``ROW`` on through each inner level. None for any other shape.
     """
     try:
         return _reduce(con, query)
@@ -42,18 +44,86 @@ def counting_query(con: duckdb.DuckDBPyConnection, query: str) -> str | None:
 def _reduce(con: duckdb.DuckDBPyConnection, query: str) -> str | None:
     tree = sqlmod.parse(con, query)
     select = sqlmod.single_select(tree)
-    if select is None:
+    if select is not None:
+        alias = select["from_table"].get("alias") or sqlmod.SOURCE
+        select["select_list"] = [*_cardinality_items(select), *(_tag(name, alias) for name in (FILE, ROW))]
+        return sqlmod.unparse(con, tree)
+    statements = [] if tree.get("error") else tree.get("statements", [])
+    if len(statements) != 1:
         return None
-    alias = select["from_table"].get("alias") or sqlmod.SOURCE
-    kept = [item for item in select["select_list"] if _changes_cardinality(item)]
-    select["select_list"] = [
-        *kept,
-        *(
-            {"class": "COLUMN_REF", "type": "COLUMN_REF", "alias": name, "column_names": [alias, name]}
-            for name in (FILE, ROW)
-        ),
-    ]
-    return sqlmod.unparse(con, tree)
+    outer = statements[0]["node"]
+    if not _from_passes_tags(outer, {}, set()):
+        return None
+    outer["select_list"] = [*_cardinality_items(outer), *(_tag(name) for name in (FILE, ROW))]
+    reduced = sqlmod.unparse(con, tree)
+    # Bound over a stand-in for the tagged source: a level the walk misjudged fails here, not
+    # in the counting pass (which would stop the plan).
+    con.execute(
+        f"WITH source AS (SELECT *, NULL AS {FILE}, NULL AS {ROW} FROM source LIMIT 0) "
+        f"SELECT {FILE}, {ROW} FROM ({reduced}) LIMIT 0"
+    )
+    return reduced
+
+
+def _cardinality_items(select: dict[str, Any]) -> list[dict[str, Any]]:
+    return [item for item in select["select_list"] if _changes_cardinality(item)]
+
+
+def _tag(name: str, relation: str | None = None) -> dict[str, Any]:
+    """A select item that passes the tag column ``name`` on, qualified by ``relation`` if given."""
+    names = [name] if relation is None else [relation, name]
+    return {"class": "COLUMN_REF", "type": "COLUMN_REF", "alias": name, "column_names": names}
+
+
+# A CTE's SELECT, and the CTEs its own FROM can name (those defined before it, and outside).
+_Scope = dict[str, tuple[dict[str, Any], "_Scope"]]
+
+
+def _passes_tags(node: dict[str, Any], ctes: _Scope, done: set[int]) -> bool:
+    """Make the SELECT ``node`` output ``FILE`` and ``ROW`` of the ``source`` rows it reads
+    (rewritten in place); False where it cannot. ``done``: nodes already rewritten."""
+    if id(node) in done:
+        return True
+    if not _from_passes_tags(node, ctes, done):
+        return False
+    done.add(id(node))
+    # A bare star passes every column of the one relation a row-local level reads, tags too.
+    if not any(_bare_star(item) for item in node["select_list"]):
+        node["select_list"] = [*node["select_list"], *(_tag(name) for name in (FILE, ROW))]
+    return True
+
+
+def _from_passes_tags(node: dict[str, Any], ctes: _Scope, done: set[int]) -> bool:
+    """Make what the SELECT ``node`` reads from carry ``FILE`` and ``ROW``: ``source`` itself,
+    or a CTE or subquery rewritten by :func:`_passes_tags`."""
+    if node.get("type") != "SELECT_NODE" or node.get("modifiers") or node.get("group_expressions"):
+        return False
+    if node.get("having") or node.get("qualify") or node.get("sample"):
+        return False
+    for entry in node.get("cte_map", {}).get("map", []):
+        # Not recursive: inside its own body a CTE's name is what it was outside.
+        ctes = {**ctes, str(entry["key"]).lower(): (entry["value"]["query"]["node"], ctes)}
+    table = node.get("from_table", {})
+    if table.get("schema_name") or table.get("catalog_name") or table.get("sample"):
+        return False
+    if table.get("type") == "SUBQUERY":
+        return _passes_tags(table["subquery"]["node"], ctes, done)
+    if table.get("type") != "BASE_TABLE":
+        return False
+    name = str(table.get("table_name", "")).lower()
+    if name in ctes:
+        body, scope = ctes[name]
+        return _passes_tags(body, scope, done)
+    return name == sqlmod.SOURCE
+
+
+def _bare_star(item: dict[str, Any]) -> bool:
+    """``*`` or ``relation.*``, excluding, replacing or renaming nothing."""
+    if item.get("class") != "STAR" or item.get("columns") or item.get("expr") is not None:
+        return False
+    return not any(
+        item.get(key) for key in ("exclude_list", "replace_list", "rename_list", "qualified_exclude_list")
+    )
 
 
 def count_per_range(

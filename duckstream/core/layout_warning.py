@@ -3,8 +3,9 @@ mix a source's rows well at its buffer: few row groups a rank, too large to cut 
 each read in one pass (see :func:`duckstream.core.interleave.order_left`). It names the files
 and both remedies, a buffer that holds a rank's rows, and smaller row groups. Files a shuffled
 read copies into small row groups (see :mod:`duckstream.core.recut`) are judged by the copy's:
-what is left is a filter the planner counts shard by shard (a statement it cannot count per
-range of rows), or files DuckDB reads itself, over such row groups."""
+what is left is files DuckDB reads itself (a lake file only DuckLake's scan can read, a query
+that computes on a type DuckDB cannot take from Arrow), or a filter the planner counts shard by
+shard, over such row groups."""
 
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ from duckstream.core.partition import SlotSpan
 from duckstream.core.planning import StreamPlan
 from duckstream.core.ranges import length, slice_ranges
 from duckstream.core.read_ahead import Producer, read_ahead_each
-from duckstream.core.reader import ShardReader, default_threads, read_batch_rows
+from duckstream.core.reader import ShardReader, SqlConnections, default_threads, read_batch_rows
 from duckstream.core.resume import Stage, continuation, read_span, rows_emitted
 from duckstream.core.shared_groups import SharedGroups
 from duckstream.core.shuffle import SHUFFLE_BUFFER_BYTES, window_key, window_permutation
@@ -126,11 +126,9 @@ def locate_slot(
 
 
 def read_streams(plan: StreamPlan) -> int:
-    """Pieces a shuffled read of ``plan`` reads at once: only pyarrow's decoders continue a
-    piece where its last stripe stopped (DuckDB re-runs a query from its start). Each open
-    decoder holds its current pages: as many as fit in ``DECODER_BYTES``, 2 to 16."""
-    if not plan.decodes:
-        return 1
+    """Pieces a shuffled read of ``plan`` reads at once. Each open decoder (pyarrow's, or a
+    query DuckDB streams from the files itself) holds its current pages: as many as fit in
+    ``DECODER_BYTES``, 2 to 16."""
     return max(2, min(DEFAULT_STREAMS, DECODER_BYTES // max(1, plan.decoder_bytes)))
 
 
@@ -199,6 +197,7 @@ def read_slot(
     ends = np.cumsum(sizes)
     pieces = _pieces(slice_ranges(span.ranges, begin, span.rows), order, sizes, ends)
     batches: Iterable[pa.RecordBatch] = ()
+    connections: SqlConnections | None = None
     try:
         if interleaved:
             ranges, owned = _slice_owned(span.ranges, owners, begin, span.rows)
@@ -212,13 +211,20 @@ def read_slot(
             held_rows = SHUFFLE_BUFFER_BYTES // max(1, plan.row_bytes) // max(1, open_at_once)
             # The parts of a small row group, each its own stream, slice it decoded once.
             shared = SharedGroups()
+            # Pieces DuckDB reads from the files share its database, a cursor each.
+            connections = None if read_plan.decodes else SqlConnections(read_plan, threads=1)
 
             def lane_ranges(mask: np.ndarray, each_ahead: bool) -> Iterator[list[pa.RecordBatch]]:
                 return _interleaved(
                     ranges[mask],
                     owned[mask],
                     lambda: ShardReader(
-                        read_plan, threads=1, batch_rows=batch_rows, copied=copied, shared=shared
+                        read_plan,
+                        threads=1,
+                        batch_rows=batch_rows,
+                        copied=copied,
+                        shared=shared,
+                        connections=connections,
                     ),
                     lambda stream_ranges: _pieces(stream_ranges, order, sizes, ends),
                     plan,
@@ -283,6 +289,8 @@ def read_slot(
             batches.close()  # read-ahead threads stop before their readers close
         for reader in readers:
             reader.close()
+        if connections is not None:
+            connections.close()
         if window_sql is not None:
             window_sql.close()
 

@@ -55,6 +55,7 @@ from duckstream.core.source import (
     parquet_patterns,
     read_metadata,
 )
+from duckstream.errors import SourceError
 from duckstream.storage import S3Settings
 
 __all__ = [
@@ -296,6 +297,8 @@ def _prepare(
     con = engine.connect(s3=s3, extensions=("httpfs",) if remote else ())
     try:
         files = list_files(patterns, con)
+        if original_schema is None:
+            files = _outside_cache(files, patterns, cache_dir)
         # A materialised result (original_schema set) is a local file: no use to other machines.
         cache = PlanCache(cache_dir, s3) if cache_dir is not None and original_schema is None else None
         if cache is not None:
@@ -373,6 +376,21 @@ def _prepare(
     if cache is not None:
         cache.store(key, listing, plan)
     return plan
+
+
+def _outside_cache(
+    files: Sequence[str], patterns: Sequence[str], cache_dir: str | os.PathLike[str] | None
+) -> list[str]:
+    """``files`` less those in the cache folder (copies, materialised results): a cache folder
+    inside a source folder would otherwise be read as more of the source's rows."""
+    folder = os.path.join(os.path.abspath(cache_directory(cache_dir, make=False)), "")
+    kept = [f for f in files if is_remote(f) or not os.path.abspath(f).startswith(folder)]
+    if not kept:
+        raise SourceError(
+            f"every Parquet file {', '.join(patterns)} matches lies in the cache folder {folder} "
+            "(duckstream's copies and results): give the data's own path, or another cache_dir"
+        )
+    return kept
 
 
 def _plan_layout() -> list[list[str]]:

@@ -138,10 +138,10 @@ def copied_groups(plan: StreamPlan, base: Layout, streams: int, ranks: int) -> d
     well enough (``base``, its layout over them, read ``streams`` at once, shared by
     ``ranks`` ranks).
 
-    Only files pyarrow decodes are copied (a lake table's too). Where a filter or a snapshot's
-    deletes thin the rows, the copy's row groups are made of the parts the plan counted
-    (:class:`PartCounts`); where it counted none (a filter counted shard by shard), no file is
-    copied.
+    Only files pyarrow decodes are copied (a lake table's too): DuckDB's reads of a file go
+    through its name or the catalog's scan. Where a filter or a snapshot's deletes thin the
+    rows, the copy's row groups are made of the parts the plan counted (:class:`PartCounts`);
+    where it counted none (a filter counted shard by shard), no file is copied.
     """
     if streams <= 1:
         return {}

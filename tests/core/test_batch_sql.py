@@ -134,6 +134,34 @@ def test_columns_passed_through_never_enter_duckdb(tmp_path: Path) -> None:
     assert plan.schema.field("picture").type == pa.binary()
 
 
+def test_a_float16_column_duckdb_cannot_take_is_passed_in_its_own_type(tmp_path: Path) -> None:
+    # pyarrow decodes float16; DuckDB takes no float16 from Arrow. A query that only passes it
+    # through (or does not read it) still runs over pyarrow's batches, and yields float16; one
+    # that computes on it is read by DuckDB from the files, which gives float32.
+    halves = pa.array([i / 4 for i in range(200)], pa.float16())
+    pq.write_table(pa.table({"id": pa.array(range(200), pa.int64()), "half": halves}), tmp_path / "a.parquet")
+    for sql in (
+        "SELECT id FROM source WHERE id % 3 = 0",
+        "SELECT id, half FROM source WHERE id % 3 = 0",
+        "SELECT half AS h, id + 1 AS next FROM source",
+    ):
+        plan = prepare(str(tmp_path), sql, s3=S3Settings())
+        assert plan.batch is not None, sql
+        assert plan.decoded(0), sql
+        rows = pa.Table.from_batches(stream_batches(str(tmp_path), sql))
+        assert rows.schema == plan.schema
+        expected = duckdb.sql(sql.replace("source", f"read_parquet('{tmp_path}/a.parquet')")).to_arrow_table()
+        assert rows.cast(expected.schema).equals(expected), sql
+        assert [f.type for f in plan.schema if f.name in ("half", "h")] in ([], [pa.float16()]), sql
+    computed = prepare(str(tmp_path), "SELECT id FROM source WHERE half > 10", s3=S3Settings())
+    assert computed.batch is None
+    assert not computed.decoded(0)
+    assert [
+        b.column("id").to_pylist()
+        for b in stream_batches(str(tmp_path), "SELECT id FROM source WHERE half > 10")
+    ] == [list(range(41, 200))]
+
+
 def test_a_column_the_filter_reads_is_still_passed(tmp_path: Path) -> None:
     write_source(tmp_path, [50], 10)
     with duckdb.connect() as con:

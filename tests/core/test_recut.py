@@ -86,11 +86,39 @@ def test_sources_that_mix_well_or_cannot_be_copied_are_read_in_place(tmp_path: P
     )
     # Small row groups: pieces enough.
     assert wide_plan(write(tmp_path / "grouped", [20_000], row_group=150)).copied_for(1) == {}
-    # A filter counted shard by shard (a statement the planner cannot count per range): what
-    # the copy's row groups would yield is not known.
-    nested = "WITH kept AS (SELECT * FROM source WHERE id % 3 = 0) SELECT id FROM kept"
-    assert wide_plan(tmp_path / "narrow", nested).yields is None
-    assert wide_plan(tmp_path / "narrow", nested).copied_for(1) == {}
+    # Files DuckDB reads itself (a query that computes on pyarrow's float16, which cannot
+    # enter DuckDB) are read from the file: a copy's row groups would not be where DuckDB's
+    # reads begin.
+    halves = tmp_path / "halves"
+    halves.mkdir()
+    table = pa.table({"id": np.arange(20_000), "half": np.ones(20_000, dtype=np.float16)})
+    pq.write_table(table, halves / "part-0.parquet")
+    read_by_duckdb = wide_plan(halves, "SELECT id FROM source WHERE id % 3 = 0 AND half = 1")
+    assert not read_by_duckdb.decoded(0)
+    assert read_by_duckdb.copied_for(1) == {}
+    # Read by pyarrow (float16 passed through, or not read): the same file is copied.
+    for sql in ("SELECT id FROM source WHERE id % 3 = 0", "SELECT id, half FROM source WHERE id % 3 = 0"):
+        assert list(wide_plan(halves, sql).copied_for(1)) == [0]
+
+
+def test_a_filter_nested_in_a_with_or_a_subquery_is_counted_and_copied_as_a_plain_one(
+    tmp_path: Path,
+) -> None:
+    # The counting pass passes each row's file and row number through every SELECT of the
+    # statement, so the copy's row groups yield what they yield through the plain filter.
+    folder = write(tmp_path / "one", [20_000])
+    plain = wide_plan(folder, "SELECT id FROM source WHERE id % 3 = 0 AND value < 9000")
+    for sql in (
+        "WITH kept AS (SELECT * FROM source WHERE id % 3 = 0) SELECT id FROM kept WHERE value < 9000",
+        "SELECT k.id FROM (SELECT id, value FROM source s WHERE s.id % 3 = 0) AS k WHERE k.value < 9000",
+        "WITH source AS (SELECT * FROM source WHERE value < 9000) SELECT id FROM source WHERE id % 3 = 0",
+        "WITH a AS (SELECT id, value * 2 AS twice FROM source WHERE id % 3 = 0), "
+        "b AS (SELECT * EXCLUDE (twice) FROM a WHERE twice < 18000) SELECT id FROM b",
+    ):
+        nested = wide_plan(folder, sql)
+        assert nested.parts == plain.parts, sql
+        assert nested.yields == plain.yields, sql
+        assert nested.copied_for(1) == plain.copied_for(1) != {}, sql
 
 
 @pytest.mark.parametrize(
@@ -229,3 +257,31 @@ def test_a_damaged_file_is_named_and_leaves_no_partial_copy(tmp_path: Path) -> N
     with pytest.raises(SourceError, match=r"cannot read .*damaged\.parquet to copy it"):
         local_copy(str(source), lambda: pq.ParquetFile(source), ["id"], [50_000] * 2, tmp_path / "cache")
     assert not list((tmp_path / "cache").glob("*.parquet"))
+
+
+def test_copies_in_a_cache_folder_inside_the_source_folder_are_not_read_as_rows(tmp_path: Path) -> None:
+    # cache_dir="data/cache": the copy (and any materialised result) lies under the source
+    # folder, whose Parquet files are every *.parquet below it. The next plan leaves it out.
+    from duckstream.stream import DuckStreamDataset, DuckStreamLoader
+
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    blobs = pa.array([rng.bytes(1_024) for _ in range(20_000)], pa.binary())
+    pq.write_table(pa.table({"id": np.arange(20_000), "blob": blobs}), data / "part-0.parquet")
+
+    def epoch(seed: int, sql: str) -> list[int]:
+        dataset = DuckStreamDataset(
+            data, sql, batch_size=500, shuffle=True, seed=seed, shuffle_buffer=1_000, cache_dir=data / "cache"
+        )
+        return [i for batch in DuckStreamLoader(dataset) for i in batch["id"].tolist()]
+
+    for seed in range(3):
+        assert sorted(epoch(seed, "SELECT id, blob FROM source")) == list(range(20_000))
+    assert list((data / "cache").glob("recut-*.parquet"))
+    # A statement over the whole source, materialised into the cache folder, read back alone.
+    assert epoch(0, "SELECT id FROM source ORDER BY id DESC LIMIT 10") != []
+    assert sorted(epoch(1, "SELECT id FROM source ORDER BY id DESC LIMIT 10")) == list(range(19_990, 20_000))
+    assert sorted(epoch(2, "SELECT id, blob FROM source")) == list(range(20_000))
+    with pytest.raises(SourceError, match="lies in the cache folder"):
+        prepare(str(data / "cache"), None, s3=S3Settings.resolve(), cache_dir=data / "cache")
