@@ -33,8 +33,8 @@ FILTERED_SQL = "SELECT id, blob FROM source WHERE id % 10 <> 0"
 # The same filter nested in a WITH: counted per range like the plain one, and copied alike.
 NESTED_SQL = "WITH kept AS (SELECT id, blob FROM source WHERE id % 10 <> 0) SELECT id, blob FROM kept"
 # The same filter reading a float16 column (1.0 in every row), which cannot enter DuckDB from
-# Arrow: DuckDB reads these files itself, shard by shard, so large row groups stay in place,
-# and are warned about.
+# Arrow: DuckDB reads these files itself, so they are not copied, their large row groups stay
+# in place, and are warned about.
 IN_PLACE_SQL = "SELECT id, blob FROM source WHERE id % 10 <> 0 AND half = 1"
 
 
@@ -155,8 +155,8 @@ def test_an_outsize_file_is_read_over_the_whole_share_on_every_path_a_user_takes
 
     kept = [i for i in range(sum(sizes)) if not filtered or i % 10]
     if "column added" in path:
-        # DuckDB reads the files, as many pieces at once as pyarrow would (one before: 0.15-0.57
-        # kept of 90,000 such rows in 9 files, at the default buffer).
+        # DuckDB reads the files, as many pieces at once as pyarrow would (one piece at a time
+        # before: |Spearman| 0.14-0.53 over 90,000 such rows in 9 files, the default buffer).
         plan = make(0)().plan
         assert plan.lake is not None
         assert not any(plan.lake.direct)
