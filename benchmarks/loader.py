@@ -34,7 +34,7 @@ from .services import BenchServices, Unavailable
 from .shuffle_quality import ShuffleQuality, measure, worst
 from .sources import Sources, Target
 
-__all__ = ["BenchConfig", "Measurement", "run_bench"]
+__all__ = ["BenchConfig", "Measurement", "epoch_command", "run_bench"]
 
 _EPOCH_MODULE = "duckstream.benchmarks.epoch"
 _MB = 1024 * 1024
@@ -238,23 +238,7 @@ def _measure(
     since sampling a tree of large processes takes CPU the timed run should not lose. With
     ``quick``, once, sampled: the figures are rough either way on datasets that small.
     """
-    command = [
-        sys.executable,
-        "-m",
-        _EPOCH_MODULE,
-        f"--loader={base.loader}",
-        *target.args,
-        f"--columns={','.join(spec.columns)}",
-        f"--batch-size={config.batch_size}",
-        f"--workers={base.workers or 0}",
-        f"--seed={config.seed}",
-        f"--repeat={config.repeat}",
-    ]
-    if base.loader not in _FLOORS:
-        command.append(f"--sql={path_sql(path, spec.columns, spec.rows)}")
-        command.append(f"--count={path.count}")
-        if config.shuffle_buffer is not None:
-            command.append(f"--shuffle-buffer={config.shuffle_buffer}")
+    command = epoch_command(config, base, path, spec, target.args)
     env = {**os.environ, **target.env}
     shuffles = base.loader not in _FLOORS and "id" in spec.columns
     with tempfile.TemporaryDirectory(prefix="duckstream-bench-ids-") as ids_dir:
@@ -285,6 +269,31 @@ def _measure(
         warm_read_bytes=figures["warm_read_bytes"],
         shuffle=shuffle,
     )
+
+
+def epoch_command(
+    config: BenchConfig, base: Measurement, path: ReadPath, spec: DatasetSpec, source_args: Sequence[str]
+) -> list[str]:
+    """The epoch process's command line for ``base``'s configuration (``source_args``: where
+    it reads, from the path's :class:`Target`)."""
+    command = [
+        sys.executable,
+        "-m",
+        _EPOCH_MODULE,
+        f"--loader={base.loader}",
+        *source_args,
+        f"--columns={','.join(spec.columns)}",
+        f"--batch-size={config.batch_size}",
+        f"--workers={base.workers or 0}",
+        f"--seed={config.seed}",
+        f"--repeat={config.repeat}",
+    ]
+    if base.loader not in _FLOORS:
+        command.append(f"--sql={path_sql(path, spec.columns, spec.rows)}")
+        command.append(f"--count={path.count}")
+        if config.shuffle_buffer is not None:
+            command.append(f"--shuffle-buffer={config.shuffle_buffer}")
+    return command
 
 
 def _shuffle(config: BenchConfig, base: Measurement, ids_dir: Path) -> tuple[ShuffleQuality, ...]:

@@ -21,7 +21,7 @@ import pytest
 from duckstream.benchmarks.datasets import DatasetSpec, ensure_dataset, make_dataset, preset
 from duckstream.benchmarks.delay_proxy import DelayProxy
 from duckstream.benchmarks.epoch import LoaderName, duckstream_epochs, ids_file, to_python
-from duckstream.benchmarks.loader import BenchConfig, Measurement
+from duckstream.benchmarks.loader import BenchConfig, Measurement, epoch_command
 from duckstream.benchmarks.memory import run_sampled
 from duckstream.benchmarks.paths import PathName, expand, path_sql, read_path
 from duckstream.benchmarks.readbytes import read_chars, tree_read_chars
@@ -776,6 +776,21 @@ def test_bench_shuffle_buffer_must_be_a_row_count_and_is_not_for_the_peers(
         BenchConfig(shuffle_buffer=0)
     assert main(["bench", "--peers", "duckstream", "--shuffle-buffer", "1000"]) == 1
     assert "--shuffle-buffer sets duckstream's buffer on the read paths" in capsys.readouterr().err
+
+
+def test_only_duckstream_epochs_are_given_the_shuffle_buffer() -> None:
+    spec = preset("captions").spec(1_000, seed=0)
+
+    def command(config: BenchConfig, loader: LoaderName, workers: int | None) -> list[str]:
+        base = Measurement(preset="captions", scale=1, rows=1_000, loader=loader, workers=workers)
+        return list(epoch_command(config, base, read_path("filter"), spec, ["--source=/data"]))
+
+    asked = BenchConfig(shuffle_buffer=1_000)
+    for loader, workers in (("duckstream", 2), ("duckstream-arrow", 0)):
+        assert "--shuffle-buffer=1000" in command(asked, loader, workers)
+        assert not any(arg.startswith("--shuffle-buffer") for arg in command(BenchConfig(), loader, workers))
+    # A pyarrow scan does not shuffle: it takes no buffer (and no SQL).
+    assert not any(arg.startswith(("--shuffle-buffer", "--sql")) for arg in command(asked, "pyarrow", None))
 
 
 def test_bench_runs_duckstream_with_the_shuffle_buffer_and_records_it(tmp_path: Path) -> None:

@@ -52,7 +52,7 @@ def _reduce(con: duckdb.DuckDBPyConnection, query: str) -> str | None:
     if len(statements) != 1:
         return None
     outer = statements[0]["node"]
-    if not _from_passes_tags(outer, {}, set()):
+    if not _from_passes_tags(outer, {}):
         return None
     outer["select_list"] = [*_cardinality_items(outer), *(_tag(name) for name in (FILE, ROW))]
     reduced = sqlmod.unparse(con, tree)
@@ -79,23 +79,21 @@ def _tag(name: str, relation: str | None = None) -> dict[str, Any]:
 _Scope = dict[str, tuple[dict[str, Any], "_Scope"]]
 
 
-def _passes_tags(node: dict[str, Any], ctes: _Scope, done: set[int]) -> bool:
+def _passes_tags(node: dict[str, Any], ctes: _Scope) -> bool:
     """Make the SELECT ``node`` output ``FILE`` and ``ROW`` of the ``source`` rows it reads
-    (rewritten in place); False where it cannot. ``done``: nodes already rewritten."""
-    if id(node) in done:
-        return True
-    if not _from_passes_tags(node, ctes, done):
+    (rewritten in place); False where it cannot."""
+    if not _from_passes_tags(node, ctes):
         return False
-    done.add(id(node))
     # A bare star passes every column of the one relation a row-local level reads, tags too.
     if not any(_bare_star(item) for item in node["select_list"]):
         node["select_list"] = [*node["select_list"], *(_tag(name) for name in (FILE, ROW))]
     return True
 
 
-def _from_passes_tags(node: dict[str, Any], ctes: _Scope, done: set[int]) -> bool:
+def _from_passes_tags(node: dict[str, Any], ctes: _Scope) -> bool:
     """Make what the SELECT ``node`` reads from carry ``FILE`` and ``ROW``: ``source`` itself,
-    or a CTE or subquery rewritten by :func:`_passes_tags`."""
+    or a CTE or subquery rewritten by :func:`_passes_tags` (each level reads one relation, so
+    no node is reached twice)."""
     if node.get("type") != "SELECT_NODE" or node.get("modifiers") or node.get("group_expressions"):
         return False
     if node.get("having") or node.get("qualify") or node.get("sample"):
@@ -107,13 +105,13 @@ def _from_passes_tags(node: dict[str, Any], ctes: _Scope, done: set[int]) -> boo
     if table.get("schema_name") or table.get("catalog_name") or table.get("sample"):
         return False
     if table.get("type") == "SUBQUERY":
-        return _passes_tags(table["subquery"]["node"], ctes, done)
+        return _passes_tags(table["subquery"]["node"], ctes)
     if table.get("type") != "BASE_TABLE":
         return False
     name = str(table.get("table_name", "")).lower()
     if name in ctes:
         body, scope = ctes[name]
-        return _passes_tags(body, scope, done)
+        return _passes_tags(body, scope)
     return name == sqlmod.SOURCE
 
 
