@@ -17,6 +17,7 @@ from duckstream.benchmarks.shuffle_quality import spearman
 
 from duckstream.catalog import LakehouseCatalog
 from duckstream.core.late_filter import Count
+from duckstream.core.pipeline import read_streams
 from duckstream.core.planning import prepare
 from duckstream.core.world import World
 from duckstream.errors import CatalogError
@@ -147,6 +148,44 @@ def test_every_snapshot_streams_what_the_catalog_scans_in_its_order(lake: Lake) 
         assert seen_catalog
         assert seen_deletes
         assert seen_renames
+
+
+@pytest.mark.slow
+def test_files_only_the_catalog_scan_reads_are_shuffled_side_by_side_each_row_once(lake: Lake) -> None:
+    # Snapshots with files only DuckLake's scan reads right (inlined rows, a column added
+    # since, compaction): a shuffled read takes their pieces several at once, each a query
+    # through a cursor of one database the read shares, and the ranks' workers together
+    # still yield each row of the snapshot once, on the catalog file and on PostgreSQL + S3.
+    with lake.open() as cat:
+        seen_catalog = False
+        for step, version in history(cat, lake.extra):
+            table = cat.table("t", version=version)
+            plan = prepare(table, None, s3=table.s3)
+            assert plan.lake is not None
+            if all(plan.lake.direct):
+                continue
+            seen_catalog = True
+            assert read_streams(plan) > 1
+            for sql in QUERIES[:3]:
+                rows = [
+                    row
+                    for rank in range(2)
+                    for worker in range(2)
+                    for row in streamed(
+                        table,
+                        sql,
+                        batch_size=16,
+                        shuffle=True,
+                        seed=3,
+                        shuffle_buffer=50,
+                        even="split",
+                        world=World(rank, 2, worker, 2),
+                    )
+                ]
+                want = catalog_rows(cat, version, sql)
+                assert sorted(rows, key=repr) == sorted(want, key=repr), (step, sql)
+                assert rows != want, (step, sql)  # shuffled, not the scan's order
+        assert seen_catalog
 
 
 def test_plain_files_of_a_table_are_read_directly(lake: Lake) -> None:
