@@ -33,7 +33,8 @@ shard keeps its order over the stretch it is read in: a slot of few of them woul
 workers' items are interleaved). Where what shows passes :data:`KEPT_ORDER`, each such piece
 starts at a random row of its first half (:data:`LARGE_REACH`) instead, which decodes the rows
 before it twice (a quarter of the piece, on average), unless the read can keep them for their
-turn (:data:`HELD_HEAD_BYTES`), and leaves a correlation of ``1 - 6 u (1 - u)`` for a rotation
+turn (a shuffle window's bytes of such rows, the smallest first: see
+:mod:`duckstream.core.held_heads`), and leaves a correlation of ``1 - 6 u (1 - u)`` for a rotation
 by a fraction ``u``: zero on average, about ``0.45 / k**1.5`` for ``k`` pieces. Pieces whose
 first half the read can keep are rotated from :data:`HELD_KEPT_ORDER` on: for them it costs no
 decoding. The price of the cheaper half: a piece's second half never starts the epoch.
@@ -90,11 +91,12 @@ _MIN_STRIPE_ROWS = 16
 KEPT_ORDER = 0.05
 # Where what the loop sees passes this much but not KEPT_ORDER, only pieces whose first rows
 # (before a rotation) fit HELD_HEAD_BYTES are rotated: the read decodes them once and keeps
-# them for their turn (see duckstream.core.pipeline), so the rotation costs no decoding. The
+# them for their turn (see duckstream.core.held_heads), so the rotation costs no decoding. The
 # bench's captions at two workers, seeds 0-11: |Spearman| median 0.033 -> 0.024, most 0.073 ->
 # 0.044, epochs as long.
 HELD_KEPT_ORDER = 0.01
-# A stream holds at most one such head: 16 of them hold at most a shuffle window's bytes.
+# The heads a read is sure to keep: 16 of them, one a stream, fit a shuffle window's bytes
+# (the read keeps heads within that, the smallest first).
 HELD_HEAD_BYTES = SHUFFLE_BUFFER_BYTES // DEFAULT_STREAMS
 # A large piece starts in its first half: a rotation by u leaves a correlation 1 - 6u(1 - u),
 # the same for u and 1 - u, so drawn from [0, 1/2) it is distributed as from [0, 1) (mean 0),

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from duckstream.core.partition import Even
-from duckstream.core.pipeline import rebatch, shuffled_batches
+from duckstream.core.pipeline import _pieces, rebatch, shuffled_batches
 from duckstream.core.world import World
 from duckstream.errors import ConfigurationError, QueryError, SourceError
 from duckstream.stream import stream_batches
@@ -392,3 +392,39 @@ def test_views_kept_across_windows_of_wide_and_narrow_values_give_the_same_rows(
     assert sorted(r["id"] for b in kept for r in b.to_pylist()) == list(range(30))
     assert {b.schema.field("blob").type for b in cast} == {pa.binary()}
     assert {b.schema.field("blob").type for b in kept} == {pa.binary(), pa.binary_view()}
+
+
+def pieces_one_by_one(ranges: np.ndarray, rows: list[int], order: list[int]) -> list[tuple[int, int, int]]:
+    """Epoch positions as pieces, range by range and row by row: what ``_pieces`` finds."""
+    sizes = [rows[shard] for shard in order]
+    owner = [index for index, size in enumerate(sizes) for _ in range(size)]
+    begins = np.concatenate([[0], np.cumsum(sizes)]).astype(int).tolist()
+    found: list[list[int]] = []
+    for start, stop in ranges.tolist():
+        for position in range(start, stop):
+            index = owner[position]
+            shard, row = order[index], position - begins[index]
+            if found and found[-1][0] == shard and found[-1][2] == row:
+                found[-1][2] += 1
+            else:
+                found.append([shard, row, row + 1])
+    return [(shard, lo, hi) for shard, lo, hi in found]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    rows=st.lists(st.integers(0, 30), min_size=1, max_size=8),
+    cuts=st.lists(st.tuples(st.integers(0, 240), st.integers(0, 60)), max_size=12),
+    seed=st.integers(0, 100),
+)
+def test_epoch_positions_become_the_pieces_of_shards_they_read(
+    rows: list[int], cuts: list[tuple[int, int]], seed: int
+) -> None:
+    order = np.random.default_rng(seed).permutation(len(rows))
+    sizes = np.asarray(rows, dtype=np.int64)[order]
+    total = int(sizes.sum())
+    # Any ranges within the epoch, empty ones and ones over several shards included.
+    ranges = np.asarray([(min(a, total), min(a + n, total)) for a, n in cuts], dtype=np.int64).reshape(-1, 2)
+    found = list(_pieces(ranges, order, sizes, np.cumsum(sizes)))
+    assert found == pieces_one_by_one(ranges, rows, order.tolist())
+    assert all(isinstance(value, int) for piece in found for value in piece)
