@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Container, Generator, Iterable, Iterator, Sequence
+from collections.abc import Callable, Container, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TypeVar
 
@@ -16,7 +16,7 @@ import pyarrow as pa
 from duckstream.core import late_filter
 from duckstream.core.batch_sql import BatchSQL
 from duckstream.core.gather import Window
-from duckstream.core.held_heads import Piece, held_heads
+from duckstream.core.held_heads import Piece, held_heads, stream_indices
 from duckstream.core.interleave import DEFAULT_STREAMS
 from duckstream.core.options import ReadOptions
 from duckstream.core.order import epoch_order
@@ -196,7 +196,6 @@ def read_slot(
     # Where each shard ends in the epoch order, found once: each stream looks its pieces up in it.
     sizes = np.asarray(plan.counts, dtype=np.int64)[order]
     ends = np.cumsum(sizes)
-    pieces = _pieces(slice_ranges(span.ranges, begin, span.rows), order, sizes, ends)
     batches: Iterable[pa.RecordBatch] = ()
     connections: SqlConnections | None = None
     try:
@@ -208,12 +207,12 @@ def read_slot(
             # Rotated pieces' first rows are kept, the smallest first, while those kept at once
             # fit a shuffle window's bytes: with at most DEFAULT_STREAMS open, every head of
             # the plan's layout.held_rows or fewer (those the read order counts on).
-            held = held_heads(
-                ranges,
-                owned,
-                lambda stream_ranges: _pieces(stream_ranges, order, sizes, ends),
-                SHUFFLE_BUFFER_BYTES // max(1, plan.row_bytes),
-            )
+            # Each stream's pieces, found once for both.
+            streams = stream_indices(owned)
+            stream_pieces = {
+                owner: list(_pieces(ranges[index], order, sizes, ends)) for owner, index in streams.items()
+            }
+            held = held_heads(ranges, streams, stream_pieces, SHUFFLE_BUFFER_BYTES // max(1, plan.row_bytes))
             # The parts of a small row group, each its own stream, slice it decoded once.
             shared = SharedGroups()
             # Pieces DuckDB reads from the files share its database, a cursor each.
@@ -231,7 +230,7 @@ def read_slot(
                         shared=shared,
                         connections=connections,
                     ),
-                    lambda stream_ranges: _pieces(stream_ranges, order, sizes, ends),
+                    stream_pieces,
                     plan,
                     each_ahead=each_ahead,
                     held=held,
@@ -267,9 +266,11 @@ def read_slot(
             # threads' lanes would, so memory does not grow with them.
             window = -(-shuffle_buffer // readers[0].batch_rows)
             depth = max(2, -(-window * min(lanes, threads) // lanes))
+            pieces = _pieces(slice_ranges(span.ranges, begin, span.rows), order, sizes, ends)
             sources = (_piece_source(readers, plan, *piece) for piece in pieces)
             batches = read_ahead_each(sources, lanes=lanes, depth=depth)
         else:
+            pieces = _pieces(slice_ranges(span.ranges, begin, span.rows), order, sizes, ends)
             batches = (
                 batch for shard, lo, hi in pieces for batch in readers[0].read(plan.shards[shard], lo, hi)
             )
@@ -368,7 +369,7 @@ def _piece_batches(
     while piece is not None:
         shard, lo, hi = piece
         following = next(upcoming, None)
-        if following is not None and following[0] == shard and following[2] == lo and following in held:
+        if following is not None and following in held:  # held: heads of rotations alone
             head = lo - following[1]
             kept: list[pa.RecordBatch] = []
             seen = 0
@@ -391,15 +392,15 @@ def _interleaved(
     ranges: np.ndarray,
     owners: np.ndarray,
     new_reader: Callable[[], ShardReader],
-    pieces_of: Callable[[np.ndarray], Iterable[tuple[int, int, int]]],
+    stream_pieces: Mapping[int, Sequence[Piece]],
     plan: StreamPlan,
     *,
     each_ahead: bool,
     held: Container[Piece] = frozenset(),
 ) -> Generator[list[pa.RecordBatch], None, None]:
-    """The rows of ``ranges`` in order, each range read from its owner's stream: one list
-    of batches (slices) per range; a stream keeps the first rows of the rotated pieces in
-    ``held`` for their turn (:func:`_piece_batches`).
+    """The rows of ``ranges`` in order, each range read from its owner's stream (which reads
+    its ``stream_pieces``): one list of batches (slices) per range; a stream keeps the first
+    rows of the rotated pieces in ``held`` for their turn (:func:`_piece_batches`).
 
     A stream opens at its first range and closes after its last, so only the pieces of one
     group are open at a time. ``each_ahead``: every open stream reads ahead in a thread of
@@ -413,8 +414,7 @@ def _interleaved(
             stream = open_streams.get(int(owner))
             if stream is None:
                 reader = new_reader()
-                mine = ranges[owners == owner]
-                reads = _piece_batches(reader, plan, pieces_of(mine), held)
+                reads = _piece_batches(reader, plan, stream_pieces[int(owner)], held)
                 stream = open_streams[int(owner)] = _Stream(reads, reader, ahead=each_ahead)
             yield list(stream.take(int(stop - start)))
             left[owner] -= stop - start
@@ -453,7 +453,8 @@ def _pieces(
 
     Found with numpy, not range by range: a slot's ranges are its windows' stripes, thousands
     an epoch, and every stream's pieces are found when the read begins (a 1,000-row buffer over
-    the bench's captions: 2,647 ranges, 28 ms an epoch range by range, 2-8 ms now)."""
+    the bench's captions: 2,647 ranges; with them, the heads kept took 28 ms an epoch range by
+    range, 2-8 ms so)."""
     ranges = ranges[ranges[:, 1] > ranges[:, 0]] if len(ranges) else ranges
     if not len(ranges):
         return iter(())

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from duckstream.core.held_heads import Piece, held_heads, rotations
+from duckstream.core.held_heads import Piece, held_heads, rotations, stream_indices
 from duckstream.core.pipeline import _pieces
 
 Read = tuple[np.ndarray, np.ndarray, list[int]]
@@ -45,10 +43,13 @@ def shards_read(rows: list[int], turns: list[int], stripes: list[int], seed: int
     return np.asarray(read, dtype=np.int64).reshape(-1, 2), np.asarray(owners, dtype=np.int64), rows
 
 
-def pieces_of(rows: list[int]) -> Callable[[np.ndarray], Iterator[Piece]]:
+def kept_heads(ranges: np.ndarray, owners: np.ndarray, rows: list[int], budget: int) -> frozenset[Piece]:
+    """``held_heads`` of a read of shards of ``rows`` each in epoch order, as the read finds it."""
     sizes = np.asarray(rows, dtype=np.int64)
     ends, order = np.cumsum(sizes), np.arange(len(rows))
-    return lambda ranges: _pieces(ranges, order, sizes, ends)
+    streams = stream_indices(owners)
+    pieces = {owner: list(_pieces(ranges[index], order, sizes, ends)) for owner, index in streams.items()}
+    return held_heads(ranges, streams, pieces, budget)
 
 
 def alive(read: Read, head: Piece) -> tuple[int, int]:
@@ -70,18 +71,18 @@ def test_a_stream_s_rotations_are_its_pieces_followed_by_the_rows_before_them() 
 
 def test_heads_are_kept_smallest_first_while_those_read_at_once_fit() -> None:
     read = shards_read([1_000, 1_000, 1_000], turns=[300, 100, 500], stripes=[8, 8, 8], seed=0)
-    fits = held_heads(*read[:2], pieces_of(read[2]), budget=900)
+    fits = kept_heads(*read, budget=900)
     assert fits == {(0, 0, 300), (1, 0, 100), (2, 0, 500)}
     # 400 rows hold the two smallest heads (100 + 300); 599 the same (the third is 500).
-    assert held_heads(*read[:2], pieces_of(read[2]), budget=400) == {(0, 0, 300), (1, 0, 100)}
-    assert held_heads(*read[:2], pieces_of(read[2]), budget=599) == {(0, 0, 300), (1, 0, 100)}
-    assert held_heads(*read[:2], pieces_of(read[2]), budget=99) == frozenset()
+    assert kept_heads(*read, budget=400) == {(0, 0, 300), (1, 0, 100)}
+    assert kept_heads(*read, budget=599) == {(0, 0, 300), (1, 0, 100)}
+    assert kept_heads(*read, budget=99) == frozenset()
 
 
 def test_heads_read_one_after_another_each_take_the_whole_budget() -> None:
     # One stream reading shard 0 then shard 1, each rotated: their heads are never held at once.
     ranges = np.array([[40, 100], [0, 40], [170, 200], [100, 170]], dtype=np.int64)
-    kept = held_heads(ranges, np.zeros(4, dtype=np.int64), pieces_of([100, 100]), budget=70)
+    kept = kept_heads(ranges, np.zeros(4, dtype=np.int64), [100, 100], budget=70)
     assert kept == {(0, 0, 40), (1, 0, 70)}
 
 
@@ -99,7 +100,7 @@ def test_the_heads_kept_at_any_range_fit_the_budget_and_no_other_would(
     rows = [count for count, _, _ in shards]
     turns = [int(turn * count) for count, turn, _ in shards]
     read = shards_read(rows, turns, [parts for _, _, parts in shards], seed)
-    kept = held_heads(*read[:2], pieces_of(rows), budget=budget)
+    kept = kept_heads(*read, budget=budget)
     heads = {(shard, 0, turn) for shard, turn in enumerate(turns) if turn}
     assert kept <= heads
     load = np.zeros(len(read[0]), dtype=np.int64)
