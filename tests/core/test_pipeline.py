@@ -12,11 +12,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from duckstream.core.held_heads import stream_indices
 from duckstream.core.partition import Even
-from duckstream.core.pipeline import _pieces, rebatch, shuffled_batches
+from duckstream.core.pipeline import _pieces, _stream_pieces, rebatch, shuffled_batches
 from duckstream.core.world import World
 from duckstream.errors import ConfigurationError, QueryError, SourceError
 from duckstream.stream import stream_batches
@@ -428,3 +429,31 @@ def test_epoch_positions_become_the_pieces_of_shards_they_read(
     found = list(_pieces(ranges, order, sizes, np.cumsum(sizes)))
     assert found == pieces_one_by_one(ranges, rows, order.tolist())
     assert all(isinstance(value, int) for piece in found for value in piece)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    rows=st.lists(st.integers(0, 30), min_size=1, max_size=8),
+    cuts=st.lists(st.tuples(st.integers(0, 240), st.integers(0, 60), st.integers(0, 3)), max_size=16),
+    seed=st.integers(0, 100),
+)
+@example(rows=[10], cuts=[(0, 5, 0), (5, 5, 1)], seed=0)
+def test_every_streams_pieces_are_found_in_one_pass_as_stream_by_stream(
+    rows: list[int], cuts: list[tuple[int, int, int]], seed: int
+) -> None:
+    # A stream's ranges continue each other where they meet (its pieces join them), but
+    # never another stream's: two streams reading on from the same row are two pieces.
+    order = np.random.default_rng(seed).permutation(len(rows))
+    sizes = np.asarray(rows, dtype=np.int64)[order]
+    total = int(sizes.sum())
+    ranges = np.asarray([(min(a, total), min(a + n, total)) for a, n, _ in cuts], dtype=np.int64).reshape(
+        -1, 2
+    )
+    owners = np.asarray([owner for _, _, owner in cuts], dtype=np.int64)
+    streams = stream_indices(owners)
+    found = _stream_pieces(ranges, streams, order, sizes, np.cumsum(sizes))
+    assert found == {
+        stream: list(_pieces(ranges[index], order, sizes, np.cumsum(sizes)))
+        for stream, index in streams.items()
+    }
+    assert all(isinstance(value, int) for pieces in found.values() for piece in pieces for value in piece)
