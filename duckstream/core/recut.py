@@ -42,7 +42,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from duckstream.core import local_footers
+from duckstream.core import local_footers, stale_copies
 from duckstream.core.fork_safe import ForkSafeLock
 from duckstream.core.interleave import LEFT_ORDER_WARNING, Layout, visible_order
 from duckstream.core.retry import transient
@@ -244,7 +244,7 @@ def local_copy(
     try:
         if not target.exists():
             directory.mkdir(parents=True, exist_ok=True)
-            with open(directory / f".recut-{key}.lock", "w") as lock:
+            with open(stale_copies.lock_of(target), "w") as lock:
                 fcntl.flock(lock, fcntl.LOCK_EX)
                 if not target.exists():
                     _write(path, parquet, list(columns), list(groups), target)
@@ -258,6 +258,9 @@ def local_copy(
             redact(str(exc)),
         )
         made = None
+    if made is not None:
+        stale_copies.mark_used(target)
+        stale_copies.prune(directory)
     with _lock:
         _made[known] = made
     return made
@@ -276,7 +279,7 @@ def _remove_older(path: str, directory: Path, source: str, version: str) -> None
     ]
     for found in older:
         found.unlink(missing_ok=True)
-        (directory / f".{found.stem}.lock").unlink(missing_ok=True)
+        stale_copies.lock_of(found).unlink(missing_ok=True)
     if older:
         log.info("removed %d copies of an earlier version of %s from %s", len(older), redact(path), directory)
 
@@ -305,7 +308,10 @@ def _write(path: str, parquet: pq.ParquetFile, columns: list[str], groups: list[
         footer.num_row_groups,
     )
     partial = target.with_name(f".{target.stem}-{os.getpid()}.parquet")
-    schema = pa.schema([parquet.schema_arrow.field(c) for c in columns])
+    # The copy names its file, so that a copy of a file gone is removed (see stale_copies).
+    schema = pa.schema(
+        [parquet.schema_arrow.field(c) for c in columns], metadata={stale_copies.COPY_OF: path}
+    )
     try:
         with pq.ParquetWriter(partial, schema) as writer:
             for part in _read(path, parquet, columns, groups):
