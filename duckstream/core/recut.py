@@ -236,8 +236,10 @@ def local_copy(
     identity = [local, footer.num_rows, footer.serialized_size]
     identity += [footer.row_group(g).total_byte_size for g in range(footer.num_row_groups)]
     # Named by the file, its version and what is read of it: a copy of an older version of
-    # the same file is found by name, and removed once the new one is made.
-    source, version, read = (_digest(part, 12) for part in ([path], identity, [list(columns), list(groups)]))
+    # the same file is found by name, and removed once the new one is made. A local file by
+    # its absolute path: the same relative path from another folder is another file.
+    named = path if is_remote(path) else os.path.abspath(path.removeprefix("file://"))
+    source, version, read = (_digest(part, 12) for part in ([named], identity, [list(columns), list(groups)]))
     key = f"{source}-{version}-{read}"
     target = directory / f"recut-{key}.parquet"
     made: str | None = str(target)
@@ -247,7 +249,7 @@ def local_copy(
             with open(stale_copies.lock_of(target), "w") as lock:
                 fcntl.flock(lock, fcntl.LOCK_EX)
                 if not target.exists():
-                    _write(path, parquet, list(columns), list(groups), target)
+                    _write(path, parquet, list(columns), list(groups), target, copy_of=named)
                     _remove_older(path, directory, source, version)
     except OSError as exc:
         log.warning(
@@ -284,7 +286,9 @@ def _remove_older(path: str, directory: Path, source: str, version: str) -> None
         log.info("removed %d copies of an earlier version of %s from %s", len(older), redact(path), directory)
 
 
-def _write(path: str, parquet: pq.ParquetFile, columns: list[str], groups: list[int], target: Path) -> None:
+def _write(
+    path: str, parquet: pq.ParquetFile, columns: list[str], groups: list[int], target: Path, *, copy_of: str
+) -> None:
     footer = parquet.metadata
     wanted = set(columns)
     stored = sum(
@@ -310,7 +314,7 @@ def _write(path: str, parquet: pq.ParquetFile, columns: list[str], groups: list[
     partial = target.with_name(f".{target.stem}-{os.getpid()}.parquet")
     # The copy names its file, so that a copy of a file gone is removed (see stale_copies).
     schema = pa.schema(
-        [parquet.schema_arrow.field(c) for c in columns], metadata={stale_copies.COPY_OF: path}
+        [parquet.schema_arrow.field(c) for c in columns], metadata={stale_copies.COPY_OF: copy_of}
     )
     try:
         with pq.ParquetWriter(partial, schema) as writer:

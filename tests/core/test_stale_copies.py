@@ -125,3 +125,26 @@ def test_a_shuffled_read_removes_the_copy_of_a_dataset_written_anew_elsewhere(tm
     assert epoch_of(tmp_path / "v2") == list(range(2_500))
     (second,) = cache.glob("recut-*.parquet")
     assert second != first
+
+
+def test_files_of_one_relative_path_in_two_folders_are_two_copies_both_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `data/a.parquet` read from two projects' folders: each copy names its file by its
+    # absolute path, neither is taken for an older version of the other, and a folder looked
+    # over from a third place keeps both.
+    cache = tmp_path / "cache"
+    made: list[str | None] = []
+    for project in ("one", "two"):
+        (tmp_path / project / "data").mkdir(parents=True)
+        monkeypatch.chdir(tmp_path / project)
+        pq.write_table(pa.table({"id": np.arange(1_000) + len(made)}), "data/a.parquet")
+        made.append(
+            local_copy("data/a.parquet", lambda: pq.ParquetFile("data/a.parquet"), ["id"], [500, 500], cache)
+        )
+    monkeypatch.chdir(tmp_path)
+    assert prune(cache, now=time.time() + 3_601) == 0
+    assert sorted(cache.glob("recut-*.parquet")) == sorted(Path(str(copy)) for copy in made)
+    assert {pq.read_schema(str(copy)).metadata[stale_copies.COPY_OF] for copy in made} == {
+        str(tmp_path / project / "data" / "a.parquet").encode() for project in ("one", "two")
+    }
