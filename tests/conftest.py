@@ -15,6 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from duckstream.core.reader import ShardReader
+from duckstream.core.shards import Shard
 from duckstream.errors import ServiceError
 from duckstream.services import PostgresCluster, PostgresService, S3Service, SeaweedFS
 
@@ -97,6 +99,21 @@ def parquet_dir(tmp_path: Path) -> Path:
             row_group_size=25,
         )
     return directory
+
+
+@pytest.fixture
+def shard_reads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """The rows (``lo, hi`` of a shard) of every read a ``ShardReader`` starts in this process,
+    in order: a read that starts inside a row group decodes the rows before it again."""
+    reads: list[tuple[int, int]] = []
+    real = ShardReader.read
+
+    def counted(self: ShardReader, shard: Shard, lo: int, hi: int) -> Iterator[pa.RecordBatch]:
+        reads.append((lo, hi))
+        return real(self, shard, lo, hi)
+
+    monkeypatch.setattr(ShardReader, "read", counted)
+    return reads
 
 
 def upload_dir(client: Any, bucket: str, prefix: str, directory: Path) -> list[str]:

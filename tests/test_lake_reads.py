@@ -19,8 +19,6 @@ from duckstream.catalog import LakehouseCatalog
 from duckstream.core.late_filter import Count
 from duckstream.core.pipeline import read_streams
 from duckstream.core.planning import prepare
-from duckstream.core.reader import ShardReader
-from duckstream.core.shards import Shard
 from duckstream.core.world import World
 from duckstream.errors import CatalogError
 from duckstream.services import PostgresService, S3Service
@@ -499,23 +497,15 @@ def test_a_table_of_few_large_row_groups_with_deletes_is_read_from_copies_once_a
 
 
 def test_a_lake_tables_rotated_row_groups_are_read_once_an_epoch(
-    lake: Lake, monkeypatch: pytest.MonkeyPatch
+    lake: Lake, shard_reads: list[tuple[int, int]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Five data files of one 20 MB row group each (distinct values, so not a dictionary's
     # indices, each of one 4-byte pattern, so they compress to 1 MB), shuffled through a
     # 1,000-row buffer: each row group is rotated, and its first rows kept for their turn,
     # so each is read once an epoch, from its first row (from the store, on the PostgreSQL +
-    # S3 lake). With no room to keep them, each head is read again, decoding the row group's
-    # first rows twice; so it is where two DataLoader workers share the files.
+    # S3 lake). With no room to keep them, each head is read again (the row group's first
+    # rows decoded twice), in one process and by two DataLoader workers alike.
     per_file, files = 2_500, 5
-    reads: list[tuple[int, int]] = []
-    real = ShardReader.read
-
-    def counted(self: ShardReader, shard: Shard, lo: int, hi: int) -> Iterator[pa.RecordBatch]:
-        reads.append((lo, hi))
-        return real(self, shard, lo, hi)
-
-    monkeypatch.setattr(ShardReader, "read", counted)
     with lake.open() as cat:
         insert_wide(cat, files, [i.to_bytes(4, "little") * 2_048 for i in range(per_file)])
         table = cat.table("wide")
@@ -523,17 +513,17 @@ def test_a_lake_tables_rotated_row_groups_are_read_once_an_epoch(
         assert not prepare(table, sql, s3=table.s3).copied_for(1)
 
         def reads_of_an_epoch(*worlds: World) -> int:
-            reads.clear()
+            shard_reads.clear()
             ids = []
             for world in worlds:
                 batches = stream_batches(table, sql, shuffle=True, seed=2, shuffle_buffer=1_000, world=world)
                 ids += [i for batch in batches for i in batch.column("id").to_pylist()]
             assert sorted(ids) == list(range(files * per_file))
-            return len(reads)
+            return len(shard_reads)
 
         workers = (World(num_workers=2, worker=0), World(num_workers=2, worker=1))
         assert reads_of_an_epoch(World()) == files
-        assert {lo for lo, _ in reads} == {0}
+        assert {lo for lo, _ in shard_reads} == {0}
         shared = reads_of_an_epoch(*workers)
         monkeypatch.setattr("duckstream.core.pipeline.SHUFFLE_BUFFER_BYTES", 1)
         assert reads_of_an_epoch(World()) == 2 * files

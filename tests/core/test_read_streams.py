@@ -130,7 +130,7 @@ def reader_passes(
 
 
 def test_the_pieces_open_at_once_share_a_window_of_bytes_for_the_rows_they_keep(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, shard_reads: list[tuple[int, int]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Five files of one 20 MB row group, shuffled through a 1,000-row buffer: each is rotated,
     # its first rows (up to 10 MB) more than 4 MiB but within a fifth of 64 MiB, so every
@@ -141,25 +141,17 @@ def test_the_pieces_open_at_once_share_a_window_of_bytes_for_the_rows_they_keep(
     for index in range(files):
         table = pa.table({"id": np.arange(index * rows, (index + 1) * rows), "blob": blobs})
         pq.write_table(table, tmp_path / f"part-{index}.parquet", row_group_size=rows)
-    reads: list[tuple[int, int]] = []
-    real = ShardReader.read
-
-    def counted(self: ShardReader, shard: Shard, lo: int, hi: int) -> Iterator[pa.RecordBatch]:
-        reads.append((lo, hi))
-        return real(self, shard, lo, hi)
-
-    monkeypatch.setattr(ShardReader, "read", counted)
 
     def reads_of_four_epochs() -> int:
-        reads.clear()
+        shard_reads.clear()
         for epoch in range(4):
             batches = stream_batches(tmp_path, shuffle=True, seed=1, epoch=epoch, shuffle_buffer=1_000)
             ids = [i for batch in batches for i in batch.column("id").to_pylist()]
             assert sorted(ids) == list(range(files * rows))
-        return len(reads)
+        return len(shard_reads)
 
     assert reads_of_four_epochs() == 4 * files
-    assert set(reads) == {(0, rows)}
+    assert set(shard_reads) == {(0, rows)}
     # Within 8 MiB, the smallest heads that fit are kept, the others read twice; with no
     # room, every head is.
     monkeypatch.setattr("duckstream.core.pipeline.SHUFFLE_BUFFER_BYTES", 2 * HELD_HEAD_BYTES)
