@@ -496,20 +496,23 @@ def test_a_table_of_few_large_row_groups_with_deletes_is_read_from_copies_once_a
         assert sorted(first + rest) == kept
 
 
+@pytest.mark.parametrize(
+    "sql", ["SELECT id, blob FROM source", "SELECT id, octet_length(blob) AS n FROM source"]
+)
 def test_a_lake_tables_rotated_row_groups_are_read_once_an_epoch(
-    lake: Lake, shard_reads: list[tuple[int, int]], monkeypatch: pytest.MonkeyPatch
+    lake: Lake, sql: str, shard_reads: list[tuple[int, int]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Five data files of one 20 MB row group each (distinct values, so not a dictionary's
     # indices, each of one 4-byte pattern, so they compress to 1 MB), shuffled through a
     # 1,000-row buffer: each row group is rotated, and its first rows kept for their turn,
     # so each is read once an epoch, from its first row (from the store, on the PostgreSQL +
-    # S3 lake). With no room to keep them, each head is read again (the row group's first
-    # rows decoded twice), in one process and by two DataLoader workers alike.
+    # S3 lake), its columns as they are or through an expression. With no room to keep them,
+    # each head is read again (the row group's first rows decoded twice), in one process and
+    # by two DataLoader workers alike.
     per_file, files = 2_500, 5
     with lake.open() as cat:
         insert_wide(cat, files, [i.to_bytes(4, "little") * 2_048 for i in range(per_file)])
         table = cat.table("wide")
-        sql = "SELECT id, blob FROM source"
         assert not prepare(table, sql, s3=table.s3).copied_for(1)
 
         def reads_of_an_epoch(*worlds: World) -> int:

@@ -196,6 +196,10 @@ def read_slot(
     # Where each shard ends in the epoch order, found once: each stream looks its pieces up in it.
     sizes = np.asarray(plan.counts, dtype=np.int64)[order]
     ends = np.cumsum(sizes)
+    # The pieces a read one after another takes in turn (an interleaved one finds each stream's).
+    pieces = (
+        iter(()) if interleaved else _pieces(slice_ranges(span.ranges, begin, span.rows), order, sizes, ends)
+    )
     batches: Iterable[pa.RecordBatch] = ()
     connections: SqlConnections | None = None
     try:
@@ -264,11 +268,9 @@ def read_slot(
             # threads' lanes would, so memory does not grow with them.
             window = -(-shuffle_buffer // readers[0].batch_rows)
             depth = max(2, -(-window * min(lanes, threads) // lanes))
-            pieces = _pieces(slice_ranges(span.ranges, begin, span.rows), order, sizes, ends)
             sources = (_piece_source(readers, plan, *piece) for piece in pieces)
             batches = read_ahead_each(sources, lanes=lanes, depth=depth)
         else:
-            pieces = _pieces(slice_ranges(span.ranges, begin, span.rows), order, sizes, ends)
             batches = (
                 batch for shard, lo, hi in pieces for batch in readers[0].read(plan.shards[shard], lo, hi)
             )

@@ -250,7 +250,7 @@ def local_copy(
                 fcntl.flock(lock, fcntl.LOCK_EX)
                 if not target.exists():
                     _write(path, parquet, list(columns), list(groups), target, copy_of=named)
-                    _remove_older(path, directory, source, version)
+                    stale_copies.remove_older(path, directory, source, version)
     except OSError as exc:
         log.warning(
             "cannot copy %s to %s (%s): a shuffled read decodes parts of its row groups again "
@@ -270,20 +270,6 @@ def local_copy(
 
 def _digest(value: object, length: int) -> str:
     return hashlib.sha256(json.dumps(value).encode()).hexdigest()[:length]
-
-
-def _remove_older(path: str, directory: Path, source: str, version: str) -> None:
-    """Remove the copies of other versions of the file ``path`` (named ``recut-source-*``):
-    a file rewritten in place leaves no copy of its old rows behind in the cache folder. A
-    read still planned on an old version fails on the file itself, copy or none."""
-    older = [
-        found for found in directory.glob(f"recut-{source}-*.parquet") if f"-{version}-" not in found.name
-    ]
-    for found in older:
-        found.unlink(missing_ok=True)
-        stale_copies.lock_of(found).unlink(missing_ok=True)
-    if older:
-        log.info("removed %d copies of an earlier version of %s from %s", len(older), redact(path), directory)
 
 
 def _write(

@@ -1,5 +1,6 @@
-"""Copies a cache folder no longer needs: those of local files that are gone, and those no read
-has used for :data:`UNUSED_COPY_SECONDS`.
+"""Copies a cache folder no longer needs: those of an earlier version of a file, once its new
+copy is made; those of local files that are gone; and those no read has used for
+:data:`UNUSED_COPY_SECONDS`.
 
 A shuffled read copies files of a few large row groups into the cache folder (see
 :mod:`duckstream.core.recut`), by default the temporary folder's ``duckstream-cache``. A
@@ -21,9 +22,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from duckstream.core.source import is_remote
-from duckstream.redact import get_logger
+from duckstream.redact import get_logger, redact
 
-__all__ = ["COPY_OF", "UNUSED_COPY_SECONDS", "lock_of", "mark_used", "prune"]
+__all__ = ["COPY_OF", "UNUSED_COPY_SECONDS", "lock_of", "mark_used", "prune", "remove_older"]
 
 log = get_logger(__name__)
 
@@ -45,6 +46,20 @@ def mark_used(copy: Path) -> None:
         lock_of(copy).touch()
     except OSError:
         pass  # a folder others own: the copy may be removed after a month, and made again
+
+
+def remove_older(path: str, directory: Path, source: str, version: str) -> None:
+    """Remove the copies of other versions of the file ``path`` (named ``recut-source-*``,
+    see :func:`duckstream.core.recut.local_copy`): a file rewritten in place leaves no copy of
+    its old rows behind in the cache folder. A read still planned on an old version fails on
+    the file itself, copy or none."""
+    older = [
+        found for found in directory.glob(f"recut-{source}-*.parquet") if f"-{version}-" not in found.name
+    ]
+    for found in older:
+        _remove(found)
+    if older:
+        log.info("removed %d copies of an earlier version of %s from %s", len(older), redact(path), directory)
 
 
 def prune(directory: Path, *, now: float | None = None) -> int:
@@ -72,8 +87,7 @@ def prune(directory: Path, *, now: float | None = None) -> int:
             continue  # removed meanwhile by another process
         if now - used > UNUSED_COPY_SECONDS or _source_gone(copy):
             try:
-                copy.unlink(missing_ok=True)
-                lock.unlink(missing_ok=True)
+                _remove(copy)
             except OSError as exc:  # a folder shared with others: theirs stay
                 log.debug("cannot remove %s: %s", copy, exc)
                 continue
@@ -99,3 +113,8 @@ def _source_gone(copy: Path) -> bool:
         return False
     source = named.decode()
     return not is_remote(source) and not os.path.exists(source.removeprefix("file://"))
+
+
+def _remove(copy: Path) -> None:
+    copy.unlink(missing_ok=True)
+    lock_of(copy).unlink(missing_ok=True)

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from duckstream.core.held_heads import Piece, held_heads, rotations, stream_indices
-from duckstream.core.pipeline import _pieces
+from duckstream.core.pipeline import _stream_pieces
 
 Read = tuple[np.ndarray, np.ndarray, list[int]]
 
@@ -48,8 +48,7 @@ def kept_heads(ranges: np.ndarray, owners: np.ndarray, rows: list[int], budget: 
     sizes = np.asarray(rows, dtype=np.int64)
     ends, order = np.cumsum(sizes), np.arange(len(rows))
     streams = stream_indices(owners)
-    pieces = {owner: list(_pieces(ranges[index], order, sizes, ends)) for owner, index in streams.items()}
-    return held_heads(ranges, streams, pieces, budget)
+    return held_heads(ranges, streams, _stream_pieces(ranges, streams, order, sizes, ends), budget)
 
 
 def alive(read: Read, head: Piece) -> tuple[int, int]:
