@@ -87,6 +87,16 @@ def write_wide_file(path: Path, start: int, rows: int) -> None:
     pq.write_table(table, path, use_dictionary=False)  # plain pages: 20 KB a row, uncompressed
 
 
+def write_one_group_files(folder: Path, files: int, rows: int, width: int = 8_192) -> None:
+    """``files`` Parquet files of one row group of ``rows`` rows each (ids counting up from 0),
+    a ``width``-byte blob a row: files a shuffled read rotates (reads from a row group's
+    middle) through a buffer far smaller than a file."""
+    blobs = pa.array([bytes([i % 256]) * width for i in range(rows)], pa.binary())
+    for index in range(files):
+        table = pa.table({"id": pa.array(range(index * rows, (index + 1) * rows), pa.int64()), "blob": blobs})
+        pq.write_table(table, folder / f"part-{index}.parquet", row_group_size=rows)
+
+
 @pytest.fixture
 def parquet_dir(tmp_path: Path) -> Path:
     """Three Parquet files of 100 rows each (ids 0..299), row groups of 25, in ``tmp_path/data``."""
@@ -101,15 +111,40 @@ def parquet_dir(tmp_path: Path) -> Path:
     return directory
 
 
+class ShardReads:
+    """The rows (``lo, hi`` of a shard) of every read a ``ShardReader`` starts, in order, in
+    this process and in the DataLoader workers it forks (each appends a line to one file)."""
+
+    def __init__(self, log: Path) -> None:
+        self._log = log
+        self.clear()
+
+    def record(self, lo: int, hi: int) -> None:
+        with self._log.open("a") as log:  # one short append: whole lines from any process
+            log.write(f"{lo} {hi}\n")
+
+    def clear(self) -> None:
+        self._log.write_text("")
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        for line in self._log.read_text().splitlines():
+            lo, hi = line.split()
+            yield int(lo), int(hi)
+
+    def __len__(self) -> int:
+        return len(self._log.read_text().splitlines())
+
+
 @pytest.fixture
-def shard_reads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
-    """The rows (``lo, hi`` of a shard) of every read a ``ShardReader`` starts in this process,
-    in order: a read that starts inside a row group decodes the rows before it again."""
-    reads: list[tuple[int, int]] = []
+def shard_reads(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> ShardReads:
+    """Every read a ``ShardReader`` starts (see :class:`ShardReads`): a read that starts
+    inside a row group decodes the rows before it again."""
+    # Beside, not inside, the test's tmp_path: a folder read as a source lists its files.
+    reads = ShardReads(tmp_path_factory.mktemp("shard-reads") / "reads.log")
     real = ShardReader.read
 
     def counted(self: ShardReader, shard: Shard, lo: int, hi: int) -> Iterator[pa.RecordBatch]:
-        reads.append((lo, hi))
+        reads.record(lo, hi)
         return real(self, shard, lo, hi)
 
     monkeypatch.setattr(ShardReader, "read", counted)

@@ -23,7 +23,7 @@ from duckstream.core.world import World
 from duckstream.errors import CatalogError
 from duckstream.services import PostgresService, S3Service
 from duckstream.stream import DuckStreamDataset, DuckStreamLoader, stream_batches
-from tests.conftest import upload_dir
+from tests.conftest import ShardReads, upload_dir
 
 QUERIES = [
     None,
@@ -500,7 +500,7 @@ def test_a_table_of_few_large_row_groups_with_deletes_is_read_from_copies_once_a
     "sql", ["SELECT id, blob FROM source", "SELECT id, octet_length(blob) AS n FROM source"]
 )
 def test_a_lake_tables_rotated_row_groups_are_read_once_an_epoch(
-    lake: Lake, sql: str, shard_reads: list[tuple[int, int]], monkeypatch: pytest.MonkeyPatch
+    lake: Lake, sql: str, shard_reads: ShardReads, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Five data files of one 20 MB row group each (distinct values, so not a dictionary's
     # indices, each of one 4-byte pattern, so they compress to 1 MB), shuffled through a

@@ -19,8 +19,10 @@ from duckstream.core.planning import StreamPlan, decoder_bytes, prepare
 from duckstream.core.reader import ShardReader
 from duckstream.core.shards import Shard
 from duckstream.core.source import FileMeta
+from duckstream.core.world import World
 from duckstream.storage import S3Settings
-from duckstream.stream import stream_batches
+from duckstream.stream import DuckStreamDataset, DuckStreamLoader, stream_batches
+from tests.conftest import ShardReads, write_one_group_files
 
 MiB = 1024 * 1024
 
@@ -130,17 +132,14 @@ def reader_passes(
 
 
 def test_the_pieces_open_at_once_share_a_window_of_bytes_for_the_rows_they_keep(
-    tmp_path: Path, shard_reads: list[tuple[int, int]], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, shard_reads: ShardReads, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Five files of one 20 MB row group, shuffled through a 1,000-row buffer: each is rotated,
     # its first rows (up to 10 MB) more than 4 MiB but within a fifth of 64 MiB, so every
     # epoch reads each row group once, and still yields each row once. (Five, not fewer: a
     # file of fewer such row groups is read from a copy in small ones, see recut.)
-    rows, width, files = 2_500, 8_192, 5
-    blobs = pa.array([bytes([i % 256]) * width for i in range(rows)], pa.binary())
-    for index in range(files):
-        table = pa.table({"id": np.arange(index * rows, (index + 1) * rows), "blob": blobs})
-        pq.write_table(table, tmp_path / f"part-{index}.parquet", row_group_size=rows)
+    rows, files = 2_500, 5
+    write_one_group_files(tmp_path, files, rows)
 
     def reads_of_four_epochs() -> int:
         shard_reads.clear()
@@ -158,3 +157,40 @@ def test_the_pieces_open_at_once_share_a_window_of_bytes_for_the_rows_they_keep(
     assert 4 * files < reads_of_four_epochs() < 8 * files
     monkeypatch.setattr("duckstream.core.pipeline.SHUFFLE_BUFFER_BYTES", 1)
     assert reads_of_four_epochs() == 8 * files
+
+
+@pytest.mark.slow
+def test_dataloader_workers_keep_heads_as_their_worlds_do_in_one_process(
+    tmp_path: Path, shard_reads: ShardReads, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The same five files read by two DataLoader worker processes: each worker plans the
+    # heads it keeps as its world does read here, so they read each row group as often
+    # (fewer times than with no room to keep heads), and every row comes once.
+    rows, files = 2_500, 5
+    write_one_group_files(tmp_path, files, rows)
+
+    def reads_by_worker_processes() -> int:
+        shard_reads.clear()
+        dataset = DuckStreamDataset(
+            tmp_path, batch_size=100, shuffle=True, seed=1, shuffle_buffer=1_000, output="arrow"
+        )
+        ids = [
+            i for batch in DuckStreamLoader(dataset, num_workers=2) for i in batch.column("id").to_pylist()
+        ]
+        assert sorted(ids) == list(range(files * rows))
+        return len(shard_reads)
+
+    def reads_of_their_worlds_here() -> int:
+        shard_reads.clear()
+        for worker in range(2):
+            world = World(num_workers=2, worker=worker)
+            for _ in stream_batches(
+                tmp_path, shuffle=True, seed=1, epoch=0, shuffle_buffer=1_000, world=world
+            ):
+                pass
+        return len(shard_reads)
+
+    kept = reads_by_worker_processes()
+    assert kept == reads_of_their_worlds_here()
+    monkeypatch.setattr("duckstream.core.pipeline.SHUFFLE_BUFFER_BYTES", 1)
+    assert reads_by_worker_processes() == reads_of_their_worlds_here() > kept

@@ -20,7 +20,7 @@ from duckstream.services import S3Service
 from duckstream.storage import S3Settings, pyarrow_s3
 from duckstream.stream import DuckStreamDataset, DuckStreamLoader, stream_batches
 from tests.adapters.resume_check import ids_in
-from tests.conftest import numbers_table, upload_dir, write_wide_file
+from tests.conftest import ShardReads, numbers_table, upload_dir, write_one_group_files, write_wide_file
 
 pytestmark = pytest.mark.services
 
@@ -240,3 +240,41 @@ def test_kept_and_checked_rows_are_remembered_for_objects_too(
     finally:
         kept_rows.forget()
         checked_rows.forget()
+
+
+def test_a_folders_rotated_row_groups_on_s3_are_read_once_an_epoch(
+    s3_server: S3Service,
+    s3_bucket: str,
+    tmp_path: Path,
+    shard_reads: ShardReads,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Five objects of one 20 MB row group, shuffled through a 1,000-row buffer: each row
+    # group is rotated and its first rows kept for their turn, so an epoch reads each from
+    # the store once, from its first row, with the lanes' streams each reading ahead on its
+    # own; with no room to keep them, each head is read again. Two workers' worlds share out
+    # the pieces and still keep heads.
+    rows, files = 2_500, 5
+    write_one_group_files(tmp_path, files, rows)
+    upload_dir(s3_server.boto3_client(), s3_bucket, "rotated", tmp_path)
+    source = f"s3://{s3_bucket}/rotated"
+    assert not prepare(source, None, s3=s3_server.settings()).copied_for(1)
+
+    def reads_of_an_epoch(*worlds: World) -> int:
+        shard_reads.clear()
+        ids = []
+        for world in worlds:
+            batches = stream_batches(
+                source, shuffle=True, seed=2, shuffle_buffer=1_000, world=world, **keys(s3_server)
+            )
+            ids += [i for batch in batches for i in batch.column("id").to_pylist()]
+        assert sorted(ids) == list(range(files * rows))
+        return len(shard_reads)
+
+    workers = (World(num_workers=2, worker=0), World(num_workers=2, worker=1))
+    assert reads_of_an_epoch(World()) == files
+    assert {lo for lo, _ in shard_reads} == {0}
+    shared = reads_of_an_epoch(*workers)
+    monkeypatch.setattr("duckstream.core.pipeline.SHUFFLE_BUFFER_BYTES", 1)
+    assert reads_of_an_epoch(World()) == 2 * files
+    assert reads_of_an_epoch(*workers) > shared
