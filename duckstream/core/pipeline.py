@@ -47,6 +47,11 @@ MAX_READ_AHEAD_LANES = 4
 # Rows a stream decodes at a time at least: pyarrow's cost per batch passes its cost per row
 # below that.
 _MIN_SHARE_ROWS = 64
+# Windows' shares of its rows a stream decodes at a time (a read batch, ~4 MiB, at most):
+# decoded one share at a time (1,785 rows of the bench's captions), the read threads and the
+# loop switched twice as often, and a shuffled epoch in one process took 7-10% longer on two
+# cores (12 and 20 rounds). The 16 streams open at once hold 64 MiB more at most so.
+_SHARES_A_DECODE = 4
 # Rows gathered from a shuffle window at once, in bytes: batches of narrow rows come in
 # groups of slices, wide rows one batch at a time (a held slice keeps its group alive).
 GATHER_BYTES = 1024 * 1024
@@ -205,9 +210,9 @@ def read_slot(
     try:
         if interleaved:
             ranges, owned = _slice_owned(span.ranges, owners, begin, span.rows)
-            # A stream decodes about its share of a window at a time; its stripes are slices.
+            # A stream decodes its share of a few windows at a time; its stripes are slices.
             share = max(_MIN_SHARE_ROWS, window_rows // max(1, start.streams))
-            batch_rows = min(read_batch_rows(plan.row_bytes), share)
+            batch_rows = min(read_batch_rows(plan.row_bytes), _SHARES_A_DECODE * share)
             # Rotated pieces' first rows are kept, the smallest first, while those kept at once
             # fit a shuffle window's bytes: with at most DEFAULT_STREAMS open, every head of
             # the plan's layout.held_rows or fewer (those the read order counts on).
