@@ -7,7 +7,7 @@ the end. They are never skipped: a missing binary fails the test with how to ins
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ import pytest
 
 from duckstream.core.reader import ShardReader
 from duckstream.core.shards import Shard
+from duckstream.core.world import World
 from duckstream.errors import ServiceError
 from duckstream.services import PostgresCluster, PostgresService, S3Service, SeaweedFS
 
@@ -149,6 +150,33 @@ def shard_reads(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPa
 
     monkeypatch.setattr(ShardReader, "read", counted)
     return reads
+
+
+def check_heads_kept(
+    shard_reads: ShardReads,
+    batches_of: Callable[[World], Iterable[pa.RecordBatch]],
+    rows: int,
+    files: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Files of one rotated row group each (ids ``0..rows``), each read ``batches_of`` a world
+    (shuffled through a buffer far smaller than a file): in one process each row group is read
+    once an epoch, from its first row; two workers' worlds keep heads too (fewer reads than with
+    no room to keep them); with no room, each head is read again. Every id once each time."""
+
+    def reads_of_an_epoch(*worlds: World) -> int:
+        shard_reads.clear()
+        ids = [i for world in worlds for batch in batches_of(world) for i in batch.column("id").to_pylist()]
+        assert sorted(ids) == list(range(rows))
+        return len(shard_reads)
+
+    workers = (World(num_workers=2, worker=0), World(num_workers=2, worker=1))
+    assert reads_of_an_epoch(World()) == files
+    assert {lo for lo, _ in shard_reads} == {0}
+    shared = reads_of_an_epoch(*workers)
+    monkeypatch.setattr("duckstream.core.pipeline.SHUFFLE_BUFFER_BYTES", 1)
+    assert reads_of_an_epoch(World()) == 2 * files
+    assert reads_of_an_epoch(*workers) > shared
 
 
 def upload_dir(client: Any, bucket: str, prefix: str, directory: Path) -> list[str]:

@@ -23,7 +23,7 @@ from duckstream.core.world import World
 from duckstream.errors import CatalogError
 from duckstream.services import PostgresService, S3Service
 from duckstream.stream import DuckStreamDataset, DuckStreamLoader, stream_batches
-from tests.conftest import ShardReads, upload_dir
+from tests.conftest import ShardReads, check_heads_kept, upload_dir
 
 QUERIES = [
     None,
@@ -515,19 +515,7 @@ def test_a_lake_tables_rotated_row_groups_are_read_once_an_epoch(
         table = cat.table("wide")
         assert not prepare(table, sql, s3=table.s3).copied_for(1)
 
-        def reads_of_an_epoch(*worlds: World) -> int:
-            shard_reads.clear()
-            ids = []
-            for world in worlds:
-                batches = stream_batches(table, sql, shuffle=True, seed=2, shuffle_buffer=1_000, world=world)
-                ids += [i for batch in batches for i in batch.column("id").to_pylist()]
-            assert sorted(ids) == list(range(files * per_file))
-            return len(shard_reads)
+        def batches_of(world: World) -> Iterator[pa.RecordBatch]:
+            return stream_batches(table, sql, shuffle=True, seed=2, shuffle_buffer=1_000, world=world)
 
-        workers = (World(num_workers=2, worker=0), World(num_workers=2, worker=1))
-        assert reads_of_an_epoch(World()) == files
-        assert {lo for lo, _ in shard_reads} == {0}
-        shared = reads_of_an_epoch(*workers)
-        monkeypatch.setattr("duckstream.core.pipeline.SHUFFLE_BUFFER_BYTES", 1)
-        assert reads_of_an_epoch(World()) == 2 * files
-        assert reads_of_an_epoch(*workers) > shared
+        check_heads_kept(shard_reads, batches_of, files * per_file, files, monkeypatch)

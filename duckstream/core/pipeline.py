@@ -49,8 +49,8 @@ MAX_READ_AHEAD_LANES = 4
 _MIN_SHARE_ROWS = 64
 # Windows' shares of its rows a stream decodes at a time (a read batch, ~4 MiB, at most):
 # decoded one share at a time (1,785 rows of the bench's captions), the read threads and the
-# loop switched twice as often, and a shuffled epoch in one process took 7-10% longer on two
-# cores (12 and 20 rounds). The 16 streams open at once hold 64 MiB more at most so.
+# loop switched twice as often, and a shuffled epoch in one process took 1-12% longer on two
+# cores (four runs of 12-20 rounds). The 16 streams open at once hold 64 MiB more at most so.
 _SHARES_A_DECODE = 4
 # Rows gathered from a shuffle window at once, in bytes: batches of narrow rows come in
 # groups of slices, wide rows one batch at a time (a held slice keeps its group alive).

@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import threading
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,14 @@ from duckstream.services import S3Service
 from duckstream.storage import S3Settings, pyarrow_s3
 from duckstream.stream import DuckStreamDataset, DuckStreamLoader, stream_batches
 from tests.adapters.resume_check import ids_in
-from tests.conftest import ShardReads, numbers_table, upload_dir, write_one_group_files, write_wide_file
+from tests.conftest import (
+    ShardReads,
+    check_heads_kept,
+    numbers_table,
+    upload_dir,
+    write_one_group_files,
+    write_wide_file,
+)
 
 pytestmark = pytest.mark.services
 
@@ -260,21 +268,9 @@ def test_a_folders_rotated_row_groups_on_s3_are_read_once_an_epoch(
     source = f"s3://{s3_bucket}/rotated"
     assert not prepare(source, None, s3=s3_server.settings()).copied_for(1)
 
-    def reads_of_an_epoch(*worlds: World) -> int:
-        shard_reads.clear()
-        ids = []
-        for world in worlds:
-            batches = stream_batches(
-                source, shuffle=True, seed=2, shuffle_buffer=1_000, world=world, **keys(s3_server)
-            )
-            ids += [i for batch in batches for i in batch.column("id").to_pylist()]
-        assert sorted(ids) == list(range(files * rows))
-        return len(shard_reads)
+    def batches_of(world: World) -> Iterator[pa.RecordBatch]:
+        return stream_batches(
+            source, shuffle=True, seed=2, shuffle_buffer=1_000, world=world, **keys(s3_server)
+        )
 
-    workers = (World(num_workers=2, worker=0), World(num_workers=2, worker=1))
-    assert reads_of_an_epoch(World()) == files
-    assert {lo for lo, _ in shard_reads} == {0}
-    shared = reads_of_an_epoch(*workers)
-    monkeypatch.setattr("duckstream.core.pipeline.SHUFFLE_BUFFER_BYTES", 1)
-    assert reads_of_an_epoch(World()) == 2 * files
-    assert reads_of_an_epoch(*workers) > shared
+    check_heads_kept(shard_reads, batches_of, files * rows, files, monkeypatch)
