@@ -52,6 +52,9 @@ class Transport:
     chunk: int = 1
     ship_arrow: bool = False
     ring: Ring | None = None
+    # Workers that stay for the next pass (persistent_workers): each begins reading the next
+    # epoch while its last windows go out, as one process does.
+    persistent: bool = False
 
 
 class DuckStreamDataset(IterableDataset[Any]):
@@ -268,12 +271,14 @@ class DuckStreamDataset(IterableDataset[Any]):
         if info is not None:
             freeze_inherited()
             resume, self._resume = self._resume, None
+            epoch = int(self._shared[0])
             read = self.cursor.open(
                 world,
-                epoch=int(self._shared[0]),
+                epoch=epoch,
                 done=self.cursor.done if int(self._shared[1]) else [],
                 chunk=self.transport.chunk,
                 resume=resume,
+                then=epoch + 1 if self.transport.persistent else None,
                 views=views,
             )
         else:
@@ -537,7 +542,8 @@ class DuckStreamLoader(DataLoader[Any]):
         # Workers copy the dataset when they start (in super().__iter__): they ship Arrow
         # batches in transfers of `chunk`; the dataset itself goes back to plain items.
         workers = max(1, self.num_workers)
-        dataset.transport = Transport(workers, self._chunk, ship, ring)
+        persistent = bool(self.num_workers) and self.persistent_workers
+        dataset.transport = Transport(workers, self._chunk, ship, ring, persistent)
         iterator: Iterator[Any]
         try:
             # In-process, DataLoader would only hand over each item (about 10 us a row); the

@@ -436,6 +436,45 @@ def test_in_process_the_next_epoch_is_read_during_the_last_windows_of_this_one(
     assert [i for item in loader for i in ids_in(item)] == expected[2]
 
 
+def test_persistent_workers_read_the_next_epoch_during_the_last_windows_of_this_one(
+    source: Path, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    def fresh_workers(epoch: int) -> list[int]:
+        loader = DuckStreamLoader(make_dataset(source), num_workers=2)
+        loader.set_epoch(epoch)
+        return [i for item in loader for i in ids_in(item)]
+
+    expected = {epoch: fresh_workers(epoch) for epoch in (0, 1, 2, 6)}
+    # The workers' reads, logged to a file: a list would stay in the worker processes.
+    log = tmp_path_factory.mktemp("opened") / "epochs"
+    real = read_slot
+
+    def counted(plan: Any, options: Any, start: Any, **kw: Any) -> Any:
+        with log.open("a") as opened:
+            opened.write(f"{start.epoch}\n")
+        return real(plan, options, start, **kw)
+
+    def opened() -> Counter[int]:
+        return Counter(int(epoch) for epoch in log.read_text().split())
+
+    monkeypatch.setattr("duckstream.core.cursor.read_slot", counted)
+    loader = DuckStreamLoader(make_dataset(source), num_workers=2, persistent_workers=True)
+    epochs = [[i for item in loader for i in ids_in(item)] for _ in range(3)]
+    # Each worker began the next epoch's read during each pass, and took it on the next one.
+    assert opened() == {0: 2, 1: 2, 2: 2, 3: 2}
+    assert epochs == [expected[0], expected[1], expected[2]]
+    # The loop chose another epoch: the workers read that one, not the one they began.
+    loader.set_epoch(6)
+    assert [i for item in loader for i in ids_in(item)] == expected[6]
+    assert opened() == {0: 2, 1: 2, 2: 2, 3: 2, 6: 2, 7: 2}
+    # Workers that last one pass begin nothing.
+    log.unlink()
+    assert [i for item in DuckStreamLoader(make_dataset(source), num_workers=2) for i in ids_in(item)] == (
+        expected[0]
+    )
+    assert opened() == {0: 2}
+
+
 @pytest.mark.skipif(torch.accelerator.is_available(), reason="an accelerator pins without a warning")
 def test_pin_memory_without_an_accelerator_still_reads_everything(source: Path) -> None:
     loader = DuckStreamLoader(make_dataset(source), num_workers=2, pin_memory=True)
