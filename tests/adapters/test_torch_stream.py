@@ -404,8 +404,36 @@ def test_a_pass_left_early_still_moves_to_the_next_epoch(source: Path, persisten
     assert epochs == expected[1:]
 
 
+class OpenedEpochs:
+    """The epoch of every read a cursor opens (early ones included), logged to a file: worker
+    processes forked from the test log there too."""
+
+    def __init__(self, log: Path) -> None:
+        self.log = log
+
+    def __call__(self) -> list[int]:
+        return [int(epoch) for epoch in self.log.read_text().split()] if self.log.exists() else []
+
+    def clear(self) -> None:
+        self.log.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def opened(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> OpenedEpochs:
+    epochs = OpenedEpochs(tmp_path_factory.mktemp("opened") / "epochs")
+    real = read_slot
+
+    def counted(plan: Any, options: Any, start: Any, **kw: Any) -> Any:
+        with epochs.log.open("a") as log:
+            log.write(f"{start.epoch}\n")
+        return real(plan, options, start, **kw)
+
+    monkeypatch.setattr("duckstream.core.cursor.read_slot", counted)
+    return epochs
+
+
 def test_in_process_the_next_epoch_is_read_during_the_last_windows_of_this_one(
-    source: Path, monkeypatch: pytest.MonkeyPatch
+    source: Path, opened: OpenedEpochs
 ) -> None:
     def alone(epoch: int) -> list[int]:
         dataset = make_dataset(source)
@@ -413,66 +441,47 @@ def test_in_process_the_next_epoch_is_read_during_the_last_windows_of_this_one(
         return [i for item in dataset for i in ids_in(item)]
 
     expected = {epoch: alone(epoch) for epoch in (0, 1, 2, 6)}
-    opened: list[int] = []
-    real = read_slot
-
-    def counted(plan: Any, options: Any, start: Any, **kw: Any) -> Any:
-        opened.append(start.epoch)
-        return real(plan, options, start, **kw)
-
-    monkeypatch.setattr("duckstream.core.cursor.read_slot", counted)
+    opened.clear()
     loader = DuckStreamLoader(make_dataset(source), num_workers=0)
     epochs = [[i for item in loader for i in ids_in(item)] for _ in range(3)]
     # Each pass began the next epoch's read, and the next pass took it.
-    assert opened == [0, 1, 2, 3]
+    assert opened() == [0, 1, 2, 3]
     assert epochs == [expected[0], expected[1], expected[2]]
     # The loop chose another epoch: that one is read, not the one begun.
     loader.set_epoch(6)
     assert [i for item in loader for i in ids_in(item)] == expected[6]
-    assert opened == [0, 1, 2, 3, 6, 7]
+    assert opened() == [0, 1, 2, 3, 6, 7]
     # A state loaded between passes is read as it says.
     state = loader.state_dict()
     loader.load_state_dict({**state, "epoch": 2})
     assert [i for item in loader for i in ids_in(item)] == expected[2]
 
 
+@pytest.mark.parametrize("sql", [None, "SELECT id, value * 2 AS twice FROM source WHERE id % 3 <> 1"])
 def test_persistent_workers_read_the_next_epoch_during_the_last_windows_of_this_one(
-    source: Path, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+    source: Path, opened: OpenedEpochs, sql: str | None
 ) -> None:
     def fresh_workers(epoch: int) -> list[int]:
-        loader = DuckStreamLoader(make_dataset(source), num_workers=2)
+        loader = DuckStreamLoader(make_dataset(source, sql=sql), num_workers=2)
         loader.set_epoch(epoch)
         return [i for item in loader for i in ids_in(item)]
 
     expected = {epoch: fresh_workers(epoch) for epoch in (0, 1, 2, 6)}
-    # The workers' reads, logged to a file: a list would stay in the worker processes.
-    log = tmp_path_factory.mktemp("opened") / "epochs"
-    real = read_slot
-
-    def counted(plan: Any, options: Any, start: Any, **kw: Any) -> Any:
-        with log.open("a") as opened:
-            opened.write(f"{start.epoch}\n")
-        return real(plan, options, start, **kw)
-
-    def opened() -> Counter[int]:
-        return Counter(int(epoch) for epoch in log.read_text().split())
-
-    monkeypatch.setattr("duckstream.core.cursor.read_slot", counted)
-    loader = DuckStreamLoader(make_dataset(source), num_workers=2, persistent_workers=True)
+    opened.clear()
+    loader = DuckStreamLoader(make_dataset(source, sql=sql), num_workers=2, persistent_workers=True)
     epochs = [[i for item in loader for i in ids_in(item)] for _ in range(3)]
     # Each worker began the next epoch's read during each pass, and took it on the next one.
-    assert opened() == {0: 2, 1: 2, 2: 2, 3: 2}
+    assert Counter(opened()) == {0: 2, 1: 2, 2: 2, 3: 2}
     assert epochs == [expected[0], expected[1], expected[2]]
     # The loop chose another epoch: the workers read that one, not the one they began.
     loader.set_epoch(6)
     assert [i for item in loader for i in ids_in(item)] == expected[6]
-    assert opened() == {0: 2, 1: 2, 2: 2, 3: 2, 6: 2, 7: 2}
+    assert Counter(opened()) == {0: 2, 1: 2, 2: 2, 3: 2, 6: 2, 7: 2}
     # Workers that last one pass begin nothing.
-    log.unlink()
-    assert [i for item in DuckStreamLoader(make_dataset(source), num_workers=2) for i in ids_in(item)] == (
-        expected[0]
-    )
-    assert opened() == {0: 2}
+    opened.clear()
+    plain = DuckStreamLoader(make_dataset(source, sql=sql), num_workers=2)
+    assert [i for item in plain for i in ids_in(item)] == expected[0]
+    assert Counter(opened()) == {0: 2}
 
 
 @pytest.mark.skipif(torch.accelerator.is_available(), reason="an accelerator pins without a warning")
